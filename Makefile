@@ -1,0 +1,49 @@
+# Every target sets itself up: it creates .venv and installs what it needs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo up test test-fast lint bench proto schemas clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/puyu demo
+
+up: $(STAMP)
+	$(BIN)/puyu up
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra --durations=15
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not e2e"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy contracts shared services
+
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+proto: $(STAMP)
+	$(BIN)/python -m contracts.codegen
+
+schemas: $(STAMP)
+	$(BIN)/python -m contracts.export_schemas
+
+clean:
+	rm -rf $(VENV) .puyu .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,368 @@
+"""The payloads of the chain. Every arrow of DESIGN.md's chain is one of these.
+
+Events carry URIs and checksums of artifacts, never blobs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from contracts.events.envelope import EventPayload, register
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArtifactRef(_Model):
+    uri: str = Field(description="Artifact store URI (file://..., s3://...) of a file or folder.")
+    sha256: str = Field(description="Checksum: of the file, or of the folder's sorted file list and contents.")
+    size_bytes: int = Field(ge=0)
+
+
+class DatasetRef(_Model):
+    dataset_id: str
+    manifest_uri: str
+    digest: str = Field(description="sha256 of the manifest.")
+
+
+class ModelRef(_Model):
+    model_name: str
+    version: int = Field(ge=1)
+
+
+# ---------------------------------------------------------------------------------------- specs
+
+
+class IngestOptions(_Model):
+    languages: list[str] = Field(default_factory=lambda: ["en", "zh"], description="ISO 639-1 codes to keep.")
+    min_language_score: float = Field(default=0.5, ge=0, le=1)
+    min_words: int = Field(default=5, ge=0)
+    max_words: int = Field(default=100_000, ge=1)
+    min_mean_word_length: float = Field(default=2.0, ge=0)
+    max_mean_word_length: float = Field(default=12.0, ge=0)
+    max_symbol_ratio: float = Field(default=0.1, ge=0, le=1)
+    max_duplicate_line_fraction: float = Field(default=0.3, ge=0, le=1)
+    min_alpha_fraction: float = Field(default=0.6, ge=0, le=1)
+    shard_docs: int = Field(default=10_000, ge=1, description="Documents per output shard.")
+
+
+class DedupOptions(_Model):
+    exact: bool = True
+    near: bool = True
+    shingle_size: int = Field(default=5, ge=1)
+    bands: int = Field(default=14, ge=1)
+    rows: int = Field(default=8, ge=1)
+    jaccard_threshold: float = Field(default=0.8, ge=0, le=1)
+    seed: int = 1
+
+
+class ModelArchitecture(_Model):
+    """A Llama-family decoder (grouped-query attention, RoPE, RMSNorm, SwiGLU)."""
+
+    hidden_size: int = Field(default=256, ge=8)
+    intermediate_size: int = Field(default=688, ge=8)
+    num_hidden_layers: int = Field(default=4, ge=1)
+    num_attention_heads: int = Field(default=4, ge=1)
+    num_key_value_heads: int = Field(default=2, ge=1)
+    max_position_embeddings: int = Field(default=512, ge=16)
+    rope_theta: float = Field(default=10_000.0, gt=0)
+    vocab_size: int = Field(default=4096, ge=64, description="Tokenizer vocabulary size when one is trained.")
+    tie_word_embeddings: bool = True
+
+    @field_validator("num_key_value_heads")
+    @classmethod
+    def _kv_divides(cls, v: int, info: Any) -> int:
+        heads = info.data.get("num_attention_heads")
+        if heads and heads % v:
+            raise ValueError(f"num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({v})")
+        return v
+
+    @field_validator("num_attention_heads")
+    @classmethod
+    def _heads_divide(cls, v: int, info: Any) -> int:
+        hidden = info.data.get("hidden_size")
+        if hidden and hidden % v:
+            raise ValueError(f"hidden_size ({hidden}) must be divisible by num_attention_heads ({v})")
+        return v
+
+
+class TrainSpec(_Model):
+    model_name: str = Field(default="puyu-demo", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
+    architecture: ModelArchitecture = Field(default_factory=ModelArchitecture)
+    tokenizer_uri: str | None = Field(default=None, description="Existing HF tokenizer folder; else train BPE.")
+    seq_len: int = Field(default=256, ge=8)
+    micro_batch_size: int = Field(default=8, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    max_steps: int = Field(default=300, ge=1)
+    learning_rate: float = Field(default=3e-3, gt=0)
+    min_learning_rate: float = Field(default=3e-4, ge=0)
+    warmup_steps: int = Field(default=20, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    checkpoint_interval: int = Field(default=0, ge=0, description="Steps between checkpoints; 0: only at the end.")
+    seed: int = 1234
+    num_threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("seq_len")
+    @classmethod
+    def _fits_positions(cls, v: int, info: Any) -> int:
+        arch = info.data.get("architecture")
+        if arch is not None and v > arch.max_position_embeddings:
+            raise ValueError(
+                f"seq_len ({v}) exceeds the model's max_position_embeddings ({arch.max_position_embeddings})"
+            )
+        return v
+
+
+class PipelineSpec(_Model):
+    """What to do after the corpus is ready: carried through ingest and dedup (event-driven automation)."""
+
+    dedup: DedupOptions = Field(default_factory=DedupOptions)
+    train: TrainSpec | None = None
+
+
+class LoraSpec(_Model):
+    r: int = Field(default=8, ge=1)
+    alpha: int = Field(default=16, ge=1)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+class FinetuneSpec(_Model):
+    method: Literal["lora"] = "lora"
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    max_steps: int = Field(default=60, ge=1)
+    micro_batch_size: int = Field(default=8, ge=1)
+    seq_len: int = Field(default=256, ge=8)
+    learning_rate: float = Field(default=2e-3, gt=0)
+    seed: int = 1234
+
+
+# ----------------------------------------------------------------------------------------- jobs
+
+
+@register
+class IngestRequested(EventPayload):
+    event_type = "ingest.requested"
+    kind = "job"
+    job_id: str
+    dataset_name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
+    sources: list[str] = Field(min_length=1, description="Paths, globs or URIs of jsonl/txt/html files.")
+    options: IngestOptions = Field(default_factory=IngestOptions)
+    pipeline: PipelineSpec | None = None
+
+
+@register
+class DedupRequested(EventPayload):
+    event_type = "dedup.requested"
+    kind = "job"
+    job_id: str
+    dataset: DatasetRef
+    options: DedupOptions = Field(default_factory=DedupOptions)
+    pipeline: PipelineSpec | None = None
+
+
+@register
+class TrainRequested(EventPayload):
+    event_type = "train.requested"
+    kind = "job"
+    job_id: str
+    datasets: list[DatasetRef] = Field(min_length=1)
+    spec: TrainSpec = Field(default_factory=TrainSpec)
+
+
+@register
+class FinetuneRequested(EventPayload):
+    event_type = "finetune.requested"
+    kind = "job"
+    job_id: str
+    base: ModelRef
+    base_artifact: ArtifactRef | None = Field(default=None, description="Resolved through the registry when absent.")
+    dataset_uri: str = Field(description="OpenAI-messages JSONL of chat examples.")
+    output_model_name: str | None = Field(default=None, description="Defaults to the base model's name.")
+    spec: FinetuneSpec = Field(default_factory=FinetuneSpec)
+
+
+@register
+class EvaluateRequested(EventPayload):
+    event_type = "evaluate.requested"
+    kind = "job"
+    job_id: str
+    model: ModelRef
+    artifact: ArtifactRef
+    tasks: list[str] = Field(default_factory=lambda: ["perplexity", "demo_facts"])
+
+
+# ---------------------------------------------------------------------------------------- facts
+
+
+class StageStats(_Model):
+    stage: str
+    docs_in: int
+    docs_out: int
+
+    @property
+    def retention(self) -> float:
+        return self.docs_out / self.docs_in if self.docs_in else 0.0
+
+
+@register
+class CorpusIngested(EventPayload):
+    event_type = "corpus.ingested"
+    job_id: str
+    dataset: DatasetRef
+    documents: int
+    stages: list[StageStats]
+    pipeline: PipelineSpec | None = None
+
+
+@register
+class CorpusDeduplicated(EventPayload):
+    event_type = "corpus.deduplicated"
+    job_id: str
+    source: DatasetRef
+    dataset: DatasetRef
+    documents_in: int
+    documents_out: int
+    exact_duplicates: int
+    near_duplicates: int
+    pipeline: PipelineSpec | None = None
+
+
+@register
+class CheckpointReady(EventPayload):
+    event_type = "checkpoint.ready"
+    job_id: str
+    run_id: str
+    model_name: str
+    step: int = Field(ge=0)
+    final: bool = True
+    kind_of_run: Literal["pretrain", "finetune"] = "pretrain"
+    method: str = Field(default="full", description="full | lora | ...")
+    checkpoint: ArtifactRef
+    adapter: ArtifactRef | None = None
+    parent: ModelRef | None = None
+    datasets: list[DatasetRef] = Field(default_factory=list)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+@register
+class ModelRegistered(EventPayload):
+    event_type = "model.registered"
+    model: ModelRef
+    artifact: ArtifactRef
+    run_id: str
+    parent: ModelRef | None = None
+    tasks: list[str] = Field(default_factory=lambda: ["perplexity", "demo_facts"])
+
+
+class TaskResult(_Model):
+    task: str
+    metrics: dict[str, float]
+    primary_metric: str
+    higher_is_better: bool = True
+    version_hash: str = Field(description="Hash of the task's prompt and config.")
+    num_samples: int = Field(ge=0)
+
+
+@register
+class EvaluationCompleted(EventPayload):
+    event_type = "evaluation.completed"
+    model: ModelRef
+    results: list[TaskResult]
+    details_uri: str | None = None
+
+
+@register
+class ModelPromoted(EventPayload):
+    event_type = "model.promoted"
+    model: ModelRef
+    alias: str = "champion"
+    artifact: ArtifactRef
+    previous: ModelRef | None = None
+    reason: str
+
+
+@register
+class ModelRejected(EventPayload):
+    event_type = "model.rejected"
+    model: ModelRef
+    champion: ModelRef | None = None
+    reason: str
+
+
+@register
+class DeploymentReady(EventPayload):
+    event_type = "deployment.ready"
+    model: ModelRef
+    served_name: str
+    instance: str
+
+
+@register
+class DeploymentFailed(EventPayload):
+    event_type = "deployment.failed"
+    model: ModelRef
+    instance: str
+    error: str
+
+
+@register
+class JobProgress(EventPayload):
+    event_type = "job.progress"
+    job_id: str
+    job_kind: str
+    stage: str
+    fraction: float = Field(ge=0, le=1)
+    message: str = ""
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+@register
+class JobFailed(EventPayload):
+    event_type = "job.failed"
+    job_id: str | None = None
+    service: str
+    source_subject: str = Field(description="The subject the failed message came from.")
+    event_id: str | None = None
+    error: str
+    attempts: int = Field(ge=0)
+    dead_lettered: bool = True
+
+
+__all__ = [
+    "ArtifactRef",
+    "DatasetRef",
+    "ModelRef",
+    "IngestOptions",
+    "DedupOptions",
+    "ModelArchitecture",
+    "TrainSpec",
+    "PipelineSpec",
+    "LoraSpec",
+    "FinetuneSpec",
+    "IngestRequested",
+    "DedupRequested",
+    "TrainRequested",
+    "FinetuneRequested",
+    "EvaluateRequested",
+    "StageStats",
+    "CorpusIngested",
+    "CorpusDeduplicated",
+    "CheckpointReady",
+    "ModelRegistered",
+    "TaskResult",
+    "EvaluationCompleted",
+    "ModelPromoted",
+    "ModelRejected",
+    "DeploymentReady",
+    "DeploymentFailed",
+    "JobProgress",
+    "JobFailed",
+]

@@ -1,0 +1,334 @@
+"""The bus: FastStream's NatsBroker with the delivery rules of DESIGN.md done once.
+
+- Publishers set ``Nats-Msg-Id`` to the event id, so a re-publish inside the duplicate window is
+  stored once.
+- Subscribers are durable pull consumers with manual acks: success acks; a failure is nak'ed with
+  back-off until ``max_deliver``; then (or at once for a malformed message, or a ``JobRejected``)
+  the message goes to the dead-letter stream with its error and a ``job.failed`` event says why.
+- Handlers are idempotent: a processed marker (per service and event id) is checked before and
+  written after the handler; handlers derive output ids from their input so that a re-run after a
+  crash between effect and marker produces nothing new.
+- Long handlers keep their message alive with in-progress acks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from faststream import AckPolicy
+from faststream.nats import ConsumerConfig, NatsBroker, NatsMessage, PullSub
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy as JsAckPolicy
+from nats.js.api import DeliverPolicy
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+from prometheus_client import Counter, Histogram
+
+from contracts.events import EventEnvelope, EventPayload, InvalidEvent, JobFailed, JobProgress
+from contracts.events.subjects import JOBS_BUCKET, PROCESSED_BUCKET, dlq_subject, stream_for
+from shared.bus.jobs import JobBoard
+from shared.bus.streams import ensure_buckets, ensure_streams
+from shared.logging import correlation_id
+
+log = logging.getLogger(__name__)
+P = TypeVar("P", bound=EventPayload)
+
+EVENTS_HANDLED = Counter(
+    "puyu_events_handled_total", "Events handled, by outcome", ["service", "type", "outcome"]
+)
+HANDLER_SECONDS = Histogram("puyu_handler_seconds", "Handler wall time", ["service", "type"])
+EVENTS_PUBLISHED = Counter("puyu_events_published_total", "Events published", ["service", "type"])
+
+
+class JobRejected(Exception):
+    """The request can never succeed (invalid spec, unknown model...): no retry, straight to dead letter."""
+
+
+@dataclass
+class HandlerContext(Generic[P]):
+    bus: Bus
+    envelope: EventEnvelope
+    payload: P
+    attempt: int
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+
+    async def publish(self, payload: EventPayload, *, event_id: str | None = None) -> EventEnvelope:
+        """Publish an event caused by the one being handled (same correlation id)."""
+        return await self.bus.publish(payload, causation=self.envelope, event_id=event_id)
+
+    async def progress(self, job_id: str, kind: str, stage: str, fraction: float, message: str = "",
+                       **metrics: float) -> None:
+        fraction = min(max(fraction, 0.0), 1.0)
+        await self.bus.jobs.update(job_id, kind, state="running", stage=stage, fraction=fraction,
+                                   message=message, correlation_id=self.envelope.correlation_id)
+        await self.publish(JobProgress(job_id=job_id, job_kind=kind, stage=stage, fraction=fraction,
+                                       message=message, metrics=metrics))
+
+    def progress_from_thread(self, job_id: str, kind: str, min_interval: float = 1.0
+                             ) -> Callable[..., None]:
+        """A progress callback that compute running in a worker thread may call (rate-limited)."""
+        last = [0.0]
+        lock = threading.Lock()
+
+        def report(stage: str, fraction: float, message: str = "", **metrics: float) -> None:
+            with lock:
+                now = time.monotonic()
+                if now - last[0] < min_interval and fraction < 1.0:
+                    return
+                last[0] = now
+            asyncio.run_coroutine_threadsafe(
+                self.progress(job_id, kind, stage, fraction, message, **metrics), self.loop
+            )
+
+        return report
+
+
+Handler = Callable[[HandlerContext[Any]], Awaitable[None]]
+
+
+class Bus:
+    def __init__(self, nats_url: str, service: str) -> None:
+        self.service = service
+        self.broker = NatsBroker(
+            nats_url,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            logger=logging.getLogger("faststream"),
+            log_level=logging.DEBUG,  # one line per message is too much at INFO
+        )
+        self._kv: dict[str, KeyValue] = {}
+        self._jobs: JobBoard | None = None
+        self.started = False
+
+    # ------------------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await self.broker.connect()
+        js = self.broker.connection.jetstream()
+        await ensure_streams(js)
+        await ensure_buckets(js)
+        self._kv[JOBS_BUCKET] = await js.key_value(JOBS_BUCKET)
+        self._kv[PROCESSED_BUCKET] = await js.key_value(PROCESSED_BUCKET)
+        self._jobs = JobBoard(self._kv[JOBS_BUCKET])
+        await self.broker.start()
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+        await self.broker.stop()
+
+    @property
+    def jobs(self) -> JobBoard:
+        if self._jobs is None:
+            raise RuntimeError("bus not started")
+        return self._jobs
+
+    async def key_value(self, bucket: str) -> KeyValue:
+        if bucket not in self._kv:
+            self._kv[bucket] = await self.broker.connection.jetstream().key_value(bucket)
+        return self._kv[bucket]
+
+    # ------------------------------------------------------------------------------ publish
+    async def publish(
+        self,
+        payload: EventPayload,
+        *,
+        causation: EventEnvelope | None = None,
+        correlation: str | None = None,
+        event_id: str | None = None,
+    ) -> EventEnvelope:
+        envelope = EventEnvelope.wrap(
+            payload,
+            source=self.service,
+            correlation_id=correlation or (causation.correlation_id if causation else correlation_id.get()),
+            causation=causation,
+            event_id=event_id,
+        )
+        await self.publish_envelope(envelope, type(payload))
+        return envelope
+
+    async def publish_envelope(self, envelope: EventEnvelope, cls: type[EventPayload]) -> None:
+        await self.broker.publish(
+            envelope.to_bytes(),
+            cls.subject(),
+            headers={"Nats-Msg-Id": envelope.id, "Puyu-Type": envelope.type},
+            stream=stream_for(cls),
+            timeout=10,
+        )
+        EVENTS_PUBLISHED.labels(self.service, envelope.type).inc()
+
+    # ------------------------------------------------------------------------------ subscribe
+    def handle(
+        self,
+        cls: type[P],
+        *,
+        durable: str | None = None,
+        max_deliver: int = 5,
+        ack_wait: float = 30.0,
+        backoff: tuple[float, ...] = (1.0, 4.0, 15.0, 30.0),
+        idempotent: bool = True,
+    ) -> Callable[[Callable[[HandlerContext[P]], Awaitable[None]]], Callable[[HandlerContext[P]], Awaitable[None]]]:
+        """Register ``handler(ctx)`` for events of type ``cls`` (one durable consumer per service)."""
+        durable = durable or f"{self.service}--{cls.event_type}".replace(".", "_")
+
+        def decorator(
+            handler: Callable[[HandlerContext[P]], Awaitable[None]],
+        ) -> Callable[[HandlerContext[P]], Awaitable[None]]:
+            consumer = _Consumer(self, cls, handler, max_deliver, ack_wait, backoff, idempotent)
+            self.broker.subscriber(
+                cls.subject(),
+                stream=stream_for(cls),
+                durable=durable,
+                pull_sub=PullSub(batch_size=1, timeout=5.0),
+                ack_policy=AckPolicy.MANUAL,
+                config=ConsumerConfig(
+                    durable_name=durable,
+                    ack_policy=JsAckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_wait=ack_wait,
+                    # one more than ours: the last delivery is the one that dead-letters
+                    max_deliver=max_deliver + 1,
+                    filter_subject=cls.subject(),
+                ),
+                title=f"{self.service}:{cls.event_type}",
+            )(_as_faststream_handler(consumer))
+            return handler
+
+        return decorator
+
+    # ------------------------------------------------------------------------------ idempotency
+    def _processed_key(self, event_id: str) -> str:
+        return hashlib.sha1(f"{self.service}|{event_id}".encode()).hexdigest()
+
+    async def already_processed(self, event_id: str) -> bool:
+        try:
+            await self._kv[PROCESSED_BUCKET].get(self._processed_key(event_id))
+        except KeyNotFoundError:
+            return False
+        return True
+
+    async def mark_processed(self, event_id: str) -> None:
+        await self._kv[PROCESSED_BUCKET].put(self._processed_key(event_id), b"1")
+
+    async def dead_letter(self, raw: Msg, error: str, attempts: int, envelope: EventEnvelope | None,
+                          payload: EventPayload | None) -> None:
+        seq = raw.metadata.sequence.stream if raw.metadata and raw.metadata.sequence else 0
+        await self.broker.publish(
+            raw.data,
+            dlq_subject(raw.subject),
+            headers={
+                "Nats-Msg-Id": f"dlq:{self.service}:{raw.subject}:{seq}",
+                "Puyu-Error": error[:2000].replace("\n", " "),
+                "Puyu-Service": self.service,
+                "Puyu-Attempts": str(attempts),
+            },
+            stream="PUYU_DLQ",
+            timeout=10,
+        )
+        job_id = getattr(payload, "job_id", None)
+        failed = JobFailed(
+            job_id=job_id,
+            service=self.service,
+            source_subject=raw.subject,
+            event_id=envelope.id if envelope else None,
+            error=error,
+            attempts=attempts,
+        )
+        await self.publish(
+            failed,
+            causation=envelope,
+            event_id=f"failed:{self.service}:{envelope.id if envelope else seq}",
+        )
+        if job_id:
+            await self.jobs.update(job_id, str(getattr(payload, "event_type", "job")), state="failed",
+                                   message=error[:500])
+        log.error("dead-lettered %s after %d attempt(s): %s", raw.subject, attempts, error)
+
+
+def _as_faststream_handler(consumer: _Consumer) -> Callable[[NatsMessage], Awaitable[None]]:
+    async def consume(msg: NatsMessage) -> None:
+        await consumer(msg)
+
+    # FastStream resolves handler annotations at runtime: give it the real class, not a string.
+    consume.__annotations__ = {"msg": NatsMessage, "return": None}
+    consume.__name__ = consumer.__name__
+    return consume
+
+
+class _Consumer:
+    """The FastStream handler behind ``Bus.handle``: parsing, idempotency, acks, retries, dead letters."""
+
+    def __init__(self, bus: Bus, cls: type[P], handler: Callable[[HandlerContext[P]], Awaitable[None]],
+                 max_deliver: int, ack_wait: float, backoff: tuple[float, ...], idempotent: bool) -> None:
+        self.bus, self.cls, self.handler = bus, cls, handler
+        self.max_deliver, self.ack_wait, self.backoff, self.idempotent = max_deliver, ack_wait, backoff, idempotent
+        self.__name__ = f"handle_{cls.event_type.replace('.', '_')}"
+
+    async def __call__(self, msg: NatsMessage) -> None:
+        raw: Msg = msg.raw_message
+        attempt = raw.metadata.num_delivered if raw.metadata else 1
+        envelope: EventEnvelope | None = None
+        payload: EventPayload | None = None
+        try:
+            envelope = EventEnvelope.from_bytes(raw.data)
+            payload = envelope.payload_as(self.cls)
+        except InvalidEvent as exc:
+            EVENTS_HANDLED.labels(self.bus.service, self.cls.event_type, "invalid").inc()
+            await self.bus.dead_letter(raw, str(exc), attempt, envelope, None)
+            await raw.term()
+            return
+        token = correlation_id.set(envelope.correlation_id)
+        try:
+            await self._handle(raw, envelope, payload, attempt)
+        finally:
+            correlation_id.reset(token)
+
+    async def _handle(self, raw: Msg, envelope: EventEnvelope, payload: EventPayload, attempt: int) -> None:
+        service, etype = self.bus.service, envelope.type
+        if self.idempotent and await self.bus.already_processed(envelope.id):
+            EVENTS_HANDLED.labels(service, etype, "duplicate").inc()
+            log.info("skip %s %s: already processed", etype, envelope.id)
+            await raw.ack()
+            return
+        keepalive = asyncio.create_task(self._keep_alive(raw))
+        started = time.perf_counter()
+        try:
+            await self.handler(HandlerContext(self.bus, envelope, payload, attempt))
+        except JobRejected as exc:
+            EVENTS_HANDLED.labels(service, etype, "rejected").inc()
+            await self.bus.dead_letter(raw, f"rejected: {exc}", attempt, envelope, payload)
+            await raw.term()
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if attempt >= self.max_deliver:
+                EVENTS_HANDLED.labels(service, etype, "dead_letter").inc()
+                await self.bus.dead_letter(raw, error, attempt, envelope, payload)
+                await raw.term()
+            else:
+                EVENTS_HANDLED.labels(service, etype, "retry").inc()
+                delay = self.backoff[min(attempt - 1, len(self.backoff) - 1)]
+                log.warning("%s %s failed (attempt %d/%d), retry in %.0fs: %s", etype, envelope.id, attempt,
+                            self.max_deliver, delay, error, exc_info=exc)
+                await raw.nak(delay=delay)
+        else:
+            EVENTS_HANDLED.labels(service, etype, "ok").inc()
+            if self.idempotent:
+                await self.bus.mark_processed(envelope.id)
+            await raw.ack()
+        finally:
+            keepalive.cancel()
+            HANDLER_SECONDS.labels(service, etype).observe(time.perf_counter() - started)
+
+    async def _keep_alive(self, raw: Msg) -> None:
+        while True:
+            await asyncio.sleep(max(self.ack_wait / 3, 0.5))
+            try:
+                await raw.in_progress()
+            except Exception:  # connection blip: the next beat retries
+                log.debug("in_progress failed", exc_info=True)

@@ -1,0 +1,121 @@
+"""The runtime every service process shares: bus, gRPC server (health + reflection), HTTP (health + metrics).
+
+A service builds a ``ServiceRuntime``, registers its bus handlers, gRPC servicers and HTTP routes on
+it, then calls ``run()``; SIGTERM/SIGINT stop it gracefully (in-flight messages are not acked and
+come back to another replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import make_asgi_app
+
+from shared.bus import Bus
+from shared.logging import configure_logging
+from shared.ports import grpc_port, http_port
+from shared.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+
+class ServiceRuntime:
+    def __init__(
+        self,
+        name: str,
+        settings: CommonSettings | None = None,
+        *,
+        grpc_port_override: int | None = None,
+        http_port_override: int | None = None,
+        http_app: FastAPI | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings or CommonSettings()
+        configure_logging(name.replace("_", "-"), self.settings.log_level, self.settings.log_json)
+        self.bus = Bus(self.settings.nats_url, name.replace("_", "-"))
+        self.grpc_port = grpc_port_override or grpc_port(name, self.settings)
+        self.http_port = http_port_override or http_port(name, self.settings)
+        self.grpc_server = grpc.aio.server()
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        self._grpc_names: list[str] = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        self.http = http_app or FastAPI(title=f"puyu {name}")
+        self.http.mount("/metrics", make_asgi_app())
+        self.http.add_api_route("/health", self._http_health, methods=["GET"], include_in_schema=False)
+        self._on_start: list[Callable[[], Awaitable[Any]]] = []
+        self._on_stop: list[Callable[[], Awaitable[Any]]] = []
+        self._stop = asyncio.Event()
+
+    # --------------------------------------------------------------------------- registration
+    def add_grpc(self, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any,
+                 full_name: str) -> None:
+        add_to_server(servicer, self.grpc_server)
+        self._grpc_names.append(full_name)
+
+    def on_start(self, fn: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+        self._on_start.append(fn)
+        return fn
+
+    def on_stop(self, fn: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+        self._on_stop.append(fn)
+        return fn
+
+    async def _http_health(self) -> JSONResponse:
+        ok = self.bus.started and self.bus.broker.connection is not None and self.bus.broker.connection.is_connected
+        body = {"service": self.name, "status": "ok" if ok else "degraded", "bus": "connected" if ok else "down"}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    # --------------------------------------------------------------------------- lifecycle
+    async def run(self) -> None:
+        self._install_signal_handlers()
+        reflection.enable_server_reflection([*self._grpc_names, reflection.SERVICE_NAME], self.grpc_server)
+        bound = self.grpc_server.add_insecure_port(f"{self.settings.host}:{self.grpc_port}")
+        if not bound:
+            raise RuntimeError(f"{self.name}: cannot bind gRPC port {self.grpc_port}")
+        for fn in self._on_start:  # before the bus: handlers may need what these set up
+            await fn()
+        await self.bus.start()
+        await self.grpc_server.start()
+        for svc in self._grpc_names:
+            await self.health.set(svc, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        config = uvicorn.Config(self.http, host=self.settings.host, port=self.http_port, log_level="warning",
+                                lifespan="off")
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        http_task = asyncio.create_task(server.serve())
+        log.info("%s ready: grpc %s:%d http %s:%d", self.name, self.settings.host, self.grpc_port,
+                 self.settings.host, self.http_port)
+        try:
+            await self._stop.wait()
+        finally:
+            log.info("%s stopping", self.name)
+            await self.health.enter_graceful_shutdown()
+            server.should_exit = True
+            await self.bus.stop()
+            for fn in self._on_stop:
+                with contextlib.suppress(Exception):
+                    await fn()
+            await self.grpc_server.stop(grace=5)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(http_task, 10)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, self.stop)
