@@ -1,0 +1,166 @@
+"""Run the services as separate processes on one machine (the embedded stack of `puyu up` / `puyu demo`).
+
+Starts a local nats-server when none answers at the configured URL, launches every service as its
+own process (``python -m services.<name>``) with logs under HOME/logs, waits for their health
+endpoints, and restarts a service that dies (as a process manager would), so that killing one
+mid-chain only delays the chain: its unacked message is redelivered to the restarted process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+from shared.natsserver import NatsServer, answers
+from shared.ports import SERVICES, http_port
+from shared.settings import CommonSettings
+
+
+class Stack:
+    def __init__(
+        self,
+        settings: CommonSettings,
+        services: tuple[str, ...] = SERVICES,
+        extra_env: dict[str, str] | None = None,
+        restart: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.services = services
+        self.extra_env = extra_env or {}
+        self.restart = restart
+        self.home = settings.home.resolve()
+        self.log_dir = self.home / "logs"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.restarts: dict[str, int] = dict.fromkeys(services, 0)
+        self.nats: NatsServer | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._supervisor: threading.Thread | None = None
+
+    # ------------------------------------------------------------------------------ nats
+    def ensure_nats(self) -> str:
+        url = self.settings.nats_url
+        if answers(url):
+            return url
+        parsed = urlparse(url)
+        if parsed.hostname not in ("127.0.0.1", "localhost"):
+            raise RuntimeError(f"no NATS answers at {url} and it is not local: start it or set PUYU_NATS_URL")
+        self.nats = NatsServer(self.home / "nats", port=parsed.port or 4222, host="127.0.0.1").start()
+        return url
+
+    # ------------------------------------------------------------------------------ services
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PUYU_HOME=str(self.home),
+            PUYU_NATS_URL=self.settings.nats_url,
+            PUYU_GRPC_PORT_BASE=str(self.settings.grpc_port_base),
+            PUYU_HTTP_PORT_BASE=str(self.settings.http_port_base),
+            PUYU_HOST=self.settings.host,
+            PYTHONUNBUFFERED="1",
+        )
+        if self.settings.artifact_root:
+            env["PUYU_ARTIFACT_ROOT"] = self.settings.artifact_root
+        if self.settings.database_url:
+            env["PUYU_DATABASE_URL"] = self.settings.database_url
+        env.update(self.extra_env)
+        return env
+
+    def spawn(self, name: str) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in the terminal reaches the stack, which stops children in order
+        )
+        with self._lock:
+            self.procs[name] = proc
+        return proc
+
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.ensure_nats()
+        for name in self.services:
+            self.spawn(name)
+        if self.restart:
+            self._supervisor = threading.Thread(target=self._supervise, daemon=True, name="stack-supervisor")
+            self._supervisor.start()
+
+    def health_url(self, name: str) -> str:
+        return f"http://{self.settings.host}:{http_port(name, self.settings)}/health"
+
+    def healthy(self, name: str) -> bool:
+        try:
+            return httpx.get(self.health_url(name), timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_healthy(self, timeout: float = 180.0, names: tuple[str, ...] | None = None) -> None:
+        pending = set(names or self.services)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for name in sorted(pending):
+                proc = self.procs.get(name)
+                if proc is not None and proc.poll() is not None and not self.restart:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log_dir / (name + '.log')}")
+                if self.healthy(name):
+                    pending.discard(name)
+            time.sleep(0.5)
+        if pending:
+            raise TimeoutError(f"services not healthy after {timeout:.0f}s: {', '.join(sorted(pending))} "
+                               f"(logs in {self.log_dir})")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        proc.send_signal(sig)
+        proc.wait(30)
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(1.0):
+            for name, proc in list(self.procs.items()):
+                if proc.poll() is not None and not self._stopping.is_set():
+                    self.restarts[name] += 1
+                    time.sleep(min(2 ** self.restarts[name], 10))
+                    if not self._stopping.is_set():
+                        self.spawn(name)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            procs = list(self.procs.items())
+        for _, proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 20
+        for _, proc in procs:
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if self.nats:
+            self.nats.stop()
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path: Path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,75 @@
+"""`puyu status`: the services, the jobs and the champion."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import nats
+from rich.console import Console
+from rich.table import Table
+
+from contracts.events.subjects import JOBS_BUCKET
+from shared.bus.jobs import JobBoard
+from shared.ports import SERVICES, http_port
+from shared.settings import CommonSettings
+
+
+def _health(settings: CommonSettings, name: str) -> str:
+    try:
+        resp = httpx.get(f"http://{settings.host}:{http_port(name, settings)}/health", timeout=2)
+        return "up" if resp.status_code == 200 else f"degraded ({resp.status_code})"
+    except httpx.HTTPError:
+        return "down"
+
+
+async def _jobs(settings: CommonSettings) -> list[object]:
+    nc = await nats.connect(settings.nats_url, connect_timeout=2, max_reconnect_attempts=0)
+    try:
+        kv = await nc.jetstream().key_value(JOBS_BUCKET)
+        return list(await JobBoard(kv).all())
+    finally:
+        await nc.close()
+
+
+def status(settings: CommonSettings) -> int:
+    console = Console()
+    services = Table(title="services")
+    services.add_column("service")
+    services.add_column("http")
+    services.add_column("state")
+    for name in SERVICES:
+        services.add_row(name, str(http_port(name, settings)), _health(settings, name))
+    console.print(services)
+
+    try:
+        jobs = asyncio.run(_jobs(settings))
+    except Exception as exc:
+        console.print(f"[yellow]jobs: NATS at {settings.nats_url} unavailable ({type(exc).__name__})")
+        jobs = []
+    if jobs:
+        table = Table(title="jobs")
+        for col in ("job", "kind", "state", "stage", "progress", "updated", "message"):
+            table.add_column(col)
+        for job in jobs[-20:]:
+            table.add_row(job.job_id, job.kind, job.state, job.stage, f"{job.fraction:.0%}",  # type: ignore[attr-defined]
+                          time.strftime("%H:%M:%S", time.localtime(job.updated_at)),  # type: ignore[attr-defined]
+                          job.message[:60])  # type: ignore[attr-defined]
+        console.print(table)
+
+    try:
+        resp = httpx.get(f"http://{settings.host}:{http_port('model_registry', settings)}/v1/models", timeout=3)
+        resp.raise_for_status()
+        models = resp.json()
+        table = Table(title="models")
+        table.add_column("model")
+        table.add_column("latest")
+        table.add_column("champion")
+        for m in models.get("models", models) if isinstance(models, dict) else models:
+            table.add_row(str(m.get("name") or m.get("model_name")), str(m.get("latest_version", "")),
+                          str(m.get("champion_version") or "-"))
+        console.print(table)
+    except httpx.HTTPError:
+        console.print("[yellow]registry unavailable")
+    return 0

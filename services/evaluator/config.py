@@ -1,0 +1,25 @@
+"""Evaluator settings (``PUYU_EVALUATOR_*`` environment variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from shared.settings import CommonSettings
+
+
+def default_data_dir() -> Path:
+    # DESIGN.md: real benchmark data lives in ../shared/data beside the checkout.
+    return (Path.cwd().parent / "shared" / "data").resolve()
+
+
+class EvaluatorSettings(CommonSettings):
+    evaluator_data_dir: Path = Field(default_factory=default_data_dir,
+                                     description="Root of benchmark data (gsm8k/, cmmlu/).")
+    evaluator_perplexity_path: Path | None = Field(
+        default=None, description="jsonl/txt file or folder for the perplexity task; default: held-out samples.")
+    evaluator_batch_size: int = Field(default=8, ge=1)
+    evaluator_num_threads: int | None = Field(default=None, ge=1, description="torch threads; None: torch's default.")
+    evaluator_device: str = "cpu"
+    evaluator_limit: int | None = Field(default=None, ge=1, description="Samples per task (None: all).")

@@ -1,0 +1,66 @@
+"""Answer extraction and metric aggregation (pure functions: the part most worth unit-testing)."""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+
+# lm-evaluation-harness' "strict-match" for GSM8K: the number after '####', nothing else accepted.
+_GSM8K_STRICT = re.compile(r"####\s*\$?\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)")
+_PUNCT = string.punctuation + "“”‘’«»。，、！？：；"
+
+
+def extract_gsm8k_strict(text: str) -> str | None:
+    """The number after the first '#### ' of a generation (commas dropped, '12.0' -> '12'), else None."""
+    match = _GSM8K_STRICT.search(text)
+    if not match:
+        return None
+    return normalize_number(match.group(1))
+
+
+def normalize_number(value: str) -> str:
+    value = value.replace(",", "").strip().rstrip(".")
+    if "." in value:
+        value = value.rstrip("0").rstrip(".")
+    return value or "0"
+
+
+def extract_first_word(text: str) -> str | None:
+    """The first whitespace-separated word of a continuation, without surrounding punctuation."""
+    for word in text.split():
+        word = word.strip(_PUNCT)
+        if word:
+            return word
+    return None
+
+
+EXTRACTORS = {
+    "first_word": extract_first_word,
+    "gsm8k_strict": extract_gsm8k_strict,
+}
+
+
+def truncate_at_stop(text: str, stop: list[str]) -> str:
+    cut = len(text)
+    for s in stop:
+        i = text.find(s)
+        if i != -1:
+            cut = min(cut, i)
+    return text[:cut]
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def perplexity_metrics(total_logprob: float, total_tokens: int, total_bytes: int) -> dict[str, float]:
+    """Token-weighted perplexity (exp of mean NLL per token) and bits per UTF-8 byte."""
+    if total_tokens == 0:
+        return {"perplexity": math.nan, "bits_per_byte": math.nan, "nll_per_token": math.nan}
+    nll = -total_logprob / total_tokens
+    return {
+        "perplexity": math.exp(nll),
+        "bits_per_byte": -total_logprob / (math.log(2) * max(total_bytes, 1)),
+        "nll_per_token": nll,
+    }

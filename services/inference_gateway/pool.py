@@ -1,0 +1,124 @@
+"""The model pool: served names → engines, with blue/green switches that lose no request.
+
+A version is served as ``<model>``, ``<model>:<version>`` and ``<model>@champion``. Deploying a new
+version loads and warms it off the event loop, swaps every name in one assignment, then drains the
+old engine (its in-flight requests finish on it) and frees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.inference_gateway.engine import Engine
+from services.inference_gateway.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotFound(KeyError):
+    def __init__(self, name: str, served: list[str]) -> None:
+        super().__init__(name)
+        self.name, self.served = name, served
+
+    def __str__(self) -> str:
+        return f"model {self.name!r} is not served; served models: {', '.join(self.served) or 'none'}"
+
+
+@dataclass
+class Served:
+    model_name: str
+    version: int
+    engine: Engine
+    state: str = "ready"  # loading | ready | draining
+
+    def names(self, alias: str = "champion") -> list[str]:
+        return [self.model_name, f"{self.model_name}:{self.version}", f"{self.model_name}@{alias}"]
+
+
+EngineLoader = Callable[[Path, str], Engine]
+
+
+class ModelPool:
+    def __init__(self, loader: EngineLoader | None = None, drain_timeout: float = 300.0) -> None:
+        self._loader = loader or (lambda path, name: Engine.load(path, name=name))
+        self._current: dict[str, Served] = {}  # model name -> the version serving it
+        self._names: dict[str, Served] = {}
+        self._draining: list[Served] = []
+        self._lock = asyncio.Lock()
+        self.drain_timeout = drain_timeout
+
+    # ------------------------------------------------------------------------------ lookups
+    def resolve(self, name: str) -> Engine:
+        served = self._names.get(name)
+        if served is None:
+            raise ModelNotFound(name, sorted(self._names))
+        return served.engine
+
+    def served_names(self) -> list[str]:
+        return sorted(self._names)
+
+    def entries(self) -> list[tuple[str, Served]]:
+        """(served name, entry) for every name, then the versions still draining."""
+        out = sorted(self._names.items())
+        out += [(f"{s.model_name}:{s.version}", s) for s in self._draining]
+        return out
+
+    def serving(self, model_name: str, version: int) -> bool:
+        cur = self._current.get(model_name)
+        return cur is not None and cur.version == version
+
+    # ------------------------------------------------------------------------------ deploy
+    async def deploy(self, model_name: str, version: int, path: Path, *, wait_drain: bool = True) -> Served:
+        """Load, warm and switch to ``model_name`` version ``version``; drain and free the old one."""
+        async with self._lock:  # one switch at a time per pool
+            if self.serving(model_name, version):
+                return self._current[model_name]
+            engine = await asyncio.to_thread(self._load_and_warm, path, f"{model_name}:{version}")
+            new = Served(model_name, version, engine)
+            old = self._current.get(model_name)
+            names = dict(self._names)
+            if old is not None:
+                for n in old.names():
+                    names.pop(n, None)
+            names.update(dict.fromkeys(new.names(), new))
+            # the switch: one assignment each, no await in between, so no request sees a half state
+            self._names, self._current[model_name] = names, new
+            log.info("serving %s:%d", model_name, version)
+        if old is not None:
+            old.state = "draining"
+            self._draining.append(old)
+            task = self._retire(old)
+            if wait_drain:
+                await task
+            else:
+                asyncio.create_task(task)  # noqa: RUF006 - the pool keeps the entry until it is done
+        return new
+
+    def _load_and_warm(self, path: Path, name: str) -> Engine:
+        engine = self._loader(path, name).start()
+        try:
+            warm_ids = engine.encode("Hello") or [engine.tokenizer.bos_token_id or 0]
+            engine.generate_sync(warm_ids, SamplingParams(max_tokens=2, temperature=0))
+        except Exception:
+            engine.close()
+            raise
+        return engine
+
+    async def _retire(self, old: Served) -> None:
+        drained = await old.engine.drain(self.drain_timeout)
+        if not drained:
+            log.warning("%s:%d still had %d request(s) after %.0fs; cancelling them", old.model_name,
+                        old.version, old.engine.in_flight, self.drain_timeout)
+        await asyncio.to_thread(old.engine.close)
+        self._draining.remove(old)
+        log.info("retired %s:%d", old.model_name, old.version)
+
+    async def close(self) -> None:
+        engines = {id(s.engine): s.engine for s in [*self._current.values(), *self._draining]}
+        self._names, self._current, self._draining = {}, {}, []
+        for engine in engines.values():
+            await asyncio.to_thread(engine.close)

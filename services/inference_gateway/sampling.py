@@ -1,0 +1,107 @@
+"""Sampling parameters, next-token selection and incremental stop-sequence detection (no torch state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+class InvalidRequest(ValueError):
+    """A generation request that can never be served as asked (bad parameter, prompt too long)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0  # 1 (or 0): off
+    top_k: int = 0  # 0: off
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def validate(self) -> SamplingParams:
+        if self.max_tokens < 1:
+            raise InvalidRequest(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise InvalidRequest(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.top_p <= 1:
+            raise InvalidRequest(f"top_p must be in [0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise InvalidRequest(f"top_k must be >= 0, got {self.top_k}")
+        if any(not s for s in self.stop):
+            raise InvalidRequest("stop sequences must be non-empty strings")
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    return gen
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> int:
+    """One token id from a row of logits ``[vocab]`` following ``params``."""
+    if params.greedy:
+        return int(torch.argmax(logits).item())
+    scores = logits.float() / params.temperature
+    if params.top_k and params.top_k < scores.numel():
+        kth = torch.topk(scores, params.top_k).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if 0 < params.top_p < 1:
+        sorted_scores, order = torch.sort(scores, descending=True)
+        cum = torch.softmax(sorted_scores, dim=-1).cumsum(-1)
+        # drop a token when the mass before it already reaches top_p (the first token always stays)
+        drop = (cum - torch.softmax(sorted_scores, dim=-1)) >= params.top_p
+        scores = scores.scatter(0, order, sorted_scores.masked_fill(drop, float("-inf")))
+    probs = torch.softmax(scores, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=gen).item())
+
+
+@dataclass
+class StopChecker:
+    """Finds stop strings in the decoded text and says how much text is safe to stream.
+
+    Text that might be the start of a stop string (or an incomplete UTF-8 character) is held back
+    until the next tokens decide it, so a stop string is never streamed, even when it spans tokens.
+    """
+
+    stops: tuple[str, ...]
+    emitted: int = 0
+    _max_stop: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self._max_stop = max((len(s) for s in self.stops), default=0)
+
+    def find_stop(self, text: str) -> int | None:
+        """Index where the earliest stop string starts in ``text``, or None."""
+        # Only the tail can hold a new match: everything before was checked on earlier steps.
+        start = max(0, self.emitted - self._max_stop)
+        hits = [i for s in self.stops if (i := text.find(s, start)) >= 0]
+        return min(hits) if hits else None
+
+    def safe_end(self, text: str) -> int:
+        end = len(text)
+        if text.endswith("\ufffd"):  # byte-level BPE: a multi-byte character is not complete yet
+            end -= 1
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, end), 0, -1):
+                if text[end - k : end] == s[:k]:
+                    hold = max(hold, k)
+                    break
+        return end - hold
+
+    def delta(self, text: str, end: int) -> str:
+        if end <= self.emitted:
+            return ""
+        out = text[self.emitted : end]
+        self.emitted = end
+        return out

@@ -1,0 +1,158 @@
+"""Promotion policy: per-task gates relative to the champion plus absolute floors, as configuration.
+
+A gate compares the candidate's metric (the task's primary metric unless named) with the champion's:
+- ``tolerance_kind="relative"``: lower-is-better may not exceed champion × (1 + tolerance);
+  higher-is-better may not fall below champion × (1 − tolerance);
+- ``tolerance_kind="absolute"``: may not be worse than the champion by more than ``tolerance``.
+``min_value`` / ``max_value`` are absolute bounds checked whether or not there is a champion.
+Every check is recorded with its numbers, so the decision explains itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Gate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str | None = Field(default=None, description="Metric to gate on; default: the task's primary metric.")
+    tolerance: float = Field(default=0.0, ge=0)
+    tolerance_kind: Literal["relative", "absolute"] = "relative"
+    min_value: float | None = None
+    max_value: float | None = None
+    required: bool = Field(default=False, description="Reject when the task was not evaluated.")
+
+
+class PromotionPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["auto", "manual"] = "auto"
+    gates: dict[str, Gate] = Field(
+        default_factory=lambda: {
+            "perplexity": Gate(tolerance=0.02, tolerance_kind="relative"),
+            "demo_facts": Gate(tolerance=0.05, tolerance_kind="absolute"),
+        }
+    )
+    require_improvement: bool = Field(
+        default=True, description="With a champion: at least one gated metric must be strictly better."
+    )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PromotionPolicy:
+        text = Path(path).read_text()
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        return cls.model_validate(data or {})
+
+
+@dataclass(frozen=True)
+class Result:
+    """The slice of an evaluation result the policy needs (built from events or database rows)."""
+
+    task: str
+    metrics: dict[str, float]
+    primary_metric: str
+    higher_is_better: bool
+    version_hash: str
+
+
+@dataclass(frozen=True)
+class Check:
+    task: str
+    metric: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class Decision:
+    promote: bool
+    checks: list[Check] = field(default_factory=list)
+    summary: str = ""
+
+    @property
+    def reason(self) -> str:
+        parts = [c.detail for c in self.checks]
+        return f"{self.summary}: " + "; ".join(parts) if parts else self.summary
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "promote": self.promote,
+            "summary": self.summary,
+            "checks": [c.__dict__ for c in self.checks],
+        }
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def decide(policy: PromotionPolicy, candidate: dict[str, Result], champion: dict[str, Result] | None,
+           champion_label: str | None = None) -> Decision:
+    """Apply ``policy`` to the candidate's results (by task) against the champion's (None: no champion)."""
+    checks: list[Check] = []
+    improved = False
+    compared = False
+    gated_seen = False
+    for task, gate in sorted(policy.gates.items()):
+        res = candidate.get(task)
+        if res is None:
+            if gate.required:
+                checks.append(Check(task, gate.metric or "?", False, f"{task}: required but not evaluated"))
+            continue
+        metric = gate.metric or res.primary_metric
+        if metric not in res.metrics:
+            checks.append(Check(task, metric, False, f"{task}: metric {metric!r} missing from results"))
+            continue
+        gated_seen = True
+        value, hib = res.metrics[metric], res.higher_is_better
+        if gate.min_value is not None:
+            ok = value >= gate.min_value
+            checks.append(Check(task, metric, ok, f"{task}.{metric} {_fmt(value)} {'>=' if ok else '<'} "
+                                                  f"floor {_fmt(gate.min_value)}"))
+        if gate.max_value is not None:
+            ok = value <= gate.max_value
+            checks.append(Check(task, metric, ok, f"{task}.{metric} {_fmt(value)} {'<=' if ok else '>'} "
+                                                  f"ceiling {_fmt(gate.max_value)}"))
+        champ = champion.get(task) if champion else None
+        if champ is None or metric not in champ.metrics:
+            continue
+        if champ.version_hash != res.version_hash:
+            # Different prompts/config: numbers are not comparable, only the absolute bounds apply.
+            checks.append(Check(task, metric, True, f"{task}: champion evaluated with task version "
+                                                    f"{champ.version_hash[:12]}, candidate with "
+                                                    f"{res.version_hash[:12]}; relative gate skipped"))
+            continue
+        compared = True
+        ref = champ.metrics[metric]
+        if gate.tolerance_kind == "relative":
+            limit = ref * (1 - gate.tolerance) if hib else ref * (1 + gate.tolerance)
+            how = f"champion {_fmt(ref)} × (1 {'−' if hib else '+'} {gate.tolerance:g})"
+        else:
+            limit = ref - gate.tolerance if hib else ref + gate.tolerance
+            how = f"champion {_fmt(ref)} {'−' if hib else '+'} {gate.tolerance:g}"
+        ok = value >= limit if hib else value <= limit
+        if (value > ref) if hib else (value < ref):
+            improved = True
+        checks.append(Check(task, metric, ok, f"{task}.{metric} {_fmt(value)} {'ok' if ok else 'worse than'} "
+                                              f"limit {_fmt(limit)} = {how}"))
+    failed = [c for c in checks if not c.passed]
+    who = champion_label or "champion"
+    if failed:
+        summary = f"rejected ({len(failed)} gate(s) failed)"
+        return Decision(False, checks, summary)
+    if not gated_seen:
+        return Decision(False, checks, "rejected: no gated task was evaluated "
+                                       f"(gates: {', '.join(sorted(policy.gates)) or 'none'})")
+    if champion is None:
+        return Decision(True, checks, "promoted: first version, passes the floors")
+    if policy.require_improvement and compared and not improved:
+        checks.append(Check("*", "*", False, f"no gated metric strictly better than {who}"))
+        return Decision(False, checks, "rejected (no improvement)")
+    return Decision(True, checks, f"promoted: passes every gate against {who}")

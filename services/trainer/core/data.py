@@ -1,0 +1,223 @@
+"""Training data: read deduplicated datasets, tokenise once, pack into fixed-length sequences.
+
+Dataset manifest (written by the dedup service), read tolerantly::
+
+    {"shards": [{"uri": "file:///.../shard-00000.jsonl.gz", "sha256": "..."}, ...], ...}
+
+A shard entry may also be a bare string, and its ``uri`` (or ``path``) may be relative to the
+manifest's folder. Shards are JSON lines (plain, gzip or zstd) whose ``text`` field is a document.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from shared.artifacts import ArtifactStore, local_path
+
+TEXT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".txt")
+
+
+class DatasetError(ValueError):
+    """The training data cannot be used (missing, unreadable or empty): retrying will not help."""
+
+
+# ------------------------------------------------------------------------------------- reading
+
+
+def _open_text(path: Path) -> IO[str]:
+    raw = path.open("rb")
+    head = raw.peek(4)[:4] if hasattr(raw, "peek") else b""
+    if head[:2] == b"\x1f\x8b":
+        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8")
+    if head == b"\x28\xb5\x2f\xfd":
+        import zstandard  # only the dedup extra installs it
+
+        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(raw), encoding="utf-8")
+    return io.TextIOWrapper(raw, encoding="utf-8")
+
+
+def iter_jsonl_texts(path: Path) -> Iterator[str]:
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from exc
+            text = record.get("text") if isinstance(record, dict) else None
+            if isinstance(text, str) and text.strip():
+                yield text
+
+
+def iter_file_texts(path: Path) -> Iterator[str]:
+    """Documents of one local file: JSON lines, or a whole .txt file as one document."""
+    if path.name.endswith(".txt"):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if text.strip():
+            yield text.strip()
+    else:
+        yield from iter_jsonl_texts(path)
+
+
+def manifest_shard_uris(manifest: Any, manifest_uri: str) -> list[str]:
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise DatasetError(f"{manifest_uri}: a dataset manifest needs a 'shards' list")
+    base = manifest_uri.rsplit("/", 1)[0]
+    uris = []
+    for entry in manifest["shards"]:
+        uri = entry if isinstance(entry, str) else (entry.get("uri") or entry.get("path"))
+        if not isinstance(uri, str):
+            raise DatasetError(f"{manifest_uri}: shard entry without uri: {entry!r}")
+        if "://" not in uri and not uri.startswith("/"):
+            uri = f"{base}/{uri}"
+        uris.append(uri)
+    return uris
+
+
+def iter_manifest_texts(store: ArtifactStore, manifest_uri: str) -> Iterator[str]:
+    try:
+        manifest = json.loads(store.fetch(manifest_uri).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DatasetError(f"dataset manifest not found: {manifest_uri}") from exc
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{manifest_uri}: manifest is not valid JSON: {exc.msg}") from exc
+    for uri in manifest_shard_uris(manifest, manifest_uri):
+        try:
+            path = store.fetch(uri)
+        except FileNotFoundError as exc:
+            raise DatasetError(f"dataset shard not found: {uri}") from exc
+        yield from iter_file_texts(path)
+
+
+def iter_source_texts(store: ArtifactStore, source: str) -> Iterator[str]:
+    """Documents of a manifest URI, a manifest.json path, a folder, or a JSONL/text file."""
+    lp = local_path(source)
+    if lp is not None and lp.is_dir():
+        if (lp / "manifest.json").exists():
+            yield from iter_manifest_texts(store, (lp / "manifest.json").resolve().as_uri())
+            return
+        files = sorted(p for p in lp.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES))
+        if not files:
+            raise DatasetError(f"{source}: no .jsonl, .jsonl.gz or .txt files in this folder")
+        for f in files:
+            yield from iter_file_texts(f)
+    elif source.endswith(".json"):
+        uri = lp.resolve().as_uri() if lp is not None else source
+        yield from iter_manifest_texts(store, uri)
+    elif lp is not None:
+        if not lp.exists():
+            raise DatasetError(f"dataset file not found: {source}")
+        yield from iter_file_texts(lp)
+    else:
+        yield from iter_file_texts(store.fetch(source))
+
+
+def load_texts(store: ArtifactStore, sources: Iterable[str]) -> list[str]:
+    texts: list[str] = []
+    for source in sources:
+        texts.extend(iter_source_texts(store, source))
+    if not texts:
+        raise DatasetError("the training datasets hold no documents")
+    return texts
+
+
+# ------------------------------------------------------------------------------------- packing
+
+
+def tokenize_stream(tokenizer: Any, texts: list[str], batch_size: int = 1000) -> np.ndarray:
+    """All documents as one token stream, each document followed by eos (bos comes from the tokenizer)."""
+    eos = tokenizer.eos_token_id
+    backend = tokenizer.backend_tokenizer  # the Rust tokenizer: batch encoding uses every core
+    parts: list[np.ndarray] = []
+    for i in range(0, len(texts), batch_size):
+        for enc in backend.encode_batch(texts[i : i + batch_size]):
+            parts.append(np.asarray([*enc.ids, eos], dtype=np.int32))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+
+@dataclass
+class PackedDataset:
+    """A token stream cut into ``seq_len`` sequences (concatenate-and-chunk, no padding).
+
+    The stream is treated as circular and each epoch starts at a seeded offset, so a fact does not
+    always sit at the same position of a sequence; only a stream shorter than one sequence pads.
+    """
+
+    stream: np.ndarray
+    seq_len: int
+    pad_id: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.stream) == 0:
+            raise DatasetError("the training datasets tokenise to no tokens")
+
+    def __len__(self) -> int:  # sequences per epoch
+        return max(1, len(self.stream) // self.seq_len)
+
+    def epoch_offset(self, epoch: int) -> int:
+        if epoch == 0 or len(self.stream) <= self.seq_len:
+            return 0
+        return int(np.random.default_rng([self.seed, epoch, 1]).integers(len(self.stream)))
+
+    def sequence(self, epoch: int, index: int) -> tuple[np.ndarray, int]:
+        """(tokens of length seq_len, number of real tokens) of sequence ``index`` in ``epoch``."""
+        n, L = len(self.stream), self.seq_len
+        if n < L:
+            out = np.full(L, self.pad_id, dtype=np.int32)
+            out[:n] = self.stream
+            return out, n
+        start = (self.epoch_offset(epoch) + index * L) % n
+        idx = (start + np.arange(L)) % n
+        return self.stream[idx], L
+
+    def non_padding_fraction(self) -> float:
+        real = sum(self.sequence(0, i)[1] for i in range(len(self)))
+        return real / (len(self) * self.seq_len)
+
+
+class SeededSampler:
+    """Deterministic batches: a seeded permutation per epoch; the whole state is ``samples_seen``."""
+
+    def __init__(self, dataset: PackedDataset, batch_size: int, seed: int, samples_seen: int = 0) -> None:
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.samples_seen = samples_seen
+        self._perm_epoch, self._perm = -1, np.zeros(0, dtype=np.int64)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+            self._perm_epoch = epoch
+        return self._perm
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        rows, counts = [], []
+        for _ in range(self.batch_size):
+            epoch, pos = divmod(self.samples_seen, len(self.dataset))
+            tokens, real = self.dataset.sequence(epoch, int(self._order(epoch)[pos]))
+            rows.append(tokens)
+            counts.append(real)
+            self.samples_seen += 1
+        input_ids = torch.from_numpy(np.stack(rows).astype(np.int64))
+        mask = torch.zeros_like(input_ids)
+        for r, real in enumerate(counts):
+            mask[r, :real] = 1
+        labels = input_ids.masked_fill(mask == 0, -100)
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+    def state_dict(self) -> dict[str, int]:
+        return {"samples_seen": self.samples_seen, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.samples_seen = int(state["samples_seen"])
