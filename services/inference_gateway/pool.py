@@ -58,6 +58,9 @@ class ModelPool:
             raise ModelNotFound(name, sorted(self._names))
         return served.engine
 
+    def named(self) -> list[tuple[str, Served]]:
+        return sorted(self._names.items())
+
     def served_names(self) -> list[str]:
         return sorted(self._names)
 

@@ -7,13 +7,22 @@ rest is split on whitespace. Mean word length is measured on the non-CJK words o
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 from contracts.events import IngestOptions
 
 # CJK unified ideographs (+ extension A, compatibility), kana, hangul syllables.
 CJK_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
-_PUNCT_STRIP = "\"'.,;:!?()[]{}<>«»“”‘’-–—"
+
+
+def _strip_punct(word: str) -> str:
+    start, end = 0, len(word)
+    while start < end and unicodedata.category(word[start]).startswith("P"):
+        start += 1
+    while end > start and unicodedata.category(word[end - 1]).startswith("P"):
+        end -= 1
+    return word[start:end]
 
 
 def words_of(text: str) -> tuple[list[str], int]:
@@ -26,9 +35,10 @@ def words_of(text: str) -> tuple[list[str], int]:
 def compute_signals(text: str) -> dict[str, Any]:
     words, cjk = words_of(text)
     n_words = len(words) + cjk
-    stripped = [w.strip(_PUNCT_STRIP) for w in words]
-    stripped = [w for w in stripped if w]
-    mean_len = sum(map(len, stripped)) / len(stripped) if stripped else None
+    # Punctuation left between CJK characters is not a word; nor is mean length meaningful when
+    # the text is mostly CJK.
+    stripped = [w for w in (_strip_punct(w) for w in words) if w]
+    mean_len = sum(map(len, stripped)) / len(stripped) if stripped and len(stripped) >= cjk else None
     # Gopher: "#" and ellipsis per word (hash-tag and truncation spam).
     symbols = text.count("#") + text.count("...") + text.count("…")
     with_alpha = sum(1 for w in words if any(c.isalpha() for c in w)) + cjk

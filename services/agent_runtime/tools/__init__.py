@@ -1,0 +1,7 @@
+"""Tools the agents call: each declares a JSON schema of its arguments and runs as plain Python."""
+
+from services.agent_runtime.tools.base import Tool, ToolError, coerce_arguments, tool_schema, validate_args
+from services.agent_runtime.tools.calculator import Calculator
+from services.agent_runtime.tools.search import SearchCorpus
+
+__all__ = ["Calculator", "SearchCorpus", "Tool", "ToolError", "coerce_arguments", "tool_schema", "validate_args"]

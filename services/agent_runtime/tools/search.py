@@ -1,0 +1,40 @@
+"""search_corpus: BM25 search over the indexed corpus; the observation lists ``[<doc id>] <passage>`` lines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.agent_runtime.corpus import CorpusIndex
+from services.agent_runtime.tools.base import ToolError
+
+
+class SearchCorpus:
+    name = "search_corpus"
+    description = "Search the document corpus; returns the best passages, each with its document id."
+    parameters: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "query": {"type": "string", "description": "keywords, e.g. capital of Aldoria"},
+            "k": {"type": "integer", "description": "number of passages (default 3)"},
+        },
+        "required": ["query"],
+    }
+
+    def __init__(self, index: CorpusIndex, default_k: int = 3, max_k: int = 20) -> None:
+        self.index = index
+        self.default_k = default_k
+        self.max_k = max_k
+
+    def run(self, args: dict[str, Any]) -> str:
+        query = str(args.get("query", "")).strip()
+        if not query:
+            raise ToolError("search_corpus: empty query")
+        k = args.get("k", self.default_k)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.max_k:
+            raise ToolError(f"search_corpus: k must be an integer from 1 to {self.max_k}")
+        if not self.index.dataset_ids:
+            return "no corpus is indexed yet"
+        hits = self.index.search(query, k)
+        if not hits:
+            return f"no passage matches {query!r}"
+        return "\n".join(f"[{h.doc_id}] {h.text}" for h in hits)
