@@ -1,0 +1,87 @@
+"""The gRPC Jobs service (``puyu.jobs.v1.Jobs``) every job-running service exposes.
+
+Submit validates the request against its payload model, records it as queued on the job board and
+publishes it onto the bus; Get reads the board; Watch streams the board's updates until the job ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import grpc
+from pydantic import ValidationError
+
+from contracts.events import EventPayload
+from contracts.proto.puyu.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from shared.bus import Bus, JobStatus
+from shared.service import ServiceRuntime
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def to_proto(status: JobStatus) -> jobs_pb2.JobStatus:
+    return jobs_pb2.JobStatus(
+        job_id=status.job_id,
+        kind=status.kind,
+        state=status.state,
+        stage=status.stage,
+        fraction=status.fraction,
+        message=status.message,
+        result_json=json.dumps(status.result),
+        correlation_id=status.correlation_id or "",
+    )
+
+
+class JobsServicer(jobs_pb2_grpc.JobsServicer):
+    def __init__(self, bus: Bus, kinds: dict[str, type[EventPayload]]) -> None:
+        self.bus = bus
+        self.kinds = kinds
+
+    async def Submit(self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
+                     ) -> jobs_pb2.JobStatus:
+        cls = self.kinds.get(request.kind)
+        if cls is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"unknown job kind {request.kind!r}; this service runs {sorted(self.kinds)}")
+        try:
+            spec = json.loads(request.spec_json or "{}")
+            if not isinstance(spec, dict):
+                raise ValueError("spec_json must be a JSON object")
+            if not spec.get("job_id"):
+                spec["job_id"] = f"{request.kind}-{uuid.uuid4().hex[:12]}"
+            payload = cls.model_validate(spec)
+        except (ValueError, ValidationError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid {request.kind} job spec: {exc}")
+        job_id: str = payload.job_id  # type: ignore[attr-defined]
+        correlation = request.correlation_id or uuid.uuid4().hex
+        status = await self.bus.jobs.update(job_id, request.kind, state="queued", correlation_id=correlation)
+        await self.bus.publish(payload, correlation=correlation, event_id=f"job:{request.kind}:{job_id}")
+        return to_proto(status)
+
+    async def Get(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.JobStatus:
+        status = await self.bus.jobs.get(request.job_id)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+        return to_proto(status)
+
+    async def Watch(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        last: str | None = None
+        while True:
+            status = await self.bus.jobs.get(request.job_id)
+            if status is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+            snapshot = status.model_dump_json()
+            if snapshot != last:
+                last = snapshot
+                yield to_proto(status)
+            if status.state in TERMINAL:
+                return
+            await asyncio.sleep(0.5)
+
+
+def add_jobs_api(runtime: ServiceRuntime, kinds: dict[str, type[EventPayload]]) -> JobsServicer:
+    servicer = JobsServicer(runtime.bus, kinds)
+    runtime.add_grpc(jobs_pb2_grpc.add_JobsServicer_to_server, servicer, "puyu.jobs.v1.Jobs")
+    return servicer
