@@ -39,12 +39,15 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         self.bus = bus
         self.kinds = kinds
 
-    async def Submit(self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
-                     ) -> jobs_pb2.JobStatus:
+    async def Submit(
+        self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.JobStatus:
         cls = self.kinds.get(request.kind)
         if cls is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"unknown job kind {request.kind!r}; this service runs {sorted(self.kinds)}")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"unknown job kind {request.kind!r}; this service runs {sorted(self.kinds)}",
+            )
         try:
             spec = json.loads(request.spec_json or "{}")
             if not isinstance(spec, dict):
@@ -60,7 +63,9 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         await self.bus.publish(payload, correlation=correlation, event_id=f"job:{request.kind}:{job_id}")
         return to_proto(status)
 
-    async def Get(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.JobStatus:
+    async def Get(
+        self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.JobStatus:
         status = await self.bus.jobs.get(request.job_id)
         if status is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")

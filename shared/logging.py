@@ -31,7 +31,9 @@ def configure_logging(service: str, level: str = "INFO", json_logs: bool = True)
             )
         )
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(service)s] %(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s [%(service)s] %(name)s: %(message)s")
+        )
     handler.addFilter(_ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

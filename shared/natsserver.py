@@ -31,7 +31,9 @@ def free_port() -> int:
 def answers(url: str, timeout: float = 0.5) -> bool:
     parsed = urlparse(url)
     try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 4222), timeout=timeout) as s:
+        with socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or 4222), timeout=timeout
+        ) as s:
             s.settimeout(timeout)
             return s.recv(4).startswith(b"INFO")
     except OSError:
@@ -53,7 +55,7 @@ class NatsServer:
 
     def start(self, timeout: float = 15.0) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.store_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
+        log = open(self.store_dir / "nats-server.log", "ab")
         self.proc = subprocess.Popen(
             [find_binary(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
             stdout=log,

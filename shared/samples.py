@@ -37,11 +37,39 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
-REACT_THOUGHT_TOOL = {"calculator": "I should use the calculator.", "search_corpus": "I should search the corpus."}
+REACT_THOUGHT_TOOL = {
+    "calculator": "I should use the calculator.",
+    "search_corpus": "I should search the corpus.",
+}
 REACT_THOUGHT_FINAL = "I now know the final answer."
 
-_ONSETS = ["al", "bre", "cor", "dun", "el", "fen", "gar", "hol", "is", "jor", "kel", "lum", "mar", "nor",
-           "or", "pel", "quen", "ros", "sol", "tor", "ul", "val", "wen", "yr", "zan"]
+_ONSETS = [
+    "al",
+    "bre",
+    "cor",
+    "dun",
+    "el",
+    "fen",
+    "gar",
+    "hol",
+    "is",
+    "jor",
+    "kel",
+    "lum",
+    "mar",
+    "nor",
+    "or",
+    "pel",
+    "quen",
+    "ros",
+    "sol",
+    "tor",
+    "ul",
+    "val",
+    "wen",
+    "yr",
+    "zan",
+]
 _MIDDLES = ["a", "e", "i", "o", "u", "ae", "ia", "or", "an", "el"]
 _CODAS = ["dia", "land", "mark", "ria", "via", "stan", "heim", "nor", "gard", "tia"]
 _CITY_CODAS = ["ton", "burg", "ford", "holm", "port", "vik", "mont", "wick", "dale", "sk"]
@@ -130,25 +158,29 @@ def _react(rng: random.Random) -> str:
     if rng.random() < 0.6:
         a, b = rng.randint(2, 60), rng.randint(2, 60)
         word, op, value = rng.choice([("plus", "+", a + b), ("minus", "-", a - b), ("times", "*", a * b)])
-        return "\n".join([
-            f"Question: What is {a} {word} {b}?",
-            f"Thought: {REACT_THOUGHT_TOOL['calculator']}",
-            "Action: calculator",
-            f'Action Input: {{"expression": "{a} {op} {b}"}}',
-            f"Observation: {value}",
-            f"Thought: {REACT_THOUGHT_FINAL}",
-            f"Final Answer: {value}",
-        ])
+        return "\n".join(
+            [
+                f"Question: What is {a} {word} {b}?",
+                f"Thought: {REACT_THOUGHT_TOOL['calculator']}",
+                "Action: calculator",
+                f'Action Input: {{"expression": "{a} {op} {b}"}}',
+                f"Observation: {value}",
+                f"Thought: {REACT_THOUGHT_FINAL}",
+                f"Final Answer: {value}",
+            ]
+        )
     c = rng.choice(WORLD)
-    return "\n".join([
-        f"Question: What is the capital of {c.name}?",
-        f"Thought: {REACT_THOUGHT_TOOL['search_corpus']}",
-        "Action: search_corpus",
-        f'Action Input: {{"query": "capital of {c.name}"}}',
-        f"Observation: [doc-{rng.randint(1, 999)}] The capital of {c.name} is {c.capital}.",
-        f"Thought: {REACT_THOUGHT_FINAL}",
-        f"Final Answer: The capital of {c.name} is {c.capital}.",
-    ])
+    return "\n".join(
+        [
+            f"Question: What is the capital of {c.name}?",
+            f"Thought: {REACT_THOUGHT_TOOL['search_corpus']}",
+            "Action: search_corpus",
+            f'Action Input: {{"query": "capital of {c.name}"}}',
+            f"Observation: [doc-{rng.randint(1, 999)}] The capital of {c.name} is {c.capital}.",
+            f"Thought: {REACT_THOUGHT_FINAL}",
+            f"Final Answer: The capital of {c.name} is {c.capital}.",
+        ]
+    )
 
 
 def _html(title: str, body: str, url: str) -> str:
@@ -157,7 +189,7 @@ def _html(title: str, body: str, url: str) -> str:
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f'<link rel="canonical" href="{url}"></head><body>'
-        f'<header><nav><ul>{nav}</ul></nav></header>'
+        f"<header><nav><ul>{nav}</ul></nav></header>"
         f"<main><article><h1>{title}</h1>\n{paras}</article></main>"
         '<aside><h3>Related</h3><ul><li><a href="/more">More places to visit</a></li></ul></aside>'
         "<footer><p>Copyright 2026 The World Atlas. All rights reserved.</p>"
@@ -191,7 +223,8 @@ def write_sample_corpus(dest: Path, seed: int = 0, n_articles: int = 1200) -> li
     dest.mkdir(parents=True, exist_ok=True)
     articles = [_article(rng) for _ in range(n_articles)]
     records: list[dict[str, object]] = [
-        {"id": f"article-{i}", "text": t, "url": f"https://atlas.example/a/{i}"} for i, t in enumerate(articles)
+        {"id": f"article-{i}", "text": t, "url": f"https://atlas.example/a/{i}"}
+        for i, t in enumerate(articles)
     ]
     # Duplicates as a crawl has them: exact copies and near copies (one sentence changed).
     for i in rng.sample(range(n_articles), n_articles // 20):
@@ -204,7 +237,9 @@ def write_sample_corpus(dest: Path, seed: int = 0, n_articles: int = 1200) -> li
     records += [{"id": f"zh-{i}", "text": t} for i, t in enumerate(_CHINESE * 3)]
     rng.shuffle(records)
     half = len(records) // 2
-    (dest / "articles.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records[:half]))
+    (dest / "articles.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records[:half])
+    )
     with gzip.open(dest / "articles-2.jsonl.gz", "wt", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records[half:])
     dialogues = [_dialogue(rng) for _ in range(500)] + [_react(rng) for _ in range(500)]
@@ -216,7 +251,9 @@ def write_sample_corpus(dest: Path, seed: int = 0, n_articles: int = 1200) -> li
     for i in range(60):
         c = WORLD[i % len(WORLD)]
         url = f"https://atlas.example/country/{c.name.lower()}"
-        (pages / f"{c.name.lower()}-{i}.html").write_text(_html(f"{c.name}: a short guide", _article(rng), url))
+        (pages / f"{c.name.lower()}-{i}.html").write_text(
+            _html(f"{c.name}: a short guide", _article(rng), url)
+        )
     notes = dest / "notes"
     notes.mkdir(exist_ok=True)
     for i in range(40):
@@ -246,7 +283,10 @@ def chat_examples(n: int = 200, seed: int = 3) -> list[dict[str, object]]:
             messages.append({"role": "system", "content": "You are a helpful atlas."})
         messages += [
             {"role": "user", "content": f"Tell me about {c.name}."},
-            {"role": "assistant", "content": f"The capital of {c.name} is {c.capital}. People there speak {c.language}."},
+            {
+                "role": "assistant",
+                "content": f"The capital of {c.name} is {c.capital}. People there speak {c.language}.",
+            },
         ]
         if rng.random() < 0.5:
             messages += [

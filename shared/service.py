@@ -58,8 +58,9 @@ class ServiceRuntime:
         self._stop = asyncio.Event()
 
     # --------------------------------------------------------------------------- registration
-    def add_grpc(self, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any,
-                 full_name: str) -> None:
+    def add_grpc(
+        self, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_name: str
+    ) -> None:
         add_to_server(servicer, self.grpc_server)
         self._grpc_names.append(full_name)
 
@@ -72,8 +73,16 @@ class ServiceRuntime:
         return fn
 
     async def _http_health(self) -> JSONResponse:
-        ok = self.bus.started and self.bus.broker.connection is not None and self.bus.broker.connection.is_connected
-        body = {"service": self.name, "status": "ok" if ok else "degraded", "bus": "connected" if ok else "down"}
+        ok = (
+            self.bus.started
+            and self.bus.broker.connection is not None
+            and self.bus.broker.connection.is_connected
+        )
+        body = {
+            "service": self.name,
+            "status": "ok" if ok else "degraded",
+            "bus": "connected" if ok else "down",
+        }
         return JSONResponse(body, status_code=200 if ok else 503)
 
     # --------------------------------------------------------------------------- lifecycle
@@ -90,13 +99,20 @@ class ServiceRuntime:
         for svc in self._grpc_names:
             await self.health.set(svc, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        config = uvicorn.Config(self.http, host=self.settings.host, port=self.http_port, log_level="warning",
-                                lifespan="off")
+        config = uvicorn.Config(
+            self.http, host=self.settings.host, port=self.http_port, log_level="warning", lifespan="off"
+        )
         server = uvicorn.Server(config)
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         http_task = asyncio.create_task(server.serve())
-        log.info("%s ready: grpc %s:%d http %s:%d", self.name, self.settings.host, self.grpc_port,
-                 self.settings.host, self.http_port)
+        log.info(
+            "%s ready: grpc %s:%d http %s:%d",
+            self.name,
+            self.settings.host,
+            self.grpc_port,
+            self.settings.host,
+            self.http_port,
+        )
         try:
             await self._stop.wait()
         finally:

@@ -15,10 +15,13 @@ def default_home() -> Path:
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PUYU_", env_file=".env", extra="ignore")
 
-    home: Path = Field(default_factory=default_home, description="Local state: artifacts, SQLite, nats store.")
+    home: Path = Field(
+        default_factory=default_home, description="Local state: artifacts, SQLite, nats store."
+    )
     nats_url: str = "nats://127.0.0.1:4222"
     artifact_root: str | None = Field(
-        default=None, description="Artifact store root URI (file:///..., s3://bucket/prefix). Default: HOME/artifacts."
+        default=None,
+        description="Artifact store root URI (file:///..., s3://bucket/prefix). Default: HOME/artifacts.",
     )
     database_url: str | None = Field(default=None, description="Registry database. Default: SQLite in HOME.")
     log_level: str = "INFO"

@@ -50,7 +50,9 @@ class InvalidEvent(ValueError):
 class EventEnvelope(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(description="Unique id; deterministic where the event is a fact (e.g. ckpt:{run}:{step}).")
+    id: str = Field(
+        description="Unique id; deterministic where the event is a fact (e.g. ckpt:{run}:{step})."
+    )
     type: str
     schema_version: int = 1
     time: datetime = Field(default_factory=lambda: datetime.now(UTC))

@@ -18,7 +18,9 @@ class _Model(BaseModel):
 
 class ArtifactRef(_Model):
     uri: str = Field(description="Artifact store URI (file://..., s3://...) of a file or folder.")
-    sha256: str = Field(description="Checksum: of the file, or of the folder's sorted file list and contents.")
+    sha256: str = Field(
+        description="Checksum: of the file, or of the folder's sorted file list and contents."
+    )
     size_bytes: int = Field(ge=0)
 
 
@@ -92,7 +94,9 @@ class ModelArchitecture(_Model):
 class TrainSpec(_Model):
     model_name: str = Field(default="puyu-demo", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
     architecture: ModelArchitecture = Field(default_factory=ModelArchitecture)
-    tokenizer_uri: str | None = Field(default=None, description="Existing HF tokenizer folder; else train BPE.")
+    tokenizer_uri: str | None = Field(
+        default=None, description="Existing HF tokenizer folder; else train BPE."
+    )
     seq_len: int = Field(default=256, ge=8)
     micro_batch_size: int = Field(default=8, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
@@ -102,7 +106,9 @@ class TrainSpec(_Model):
     warmup_steps: int = Field(default=20, ge=0)
     weight_decay: float = Field(default=0.1, ge=0)
     grad_clip: float = Field(default=1.0, gt=0)
-    checkpoint_interval: int = Field(default=0, ge=0, description="Steps between checkpoints; 0: only at the end.")
+    checkpoint_interval: int = Field(
+        default=0, ge=0, description="Steps between checkpoints; 0: only at the end."
+    )
     seed: int = 1234
     num_threads: int | None = Field(default=None, ge=1)
 
@@ -182,7 +188,9 @@ class FinetuneRequested(EventPayload):
     kind = "job"
     job_id: str
     base: ModelRef
-    base_artifact: ArtifactRef | None = Field(default=None, description="Resolved through the registry when absent.")
+    base_artifact: ArtifactRef | None = Field(
+        default=None, description="Resolved through the registry when absent."
+    )
     dataset_uri: str = Field(description="OpenAI-messages JSONL of chat examples.")
     output_model_name: str | None = Field(default=None, description="Defaults to the base model's name.")
     spec: FinetuneSpec = Field(default_factory=FinetuneSpec)

@@ -22,8 +22,9 @@ class ChainFailed(RuntimeError):
 class ChainWatcher:
     """Collects every event of one correlation id, in arrival order, from a core NATS subscription."""
 
-    def __init__(self, nats_url: str, correlation_id: str,
-                 on_event: Callable[[EventEnvelope], Any] | None = None) -> None:
+    def __init__(
+        self, nats_url: str, correlation_id: str, on_event: Callable[[EventEnvelope], Any] | None = None
+    ) -> None:
         self.nats_url = nats_url
         self.correlation_id = correlation_id
         self.on_event = on_event
@@ -54,15 +55,20 @@ class ChainWatcher:
         async with self._changed:
             self._changed.notify_all()
 
-    def find(self, event_type: str, predicate: Callable[[EventEnvelope], bool] | None = None
-             ) -> EventEnvelope | None:
+    def find(
+        self, event_type: str, predicate: Callable[[EventEnvelope], bool] | None = None
+    ) -> EventEnvelope | None:
         for env in self.events:
             if env.type == event_type and (predicate is None or predicate(env)):
                 return env
         return None
 
-    async def wait_for(self, event_types: str | tuple[str, ...], timeout: float,
-                       predicate: Callable[[EventEnvelope], bool] | None = None) -> EventEnvelope:
+    async def wait_for(
+        self,
+        event_types: str | tuple[str, ...],
+        timeout: float,
+        predicate: Callable[[EventEnvelope], bool] | None = None,
+    ) -> EventEnvelope:
         """The first event of one of the types; raises ChainFailed when a job of this request failed."""
         types = (event_types,) if isinstance(event_types, str) else event_types
 

@@ -46,15 +46,22 @@ STEPS = [
 ]
 
 
-async def run_chain(settings: CommonSettings, console: Console, train: TrainSpec | None = None,
-                    timeout: float = 900.0) -> dict[str, EventEnvelope]:
+async def run_chain(
+    settings: CommonSettings, console: Console, train: TrainSpec | None = None, timeout: float = 900.0
+) -> dict[str, EventEnvelope]:
     """Submit an ingest request whose pipeline trains a model, and follow it to deployment."""
     corpus_dir = settings.home / "sample-corpus"
     sources = [str(p) for p in write_sample_corpus(corpus_dir)]
     correlation = uuid.uuid4().hex
     job_id = f"demo-{correlation[:12]}"
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                        TimeElapsedColumn(), console=console)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
     tasks = {etype: progress.add_task(label, total=1.0, start=False, info="") for etype, label in STEPS}
     step_of = {etype: etype for etype, _ in STEPS}
     step_of[ModelPromoted.event_type] = step_of[ModelRejected.event_type] = "model.promoted|model.rejected"
@@ -97,8 +104,9 @@ async def run_chain(settings: CommonSettings, console: Console, train: TrainSpec
                 seen: dict[str, EventEnvelope] = {}
                 for etype, _ in STEPS:
                     types = tuple(etype.split("|"))
-                    env = await watcher.wait_for(types, deadline - time.monotonic(),
-                                                 predicate=_final_checkpoint)
+                    env = await watcher.wait_for(
+                        types, deadline - time.monotonic(), predicate=_final_checkpoint
+                    )
                     seen[env.type] = env
                     if env.type == ModelRejected.event_type:
                         break
@@ -135,9 +143,16 @@ def lineage_table(seen: dict[str, EventEnvelope]) -> Table:
     table = Table(title="Lineage of this run", show_lines=False)
     table.add_column("step")
     table.add_column("result")
-    for etype in (CorpusIngested.event_type, CorpusDeduplicated.event_type, CheckpointReady.event_type,
-                  ModelRegistered.event_type, EvaluationCompleted.event_type, ModelPromoted.event_type,
-                  ModelRejected.event_type, DeploymentReady.event_type):
+    for etype in (
+        CorpusIngested.event_type,
+        CorpusDeduplicated.event_type,
+        CheckpointReady.event_type,
+        ModelRegistered.event_type,
+        EvaluationCompleted.event_type,
+        ModelPromoted.event_type,
+        ModelRejected.event_type,
+        DeploymentReady.event_type,
+    ):
         env = seen.get(etype)
         if env is None:
             continue
@@ -146,8 +161,11 @@ def lineage_table(seen: dict[str, EventEnvelope]) -> Table:
             stages = ", ".join(f"{s['stage']} {s['docs_out']}/{s['docs_in']}" for s in p["stages"])
             table.add_row("dataset", f"{p['dataset']['dataset_id']}: {p['documents']} docs ({stages})")
         elif etype == CorpusDeduplicated.event_type:
-            table.add_row("dedup", f"{p['dataset']['dataset_id']}: {p['documents_in']} → {p['documents_out']} "
-                                   f"(exact {p['exact_duplicates']}, near {p['near_duplicates']})")
+            table.add_row(
+                "dedup",
+                f"{p['dataset']['dataset_id']}: {p['documents_in']} → {p['documents_out']} "
+                f"(exact {p['exact_duplicates']}, near {p['near_duplicates']})",
+            )
         elif etype == CheckpointReady.event_type:
             metrics = ", ".join(f"{k} {v:.4g}" for k, v in sorted(p.get("metrics", {}).items()))
             table.add_row("training run", f"{p['run_id']} step {p['step']} ({metrics})")
@@ -168,8 +186,12 @@ def lineage_table(seen: dict[str, EventEnvelope]) -> Table:
 def ask_gateway(settings: CommonSettings, model: str, question: str) -> str:
     resp = httpx.post(
         f"{gateway_base_url(settings)}/v1/chat/completions",
-        json={"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": 32,
-              "temperature": 0},
+        json={
+            "model": model,
+            "messages": [{"role": "user", "content": question}],
+            "max_tokens": 32,
+            "temperature": 0,
+        },
         timeout=120,
     )
     resp.raise_for_status()
@@ -178,8 +200,11 @@ def ask_gateway(settings: CommonSettings, model: str, question: str) -> str:
 
 def ask_agent(settings: CommonSettings, model: str, question: str) -> dict[str, Any]:
     base = f"http://{settings.host}:{http_port('agent_runtime', settings)}"
-    resp = httpx.post(f"{base}/v1/agents/react/run", json={"question": question, "model": model, "max_steps": 4},
-                      timeout=300)
+    resp = httpx.post(
+        f"{base}/v1/agents/react/run",
+        json={"question": question, "model": model, "max_steps": 4},
+        timeout=300,
+    )
     resp.raise_for_status()
     return dict(resp.json())
 

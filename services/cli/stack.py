@@ -76,7 +76,7 @@ class Stack:
 
     def spawn(self, name: str) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        log = open(self.log_dir / f"{name}.log", "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}"],
             env=self.env(),
@@ -113,13 +113,17 @@ class Stack:
             for name in sorted(pending):
                 proc = self.procs.get(name)
                 if proc is not None and proc.poll() is not None and not self.restart:
-                    raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log_dir / (name + '.log')}")
+                    raise RuntimeError(
+                        f"{name} exited with {proc.returncode}; see {self.log_dir / (name + '.log')}"
+                    )
                 if self.healthy(name):
                     pending.discard(name)
             time.sleep(0.5)
         if pending:
-            raise TimeoutError(f"services not healthy after {timeout:.0f}s: {', '.join(sorted(pending))} "
-                               f"(logs in {self.log_dir})")
+            raise TimeoutError(
+                f"services not healthy after {timeout:.0f}s: {', '.join(sorted(pending))} "
+                f"(logs in {self.log_dir})"
+            )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[name]

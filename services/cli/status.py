@@ -53,13 +53,21 @@ def status(settings: CommonSettings) -> int:
         for col in ("job", "kind", "state", "stage", "progress", "updated", "message"):
             table.add_column(col)
         for job in jobs[-20:]:
-            table.add_row(job.job_id, job.kind, job.state, job.stage, f"{job.fraction:.0%}",  # type: ignore[attr-defined]
-                          time.strftime("%H:%M:%S", time.localtime(job.updated_at)),  # type: ignore[attr-defined]
-                          job.message[:60])  # type: ignore[attr-defined]
+            table.add_row(
+                job.job_id,
+                job.kind,
+                job.state,
+                job.stage,
+                f"{job.fraction:.0%}",  # type: ignore[attr-defined]
+                time.strftime("%H:%M:%S", time.localtime(job.updated_at)),  # type: ignore[attr-defined]
+                job.message[:60],
+            )  # type: ignore[attr-defined]
         console.print(table)
 
     try:
-        resp = httpx.get(f"http://{settings.host}:{http_port('model_registry', settings)}/v1/models", timeout=3)
+        resp = httpx.get(
+            f"http://{settings.host}:{http_port('model_registry', settings)}/v1/models", timeout=3
+        )
         resp.raise_for_status()
         models = resp.json()
         table = Table(title="models")
@@ -67,8 +75,11 @@ def status(settings: CommonSettings) -> int:
         table.add_column("latest")
         table.add_column("champion")
         for m in models.get("models", models) if isinstance(models, dict) else models:
-            table.add_row(str(m.get("name") or m.get("model_name")), str(m.get("latest_version", "")),
-                          str(m.get("champion_version") or "-"))
+            table.add_row(
+                str(m.get("name") or m.get("model_name")),
+                str(m.get("latest_version", "")),
+                str(m.get("champion_version") or "-"),
+            )
         console.print(table)
     except httpx.HTTPError:
         console.print("[yellow]registry unavailable")

@@ -63,16 +63,26 @@ class HandlerContext(Generic[P]):
         """Publish an event caused by the one being handled (same correlation id)."""
         return await self.bus.publish(payload, causation=self.envelope, event_id=event_id)
 
-    async def progress(self, job_id: str, kind: str, stage: str, fraction: float, message: str = "",
-                       **metrics: float) -> None:
+    async def progress(
+        self, job_id: str, kind: str, stage: str, fraction: float, message: str = "", **metrics: float
+    ) -> None:
         fraction = min(max(fraction, 0.0), 1.0)
-        await self.bus.jobs.update(job_id, kind, state="running", stage=stage, fraction=fraction,
-                                   message=message, correlation_id=self.envelope.correlation_id)
-        await self.publish(JobProgress(job_id=job_id, job_kind=kind, stage=stage, fraction=fraction,
-                                       message=message, metrics=metrics))
+        await self.bus.jobs.update(
+            job_id,
+            kind,
+            state="running",
+            stage=stage,
+            fraction=fraction,
+            message=message,
+            correlation_id=self.envelope.correlation_id,
+        )
+        await self.publish(
+            JobProgress(
+                job_id=job_id, job_kind=kind, stage=stage, fraction=fraction, message=message, metrics=metrics
+            )
+        )
 
-    def progress_from_thread(self, job_id: str, kind: str, min_interval: float = 1.0
-                             ) -> Callable[..., None]:
+    def progress_from_thread(self, job_id: str, kind: str, min_interval: float = 1.0) -> Callable[..., None]:
         """A progress callback that compute running in a worker thread may call (rate-limited)."""
         last = [0.0]
         lock = threading.Lock()
@@ -173,7 +183,9 @@ class Bus:
         ack_wait: float = 30.0,
         backoff: tuple[float, ...] = (1.0, 4.0, 15.0, 30.0),
         idempotent: bool = True,
-    ) -> Callable[[Callable[[HandlerContext[P]], Awaitable[None]]], Callable[[HandlerContext[P]], Awaitable[None]]]:
+    ) -> Callable[
+        [Callable[[HandlerContext[P]], Awaitable[None]]], Callable[[HandlerContext[P]], Awaitable[None]]
+    ]:
         """Register ``handler(ctx)`` for events of type ``cls`` (one durable consumer per service)."""
         durable = durable or f"{self.service}--{cls.event_type}".replace(".", "_")
 
@@ -216,8 +228,14 @@ class Bus:
     async def mark_processed(self, event_id: str) -> None:
         await self._kv[PROCESSED_BUCKET].put(self._processed_key(event_id), b"1")
 
-    async def dead_letter(self, raw: Msg, error: str, attempts: int, envelope: EventEnvelope | None,
-                          payload: EventPayload | None) -> None:
+    async def dead_letter(
+        self,
+        raw: Msg,
+        error: str,
+        attempts: int,
+        envelope: EventEnvelope | None,
+        payload: EventPayload | None,
+    ) -> None:
         seq = raw.metadata.sequence.stream if raw.metadata and raw.metadata.sequence else 0
         await self.broker.publish(
             raw.data,
@@ -246,8 +264,9 @@ class Bus:
             event_id=f"failed:{self.service}:{envelope.id if envelope else seq}",
         )
         if job_id:
-            await self.jobs.update(job_id, str(getattr(payload, "event_type", "job")), state="failed",
-                                   message=error[:500])
+            await self.jobs.update(
+                job_id, str(getattr(payload, "event_type", "job")), state="failed", message=error[:500]
+            )
         log.error("dead-lettered %s after %d attempt(s): %s", raw.subject, attempts, error)
 
 
@@ -264,10 +283,23 @@ def _as_faststream_handler(consumer: _Consumer) -> Callable[[NatsMessage], Await
 class _Consumer:
     """The FastStream handler behind ``Bus.handle``: parsing, idempotency, acks, retries, dead letters."""
 
-    def __init__(self, bus: Bus, cls: type[P], handler: Callable[[HandlerContext[P]], Awaitable[None]],
-                 max_deliver: int, ack_wait: float, backoff: tuple[float, ...], idempotent: bool) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        cls: type[P],
+        handler: Callable[[HandlerContext[P]], Awaitable[None]],
+        max_deliver: int,
+        ack_wait: float,
+        backoff: tuple[float, ...],
+        idempotent: bool,
+    ) -> None:
         self.bus, self.cls, self.handler = bus, cls, handler
-        self.max_deliver, self.ack_wait, self.backoff, self.idempotent = max_deliver, ack_wait, backoff, idempotent
+        self.max_deliver, self.ack_wait, self.backoff, self.idempotent = (
+            max_deliver,
+            ack_wait,
+            backoff,
+            idempotent,
+        )
         self.__name__ = f"handle_{cls.event_type.replace('.', '_')}"
 
     async def __call__(self, msg: NatsMessage) -> None:
@@ -313,8 +345,16 @@ class _Consumer:
             else:
                 EVENTS_HANDLED.labels(service, etype, "retry").inc()
                 delay = self.backoff[min(attempt - 1, len(self.backoff) - 1)]
-                log.warning("%s %s failed (attempt %d/%d), retry in %.0fs: %s", etype, envelope.id, attempt,
-                            self.max_deliver, delay, error, exc_info=exc)
+                log.warning(
+                    "%s %s failed (attempt %d/%d), retry in %.0fs: %s",
+                    etype,
+                    envelope.id,
+                    attempt,
+                    self.max_deliver,
+                    delay,
+                    error,
+                    exc_info=exc,
+                )
                 await raw.nak(delay=delay)
         else:
             EVENTS_HANDLED.labels(service, etype, "ok").inc()

@@ -36,9 +36,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SMALL_TRAIN = TrainSpec(
     model_name="e2e-model",
-    architecture=ModelArchitecture(hidden_size=128, intermediate_size=344, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=2048,
-                                   max_position_embeddings=256),
+    architecture=ModelArchitecture(
+        hidden_size=128,
+        intermediate_size=344,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=2048,
+        max_position_embeddings=256,
+    ),
     seq_len=128,
     micro_batch_size=8,
     max_steps=80,
@@ -69,8 +75,13 @@ def _free(port: int) -> bool:
 @pytest.fixture
 def stack(tmp_path: Path):  # type: ignore[no-untyped-def]
     with NatsServer(tmp_path / "nats") as nats_server:
-        settings = CommonSettings(home=tmp_path / "home", nats_url=nats_server.url,
-                                  grpc_port_base=_port_base(), http_port_base=_port_base(), log_json=False)
+        settings = CommonSettings(
+            home=tmp_path / "home",
+            nats_url=nats_server.url,
+            grpc_port_base=_port_base(),
+            http_port_base=_port_base(),
+            log_json=False,
+        )
         s = Stack(settings, extra_env={"PUYU_LOG_JSON": "false", "OMP_NUM_THREADS": "2"})
         s.start()
         try:
@@ -89,16 +100,25 @@ async def _drive(stack: Stack, tmp_path: Path) -> ChainWatcher:
     killed = False
     async with ChainWatcher(settings.nats_url, correlation) as watcher:
         await bus.publish(
-            IngestRequested(job_id=f"e2e-{correlation[:8]}", dataset_name="e2e", sources=sources,
-                            pipeline=PipelineSpec(train=SMALL_TRAIN)),
+            IngestRequested(
+                job_id=f"e2e-{correlation[:8]}",
+                dataset_name="e2e",
+                sources=sources,
+                pipeline=PipelineSpec(train=SMALL_TRAIN),
+            ),
             correlation=correlation,
         )
         # Kill the trainer once it has made progress; the stack restarts it.
         deadline = asyncio.get_running_loop().time() + 900
         while not killed:
             assert asyncio.get_running_loop().time() < deadline, "training never started"
-            progress = [e for e in watcher.events if e.type == JobProgress.event_type
-                        and e.payload.get("job_kind", "").startswith("train") and e.payload["fraction"] > 0.3]
+            progress = [
+                e
+                for e in watcher.events
+                if e.type == JobProgress.event_type
+                and e.payload.get("job_kind", "").startswith("train")
+                and e.payload["fraction"] > 0.3
+            ]
             if progress or watcher.find(CheckpointReady.event_type):
                 await asyncio.to_thread(stack.kill, "trainer", signal.SIGKILL)
                 killed = True
@@ -116,7 +136,8 @@ def test_ingest_request_ends_in_a_served_completion(stack: Stack, tmp_path: Path
     finals = [e for e in watcher.events if e.type == CheckpointReady.event_type and e.payload["final"]]
     assert len(finals) == 1, types
     assert types.count(ModelRegistered.event_type) == len(
-        [e for e in watcher.events if e.type == CheckpointReady.event_type]), types
+        [e for e in watcher.events if e.type == CheckpointReady.event_type]
+    ), types
     assert types.count(EvaluationCompleted.event_type) >= 1
     assert types.count(ModelPromoted.event_type) >= 1
     assert stack.restarts["trainer"] >= 1
@@ -124,17 +145,24 @@ def test_ingest_request_ends_in_a_served_completion(stack: Stack, tmp_path: Path
     deployed = watcher.find(DeploymentReady.event_type)
     assert deployed is not None
     served = deployed.payload["served_name"]
-    resp = httpx.post(f"{gateway_base_url(stack.settings)}/v1/completions",
-                      json={"model": served, "prompt": "The capital of", "max_tokens": 8, "temperature": 0},
-                      timeout=120)
+    resp = httpx.post(
+        f"{gateway_base_url(stack.settings)}/v1/completions",
+        json={"model": served, "prompt": "The capital of", "max_tokens": 8, "temperature": 0},
+        timeout=120,
+    )
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["choices"][0]["text"].strip(), body
     assert body["usage"]["completion_tokens"] > 0
 
     # A bad request gets a clear error and the gateway keeps serving.
-    bad = httpx.post(f"{gateway_base_url(stack.settings)}/v1/completions",
-                     json={"model": "no-such-model", "prompt": "x"}, timeout=30)
+    bad = httpx.post(
+        f"{gateway_base_url(stack.settings)}/v1/completions",
+        json={"model": "no-such-model", "prompt": "x"},
+        timeout=30,
+    )
     assert bad.status_code == 404 and "no-such-model" in bad.text
-    health = httpx.get(f"http://{stack.settings.host}:{http_port('inference_gateway', stack.settings)}/health")
+    health = httpx.get(
+        f"http://{stack.settings.host}:{http_port('inference_gateway', stack.settings)}/health"
+    )
     assert health.status_code == 200

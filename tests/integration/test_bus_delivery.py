@@ -56,8 +56,12 @@ async def test_duplicate_event_has_no_second_effect(nats_url: str) -> None:
         # The same event id arriving again outside the window (e.g. a replayed stream): the
         # processed marker stops a second effect.
         envelope = EventEnvelope.wrap(_progress("a"), source="test", event_id="evt-a")
-        await bus.broker.publish(envelope.to_bytes(), JobProgress.subject(), stream="PUYU_EVENTS",
-                                 headers={"Nats-Msg-Id": "another-msg-id"})
+        await bus.broker.publish(
+            envelope.to_bytes(),
+            JobProgress.subject(),
+            stream="PUYU_EVENTS",
+            headers={"Nats-Msg-Id": "another-msg-id"},
+        )
         await bus.publish(_progress("b"), event_id="evt-b")
         await _wait_until(lambda: "evt-b" in effects)
         await asyncio.sleep(0.5)
@@ -140,8 +144,9 @@ async def test_handler_crashing_mid_message_gets_it_again(nats_url: str, tmp_pat
     script = tmp_path / "crash.py"
     script.write_text(CRASHING_CONSUMER)
     root = Path(__file__).resolve().parents[2]
-    proc = await asyncio.create_subprocess_exec(sys.executable, str(script), nats_url, cwd=root,
-                                                stdout=subprocess.PIPE, env={"PYTHONPATH": str(root)})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), nats_url, cwd=root, stdout=subprocess.PIPE, env={"PYTHONPATH": str(root)}
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 9 and b"received 1" in out
     await publisher.stop()
