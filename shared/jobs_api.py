@@ -42,12 +42,12 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
     async def Submit(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.JobStatus:
-        cls = self.kinds.get(request.kind)
-        if cls is None:
+        if request.kind not in self.kinds:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"unknown job kind {request.kind!r}; this service runs {sorted(self.kinds)}",
             )
+        cls = self.kinds[request.kind]
         try:
             spec = json.loads(request.spec_json or "{}")
             if not isinstance(spec, dict):
@@ -57,7 +57,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             payload = cls.model_validate(spec)
         except (ValueError, ValidationError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid {request.kind} job spec: {exc}")
-        job_id: str = payload.job_id  # type: ignore[attr-defined]
+        job_id = str(getattr(payload, "job_id"))
         correlation = request.correlation_id or uuid.uuid4().hex
         status = await self.bus.jobs.update(job_id, request.kind, state="queued", correlation_id=correlation)
         await self.bus.publish(payload, correlation=correlation, event_id=f"job:{request.kind}:{job_id}")
@@ -66,17 +66,19 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
     async def Get(
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.JobStatus:
-        status = await self.bus.jobs.get(request.job_id)
+        return to_proto(await self._get(request.job_id, context))
+
+    async def _get(self, job_id: str, context: grpc.aio.ServicerContext) -> JobStatus:
+        status = await self.bus.jobs.get(job_id)
         if status is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
-        return to_proto(status)
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r}")
+            raise AssertionError
+        return status
 
     async def Watch(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         last: str | None = None
         while True:
-            status = await self.bus.jobs.get(request.job_id)
-            if status is None:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+            status = await self._get(request.job_id, context)
             snapshot = status.model_dump_json()
             if snapshot != last:
                 last = snapshot

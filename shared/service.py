@@ -103,7 +103,8 @@ class ServiceRuntime:
             self.http, host=self.settings.host, port=self.http_port, log_level="warning", lifespan="off"
         )
         server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # This runtime owns SIGTERM/SIGINT (graceful stop of bus, gRPC and HTTP in order), not uvicorn.
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         http_task = asyncio.create_task(server.serve())
         log.info(
             "%s ready: grpc %s:%d http %s:%d",

@@ -6,6 +6,7 @@ identity (deterministic where the event is a fact), tracing ids and the schema v
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
@@ -98,7 +99,7 @@ class EventEnvelope(BaseModel):
         except ValidationError as exc:
             raise InvalidEvent(f"{self.type}: invalid payload: {_summarise(exc)}") from exc
 
-    def payload_as(self, cls: type[P]) -> P:
+    def payload_as(self, cls: builtins.type[P]) -> P:
         parsed = self.parsed()
         if not isinstance(parsed, cls):
             raise InvalidEvent(f"expected a {cls.event_type} event, got {self.type}")

@@ -75,7 +75,7 @@ class ChainWatcher:
         def ready() -> EventEnvelope | None:
             for env in self.events:
                 if env.type == JobFailed.event_type:
-                    failed = env.payload_as(JobFailed)
+                    failed: JobFailed = env.payload_as(JobFailed)
                     raise ChainFailed(f"{failed.service} failed on {failed.source_subject}: {failed.error}")
                 if env.type in types and (predicate is None or predicate(env)):
                     return env

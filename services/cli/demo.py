@@ -70,7 +70,7 @@ async def run_chain(
 
     def on_event(env: EventEnvelope) -> None:
         if env.type == JobProgress.event_type:
-            p = env.payload_as(JobProgress)
+            p: JobProgress = env.payload_as(JobProgress)
             task = tasks[order[current[0]]]
             progress.start_task(task)
             info = p.message or p.stage

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts.events.subjects import JOBS_BUCKET
-from shared.bus.jobs import JobBoard
+from shared.bus.jobs import JobBoard, JobStatus
 from shared.ports import SERVICES, http_port
 from shared.settings import CommonSettings
 
@@ -24,7 +24,7 @@ def _health(settings: CommonSettings, name: str) -> str:
         return "down"
 
 
-async def _jobs(settings: CommonSettings) -> list[object]:
+async def _jobs(settings: CommonSettings) -> list[JobStatus]:
     nc = await nats.connect(settings.nats_url, connect_timeout=2, max_reconnect_attempts=0)
     try:
         kv = await nc.jetstream().key_value(JOBS_BUCKET)
@@ -58,10 +58,10 @@ def status(settings: CommonSettings) -> int:
                 job.kind,
                 job.state,
                 job.stage,
-                f"{job.fraction:.0%}",  # type: ignore[attr-defined]
-                time.strftime("%H:%M:%S", time.localtime(job.updated_at)),  # type: ignore[attr-defined]
+                f"{job.fraction:.0%}",
+                time.strftime("%H:%M:%S", time.localtime(job.updated_at)),
                 job.message[:60],
-            )  # type: ignore[attr-defined]
+            )
         console.print(table)
 
     try:

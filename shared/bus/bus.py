@@ -270,7 +270,7 @@ class Bus:
         log.error("dead-lettered %s after %d attempt(s): %s", raw.subject, attempts, error)
 
 
-def _as_faststream_handler(consumer: _Consumer) -> Callable[[NatsMessage], Awaitable[None]]:
+def _as_faststream_handler(consumer: _Consumer[Any]) -> Callable[[NatsMessage], Awaitable[None]]:
     async def consume(msg: NatsMessage) -> None:
         await consumer(msg)
 
@@ -280,7 +280,7 @@ def _as_faststream_handler(consumer: _Consumer) -> Callable[[NatsMessage], Await
     return consume
 
 
-class _Consumer:
+class _Consumer(Generic[P]):
     """The FastStream handler behind ``Bus.handle``: parsing, idempotency, acks, retries, dead letters."""
 
     def __init__(
@@ -306,10 +306,9 @@ class _Consumer:
         raw: Msg = msg.raw_message
         attempt = raw.metadata.num_delivered if raw.metadata else 1
         envelope: EventEnvelope | None = None
-        payload: EventPayload | None = None
         try:
             envelope = EventEnvelope.from_bytes(raw.data)
-            payload = envelope.payload_as(self.cls)
+            payload: P = envelope.payload_as(self.cls)
         except InvalidEvent as exc:
             EVENTS_HANDLED.labels(self.bus.service, self.cls.event_type, "invalid").inc()
             await self.bus.dead_letter(raw, str(exc), attempt, envelope, None)
@@ -321,7 +320,7 @@ class _Consumer:
         finally:
             correlation_id.reset(token)
 
-    async def _handle(self, raw: Msg, envelope: EventEnvelope, payload: EventPayload, attempt: int) -> None:
+    async def _handle(self, raw: Msg, envelope: EventEnvelope, payload: P, attempt: int) -> None:
         service, etype = self.bus.service, envelope.type
         if self.idempotent and await self.bus.already_processed(envelope.id):
             EVENTS_HANDLED.labels(service, etype, "duplicate").inc()

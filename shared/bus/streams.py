@@ -51,6 +51,7 @@ STREAMS = (
 
 async def ensure_streams(js: JetStreamContext) -> None:
     for config in STREAMS:
+        assert config.name is not None
         try:
             await js.stream_info(config.name)
         except NotFoundError:
