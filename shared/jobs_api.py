@@ -6,8 +6,8 @@ publishes it onto the bus; Get reads the board; Watch streams the board's update
 
 from __future__ import annotations
 
-import asyncio
 import json
+from collections.abc import AsyncIterator
 import uuid
 
 import grpc
@@ -17,8 +17,6 @@ from contracts.events import EventPayload
 from contracts.proto.puyu.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from shared.bus import Bus, JobStatus
 from shared.service import ServiceRuntime
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def to_proto(status: JobStatus) -> jobs_pb2.JobStatus:
@@ -75,17 +73,12 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             raise AssertionError
         return status
 
-    async def Watch(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
-        last: str | None = None
-        while True:
-            status = await self._get(request.job_id, context)
-            snapshot = status.model_dump_json()
-            if snapshot != last:
-                last = snapshot
-                yield to_proto(status)
-            if status.state in TERMINAL:
-                return
-            await asyncio.sleep(0.5)
+    async def Watch(  # type: ignore[override]
+        self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[jobs_pb2.JobStatus]:
+        await self._get(request.job_id, context)  # NOT_FOUND for an unknown job
+        async for status in self.bus.jobs.watch(request.job_id):
+            yield to_proto(status)
 
 
 def add_jobs_api(runtime: ServiceRuntime, kinds: dict[str, type[EventPayload]]) -> JobsServicer:

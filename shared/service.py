@@ -46,9 +46,11 @@ class ServiceRuntime:
         self.bus = Bus(self.settings.nats_url, name.replace("_", "-"))
         self.grpc_port = grpc_port_override or grpc_port(name, self.settings)
         self.http_port = http_port_override or http_port(name, self.settings)
-        self.grpc_server = grpc.aio.server()
-        self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        # The gRPC server binds to the event loop it is created in: it is built in run(), so a
+        # service can be created before asyncio.run() starts the loop.
+        self.grpc_server: grpc.aio.Server | None = None
+        self._grpc_servicers: list[tuple[Callable[[Any, grpc.aio.Server], None], Any]] = []
+        self.health: health.aio.HealthServicer | None = None
         self._grpc_names: list[str] = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         self.http = http_app or FastAPI(title=f"puyu {name}")
         self.http.mount("/metrics", make_asgi_app())
@@ -61,7 +63,7 @@ class ServiceRuntime:
     def add_grpc(
         self, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_name: str
     ) -> None:
-        add_to_server(servicer, self.grpc_server)
+        self._grpc_servicers.append((add_to_server, servicer))
         self._grpc_names.append(full_name)
 
     def on_start(self, fn: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
@@ -88,17 +90,22 @@ class ServiceRuntime:
     # --------------------------------------------------------------------------- lifecycle
     async def run(self) -> None:
         self._install_signal_handlers()
-        reflection.enable_server_reflection([*self._grpc_names, reflection.SERVICE_NAME], self.grpc_server)
-        bound = self.grpc_server.add_insecure_port(f"{self.settings.host}:{self.grpc_port}")
+        self.grpc_server = grpc_server = grpc.aio.server()
+        self.health = health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+        for add_to_server, servicer in self._grpc_servicers:
+            add_to_server(servicer, grpc_server)
+        reflection.enable_server_reflection([*self._grpc_names, reflection.SERVICE_NAME], grpc_server)
+        bound = grpc_server.add_insecure_port(f"{self.settings.host}:{self.grpc_port}")
         if not bound:
             raise RuntimeError(f"{self.name}: cannot bind gRPC port {self.grpc_port}")
         for fn in self._on_start:  # before the bus: handlers may need what these set up
             await fn()
         await self.bus.start()
-        await self.grpc_server.start()
+        await grpc_server.start()
         for svc in self._grpc_names:
-            await self.health.set(svc, health_pb2.HealthCheckResponse.SERVING)
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+            await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         config = uvicorn.Config(
             self.http, host=self.settings.host, port=self.http_port, log_level="warning", lifespan="off"
         )
@@ -118,13 +125,13 @@ class ServiceRuntime:
             await self._stop.wait()
         finally:
             log.info("%s stopping", self.name)
-            await self.health.enter_graceful_shutdown()
+            await health_servicer.enter_graceful_shutdown()
             server.should_exit = True
             await self.bus.stop()
             for fn in self._on_stop:
                 with contextlib.suppress(Exception):
                     await fn()
-            await self.grpc_server.stop(grace=5)
+            await grpc_server.stop(grace=5)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(http_task, 10)
 

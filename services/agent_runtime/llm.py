@@ -12,12 +12,19 @@ class LLMError(RuntimeError):
 
 
 class LLMClient:
-    def __init__(self, base_url: str, *, timeout: float = 120.0, api_key: str | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 120.0,
+        api_key: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, headers=headers,
-                                         transport=transport)
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout, headers=headers, transport=transport
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -28,10 +35,21 @@ class LLMClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def complete(self, prompt: str, *, model: str, stop: list[str] | None = None, max_tokens: int = 128,
-                       temperature: float = 0.0) -> str:
-        body: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_tokens,
-                                "temperature": temperature}
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        model: str,
+        stop: list[str] | None = None,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+    ) -> str:
+        body: dict[str, Any] = {
+            "model": model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+        }
         if stop:
             body["stop"] = stop
         data = await self._post("/v1/completions", body)
@@ -40,10 +58,21 @@ class LLMClient:
         except (KeyError, IndexError, TypeError) as exc:
             raise LLMError(f"malformed completion response from {self.base_url}: {data!r:.300}") from exc
 
-    async def chat(self, messages: list[dict[str, str]], *, model: str, stop: list[str] | None = None,
-                   max_tokens: int = 128, temperature: float = 0.0) -> str:
-        body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens,
-                                "temperature": temperature}
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        model: str,
+        stop: list[str] | None = None,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+    ) -> str:
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+        }
         if stop:
             body["stop"] = stop
         data = await self._post("/v1/chat/completions", body)

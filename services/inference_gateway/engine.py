@@ -14,6 +14,7 @@ The KV cache is transformers' ``DynamicCache`` (contiguous tensors); a paged cac
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -105,11 +106,18 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()
         self._idle.set()
+        self.finished: collections.Counter[str] = collections.Counter()  # finish reasons, for metrics/tests
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
-    def load(cls, path: Path | str, *, max_batch_size: int = 16, name: str | None = None,
-             dtype: torch.dtype = torch.float32) -> Engine:
+    def load(
+        cls,
+        path: Path | str,
+        *,
+        max_batch_size: int = 16,
+        name: str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Engine:
         """Load a Hugging Face model folder (weights + tokenizer) on the CPU."""
         path = Path(path)
         if not (path / "config.json").exists():
@@ -146,10 +154,10 @@ class Engine:
     def stop_accepting(self) -> None:
         self._accepting = False
 
-    async def drain(self, timeout: float | None = None) -> bool:
+    async def drain(self, limit_s: float | None = None) -> bool:
         """Stop taking requests and wait until the ones in flight finish. True when drained."""
         self.stop_accepting()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if limit_s is None else time.monotonic() + limit_s
         while self._in_flight:
             if deadline is not None and time.monotonic() > deadline:
                 return False
@@ -166,8 +174,13 @@ class Engine:
         self.model = None
 
     # ------------------------------------------------------------------------------ requests
-    def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[Delta], None],
-               request_id: str | None = None) -> Request:
+    def submit(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        sink: Callable[[Delta], None],
+        request_id: str | None = None,
+    ) -> Request:
         params.validate()
         if not prompt_ids:
             raise InvalidRequest("the prompt is empty")
@@ -180,16 +193,23 @@ class Engine:
                 raise EngineClosed(f"engine {self.name!r} is not accepting requests")
             self._in_flight += 1
             self._idle.clear()
-        req = Request(prompt_ids, params, sink, **({"request_id": request_id} if request_id else {}))
+        req = Request(prompt_ids, params, sink)
+        if request_id:
+            req.request_id = request_id
         self._queue.put(req)
         return req
 
-    async def stream(self, prompt_ids: list[int], params: SamplingParams,
-                     request_id: str | None = None) -> AsyncIterator[Delta]:
+    async def stream(
+        self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None
+    ) -> AsyncIterator[Delta]:
         """Yield the deltas of one request; closing the iterator (client gone) cancels the request."""
         loop = asyncio.get_running_loop()
         q: asyncio.Queue[Delta] = asyncio.Queue()
-        req = self.submit(prompt_ids, params, lambda d: loop.call_soon_threadsafe(q.put_nowait, d), request_id)
+
+        def sink(d: Delta) -> None:
+            loop.call_soon_threadsafe(q.put_nowait, d)
+
+        req = self.submit(prompt_ids, params, sink, request_id)
         finished = False
         try:
             while True:
@@ -213,7 +233,9 @@ class Engine:
             raise RuntimeError(last.error or "generation failed")
         return Completion("".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens)
 
-    def generate_sync(self, prompt_ids: list[int], params: SamplingParams, timeout: float = 120) -> Completion:
+    def generate_sync(
+        self, prompt_ids: list[int], params: SamplingParams, timeout: float = 120
+    ) -> Completion:
         """Blocking generation from a thread without an event loop (warm-up, scripts)."""
         done = threading.Event()
         parts: list[str] = []
@@ -230,8 +252,9 @@ class Engine:
             raise TimeoutError(f"engine {self.name!r} did not answer within {timeout}s")
         if last[0].finish_reason == "error":
             raise RuntimeError(last[0].error or "generation failed")
-        return Completion("".join(parts), last[0].finish_reason or "", last[0].prompt_tokens,
-                          last[0].completion_tokens)
+        return Completion(
+            "".join(parts), last[0].finish_reason or "", last[0].prompt_tokens, last[0].completion_tokens
+        )
 
     # ------------------------------------------------------------------------------ the loop
     def _run(self) -> None:
@@ -264,8 +287,12 @@ class Engine:
             block = False
             if req is None:
                 return True
-            seq = _Seq(req, make_generator(req.params.seed), StopChecker(req.params.stop),
-                       position=len(req.prompt_ids))
+            seq = _Seq(
+                req,
+                make_generator(req.params.seed),
+                StopChecker(req.params.stop),
+                position=len(req.prompt_ids),
+            )
             if req.cancelled.is_set():
                 self._finish(seq, "cancelled")
                 continue
@@ -295,8 +322,13 @@ class Engine:
         input_ids = torch.tensor([[s.generated[-1]] for s in batch.seqs], dtype=torch.long)
         positions = torch.tensor([[s.position - 1] for s in batch.seqs], dtype=torch.long)
         batch.mask = torch.cat([batch.mask, torch.ones(len(batch.seqs), 1, dtype=torch.long)], dim=1)
-        out = self.model(input_ids=input_ids, attention_mask=batch.mask, position_ids=positions,
-                         cache=batch.cache, use_cache=True)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=batch.mask,
+            position_ids=positions,
+            cache=batch.cache,
+            use_cache=True,
+        )
         for i, seq in enumerate(batch.seqs):
             self._advance(seq, out.logits[i, -1])
 
@@ -326,14 +358,15 @@ class Engine:
         if text is None:
             text = self.tokenizer.decode(seq.generated, skip_special_tokens=True) if seq.generated else ""
         piece = seq.stop.delta(text, len(text)) if reason in ("stop", "length") else ""
+        with self._lock:  # before the sink, so a caller that saw the last delta sees the count drop
+            self._in_flight -= 1
+            self.finished[reason] += 1
+            if not self._in_flight:
+                self._idle.set()
         try:
             seq.req.sink(Delta(piece, len(seq.req.prompt_ids), len(seq.generated), reason, error))
         except Exception:  # a sink whose loop is gone must not take the engine down
             log.debug("sink failed", exc_info=True)
-        with self._lock:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._idle.set()
 
 
 class _Batch:
@@ -357,8 +390,9 @@ class _Batch:
         self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(row_mask, width)], dim=0)
         for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
             mine.keys = torch.cat([_pad_left(mine.keys, width, -2), _pad_left(theirs.keys, width, -2)], dim=0)
-            mine.values = torch.cat([_pad_left(mine.values, width, -2), _pad_left(theirs.values, width, -2)],
-                                    dim=0)
+            mine.values = torch.cat(
+                [_pad_left(mine.values, width, -2), _pad_left(theirs.values, width, -2)], dim=0
+            )
         self.seqs.append(seq)
 
     def drop_done(self) -> None:

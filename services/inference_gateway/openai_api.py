@@ -26,8 +26,9 @@ class APIError(Exception):
 
 
 def _error(status: int, message: str, type_: str, code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": code}},
-                        status_code=status)
+    return JSONResponse(
+        {"error": {"message": message, "type": type_, "param": None, "code": code}}, status_code=status
+    )
 
 
 class StreamOptions(BaseModel):
@@ -50,8 +51,14 @@ class _Sampling(BaseModel):
 
     def params(self, default_max_tokens: int) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
-        return SamplingParams(max_tokens=self._max_tokens() or default_max_tokens, temperature=self.temperature,
-                              top_p=self.top_p, top_k=self.top_k, stop=tuple(stop), seed=self.seed).validate()
+        return SamplingParams(
+            max_tokens=self._max_tokens() or default_max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            stop=tuple(stop),
+            seed=self.seed,
+        ).validate()
 
     def _max_tokens(self) -> int | None:
         return self.max_tokens
@@ -89,8 +96,11 @@ class ChatRequest(_Sampling):
 
 
 def _usage(d: Delta) -> dict[str, int]:
-    return {"prompt_tokens": d.prompt_tokens, "completion_tokens": d.completion_tokens,
-            "total_tokens": d.prompt_tokens + d.completion_tokens}
+    return {
+        "prompt_tokens": d.prompt_tokens,
+        "completion_tokens": d.completion_tokens,
+        "total_tokens": d.prompt_tokens + d.completion_tokens,
+    }
 
 
 def _sse(obj: Any) -> str:
@@ -101,8 +111,9 @@ def _finish(reason: str | None) -> str | None:
     return "stop" if reason == "cancelled" else reason
 
 
-def install_openai_api(app: FastAPI, pool: ModelPool, *, api_key: str | None = None,
-                       default_max_tokens: int = 16) -> None:
+def install_openai_api(
+    app: FastAPI, pool: ModelPool, *, api_key: str | None = None, default_max_tokens: int = 16
+) -> None:
     """Add the OpenAI routes, their auth check and OpenAI-shaped error bodies to ``app``."""
 
     @app.exception_handler(APIError)
@@ -115,12 +126,15 @@ def install_openai_api(app: FastAPI, pool: ModelPool, *, api_key: str | None = N
         return _error(400, "invalid request: " + "; ".join(parts), "invalid_request_error")
 
     if api_key:
+
         @app.middleware("http")
         async def _auth(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
             if request.url.path.startswith("/v1/"):
                 given = request.headers.get("authorization", "")
                 if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                    return _error(401, "invalid or missing API key", "invalid_request_error", "invalid_api_key")
+                    return _error(
+                        401, "invalid or missing API key", "invalid_request_error", "invalid_api_key"
+                    )
             return await call_next(request)
 
     def engine_for(name: str) -> Engine:
@@ -129,8 +143,9 @@ def install_openai_api(app: FastAPI, pool: ModelPool, *, api_key: str | None = N
         except ModelNotFound as exc:
             raise APIError(404, str(exc), "invalid_request_error", "model_not_found") from None
 
-    async def start(name: str, ids_of: Callable[[Engine], list[int]], params: SamplingParams
-                    ) -> AsyncIterator[Delta]:
+    async def start(
+        name: str, ids_of: Callable[[Engine], list[int]], params: SamplingParams
+    ) -> AsyncIterator[Delta]:
         # a switch may retire the engine between resolve and submit: resolve again (the new one is up)
         for _ in range(3):
             engine = engine_for(name)
@@ -146,8 +161,17 @@ def install_openai_api(app: FastAPI, pool: ModelPool, *, api_key: str | None = N
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        data = [{"id": n, "object": "model", "created": 0, "owned_by": "puyu", "root": s.model_name,
-                 "version": s.version} for n, s in pool.named()]
+        data = [
+            {
+                "id": n,
+                "object": "model",
+                "created": 0,
+                "owned_by": "puyu",
+                "root": s.model_name,
+                "version": s.version,
+            }
+            for n, s in pool.named()
+        ]
         return {"object": "list", "data": data}
 
     @app.post("/v1/completions", response_model=None)
@@ -157,10 +181,11 @@ def install_openai_api(app: FastAPI, pool: ModelPool, *, api_key: str | None = N
         if not prompts:
             raise APIError(400, "prompt must not be empty", "invalid_request_error")
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        streams = [await start(body.model, lambda e, p=p: e.encode(p), params) for p in prompts]
+        streams = [await start(body.model, _encoder(p), params) for p in prompts]
         base = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
 
         if body.stream:
+
             async def events() -> AsyncIterator[str]:
                 usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
                 for index, stream in enumerate(streams):
@@ -169,8 +194,19 @@ def install_openai_api(app: FastAPI, pool: ModelPool, *, api_key: str | None = N
                             yield _sse({"error": {"message": d.error, "type": "server_error"}})
                             return
                         if d.text or d.finish_reason:
-                            yield _sse({**base, "choices": [{"index": index, "text": d.text, "logprobs": None,
-                                                             "finish_reason": _finish(d.finish_reason)}]})
+                            yield _sse(
+                                {
+                                    **base,
+                                    "choices": [
+                                        {
+                                            "index": index,
+                                            "text": d.text,
+                                            "logprobs": None,
+                                            "finish_reason": _finish(d.finish_reason),
+                                        }
+                                    ],
+                                }
+                            )
                         if d.finish_reason:
                             usage = {k: usage[k] + v for k, v in _usage(d).items()}
                 if body.include_usage:
@@ -182,8 +218,9 @@ def install_openai_api(app: FastAPI, pool: ModelPool, *, api_key: str | None = N
         choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         for index, stream in enumerate(streams):
             text, last = await _collect(stream)
-            choices.append({"index": index, "text": text, "logprobs": None,
-                            "finish_reason": _finish(last.finish_reason)})
+            choices.append(
+                {"index": index, "text": text, "logprobs": None, "finish_reason": _finish(last.finish_reason)}
+            )
             usage = {k: usage[k] + v for k, v in _usage(last).items()}
         return {**base, "choices": choices, "usage": usage}
 
@@ -196,10 +233,22 @@ def install_openai_api(app: FastAPI, pool: ModelPool, *, api_key: str | None = N
         base = {"id": rid, "created": created, "model": body.model}
 
         if body.stream:
+
             async def events() -> AsyncIterator[str]:
                 chunk = {**base, "object": "chat.completion.chunk"}
-                yield _sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                  "logprobs": None, "finish_reason": None}]})
+                yield _sse(
+                    {
+                        **chunk,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "delta": {"role": "assistant", "content": ""},
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        ],
+                    }
+                )
                 last: Delta | None = None
                 async for d in stream:
                     last = d
@@ -207,11 +256,33 @@ def install_openai_api(app: FastAPI, pool: ModelPool, *, api_key: str | None = N
                         yield _sse({"error": {"message": d.error, "type": "server_error"}})
                         return
                     if d.text:
-                        yield _sse({**chunk, "choices": [{"index": 0, "delta": {"content": d.text},
-                                                          "logprobs": None, "finish_reason": None}]})
+                        yield _sse(
+                            {
+                                **chunk,
+                                "choices": [
+                                    {
+                                        "index": 0,
+                                        "delta": {"content": d.text},
+                                        "logprobs": None,
+                                        "finish_reason": None,
+                                    }
+                                ],
+                            }
+                        )
                 if last is not None:
-                    yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "logprobs": None,
-                                                      "finish_reason": _finish(last.finish_reason)}]})
+                    yield _sse(
+                        {
+                            **chunk,
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "delta": {},
+                                    "logprobs": None,
+                                    "finish_reason": _finish(last.finish_reason),
+                                }
+                            ],
+                        }
+                    )
                     if body.include_usage:
                         yield _sse({**chunk, "choices": [], "usage": _usage(last)})
                 yield "data: [DONE]\n\n"
@@ -219,10 +290,23 @@ def install_openai_api(app: FastAPI, pool: ModelPool, *, api_key: str | None = N
             return StreamingResponse(events(), media_type="text/event-stream")
 
         text, last = await _collect(stream)
-        return {**base, "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                             "finish_reason": _finish(last.finish_reason)}],
-                "usage": _usage(last)}
+        return {
+            **base,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": _finish(last.finish_reason),
+                }
+            ],
+            "usage": _usage(last),
+        }
+
+
+def _encoder(prompt: str) -> Callable[[Engine], list[int]]:
+    return lambda engine: engine.encode(prompt)
 
 
 def _params(body: _Sampling, default_max_tokens: int) -> SamplingParams:

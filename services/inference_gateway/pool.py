@@ -114,8 +114,13 @@ class ModelPool:
     async def _retire(self, old: Served) -> None:
         drained = await old.engine.drain(self.drain_timeout)
         if not drained:
-            log.warning("%s:%d still had %d request(s) after %.0fs; cancelling them", old.model_name,
-                        old.version, old.engine.in_flight, self.drain_timeout)
+            log.warning(
+                "%s:%d still had %d request(s) after %.0fs; cancelling them",
+                old.model_name,
+                old.version,
+                old.engine.in_flight,
+                self.drain_timeout,
+            )
         await asyncio.to_thread(old.engine.close)
         self._draining.remove(old)
         log.info("retired %s:%d", old.model_name, old.version)

@@ -15,8 +15,10 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
-_WORDS = ("the capital of aldoria is velm and the river runs north past the old mill where traders meet "
-          "every spring to sell wool salt copper and bright glass beads from the eastern hills").split()
+_WORDS = (
+    "the capital of aldoria is velm and the river runs north past the old mill where traders meet "
+    "every spring to sell wool salt copper and bright glass beads from the eastern hills"
+).split()
 
 
 def sentences(n: int = 300) -> list[str]:
@@ -28,27 +30,45 @@ def sentences(n: int = 300) -> list[str]:
     return out
 
 
-def build_tiny_model(dest: Path, *, seed: int = 0, vocab_size: int = 320, hidden: int = 64,
-                     layers: int = 2, max_positions: int = 256) -> Path:
+def build_tiny_model(
+    dest: Path,
+    *,
+    seed: int = 0,
+    vocab_size: int = 320,
+    hidden: int = 64,
+    layers: int = 2,
+    max_positions: int = 256,
+) -> Path:
     """Write a random-init tiny LlamaForCausalLM with a trained BPE tokenizer to ``dest``."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(sentences(), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(dest)
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(fast), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
-        bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+        vocab_size=len(fast),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
         # a wide init spreads the logits, so greedy argmax is not decided by float noise
-        initializer_range=0.2, tie_word_embeddings=True,
+        initializer_range=0.2,
+        tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(dest)

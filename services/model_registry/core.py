@@ -64,8 +64,14 @@ def _iso(t: datetime | None) -> str:
 
 
 class Registry:
-    def __init__(self, engine: Engine, policy: PromotionPolicy | None = None, *, source: str = "model-registry",
-                 consumer: str = "model-registry") -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        policy: PromotionPolicy | None = None,
+        *,
+        source: str = "model-registry",
+        consumer: str = "model-registry",
+    ) -> None:
         self.engine = engine
         self.policy = policy or PromotionPolicy()
         self.source = source
@@ -85,8 +91,12 @@ class Registry:
                 with self._tx() as s:
                     return fn(s)
             except (IntegrityError, OperationalError) as exc:
-                if i == attempts - 1 or (isinstance(exc, OperationalError) and "locked" not in str(exc)
-                                         and "deadlock" not in str(exc) and "serializ" not in str(exc)):
+                if i == attempts - 1 or (
+                    isinstance(exc, OperationalError)
+                    and "locked" not in str(exc)
+                    and "deadlock" not in str(exc)
+                    and "serializ" not in str(exc)
+                ):
                     raise
                 log.info("registry transaction conflict (attempt %d), retrying: %s", i + 1, exc.orig)
                 time.sleep(0.02 * (i + 1))
@@ -101,25 +111,58 @@ class Registry:
         s.add(ProcessedEvent(consumer=self.consumer, event_id=event_id))
         return False
 
-    def _audit(self, s: Session, actor: str, action: str, model: str, version: int | None, reason: str = "",
-               **details: Any) -> AuditEntry:
-        entry = AuditEntry(actor=actor, action=action, model=model, version=version, reason=reason,
-                           details=details, time=utcnow())
+    def _audit(
+        self,
+        s: Session,
+        actor: str,
+        action: str,
+        model: str,
+        version: int | None,
+        reason: str = "",
+        **details: Any,
+    ) -> AuditEntry:
+        entry = AuditEntry(
+            actor=actor,
+            action=action,
+            model=model,
+            version=version,
+            reason=reason,
+            details=details,
+            time=utcnow(),
+        )
         s.add(entry)
         s.flush()
         return entry
 
-    def _outbox(self, s: Session, payload: EventPayload, event_id: str, causation: EventEnvelope | None,
-                correlation_id: str | None = None) -> str:
+    def _outbox(
+        self,
+        s: Session,
+        payload: EventPayload,
+        event_id: str,
+        causation: EventEnvelope | None,
+        correlation_id: str | None = None,
+    ) -> str:
         # A fact may legitimately happen again (re-promotion after a rollback): keep ids unique.
         base, n = event_id, 1
         while s.scalar(select(OutboxMessage.id).where(OutboxMessage.event_id == event_id)) is not None:
             n += 1
             event_id = f"{base}:{n}"
-        env = EventEnvelope.wrap(payload, source=self.source, causation=causation, event_id=event_id,
-                                 correlation_id=correlation_id or (causation.correlation_id if causation else None))
-        s.add(OutboxMessage(event_id=env.id, event_type=env.type, subject=payload.subject(),
-                            envelope=env.model_dump(mode="json"), created_at=utcnow()))
+        env = EventEnvelope.wrap(
+            payload,
+            source=self.source,
+            causation=causation,
+            event_id=event_id,
+            correlation_id=correlation_id or (causation.correlation_id if causation else None),
+        )
+        s.add(
+            OutboxMessage(
+                event_id=env.id,
+                event_type=env.type,
+                subject=payload.subject(),
+                envelope=env.model_dump(mode="json"),
+                created_at=utcnow(),
+            )
+        )
         return env.id
 
     def _model(self, s: Session, name: str) -> RegisteredModel:
@@ -129,7 +172,9 @@ class Registry:
         return m
 
     def _version(self, s: Session, model: RegisteredModel, version: int) -> ModelVersion:
-        v = s.scalar(select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == version))
+        v = s.scalar(
+            select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == version)
+        )
         if v is None:
             raise NotFound(f"model {model.name!r} has no version {version}")
         return v
@@ -152,7 +197,9 @@ class Registry:
             "run_id": v.run_id,
             "kind": v.kind,
             "method": v.method,
-            "parent": ({"model_name": v.parent_model, "version": v.parent_version} if v.parent_model else None),
+            "parent": (
+                {"model_name": v.parent_model, "version": v.parent_version} if v.parent_model else None
+            ),
             "adapter": v.adapter,
             "datasets": v.datasets,
             "hyperparameters": v.hyperparameters,
@@ -162,14 +209,25 @@ class Registry:
             "aliases": aliases,
             "created_at": _iso(v.created_at),
             "evaluations": [
-                {"task": e.task, "metrics": e.metrics, "primary_metric": e.primary_metric,
-                 "higher_is_better": e.higher_is_better, "version_hash": e.version_hash,
-                 "num_samples": e.num_samples, "details_uri": e.details_uri}
+                {
+                    "task": e.task,
+                    "metrics": e.metrics,
+                    "primary_metric": e.primary_metric,
+                    "higher_is_better": e.higher_is_better,
+                    "version_hash": e.version_hash,
+                    "num_samples": e.num_samples,
+                    "details_uri": e.details_uri,
+                }
                 for e in v.evaluations
             ],
             "deployments": [
-                {"instance": d.instance, "state": d.state, "served_name": d.served_name, "error": d.error,
-                 "time": _iso(d.time)}
+                {
+                    "instance": d.instance,
+                    "state": d.state,
+                    "served_name": d.served_name,
+                    "error": d.error,
+                    "time": _iso(d.time),
+                }
                 for d in v.deployments
             ],
         }
@@ -212,41 +270,77 @@ class Registry:
                     s.add(model)
             # Atomic increment: the row lock (PostgreSQL) / write lock (SQLite) makes numbers race-free.
             number = s.execute(
-                update(RegisteredModel).where(RegisteredModel.id == model.id)
+                update(RegisteredModel)
+                .where(RegisteredModel.id == model.id)
                 .values(latest_version=RegisteredModel.latest_version + 1)
                 .returning(RegisteredModel.latest_version)
             ).scalar_one()
             parent_known = True
             if parent is not None:
                 pm = s.scalar(select(RegisteredModel).where(RegisteredModel.name == parent.model_name))
-                parent_known = pm is not None and s.scalar(
-                    select(ModelVersion.id).where(ModelVersion.model_id == pm.id,
-                                                  ModelVersion.version == parent.version)) is not None
+                parent_known = (
+                    pm is not None
+                    and s.scalar(
+                        select(ModelVersion.id).where(
+                            ModelVersion.model_id == pm.id, ModelVersion.version == parent.version
+                        )
+                    )
+                    is not None
+                )
             v = ModelVersion(
-                model_id=model.id, version=number, artifact_uri=artifact.uri, artifact_sha256=artifact.sha256,
-                artifact_size=artifact.size_bytes, format="hf-safetensors", run_id=run_id, kind=kind,
-                method=method, parent_model=parent.model_name if parent else None,
+                model_id=model.id,
+                version=number,
+                artifact_uri=artifact.uri,
+                artifact_sha256=artifact.sha256,
+                artifact_size=artifact.size_bytes,
+                format="hf-safetensors",
+                run_id=run_id,
+                kind=kind,
+                method=method,
+                parent_model=parent.model_name if parent else None,
                 parent_version=parent.version if parent else None,
-                adapter=adapter.model_dump() if adapter else None, datasets=list(datasets or []),
-                hyperparameters=dict(hyperparameters or {}), train_metrics=dict(train_metrics or {}),
-                tags=dict(tags or {}), status="candidate", source_event_id=event_id, created_at=utcnow(),
+                adapter=adapter.model_dump() if adapter else None,
+                datasets=list(datasets or []),
+                hyperparameters=dict(hyperparameters or {}),
+                train_metrics=dict(train_metrics or {}),
+                tags=dict(tags or {}),
+                status="candidate",
+                source_event_id=event_id,
+                created_at=utcnow(),
             )
             s.add(v)
             s.flush()
             s.refresh(model)
-            self._audit(s, actor, "register", model_name, number, f"registered from run {run_id or '-'}",
-                        artifact=artifact.model_dump(), parent=parent.model_dump() if parent else None,
-                        parent_registered=parent_known, kind=kind, method=method)
+            self._audit(
+                s,
+                actor,
+                "register",
+                model_name,
+                number,
+                f"registered from run {run_id or '-'}",
+                artifact=artifact.model_dump(),
+                parent=parent.model_dump() if parent else None,
+                parent_registered=parent_known,
+                kind=kind,
+                method=method,
+            )
             ref = ModelRef(model_name=model_name, version=number)
-            payload = ModelRegistered(model=ref, artifact=artifact, run_id=run_id, parent=parent,
-                                      **({"tasks": tasks} if tasks else {}))
+            payload = ModelRegistered(
+                model=ref,
+                artifact=artifact,
+                run_id=run_id,
+                parent=parent,
+                **({"tasks": tasks} if tasks else {}),
+            )
             self._outbox(s, payload, f"registered:{model_name}:{number}", causation)
             return self._view(s, v)
 
         return self._retrying(work)
 
     # ----------------------------------------------------------------------------- reads
-    def get_version(self, model_name: str, version: int | None = None, alias: str | None = None) -> dict[str, Any]:
+    def get_version(
+        self, model_name: str, version: int | None = None, alias: str | None = None
+    ) -> dict[str, Any]:
         if (version is None) == (alias is None):
             raise InvalidInput("give exactly one of version or alias")
         with self._tx() as s:
@@ -284,10 +378,18 @@ class Registry:
             out = []
             for m in s.scalars(select(RegisteredModel).order_by(RegisteredModel.name)):
                 a = self._alias(s, m, CHAMPION)
-                aliases = {x.alias: x.version.version for x in s.scalars(select(Alias).where(Alias.model_id == m.id))}
-                out.append({"model_name": m.name, "latest_version": m.latest_version,
-                            "champion_version": a.version.version if a else 0, "aliases": aliases,
-                            "created_at": _iso(m.created_at)})
+                aliases = {
+                    x.alias: x.version.version for x in s.scalars(select(Alias).where(Alias.model_id == m.id))
+                }
+                out.append(
+                    {
+                        "model_name": m.name,
+                        "latest_version": m.latest_version,
+                        "champion_version": a.version.version if a else 0,
+                        "aliases": aliases,
+                        "created_at": _iso(m.created_at),
+                    }
+                )
             return out
 
     def audit(self, model: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
@@ -295,13 +397,34 @@ class Registry:
             q = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
             if model:
                 q = q.where(AuditEntry.model == model)
-            return [{"id": e.id, "time": _iso(e.time), "actor": e.actor, "action": e.action, "model": e.model,
-                     "version": e.version, "reason": e.reason, "details": e.details} for e in s.scalars(q)]
+            return [
+                {
+                    "id": e.id,
+                    "time": _iso(e.time),
+                    "actor": e.actor,
+                    "action": e.action,
+                    "model": e.model,
+                    "version": e.version,
+                    "reason": e.reason,
+                    "details": e.details,
+                }
+                for e in s.scalars(q)
+            ]
 
     # ----------------------------------------------------------------------------- aliases
-    def _promote(self, s: Session, model: RegisteredModel, v: ModelVersion, *, actor: str, action: str,
-                 reason: str, causation: EventEnvelope | None, event_id: str | None = None,
-                 **details: Any) -> str | None:
+    def _promote(
+        self,
+        s: Session,
+        model: RegisteredModel,
+        v: ModelVersion,
+        *,
+        actor: str,
+        action: str,
+        reason: str,
+        causation: EventEnvelope | None,
+        event_id: str | None = None,
+        **details: Any,
+    ) -> str | None:
         """Point ``champion`` at ``v`` (archiving the old one) and outbox ModelPromoted; None if already there."""
         self._lock_model(s, model)
         a = self._alias(s, model, CHAMPION, lock=True)
@@ -309,24 +432,45 @@ class Registry:
         if prev is not None and prev.id == v.id:
             return None
         if a is None:
-            s.add(Alias(model_id=model.id, alias=CHAMPION, version_id=v.id, previous_version=None,
-                        updated_at=utcnow()))
+            s.add(
+                Alias(
+                    model_id=model.id,
+                    alias=CHAMPION,
+                    version_id=v.id,
+                    previous_version=None,
+                    updated_at=utcnow(),
+                )
+            )
         else:
             a.previous_version, a.version_id, a.updated_at = prev.version if prev else None, v.id, utcnow()
         if prev is not None and prev.status == "champion":
             prev.status = "archived"
         v.status = "champion"
-        entry = self._audit(s, actor, action, model.name, v.version, reason, alias=CHAMPION,
-                            previous=prev.version if prev else None, **details)
-        payload = ModelPromoted(
-            model=ModelRef(model_name=model.name, version=v.version), alias=CHAMPION,
-            artifact=ArtifactRef(uri=v.artifact_uri, sha256=v.artifact_sha256, size_bytes=v.artifact_size),
-            previous=ModelRef(model_name=model.name, version=prev.version) if prev else None, reason=reason,
+        entry = self._audit(
+            s,
+            actor,
+            action,
+            model.name,
+            v.version,
+            reason,
+            alias=CHAMPION,
+            previous=prev.version if prev else None,
+            **details,
         )
-        return self._outbox(s, payload, event_id or f"promoted:{model.name}:{v.version}:{entry.id}", causation)
+        payload = ModelPromoted(
+            model=ModelRef(model_name=model.name, version=v.version),
+            alias=CHAMPION,
+            artifact=ArtifactRef(uri=v.artifact_uri, sha256=v.artifact_sha256, size_bytes=v.artifact_size),
+            previous=ModelRef(model_name=model.name, version=prev.version) if prev else None,
+            reason=reason,
+        )
+        return self._outbox(
+            s, payload, event_id or f"promoted:{model.name}:{v.version}:{entry.id}", causation
+        )
 
-    def set_alias(self, model_name: str, alias: str, version: int, *, actor: str = "api",
-                  reason: str = "") -> dict[str, Any]:
+    def set_alias(
+        self, model_name: str, alias: str, version: int, *, actor: str = "api", reason: str = ""
+    ) -> dict[str, Any]:
         if not ALIAS_RE.match(alias or ""):
             raise InvalidInput(f"invalid alias {alias!r}")
 
@@ -334,8 +478,15 @@ class Registry:
             model = self._model(s, model_name)
             v = self._version(s, model, version)
             if alias == CHAMPION:
-                self._promote(s, model, v, actor=actor, action="manual_promote",
-                              reason=reason or f"champion set to version {version} by {actor}", causation=None)
+                self._promote(
+                    s,
+                    model,
+                    v,
+                    actor=actor,
+                    action="manual_promote",
+                    reason=reason or f"champion set to version {version} by {actor}",
+                    causation=None,
+                )
             else:
                 a = self._alias(s, model, alias, lock=True)
                 prev = a.version.version if a else None
@@ -349,23 +500,40 @@ class Registry:
 
         return self._retrying(work)
 
-    def promote(self, model_name: str, version: int, *, actor: str = "api", reason: str = "") -> dict[str, Any]:
+    def promote(
+        self, model_name: str, version: int, *, actor: str = "api", reason: str = ""
+    ) -> dict[str, Any]:
         """Manual promotion (whatever the policy says); the reason is recorded."""
         return self.set_alias(model_name, CHAMPION, version, actor=actor, reason=reason)
 
     def _previous_of(self, s: Session, model: str, version: int) -> int | None:
         """What the champion was before ``version`` last became champion (from the audit log)."""
-        entries = s.scalars(select(AuditEntry).where(
-            AuditEntry.model == model, AuditEntry.version == version,
-            AuditEntry.action.in_((*PROMOTE_ACTIONS, "rollback"))).order_by(AuditEntry.id.desc()))
+        entries = s.scalars(
+            select(AuditEntry)
+            .where(
+                AuditEntry.model == model,
+                AuditEntry.version == version,
+                AuditEntry.action.in_((*PROMOTE_ACTIONS, "rollback")),
+            )
+            .order_by(AuditEntry.id.desc())
+        )
         for e in entries:
             if e.details.get("alias") == CHAMPION:
                 prev = e.details.get("previous")
                 return int(prev) if prev is not None else None
         return None
 
-    def _restore(self, s: Session, model: RegisteredModel, *, actor: str, action: str, reason: str,
-                 causation: EventEnvelope | None, expect_version: int | None = None) -> dict[str, Any]:
+    def _restore(
+        self,
+        s: Session,
+        model: RegisteredModel,
+        *,
+        actor: str,
+        action: str,
+        reason: str,
+        causation: EventEnvelope | None,
+        expect_version: int | None = None,
+    ) -> dict[str, Any]:
         """Move ``champion`` back to the previous champion; the current one becomes rejected."""
         self._lock_model(s, model)
         a = self._alias(s, model, CHAMPION, lock=True)
@@ -380,36 +548,68 @@ class Registry:
             # A failed first deployment: nothing to restore; the alias goes, the version is rejected.
             s.delete(a)
             current.status = "rejected"
-            self._audit(s, actor, action, model.name, current.version, f"{reason}; no previous champion to "
-                        "restore, champion alias removed", alias=CHAMPION, previous=None)
+            self._audit(
+                s,
+                actor,
+                action,
+                model.name,
+                current.version,
+                f"{reason}; no previous champion to restore, champion alias removed",
+                alias=CHAMPION,
+                previous=None,
+            )
             return {"restored": None, "note": "no previous champion"}
         target = self._version(s, model, a.previous_version)
         new_prev = self._previous_of(s, model.name, target.version)
         a.version_id, a.previous_version, a.updated_at = target.id, new_prev, utcnow()
         current.status, target.status = "rejected", "champion"
         full = f"{reason}; champion moved back from version {current.version} to version {target.version}"
-        entry = self._audit(s, actor, action, model.name, target.version, full, alias=CHAMPION,
-                            previous=new_prev, rolled_back=current.version)
-        payload = ModelPromoted(
-            model=ModelRef(model_name=model.name, version=target.version), alias=CHAMPION,
-            artifact=ArtifactRef(uri=target.artifact_uri, sha256=target.artifact_sha256,
-                                 size_bytes=target.artifact_size),
-            previous=ModelRef(model_name=model.name, version=current.version), reason=full,
+        entry = self._audit(
+            s,
+            actor,
+            action,
+            model.name,
+            target.version,
+            full,
+            alias=CHAMPION,
+            previous=new_prev,
+            rolled_back=current.version,
         )
-        eid = self._outbox(s, payload, f"promoted:{model.name}:{target.version}:restore:{entry.id}", causation)
+        payload = ModelPromoted(
+            model=ModelRef(model_name=model.name, version=target.version),
+            alias=CHAMPION,
+            artifact=ArtifactRef(
+                uri=target.artifact_uri, sha256=target.artifact_sha256, size_bytes=target.artifact_size
+            ),
+            previous=ModelRef(model_name=model.name, version=current.version),
+            reason=full,
+        )
+        eid = self._outbox(
+            s, payload, f"promoted:{model.name}:{target.version}:restore:{entry.id}", causation
+        )
         return {"restored": target.version, "rolled_back": current.version, "event_id": eid, "reason": full}
 
-    def rollback(self, model_name: str, *, actor: str = "api", reason: str = "manual rollback") -> dict[str, Any]:
+    def rollback(
+        self, model_name: str, *, actor: str = "api", reason: str = "manual rollback"
+    ) -> dict[str, Any]:
         def work(s: Session) -> dict[str, Any]:
-            return self._restore(s, self._model(s, model_name), actor=actor, action="rollback", reason=reason,
-                                 causation=None)
+            return self._restore(
+                s, self._model(s, model_name), actor=actor, action="rollback", reason=reason, causation=None
+            )
 
         return self._retrying(work)
 
     # ----------------------------------------------------------------------------- evaluations
-    def record_evaluation(self, model: ModelRef, results: list[TaskResult], details_uri: str | None = None, *,
-                          actor: str = "api", event_id: str | None = None,
-                          causation: EventEnvelope | None = None) -> dict[str, Any] | None:
+    def record_evaluation(
+        self,
+        model: ModelRef,
+        results: list[TaskResult],
+        details_uri: str | None = None,
+        *,
+        actor: str = "api",
+        event_id: str | None = None,
+        causation: EventEnvelope | None = None,
+    ) -> dict[str, Any] | None:
         """Store results and apply the policy. None when ``event_id`` was already processed."""
         if not results:
             raise InvalidInput("evaluation has no results")
@@ -422,66 +622,147 @@ class Registry:
             existing = {e.task: e for e in v.evaluations}
             for r in results:
                 row = existing.get(r.task) or Evaluation(version_id=v.id, task=r.task)
-                row.metrics, row.primary_metric, row.higher_is_better = dict(r.metrics), r.primary_metric, \
-                    r.higher_is_better
-                row.version_hash, row.num_samples, row.details_uri = r.version_hash, r.num_samples, details_uri
+                row.metrics, row.primary_metric, row.higher_is_better = (
+                    dict(r.metrics),
+                    r.primary_metric,
+                    r.higher_is_better,
+                )
+                row.version_hash, row.num_samples, row.details_uri = (
+                    r.version_hash,
+                    r.num_samples,
+                    details_uri,
+                )
                 row.created_at = utcnow()
                 s.add(row)
             s.flush()
             s.refresh(v)
-            cand = {r.task: Result(r.task, dict(r.metrics), r.primary_metric, r.higher_is_better, r.version_hash)
-                    for r in results}
+            cand = {
+                r.task: Result(r.task, dict(r.metrics), r.primary_metric, r.higher_is_better, r.version_hash)
+                for r in results
+            }
             if v.status not in ("candidate", "rejected"):
-                self._audit(s, actor, "evaluate", m.name, v.version, f"results stored; version is {v.status}, "
-                            "policy not applied", tasks=sorted(cand))
+                self._audit(
+                    s,
+                    actor,
+                    "evaluate",
+                    m.name,
+                    v.version,
+                    f"results stored; version is {v.status}, policy not applied",
+                    tasks=sorted(cand),
+                )
                 return {"outcome": "recorded", "reason": f"version is {v.status}"}
             a = self._alias(s, m, CHAMPION)
             champ = a.version if a else None
-            champ_results = ({e.task: Result(e.task, dict(e.metrics), e.primary_metric, e.higher_is_better,
-                                             e.version_hash) for e in champ.evaluations} if champ else None)
+            champ_results = (
+                {
+                    e.task: Result(
+                        e.task, dict(e.metrics), e.primary_metric, e.higher_is_better, e.version_hash
+                    )
+                    for e in champ.evaluations
+                }
+                if champ
+                else None
+            )
             label = f"champion {m.name}:{champ.version}" if champ else None
             decision = decide(self.policy, cand, champ_results, label)
             details = decision.as_dict()
             if decision.promote and self.policy.mode == "auto":
-                self._promote(s, m, v, actor=actor, action="promote", reason=decision.reason, causation=causation,
-                              event_id=f"promoted:{m.name}:{v.version}", decision=details)
+                self._promote(
+                    s,
+                    m,
+                    v,
+                    actor=actor,
+                    action="promote",
+                    reason=decision.reason,
+                    causation=causation,
+                    event_id=f"promoted:{m.name}:{v.version}",
+                    decision=details,
+                )
                 return {"outcome": "promoted", "reason": decision.reason}
             if decision.promote:  # manual mode: a person promotes through the API
-                self._audit(s, actor, "evaluate", m.name, v.version, f"manual mode, awaiting promotion: "
-                            f"{decision.reason}", decision=details)
+                self._audit(
+                    s,
+                    actor,
+                    "evaluate",
+                    m.name,
+                    v.version,
+                    f"manual mode, awaiting promotion: {decision.reason}",
+                    decision=details,
+                )
                 return {"outcome": "pending", "reason": decision.reason}
             v.status = "rejected"
-            self._audit(s, actor, "reject", m.name, v.version, decision.reason, decision=details,
-                        champion=champ.version if champ else None)
-            payload = ModelRejected(model=model, reason=decision.reason,
-                                    champion=ModelRef(model_name=m.name, version=champ.version) if champ else None)
+            self._audit(
+                s,
+                actor,
+                "reject",
+                m.name,
+                v.version,
+                decision.reason,
+                decision=details,
+                champion=champ.version if champ else None,
+            )
+            payload = ModelRejected(
+                model=model,
+                reason=decision.reason,
+                champion=ModelRef(model_name=m.name, version=champ.version) if champ else None,
+            )
             self._outbox(s, payload, f"rejected:{m.name}:{v.version}", causation)
             return {"outcome": "rejected", "reason": decision.reason}
 
         return self._retrying(work)
 
     # ----------------------------------------------------------------------------- deployments
-    def record_deployment(self, model: ModelRef, instance: str, *, ok: bool, served_name: str | None = None,
-                          error: str | None = None, actor: str = "api", event_id: str | None = None,
-                          causation: EventEnvelope | None = None) -> dict[str, Any] | None:
+    def record_deployment(
+        self,
+        model: ModelRef,
+        instance: str,
+        *,
+        ok: bool,
+        served_name: str | None = None,
+        error: str | None = None,
+        actor: str = "api",
+        event_id: str | None = None,
+        causation: EventEnvelope | None = None,
+    ) -> dict[str, Any] | None:
         def work(s: Session) -> dict[str, Any] | None:
             if self._already(s, event_id):
                 return None
             m = self._model(s, model.model_name)
             v = self._version(s, m, model.version)
-            s.add(Deployment(version_id=v.id, instance=instance, served_name=served_name,
-                             state="ready" if ok else "failed", error=error, time=utcnow()))
+            s.add(
+                Deployment(
+                    version_id=v.id,
+                    instance=instance,
+                    served_name=served_name,
+                    state="ready" if ok else "failed",
+                    error=error,
+                    time=utcnow(),
+                )
+            )
             if ok:
-                self._audit(s, actor, "deployed", m.name, v.version, f"ready on {instance} as {served_name}",
-                            instance=instance)
+                self._audit(
+                    s,
+                    actor,
+                    "deployed",
+                    m.name,
+                    v.version,
+                    f"ready on {instance} as {served_name}",
+                    instance=instance,
+                )
                 return {"outcome": "recorded"}
             self._audit(s, actor, "deployment_failed", m.name, v.version, error or "", instance=instance)
             a = self._alias(s, m, CHAMPION)
             if a is None or a.version_id != v.id:
                 return {"outcome": "recorded", "note": "not the champion; alias unchanged"}
-            out = self._restore(s, m, actor=actor, action="rollback",
-                                reason=f"deployment of version {v.version} failed on {instance}: {error}",
-                                causation=causation, expect_version=v.version)
+            out = self._restore(
+                s,
+                m,
+                actor=actor,
+                action="rollback",
+                reason=f"deployment of version {v.version} failed on {instance}: {error}",
+                causation=causation,
+                expect_version=v.version,
+            )
             return {"outcome": "rolled_back", **out}
 
         return self._retrying(work)
@@ -489,16 +770,26 @@ class Registry:
     # ----------------------------------------------------------------------------- outbox
     def pending_outbox(self, limit: int = 100) -> list[tuple[int, dict[str, Any]]]:
         with self._tx() as s:
-            rows = s.scalars(select(OutboxMessage).where(OutboxMessage.published_at.is_(None))
-                             .order_by(OutboxMessage.id).limit(limit))
+            rows = s.scalars(
+                select(OutboxMessage)
+                .where(OutboxMessage.published_at.is_(None))
+                .order_by(OutboxMessage.id)
+                .limit(limit)
+            )
             return [(r.id, dict(r.envelope)) for r in rows]
 
     def mark_published(self, outbox_id: int) -> None:
         with self._tx() as s:
-            s.execute(update(OutboxMessage).where(OutboxMessage.id == outbox_id)
-                      .values(published_at=utcnow(), attempts=OutboxMessage.attempts + 1))
+            s.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == outbox_id)
+                .values(published_at=utcnow(), attempts=OutboxMessage.attempts + 1)
+            )
 
     def mark_failed(self, outbox_id: int, error: str) -> None:
         with self._tx() as s:
-            s.execute(update(OutboxMessage).where(OutboxMessage.id == outbox_id)
-                      .values(attempts=OutboxMessage.attempts + 1, last_error=error[:2000]))
+            s.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == outbox_id)
+                .values(attempts=OutboxMessage.attempts + 1, last_error=error[:2000])
+            )

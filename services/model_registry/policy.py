@@ -22,7 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 class Gate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    metric: str | None = Field(default=None, description="Metric to gate on; default: the task's primary metric.")
+    metric: str | None = Field(
+        default=None, description="Metric to gate on; default: the task's primary metric."
+    )
     tolerance: float = Field(default=0.0, ge=0)
     tolerance_kind: Literal["relative", "absolute"] = "relative"
     min_value: float | None = None
@@ -93,8 +95,12 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def decide(policy: PromotionPolicy, candidate: dict[str, Result], champion: dict[str, Result] | None,
-           champion_label: str | None = None) -> Decision:
+def decide(
+    policy: PromotionPolicy,
+    candidate: dict[str, Result],
+    champion: dict[str, Result] | None,
+    champion_label: str | None = None,
+) -> Decision:
     """Apply ``policy`` to the candidate's results (by task) against the champion's (None: no champion)."""
     checks: list[Check] = []
     improved = False
@@ -114,20 +120,39 @@ def decide(policy: PromotionPolicy, candidate: dict[str, Result], champion: dict
         value, hib = res.metrics[metric], res.higher_is_better
         if gate.min_value is not None:
             ok = value >= gate.min_value
-            checks.append(Check(task, metric, ok, f"{task}.{metric} {_fmt(value)} {'>=' if ok else '<'} "
-                                                  f"floor {_fmt(gate.min_value)}"))
+            checks.append(
+                Check(
+                    task,
+                    metric,
+                    ok,
+                    f"{task}.{metric} {_fmt(value)} {'>=' if ok else '<'} floor {_fmt(gate.min_value)}",
+                )
+            )
         if gate.max_value is not None:
             ok = value <= gate.max_value
-            checks.append(Check(task, metric, ok, f"{task}.{metric} {_fmt(value)} {'<=' if ok else '>'} "
-                                                  f"ceiling {_fmt(gate.max_value)}"))
+            checks.append(
+                Check(
+                    task,
+                    metric,
+                    ok,
+                    f"{task}.{metric} {_fmt(value)} {'<=' if ok else '>'} ceiling {_fmt(gate.max_value)}",
+                )
+            )
         champ = champion.get(task) if champion else None
         if champ is None or metric not in champ.metrics:
             continue
         if champ.version_hash != res.version_hash:
             # Different prompts/config: numbers are not comparable, only the absolute bounds apply.
-            checks.append(Check(task, metric, True, f"{task}: champion evaluated with task version "
-                                                    f"{champ.version_hash[:12]}, candidate with "
-                                                    f"{res.version_hash[:12]}; relative gate skipped"))
+            checks.append(
+                Check(
+                    task,
+                    metric,
+                    True,
+                    f"{task}: champion evaluated with task version "
+                    f"{champ.version_hash[:12]}, candidate with "
+                    f"{res.version_hash[:12]}; relative gate skipped",
+                )
+            )
             continue
         compared = True
         ref = champ.metrics[metric]
@@ -140,16 +165,25 @@ def decide(policy: PromotionPolicy, candidate: dict[str, Result], champion: dict
         ok = value >= limit if hib else value <= limit
         if (value > ref) if hib else (value < ref):
             improved = True
-        checks.append(Check(task, metric, ok, f"{task}.{metric} {_fmt(value)} {'ok' if ok else 'worse than'} "
-                                              f"limit {_fmt(limit)} = {how}"))
+        checks.append(
+            Check(
+                task,
+                metric,
+                ok,
+                f"{task}.{metric} {_fmt(value)} {'ok' if ok else 'worse than'} limit {_fmt(limit)} = {how}",
+            )
+        )
     failed = [c for c in checks if not c.passed]
     who = champion_label or "champion"
     if failed:
         summary = f"rejected ({len(failed)} gate(s) failed)"
         return Decision(False, checks, summary)
     if not gated_seen:
-        return Decision(False, checks, "rejected: no gated task was evaluated "
-                                       f"(gates: {', '.join(sorted(policy.gates)) or 'none'})")
+        return Decision(
+            False,
+            checks,
+            f"rejected: no gated task was evaluated (gates: {', '.join(sorted(policy.gates)) or 'none'})",
+        )
     if champion is None:
         return Decision(True, checks, "promoted: first version, passes the floors")
     if policy.require_improvement and compared and not improved:

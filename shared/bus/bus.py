@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from faststream import AckPolicy
-from faststream.nats import ConsumerConfig, NatsBroker, NatsMessage, PullSub
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import DeliverPolicy
@@ -195,7 +195,9 @@ class Bus:
             consumer = _Consumer(self, cls, handler, max_deliver, ack_wait, backoff, idempotent)
             self.broker.subscriber(
                 cls.subject(),
-                stream=stream_for(cls),
+                # ensure_streams owns the stream configs; FastStream must not re-declare them (it
+                # would reset a work-queue stream's retention, which the server refuses).
+                stream=JStream(stream_for(cls), declare=False),
                 durable=durable,
                 pull_sub=PullSub(batch_size=1, timeout=5.0),
                 ack_policy=AckPolicy.MANUAL,
@@ -249,7 +251,9 @@ class Bus:
             stream="PUYU_DLQ",
             timeout=10,
         )
-        job_id = getattr(payload, "job_id", None)
+        # Only a job request's own failure fails the job; a fact that failed here (e.g. a dataset this
+        # service could not index) must not mark the upstream job that produced it as failed.
+        job_id = getattr(payload, "job_id", None) if payload is not None and payload.kind == "job" else None
         failed = JobFailed(
             job_id=job_id,
             service=self.service,

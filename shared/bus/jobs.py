@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from nats.js.errors import KeyNotFoundError
@@ -10,6 +11,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class JobStatus(BaseModel):
@@ -52,6 +54,20 @@ class JobBoard:
         updated = status.model_copy(update=changes)
         await self.put(updated)
         return updated
+
+    async def watch(self, job_id: str) -> AsyncIterator[JobStatus]:
+        """Every state the job passes through (the bucket's recent history first), until it ends."""
+        watcher = await self.kv.watch(job_key(job_id), include_history=True)
+        try:
+            async for entry in watcher:
+                if entry is None or not entry.value:
+                    continue  # the "caught up" marker, or a delete
+                status = JobStatus.model_validate_json(entry.value)
+                yield status
+                if status.state in TERMINAL_STATES:
+                    return
+        finally:
+            await watcher.stop()
 
     async def all(self) -> list[JobStatus]:
         try:

@@ -46,29 +46,62 @@ _TASK = TaskResult(
 def sample_payloads() -> list[EventPayload]:
     """One instance of every event type, with nested models and optional fields filled in."""
     return [
-        IngestRequested(job_id="j1", dataset_name="demo", sources=["/data/*.jsonl"],
-                        pipeline=PipelineSpec(train=TrainSpec(max_steps=5))),
+        IngestRequested(
+            job_id="j1",
+            dataset_name="demo",
+            sources=["/data/*.jsonl"],
+            pipeline=PipelineSpec(train=TrainSpec(max_steps=5)),
+        ),
         DedupRequested(job_id="j1", dataset=_DS),
         TrainRequested(job_id="j2", datasets=[_DS]),
         FinetuneRequested(job_id="j3", base=_MODEL, base_artifact=_ART, dataset_uri="file:///tmp/chat.jsonl"),
         EvaluateRequested(job_id="j4", model=_MODEL, artifact=_ART),
-        CorpusIngested(job_id="j1", dataset=_DS, documents=10,
-                       stages=[StageStats(stage="language", docs_in=12, docs_out=10)]),
-        CorpusDeduplicated(job_id="j1", source=_DS, dataset=_DS, documents_in=10, documents_out=8,
-                           exact_duplicates=1, near_duplicates=1),
-        CheckpointReady(job_id="j2", run_id="run-1", model_name="puyu-demo", step=10, checkpoint=_ART,
-                        datasets=[_DS], hyperparameters={"lr": 0.003, "arch": {"layers": 2}},
-                        metrics={"loss": 2.5}),
-        ModelRegistered(model=_MODEL, artifact=_ART, run_id="run-1", parent=ModelRef(model_name="p", version=1)),
+        CorpusIngested(
+            job_id="j1",
+            dataset=_DS,
+            documents=10,
+            stages=[StageStats(stage="language", docs_in=12, docs_out=10)],
+        ),
+        CorpusDeduplicated(
+            job_id="j1",
+            source=_DS,
+            dataset=_DS,
+            documents_in=10,
+            documents_out=8,
+            exact_duplicates=1,
+            near_duplicates=1,
+        ),
+        CheckpointReady(
+            job_id="j2",
+            run_id="run-1",
+            model_name="puyu-demo",
+            step=10,
+            checkpoint=_ART,
+            datasets=[_DS],
+            hyperparameters={"lr": 0.003, "arch": {"layers": 2}},
+            metrics={"loss": 2.5},
+        ),
+        ModelRegistered(
+            model=_MODEL, artifact=_ART, run_id="run-1", parent=ModelRef(model_name="p", version=1)
+        ),
         EvaluationCompleted(model=_MODEL, results=[_TASK], details_uri="file:///tmp/details.jsonl"),
-        ModelPromoted(model=_MODEL, artifact=_ART, previous=ModelRef(model_name="puyu-demo", version=1),
-                      reason="beats champion"),
+        ModelPromoted(
+            model=_MODEL,
+            artifact=_ART,
+            previous=ModelRef(model_name="puyu-demo", version=1),
+            reason="beats champion",
+        ),
         ModelRejected(model=_MODEL, champion=ModelRef(model_name="puyu-demo", version=1), reason="worse"),
         DeploymentReady(model=_MODEL, served_name="puyu-demo", instance="gw-0"),
         DeploymentFailed(model=_MODEL, instance="gw-0", error="out of memory"),
         JobProgress(job_id="j2", job_kind="train", stage="train", fraction=0.5, metrics={"loss": 3.0}),
-        JobFailed(job_id="j2", service="trainer", source_subject="puyu.jobs.train.requested", error="boom",
-                  attempts=5),
+        JobFailed(
+            job_id="j2",
+            service="trainer",
+            source_subject="puyu.jobs.train.requested",
+            error="boom",
+            attempts=5,
+        ),
     ]
 
 

@@ -23,7 +23,10 @@ def _generated(base: Path, sub: str) -> dict[str, str]:
 
 def _diff(rel: str, committed: str, fresh: str) -> str:
     lines = difflib.unified_diff(
-        committed.splitlines(keepends=True), fresh.splitlines(keepends=True), f"committed/{rel}", f"fresh/{rel}"
+        committed.splitlines(keepends=True),
+        fresh.splitlines(keepends=True),
+        f"committed/{rel}",
+        f"fresh/{rel}",
     )
     return "".join(list(lines)[:40])
 
@@ -44,7 +47,9 @@ def test_event_schemas_match_models(tmp_path: Path) -> None:
     committed_dir = ROOT / "contracts" / "schemas"
     fresh = {p.relative_to(tmp_path).as_posix(): p.read_text() for p in tmp_path.rglob("*") if p.is_file()}
     committed = {
-        p.relative_to(committed_dir).as_posix(): p.read_text() for p in committed_dir.rglob("*") if p.is_file()
+        p.relative_to(committed_dir).as_posix(): p.read_text()
+        for p in committed_dir.rglob("*")
+        if p.is_file()
     }
     assert sorted(fresh) == sorted(committed), "schema files missing or stale: run `make schemas`"
     stale = [_diff(rel, committed[rel], fresh[rel]) for rel in sorted(fresh) if fresh[rel] != committed[rel]]

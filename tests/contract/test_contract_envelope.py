@@ -6,7 +6,15 @@ import json
 
 import pytest
 
-from contracts.events import EVENT_TYPES, EventEnvelope, EventPayload, InvalidEvent, ModelRegistered
+from contracts.events import (
+    EVENT_TYPES,
+    ArtifactRef,
+    EventEnvelope,
+    EventPayload,
+    InvalidEvent,
+    ModelRef,
+    ModelRegistered,
+)
 
 
 def test_samples_cover_every_registered_type(samples: list[EventPayload]) -> None:
@@ -34,8 +42,8 @@ def test_causation_carries_correlation(samples: list[EventPayload]) -> None:
 
 def _valid_envelope() -> dict:
     payload = ModelRegistered(
-        model={"model_name": "m", "version": 1},
-        artifact={"uri": "file:///a", "sha256": "0" * 64, "size_bytes": 1},
+        model=ModelRef(model_name="m", version=1),
+        artifact=ArtifactRef(uri="file:///a", sha256="0" * 64, size_bytes=1),
         run_id="r",
     )
     return json.loads(EventEnvelope.wrap(payload, source="test").to_bytes())
@@ -88,7 +96,7 @@ def test_malformed_payload_names_the_field(mutate, needles: list[str]) -> None:
 
 def test_unknown_type_and_version_are_invalid() -> None:
     env = _valid_envelope()
-    with pytest.raises(InvalidEvent, match="unknown event type 'model.exploded'"):
+    with pytest.raises(InvalidEvent, match=r"unknown event type 'model\.exploded'"):
         EventEnvelope.from_bytes(json.dumps({**env, "type": "model.exploded"}).encode()).parsed()
     with pytest.raises(InvalidEvent, match="schema version 99"):
         EventEnvelope.from_bytes(json.dumps({**env, "schema_version": 99}).encode()).parsed()
@@ -96,5 +104,5 @@ def test_unknown_type_and_version_are_invalid() -> None:
 
 def test_payload_as_rejects_another_type(samples: list[EventPayload]) -> None:
     env = EventEnvelope.wrap(samples[0], source="test")
-    with pytest.raises(InvalidEvent, match="expected a model.registered event"):
+    with pytest.raises(InvalidEvent, match=r"expected a model\.registered event"):
         env.payload_as(ModelRegistered)

@@ -84,14 +84,18 @@ def test_asyncapi_channels_and_operations(asyncapi: dict[str, Any]) -> None:
     for cls in EVENT_TYPES.values():
         channel = addresses[cls.subject()]
         assert channel["x-puyu-stream"] == (JOBS_STREAM if cls.kind == "job" else EVENTS_STREAM)
-        ops = [o for o in asyncapi["operations"].values() if _resolve(asyncapi, o["channel"]["$ref"]) is channel]
+        ops = [
+            o for o in asyncapi["operations"].values() if _resolve(asyncapi, o["channel"]["$ref"]) is channel
+        ]
         assert sorted(o["action"] for o in ops) == ["receive", "send"], cls.event_type
         receive = next(o for o in ops if o["action"] == "receive")
         assert receive["x-puyu-delivery"] == ("work-queue" if cls.kind == "job" else "fan-out")
         assert receive["tags"] == [{"name": "job" if cls.kind == "job" else "fact"}]
 
 
-def test_asyncapi_message_schemas_validate_wire(asyncapi: dict[str, Any], samples: list[EventPayload]) -> None:
+def test_asyncapi_message_schemas_validate_wire(
+    asyncapi: dict[str, Any], samples: list[EventPayload]
+) -> None:
     # Validate against the AsyncAPI copy too: the components must be usable, not only present.
     components = asyncapi["components"]
     for payload in samples:

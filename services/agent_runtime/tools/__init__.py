@@ -4,4 +4,12 @@ from services.agent_runtime.tools.base import Tool, ToolError, coerce_arguments,
 from services.agent_runtime.tools.calculator import Calculator
 from services.agent_runtime.tools.search import SearchCorpus
 
-__all__ = ["Calculator", "SearchCorpus", "Tool", "ToolError", "coerce_arguments", "tool_schema", "validate_args"]
+__all__ = [
+    "Calculator",
+    "SearchCorpus",
+    "Tool",
+    "ToolError",
+    "coerce_arguments",
+    "tool_schema",
+    "validate_args",
+]

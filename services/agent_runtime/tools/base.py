@@ -12,22 +12,35 @@ class ToolError(ValueError):
 
 @runtime_checkable
 class Tool(Protocol):
-    name: str
-    description: str
-    parameters: dict[str, Any]  # JSON schema of an object
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """JSON schema of the arguments object."""
+        ...
 
     def run(self, args: dict[str, Any]) -> str: ...
 
 
 def tool_schema(tool: Tool) -> dict[str, Any]:
     """The OpenAI function-calling declaration of a tool."""
-    return {"type": "function",
-            "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters}}
+    return {
+        "type": "function",
+        "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters},
+    }
 
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,),
-    "object": (dict,), "array": (list,),
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
 }
 
 

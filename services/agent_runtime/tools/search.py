@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from services.agent_runtime.corpus import CorpusIndex
 from services.agent_runtime.tools.base import ToolError
@@ -11,7 +11,7 @@ from services.agent_runtime.tools.base import ToolError
 class SearchCorpus:
     name = "search_corpus"
     description = "Search the document corpus; returns the best passages, each with its document id."
-    parameters: dict[str, Any] = {
+    parameters: ClassVar[dict[str, Any]] = {
         "type": "object",
         "properties": {
             "query": {"type": "string", "description": "keywords, e.g. capital of Aldoria"},

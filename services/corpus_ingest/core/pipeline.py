@@ -19,7 +19,12 @@ from typing import Any
 from contracts.events import IngestOptions
 from services.corpus_ingest.core.langid import DEFAULT_DETECTOR_LANGUAGES, LanguageIdentifier
 from services.corpus_ingest.core.normalize import normalize_text
-from services.corpus_ingest.core.quality import QUALITY_FILTERS, compute_signals, quality_failure, token_estimate
+from services.corpus_ingest.core.quality import (
+    QUALITY_FILTERS,
+    compute_signals,
+    quality_failure,
+    token_estimate,
+)
 from services.corpus_ingest.core.readers import FileReport, expand_sources, file_format, read_file
 from services.corpus_ingest.core.shards import ShardWriter
 
@@ -73,8 +78,13 @@ def run_ingest(
             seen_ids[raw.id] += 1  # ids must be unique in the dataset: suffix repeats
             doc_id = raw.id if seen_ids[raw.id] == 1 else f"{raw.id}~{seen_ids[raw.id] - 1}"
             text = normalize_text(raw.text)
-            doc: dict[str, Any] = {"id": doc_id, "text": text, "source": raw.source, "url": raw.url,
-                                   "meta": raw.meta}
+            doc: dict[str, Any] = {
+                "id": doc_id,
+                "text": text,
+                "source": raw.source,
+                "url": raw.url,
+                "meta": raw.meta,
+            }
             if not text:
                 exclude(doc, "normalize", "empty after normalisation")
                 continue
@@ -88,8 +98,12 @@ def run_ingest(
             lang, score = langid.identify(text)
             doc["lang"], doc["lang_score"] = lang, score
             if lang not in allowed or score < options.min_language_score:
-                exclude(doc, "language", f"language {lang} (score {score}) not in {sorted(allowed)} "
-                                         f"with score >= {options.min_language_score}")
+                exclude(
+                    doc,
+                    "language",
+                    f"language {lang} (score {score}) not in {sorted(allowed)} "
+                    f"with score >= {options.min_language_score}",
+                )
                 continue
             passed["language"] += 1
             langs[lang] += 1
@@ -97,8 +111,9 @@ def run_ingest(
             tokens += token_estimate(signals)
             kept.write(doc)
         if progress:
-            progress("ingest", (i + 1) / len(files), f"{i + 1}/{len(files)} files",
-                     documents=float(kept.documents))
+            progress(
+                "ingest", (i + 1) / len(files), f"{i + 1}/{len(files)} files", documents=float(kept.documents)
+            )
     shards, excluded_shards = kept.close(), excluded.close()
     if passed["read"] == 0:
         errors = "; ".join(f"{r.path}: {dict(r.errors) or 'no documents'}" for r in reports)

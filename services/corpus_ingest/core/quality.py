@@ -83,4 +83,4 @@ def quality_failure(s: dict[str, Any], o: IngestOptions) -> tuple[str, str] | No
 
 def token_estimate(signals: dict[str, Any]) -> int:
     """Rough BPE token count: ~1.3 tokens per space-separated word, ~1 per CJK character."""
-    return int(round((signals["words"] - signals["cjk_chars"]) * 1.3 + signals["cjk_chars"]))
+    return round((signals["words"] - signals["cjk_chars"]) * 1.3 + signals["cjk_chars"])

@@ -55,8 +55,13 @@ class FileReport:
             self.samples.append(f"{kind}: {detail}")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "format": self.format, "documents": self.documents,
-                "errors": dict(sorted(self.errors.items())), "error_samples": self.samples}
+        return {
+            "path": self.path,
+            "format": self.format,
+            "documents": self.documents,
+            "errors": dict(sorted(self.errors.items())),
+            "error_samples": self.samples,
+        }
 
 
 def file_format(path: Path) -> str | None:
@@ -122,7 +127,7 @@ def _decode(data: bytes, report: FileReport, where: str) -> str:
 def _open_binary(path: Path) -> IO[bytes]:
     name = path.name.lower()
     if name.endswith(".gz"):
-        return gzip.open(path, "rb")
+        return gzip.open(path, "rb")  # type: ignore[return-value]
     if name.endswith(".zst"):
         import zstandard  # optional: only needed for .zst sources
 
@@ -160,7 +165,7 @@ def _parse_json_line(line: bytes, lineno: int, path: Path, report: FileReport) -
     if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
         report.error("missing_text", f"line {lineno}: no string 'text' field")
         return None
-    meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+    meta: dict[str, Any] = obj["meta"] if isinstance(obj.get("meta"), dict) else {}
     doc_id = obj.get("id")
     url = obj.get("url")
     return RawDoc(
@@ -205,8 +210,13 @@ def extract_html(data: bytes | str) -> str | None:
 
     # Precision first: boilerplate in a pretraining corpus costs more than a lost paragraph.
     return trafilatura.extract(  # type: ignore[no-any-return]
-        data, favor_precision=True, include_comments=False, include_tables=True, include_images=False,
-        include_links=False, deduplicate=False,
+        data,
+        favor_precision=True,
+        include_comments=False,
+        include_tables=True,
+        include_images=False,
+        include_links=False,
+        deduplicate=False,
     )
 
 

@@ -23,7 +23,7 @@ class ShardWriter:
         if self._gz is None or self._count >= self.shard_docs:
             self._close_shard()
             path = self.folder / f"{self.prefix}-{len(self.shards):05d}.jsonl.gz"
-            self._raw = open(path, "wb")  # noqa: SIM115 - closed in _close_shard
+            self._raw = open(path, "wb")
             self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0)
             self.shards.append({"path": path.relative_to(self.root).as_posix(), "documents": 0})
         self._gz.write(json.dumps(record, ensure_ascii=False, sort_keys=True).encode() + b"\n")

@@ -1,0 +1,24 @@
+"""Standalone command (``puyu corpus dedup``): the same core as the service, no bus."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from contracts.events import DedupOptions
+from services.dedup.core import DedupInputError, run_dedup
+
+
+def dedup_cmd(
+    dirs: list[str], out_dir: str | Path, options: DedupOptions | None = None, dataset_id: str | None = None
+) -> int:
+    """Deduplicate the datasets (or jsonl folders) ``dirs`` into ``out_dir``; print a JSON summary."""
+    out = Path(out_dir)
+    try:
+        m = run_dedup([Path(d) for d in dirs], out, dataset_id or out.name or "dedup", options)
+    except DedupInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"dataset_id": m["dataset_id"], "manifest": str(out / "manifest.json"), **m["stats"]}))
+    return 0

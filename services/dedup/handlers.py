@@ -1,0 +1,115 @@
+"""Bus adapters: ``CorpusIngested`` (automatic) and ``DedupRequested`` (job) → core → ``CorpusDeduplicated``."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+
+from contracts.events import (
+    CorpusDeduplicated,
+    CorpusIngested,
+    DatasetRef,
+    DedupOptions,
+    DedupRequested,
+    PipelineSpec,
+)
+from services.dedup.config import DedupSettings
+from services.dedup.core import DedupInputError, run_dedup
+from shared.artifacts import ArtifactStore
+from shared.bus import Bus, HandlerContext, JobRejected
+
+log = logging.getLogger(__name__)
+KIND = "dedup"
+
+
+def output_id(source_id: str) -> str:
+    return f"{source_id}-dedup"
+
+
+async def deduplicate(
+    ctx: HandlerContext[CorpusIngested] | HandlerContext[DedupRequested],
+    settings: DedupSettings,
+    job_id: str,
+    source: DatasetRef,
+    options: DedupOptions,
+    pipeline: PipelineSpec | None,
+) -> None:
+    bus = ctx.bus
+    await bus.jobs.update(
+        job_id,
+        KIND,
+        state="running",
+        stage="dedup",
+        fraction=0.0,
+        correlation_id=ctx.envelope.correlation_id,
+        message=f"deduplicating {source.dataset_id}",
+    )
+    store = ArtifactStore(settings.artifact_root_uri)
+    folder_uri = source.manifest_uri.rsplit("/", 1)[0]
+    try:
+        folder = await asyncio.to_thread(store.fetch, folder_uri)
+    except FileNotFoundError as exc:
+        raise JobRejected(f"dataset {source.dataset_id}: {exc}") from exc
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise JobRejected(f"dataset {source.dataset_id}: no manifest at {source.manifest_uri}")
+    digest = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
+    if digest != source.digest:
+        raise JobRejected(
+            f"dataset {source.dataset_id}: manifest digest {digest} != expected {source.digest}"
+        )
+    dataset_id = output_id(source.dataset_id)
+    key = f"datasets/{dataset_id}"
+    staging = store.local_staging(key)
+    try:
+        manifest = await asyncio.to_thread(
+            run_dedup, [folder], staging, dataset_id, options, ctx.progress_from_thread(job_id, KIND)
+        )
+    except DedupInputError as exc:
+        raise JobRejected(str(exc)) from exc
+    store.put_dir(staging, key)
+    out = DatasetRef(
+        dataset_id=dataset_id,
+        manifest_uri=store.uri(f"{key}/manifest.json"),
+        digest=hashlib.sha256((staging / "manifest.json").read_bytes()).hexdigest(),
+    )
+    stats = manifest["stats"]
+    await ctx.publish(
+        CorpusDeduplicated(
+            job_id=job_id,
+            source=source,
+            dataset=out,
+            documents_in=stats["documents_in"],
+            documents_out=stats["documents_out"],
+            exact_duplicates=stats["exact_duplicates"],
+            near_duplicates=stats["near_duplicates"],
+            pipeline=pipeline,
+        ),
+        event_id=f"dedup:{source.dataset_id}",
+    )
+    await bus.jobs.update(
+        job_id,
+        KIND,
+        state="succeeded",
+        stage="done",
+        fraction=1.0,
+        message=f"{stats['documents_out']}/{stats['documents_in']} documents kept",
+        result={"dataset": out.model_dump(), **stats},
+    )
+
+
+def register_handlers(bus: Bus, settings: DedupSettings) -> None:
+    @bus.handle(DedupRequested, ack_wait=60.0)
+    async def on_dedup_requested(ctx: HandlerContext[DedupRequested]) -> None:
+        p = ctx.payload
+        await deduplicate(ctx, settings, p.job_id, p.dataset, p.options, p.pipeline)
+
+    @bus.handle(CorpusIngested, ack_wait=60.0)
+    async def on_corpus_ingested(ctx: HandlerContext[CorpusIngested]) -> None:
+        p = ctx.payload
+        if not settings.dedup_auto:
+            log.info("automatic dedup off: %s left as ingested", p.dataset.dataset_id)
+            return
+        options = p.pipeline.dedup if p.pipeline else DedupOptions()
+        await deduplicate(ctx, settings, f"dedup-{p.job_id}", p.dataset, options, p.pipeline)

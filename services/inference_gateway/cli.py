@@ -1,0 +1,56 @@
+"""``puyu serve MODEL_PATH``: serve one Hugging Face model folder over the OpenAI API, no bus (as ``vllm serve``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from services.inference_gateway.openai_api import install_openai_api
+from services.inference_gateway.pool import ModelPool
+
+log = logging.getLogger(__name__)
+
+
+def build_serve_app(
+    model_path: Path,
+    *,
+    served_name: str | None = None,
+    api_key: str | None = None,
+    default_max_tokens: int = 16,
+) -> tuple[FastAPI, ModelPool]:
+    """The standalone app: the model loads at start-up, the same routes as the service."""
+    pool = ModelPool()
+    name = served_name or Path(model_path).resolve().name
+
+    async def load() -> None:
+        await pool.deploy(name, 1, Path(model_path))
+        log.info("serving %s from %s", name, model_path)
+
+    async def unload() -> None:
+        await pool.close()
+
+    app = FastAPI(title="puyu serve", on_startup=[load], on_shutdown=[unload])
+
+    @app.get("/health")
+    async def health() -> dict[str, object]:
+        return {"status": "ok", "models": pool.served_names()}
+
+    install_openai_api(app, pool, api_key=api_key, default_max_tokens=default_max_tokens)
+    return app, pool
+
+
+def serve_cmd(
+    model_path: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    served_name: str | None = None,
+) -> None:
+    if not (Path(model_path) / "config.json").exists():
+        raise SystemExit(f"{model_path}: not a Hugging Face model folder (no config.json)")
+    app, _ = build_serve_app(Path(model_path), served_name=served_name, api_key=api_key)
+    asyncio.run(uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).serve())

@@ -1,0 +1,152 @@
+"""gRPC adapter: puyu.registry.v1.ModelRegistry over the core (DB calls in worker threads)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from contracts.events import ArtifactRef, ModelRef
+from contracts.proto.puyu.registry.v1 import registry_pb2 as pb
+from contracts.proto.puyu.registry.v1 import registry_pb2_grpc
+from services.model_registry.core import InvalidInput, NotFound, Registry
+from services.model_registry.outbox import OutboxRelay
+
+T = TypeVar("T")
+SERVICE_NAME = "puyu.registry.v1.ModelRegistry"
+
+
+def version_to_proto(v: dict[str, Any]) -> pb.ModelVersion:
+    parent = v.get("parent") or {}
+    return pb.ModelVersion(
+        model_name=v["model_name"],
+        version=v["version"],
+        artifact=pb.Artifact(**v["artifact"]),
+        format=v["format"],
+        run_id=v["run_id"],
+        parent_model=parent.get("model_name") or "",
+        parent_version=parent.get("version") or 0,
+        aliases=v["aliases"],
+        status=v["status"],
+        evaluations=[
+            pb.EvaluationResult(
+                task=e["task"],
+                metrics=e["metrics"],
+                primary_metric=e["primary_metric"],
+                version_hash=e["version_hash"],
+                num_samples=e["num_samples"],
+            )
+            for e in v["evaluations"]
+        ],
+        tags={str(k): str(x) for k, x in v["tags"].items()},
+        created_at=v["created_at"],
+        lineage_json=json.dumps(
+            {
+                "kind": v["kind"],
+                "method": v["method"],
+                "datasets": v["datasets"],
+                "hyperparameters": v["hyperparameters"],
+                "adapter": v["adapter"],
+            }
+        ),
+    )
+
+
+class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
+    def __init__(self, registry: Registry, relay: OutboxRelay | None = None) -> None:
+        self.registry, self.relay = registry, relay
+
+    async def _call(
+        self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any, **kw: Any
+    ) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args, **kw)
+        except NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except (InvalidInput, ValueError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        raise AssertionError("unreachable")  # abort raises
+
+    async def RegisterVersion(self, request: pb.RegisterVersionRequest, context: Any) -> pb.ModelVersion:
+        try:
+            lineage = json.loads(request.lineage_json) if request.lineage_json else {}
+            if not isinstance(lineage, dict):
+                raise ValueError("lineage_json must be a JSON object")
+            artifact = ArtifactRef(
+                uri=request.artifact.uri,
+                sha256=request.artifact.sha256,
+                size_bytes=request.artifact.size_bytes,
+            )
+            parent = (
+                ModelRef(model_name=request.parent_model, version=request.parent_version)
+                if request.parent_model
+                else None
+            )
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad request: {exc}")
+        v = await self._call(
+            context,
+            self.registry.register_version,
+            request.model_name,
+            artifact,
+            run_id=request.run_id,
+            parent=parent,
+            kind=str(lineage.get("kind", "pretrain")),
+            method=str(lineage.get("method", "full")),
+            datasets=list(lineage.get("datasets", [])),
+            hyperparameters=dict(lineage.get("hyperparameters", {})),
+            tags=dict(request.tags),
+            actor="grpc",
+        )
+        if self.relay:
+            self.relay.poke()
+        assert v is not None
+        return version_to_proto(v)
+
+    async def GetVersion(self, request: pb.GetVersionRequest, context: Any) -> pb.ModelVersion:
+        if bool(request.version) == bool(request.alias):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of version or alias")
+        v = await self._call(
+            context,
+            self.registry.get_version,
+            request.model_name,
+            version=request.version or None,
+            alias=request.alias or None,
+        )
+        return version_to_proto(v)
+
+    async def ListVersions(self, request: pb.ListVersionsRequest, context: Any) -> pb.ListVersionsResponse:
+        vs = await self._call(context, self.registry.list_versions, request.model_name)
+        return pb.ListVersionsResponse(versions=[version_to_proto(v) for v in vs])
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:
+        ms = await self._call(context, self.registry.list_models)
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelSummary(
+                    model_name=m["model_name"],
+                    latest_version=m["latest_version"],
+                    champion_version=m["champion_version"],
+                )
+                for m in ms
+            ]
+        )
+
+    async def SetAlias(self, request: pb.SetAliasRequest, context: Any) -> pb.ModelVersion:
+        if request.version < 1:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "version must be >= 1")
+        v = await self._call(
+            context,
+            self.registry.set_alias,
+            request.model_name,
+            request.alias,
+            request.version,
+            actor="grpc",
+            reason=request.reason,
+        )
+        if self.relay:
+            self.relay.poke()
+        return version_to_proto(v)

@@ -1,0 +1,83 @@
+"""REST adapter on the service's FastAPI app: /v1/models..., /v1/audit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
+
+from services.model_registry.card import model_card
+from services.model_registry.core import InvalidInput, NotFound, Registry
+from services.model_registry.outbox import OutboxRelay
+
+T = TypeVar("T")
+
+
+class PromoteBody(BaseModel):
+    version: int = Field(ge=1)
+    reason: str = ""
+    actor: str = "api"
+
+
+class RollbackBody(BaseModel):
+    reason: str = "manual rollback"
+    actor: str = "api"
+
+
+def make_router(registry: Registry, relay: OutboxRelay | None = None) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+
+    async def call(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args, **kw)
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except InvalidInput as exc:
+            raise HTTPException(400, str(exc)) from exc
+
+    @router.get("/models")
+    async def list_models() -> list[dict[str, Any]]:
+        return await call(registry.list_models)
+
+    @router.get("/models/{name}")
+    async def show_model(name: str) -> dict[str, Any]:
+        versions = await call(registry.list_versions, name)
+        models = {m["model_name"]: m for m in await call(registry.list_models)}
+        return {**models[name], "versions": versions}
+
+    @router.get("/models/{name}/versions/{version}")
+    async def get_version(name: str, version: int) -> dict[str, Any]:
+        return await call(registry.get_version, name, version=version)
+
+    @router.get("/models/{name}/aliases/{alias}")
+    async def get_alias(name: str, alias: str) -> dict[str, Any]:
+        return await call(registry.get_version, name, alias=alias)
+
+    @router.get("/models/{name}/versions/{version}/card", response_class=PlainTextResponse)
+    async def card(name: str, version: int) -> str:
+        return model_card(await call(registry.get_version, name, version=version))
+
+    @router.post("/models/{name}/promote")
+    async def promote(name: str, body: PromoteBody) -> dict[str, Any]:
+        v = await call(registry.promote, name, body.version, actor=body.actor, reason=body.reason)
+        if relay:
+            relay.poke()
+        return v
+
+    @router.post("/models/{name}/rollback")
+    async def rollback(name: str, body: RollbackBody | None = None) -> dict[str, Any]:
+        body = body or RollbackBody()
+        out = await call(registry.rollback, name, actor=body.actor, reason=body.reason)
+        if relay:
+            relay.poke()
+        return out
+
+    @router.get("/audit")
+    async def audit(model: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        return await call(registry.audit, model, max(1, min(limit, 1000)))
+
+    return router

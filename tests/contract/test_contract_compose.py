@@ -1,0 +1,156 @@
+"""compose.yaml is a valid Compose file and wires the real services, ports and dependencies."""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from shared.ports import SERVICES, grpc_port, http_port
+from shared.settings import CommonSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = {"nats", "postgres", "minio", "minio-init"}
+ONE_SHOT = {"minio-init"}
+PUBLISHED = {"model_registry", "inference_gateway", "agent_runtime"}
+DEFAULTS = CommonSettings.model_construct()  # the port bases the images run with (no PUYU_*_PORT_BASE set)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def compose_spec() -> dict[str, Any]:
+    # check-jsonschema vendors the official compose-spec schema (no network needed).
+    pytest.importorskip("check_jsonschema", reason="check-jsonschema ships the compose-spec schema")
+    path = resources.files("check_jsonschema") / "builtin_schemas" / "vendor" / "compose-spec.json"
+    return json.loads(path.read_text())
+
+
+def test_validates_against_compose_spec(compose: dict[str, Any], compose_spec: dict[str, Any]) -> None:
+    validator = jsonschema.validators.validator_for(compose_spec)(compose_spec)
+    errors = [f"{e.json_path}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not errors, "\n".join(errors)
+
+
+def test_spec_validation_catches_mistakes(compose: dict[str, Any], compose_spec: dict[str, Any]) -> None:
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["dedup"]["healthcheck"]["intervall"] = "5s"
+    validator = jsonschema.validators.validator_for(compose_spec)(compose_spec)
+    assert not validator.is_valid(broken)
+
+
+def _package(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def test_every_service_is_a_real_package(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    app = set(services) - INFRA
+    assert {_package(n) for n in app} == set(SERVICES), (
+        "compose must run exactly the services of shared.ports"
+    )
+    for name in app:
+        pkg = _package(name)
+        assert (ROOT / "services" / pkg / "__init__.py").is_file(), f"services/{pkg} is not a package"
+        assert services[name]["command"] == ["puyu", "run", pkg]
+        assert services[name]["build"]["dockerfile"] == "deploy/docker/Dockerfile"
+        assert (ROOT / services[name]["build"]["context"] / "deploy/docker/Dockerfile").is_file()
+
+
+def test_dependencies_exist_and_are_acyclic(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    graph: dict[str, set[str]] = {}
+    for name, svc in services.items():
+        deps = svc.get("depends_on", {})
+        assert isinstance(deps, dict), f"{name}: use the long depends_on form with a condition"
+        for target, spec in deps.items():
+            assert target in services, f"{name} depends on unknown service {target}"
+            expected = "service_completed_successfully" if target in ONE_SHOT else "service_healthy"
+            assert spec["condition"] == expected, f"{name} -> {target}"
+        graph[name] = set(deps)
+    done: set[str] = set()
+    while len(done) < len(graph):
+        ready = {n for n, deps in graph.items() if n not in done and deps <= done}
+        assert ready, f"depends_on cycle among {sorted(set(graph) - done)}"
+        done |= ready
+
+
+def test_every_long_running_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        if name in ONE_SHOT:
+            assert svc.get("restart") == "no"
+            continue
+        check = svc.get("healthcheck")
+        assert check and check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
+
+
+def test_service_healthchecks_and_ports_follow_shared_ports(compose: dict[str, Any]) -> None:
+    for pkg in SERVICES:
+        svc = compose["services"][pkg.replace("_", "-")]
+        probe = " ".join(svc["healthcheck"]["test"])
+        assert re.search(rf"http://127\.0\.0\.1:{http_port(pkg, DEFAULTS)}/health\b", probe), (pkg, probe)
+        published = {p.split(":")[-1] for p in svc.get("ports", [])}
+        if pkg in PUBLISHED:
+            assert published == {str(http_port(pkg, DEFAULTS)), str(grpc_port(pkg, DEFAULTS))}, pkg
+        else:
+            assert not published, f"{pkg} should not be published"
+
+
+def test_service_environment(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    registry = services["model-registry"]
+    for pkg in SERVICES:
+        env = services[pkg.replace("_", "-")]["environment"]
+        assert env["PUYU_NATS_URL"] == "nats://nats:4222"
+        assert env["PUYU_ARTIFACT_ROOT"].startswith("s3://")
+        assert env["PUYU_HOST"] == "0.0.0.0"
+        assert env["FSSPEC_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env)
+        assert env["PUYU_REGISTRY_GRPC"] == f"model-registry:{grpc_port('model_registry', DEFAULTS)}"
+        assert (
+            env["PUYU_GATEWAY_URL"] == f"http://inference-gateway:{http_port('inference_gateway', DEFAULTS)}"
+        )
+        assert ("PUYU_DATABASE_URL" in env) == (pkg == "model_registry")
+    assert registry["environment"]["PUYU_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert registry["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # The credentials the services use are the ones MinIO and PostgreSQL are set up with.
+    minio = services["minio"]["environment"]
+    env = registry["environment"]
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+        minio["MINIO_ROOT_USER"],
+        minio["MINIO_ROOT_PASSWORD"],
+    )
+    bucket = env["PUYU_ARTIFACT_ROOT"].removeprefix("s3://").split("/")[0]
+    assert f"/{bucket}" in " ".join(services["minio-init"]["command"])
+    pg = services["postgres"]["environment"]
+    assert (
+        f"{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres:5432/{pg['POSTGRES_DB']}"
+        in (env["PUYU_DATABASE_URL"])
+    )
+
+
+def test_mounted_files_exist(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).is_file(), f"{name} mounts missing {source}"
+
+
+def test_nats_runs_jetstream_with_monitoring(compose: dict[str, Any]) -> None:
+    nats = compose["services"]["nats"]
+    cmd = nats["command"]
+    assert "-js" in cmd
+    conf_mount = next(v for v in nats["volumes"] if v.split(":")[1] == cmd[cmd.index("--config") + 1])
+    assert 'store_dir: "/data"' in (ROOT / conf_mount.split(":")[0]).read_text()
+    assert any(v.endswith(":/data") for v in nats["volumes"])
+    assert "8222/healthz" in " ".join(nats["healthcheck"]["test"])

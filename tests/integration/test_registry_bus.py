@@ -1,0 +1,197 @@
+"""The registry as a running service: real nats-server, SQLite, gRPC and REST."""
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import nats
+import pytest
+
+from contracts.events import (
+    ArtifactRef,
+    CheckpointReady,
+    EvaluationCompleted,
+    EventEnvelope,
+    ModelRef,
+    TaskResult,
+)
+from contracts.proto.puyu.registry.v1 import registry_pb2 as pb
+from contracts.proto.puyu.registry.v1 import registry_pb2_grpc
+from services.model_registry.app import create_service
+from services.model_registry.cli import models_list, models_rollback, models_show
+from services.model_registry.config import RegistrySettings
+from shared.bus import Bus
+from shared.natsserver import NatsServer, free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    server = NatsServer(tmp_path / "nats").start()
+    settings = RegistrySettings(
+        home=tmp_path,
+        nats_url=server.url,
+        registry_grpc_port=free_port(),
+        registry_http_port=free_port(),
+        log_json=False,
+        registry_outbox_interval=0.2,
+    )
+    runtime = create_service(settings)
+    task = asyncio.create_task(runtime.run())
+    base = f"http://127.0.0.1:{settings.registry_http_port}"
+    async with httpx.AsyncClient() as client:
+        for _ in range(100):
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(base + "/health")).status_code == 200:
+                    break
+            await asyncio.sleep(0.1)
+    client_bus = Bus(server.url, "test-client")
+    await client_bus.start()
+    nc = await nats.connect(server.url)
+    sub = await nc.jetstream().pull_subscribe("puyu.events.model.>", stream="PUYU_EVENTS")
+    try:
+        yield {
+            "bus": client_bus,
+            "sub": sub,
+            "base": base,
+            "grpc": f"127.0.0.1:{settings.registry_grpc_port}",
+        }
+    finally:
+        await nc.close()
+        await client_bus.stop()
+        runtime.stop()
+        await asyncio.wait_for(task, 30)
+        server.stop()
+
+
+async def next_event(sub: Any, timeout: float = 20) -> EventEnvelope:
+    msgs = await sub.fetch(1, timeout=timeout)
+    await msgs[0].ack()
+    return EventEnvelope.from_bytes(msgs[0].data)
+
+
+def ckpt(run: str, n: int) -> CheckpointReady:
+    return CheckpointReady(
+        job_id=f"job-{run}",
+        run_id=run,
+        model_name="demo",
+        step=100,
+        checkpoint=ArtifactRef(uri=f"file:///ckpt/{run}", sha256=f"{n:064x}", size_bytes=10),
+    )
+
+
+def evaluation(version: int, ppl: float, acc: float) -> EvaluationCompleted:
+    return EvaluationCompleted(
+        model=ModelRef(model_name="demo", version=version),
+        results=[
+            TaskResult(
+                task="perplexity",
+                metrics={"perplexity": ppl},
+                primary_metric="perplexity",
+                higher_is_better=False,
+                version_hash="p",
+                num_samples=8,
+            ),
+            TaskResult(
+                task="demo_facts",
+                metrics={"accuracy": acc},
+                primary_metric="accuracy",
+                higher_is_better=True,
+                version_hash="f",
+                num_samples=8,
+            ),
+        ],
+    )
+
+
+async def test_chain_register_promote_reject_rollback(stack: dict[str, Any]) -> None:
+    bus, sub = stack["bus"], stack["sub"]
+    first = await bus.publish(ckpt("r1", 1), event_id="ckpt:r1:100")
+    await bus.publish(ckpt("r1", 1), event_id="ckpt:r1:100:again")  # same checkpoint, a different event id
+    reg = await next_event(sub)
+    assert reg.id == "registered:demo:1" and reg.correlation_id == first.correlation_id
+    assert (await next_event(sub)).id == "registered:demo:2"
+
+    await bus.publish(evaluation(1, 40.0, 0.3), event_id="eval:demo:1")
+    promoted = await next_event(sub)
+    assert promoted.type == "model.promoted" and promoted.id == "promoted:demo:1"
+    assert "first version" in promoted.payload["reason"]
+
+    await bus.publish(evaluation(2, 80.0, 0.1), event_id="eval:demo:2")
+    rejected = await next_event(sub)
+    assert rejected.type == "model.rejected" and rejected.payload["champion"] == {
+        "model_name": "demo",
+        "version": 1,
+    }
+    assert "perplexity" in rejected.payload["reason"]
+
+    async with grpc.aio.insecure_channel(stack["grpc"]) as ch:
+        stub = registry_pb2_grpc.ModelRegistryStub(ch)
+        champ = await stub.GetVersion(pb.GetVersionRequest(model_name="demo", alias="champion"))
+        assert champ.version == 1 and "champion" in champ.aliases
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetVersion(pb.GetVersionRequest(model_name="nope", version=1))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetVersion(pb.GetVersionRequest(model_name="demo"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        await stub.SetAlias(
+            pb.SetAliasRequest(model_name="demo", alias="champion", version=2, reason="try it")
+        )
+        models = await stub.ListModels(pb.ListModelsRequest())
+        assert [(m.model_name, m.latest_version, m.champion_version) for m in models.models] == [
+            ("demo", 2, 2)
+        ]
+    assert (await next_event(sub)).payload["model"]["version"] == 2
+
+    url = stack["base"]
+    out = await asyncio.to_thread(models_rollback, "demo", "regression found", url)
+    assert out["restored"] == 1
+    restored = await next_event(sub)
+    assert restored.type == "model.promoted" and restored.payload["model"]["version"] == 1
+    assert "regression found" in restored.payload["reason"]
+    shown = await asyncio.to_thread(models_show, "demo@champion", url)
+    assert shown["version"] == 1
+    assert (await asyncio.to_thread(models_list, url))[0]["champion_version"] == 1
+    async with httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/v1/models/demo/versions/9")).status_code == 404
+        card = (await client.get("/v1/models/demo/versions/1/card")).text
+        assert "model-index" in card and "perplexity" in card
+        audit = (await client.get("/v1/audit", params={"model": "demo"})).json()
+        assert {"register", "promote", "reject", "manual_promote", "rollback"} <= {a["action"] for a in audit}
+        assert json.dumps(audit)  # serialisable
+
+
+async def test_unpublished_outbox_is_relayed_at_start_up(tmp_path: Path) -> None:
+    from services.model_registry.core import Registry
+    from services.model_registry.db import make_engine, migrate
+
+    settings = RegistrySettings(
+        home=tmp_path, registry_grpc_port=free_port(), registry_http_port=free_port(), log_json=False
+    )
+    engine = make_engine(settings.registry_database_url)
+    migrate(engine)
+    Registry(engine).register_version("early", ArtifactRef(uri="file:///x", sha256="a" * 64, size_bytes=1))
+    engine.dispose()  # committed while no bus was up: the row waits in the outbox
+    with NatsServer(tmp_path / "nats") as server:
+        settings.nats_url = server.url
+        runtime = create_service(settings)
+        task = asyncio.create_task(runtime.run())
+        nc = await nats.connect(server.url)
+        try:
+            for _ in range(100):  # the stream exists once the service's bus is up
+                with contextlib.suppress(Exception):
+                    sub = await nc.jetstream().pull_subscribe("puyu.events.model.>", stream="PUYU_EVENTS")
+                    break
+                await asyncio.sleep(0.1)
+            assert (await next_event(sub)).id == "registered:early:1"
+        finally:
+            await nc.close()
+            runtime.stop()
+            await asyncio.wait_for(task, 30)

@@ -1,0 +1,185 @@
+import os
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, inspect, text
+
+from contracts.events import ArtifactRef, DatasetRef, EventEnvelope, ModelRef, TaskResult
+from services.model_registry.card import model_card
+from services.model_registry.core import InvalidInput, NotFound, Registry
+from services.model_registry.db import make_engine, migrate
+
+PG_URL = os.environ.get("PUYU_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _pg_engine() -> Iterator[Engine]:
+    try:
+        admin = make_engine(PG_URL)
+        with admin.connect() as c:
+            c.execute(text("select 1"))
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL not answering at {PG_URL}: {exc}")
+    schema = f"registry_test_{uuid.uuid4().hex[:12]}"
+    with admin.begin() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine = make_engine(PG_URL, schema=schema)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as c:
+            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        e = make_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+        yield e
+        e.dispose()
+    else:
+        yield from _pg_engine()
+
+
+@pytest.fixture
+def reg(engine: Engine) -> Registry:
+    migrate(engine)
+    return Registry(engine)
+
+
+def art(n: int) -> ArtifactRef:
+    return ArtifactRef(uri=f"file:///tmp/ckpt/{n}", sha256=f"{n:064x}", size_bytes=100 + n)
+
+
+def results(ppl: float, acc: float) -> list[TaskResult]:
+    return [
+        TaskResult(
+            task="perplexity",
+            metrics={"perplexity": ppl},
+            primary_metric="perplexity",
+            higher_is_better=False,
+            version_hash="p1",
+            num_samples=32,
+        ),
+        TaskResult(
+            task="demo_facts",
+            metrics={"accuracy": acc},
+            primary_metric="accuracy",
+            higher_is_better=True,
+            version_hash="f1",
+            num_samples=20,
+        ),
+    ]
+
+
+def outbox_ids(reg: Registry) -> list[str]:
+    return [EventEnvelope.model_validate(e).id for _, e in reg.pending_outbox()]
+
+
+def test_alembic_upgrade_from_empty(engine: Engine) -> None:
+    assert "model_versions" not in inspect(engine).get_table_names()
+    migrate(engine)
+    migrate(engine)  # idempotent at head
+    tables = set(inspect(engine).get_table_names())
+    assert {
+        "registered_models",
+        "model_versions",
+        "aliases",
+        "evaluations",
+        "deployments",
+        "audit_log",
+        "processed_events",
+        "outbox",
+        "alembic_version",
+    } <= tables
+
+
+def test_register_is_idempotent_per_event(reg: Registry) -> None:
+    ds = [DatasetRef(dataset_id="d1", manifest_uri="file:///m", digest="x").model_dump()]
+    v = reg.register_version("demo", art(1), run_id="r1", datasets=ds, event_id="ckpt:r1:10")
+    assert v is not None and v["version"] == 1 and v["status"] == "candidate"
+    assert reg.register_version("demo", art(1), run_id="r1", event_id="ckpt:r1:10") is None
+    assert [x["version"] for x in reg.list_versions("demo")] == [1]
+    assert outbox_ids(reg) == ["registered:demo:1"]
+    assert reg.register_version("demo", art(2), run_id="r2", event_id="ckpt:r2:10")["version"] == 2  # type: ignore[index]
+
+
+def test_concurrent_registration_numbers_are_unique(reg: Registry) -> None:
+    with ThreadPoolExecutor(6) as pool:
+        out = list(pool.map(lambda i: reg.register_version("race", art(i), run_id=f"r{i}"), range(12)))
+    assert sorted(v["version"] for v in out if v) == list(range(1, 13))
+
+
+def test_bad_input_and_not_found(reg: Registry) -> None:
+    with pytest.raises(InvalidInput):
+        reg.register_version("bad name!", art(1))
+    with pytest.raises(InvalidInput):
+        reg.register_version("m", ArtifactRef(uri="file:///x", sha256="nothex", size_bytes=1))
+    with pytest.raises(NotFound):
+        reg.get_version("nope", version=1)
+    reg.register_version("m", art(1))
+    with pytest.raises(NotFound):
+        reg.get_version("m", version=9)
+    with pytest.raises(NotFound):
+        reg.get_version("m", alias="champion")
+    with pytest.raises(NotFound):
+        reg.record_evaluation(ModelRef(model_name="m", version=5), results(10, 0.5))
+
+
+def test_promotion_rejection_rollback_and_deployment_failure(reg: Registry) -> None:
+    for i in (1, 2, 3, 4):
+        reg.register_version("m", art(i), run_id=f"r{i}")
+    out = reg.record_evaluation(ModelRef(model_name="m", version=1), results(40, 0.3), event_id="e1")
+    assert out is not None and out["outcome"] == "promoted"
+    assert reg.record_evaluation(ModelRef(model_name="m", version=1), results(40, 0.3), event_id="e1") is None
+    assert reg.get_version("m", alias="champion")["version"] == 1
+    out = reg.record_evaluation(ModelRef(model_name="m", version=2), results(60, 0.3), event_id="e2")
+    assert out is not None and out["outcome"] == "rejected" and "perplexity" in out["reason"]
+    assert reg.get_version("m", version=2)["status"] == "rejected"
+    out = reg.record_evaluation(ModelRef(model_name="m", version=3), results(30, 0.4))
+    assert out is not None and out["outcome"] == "promoted"
+    assert reg.get_version("m", version=1)["status"] == "archived"
+    ids = outbox_ids(reg)
+    assert {"promoted:m:1", "rejected:m:2", "promoted:m:3"} <= set(ids)
+
+    back = reg.rollback("m", reason="bad answers")
+    assert back["restored"] == 1 and back["rolled_back"] == 3
+    assert reg.get_version("m", alias="champion")["version"] == 1
+    with pytest.raises(InvalidInput):
+        reg.rollback("m")  # version 1 had no predecessor
+
+    reg.promote("m", 4, reason="operator says so")
+    assert reg.get_version("m", alias="champion")["status"] == "champion"
+    failed = reg.record_deployment(
+        ModelRef(model_name="m", version=4), "w1", ok=False, error="OOM", event_id="d1"
+    )
+    assert failed is not None and failed["restored"] == 1
+    assert reg.get_version("m", alias="champion")["version"] == 1
+    actions = [a["action"] for a in reg.audit("m")]
+    assert actions.count("rollback") == 2 and "deployment_failed" in actions and "manual_promote" in actions
+    reasons = " ".join(a["reason"] for a in reg.audit("m"))
+    assert "deployment of version 4 failed on w1: OOM" in reasons
+    card = model_card(reg.get_version("m", version=3))
+    assert card.startswith("---\n") and "model-index" in card and "perplexity" in card
+
+
+def test_failed_first_deployment_removes_alias(reg: Registry) -> None:
+    reg.register_version("solo", art(1))
+    reg.record_evaluation(ModelRef(model_name="solo", version=1), results(40, 0.3))
+    out = reg.record_deployment(ModelRef(model_name="solo", version=1), "w", ok=False, error="boom")
+    assert out is not None and out["restored"] is None
+    with pytest.raises(NotFound):
+        reg.get_version("solo", alias="champion")
+
+
+def test_outbox_marking(reg: Registry) -> None:
+    reg.register_version("o", art(1))
+    [(row_id, _)] = reg.pending_outbox()
+    reg.mark_failed(row_id, "nats down")
+    assert len(reg.pending_outbox()) == 1
+    reg.mark_published(row_id)
+    assert reg.pending_outbox() == []
