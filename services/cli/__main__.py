@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -23,7 +25,11 @@ def main() -> None:
 def run_service(service: str) -> None:
     """Run one service in this process (what each container runs)."""
     module = importlib.import_module(f"services.{service.replace('-', '_')}.app")
-    asyncio.run(module.create_service().run())
+
+    async def _run() -> None:
+        await module.create_service().run()
+
+    asyncio.run(_run())
 
 
 @main.command()
@@ -64,6 +70,207 @@ def status() -> None:
     from services.cli.status import status as show
 
     sys.exit(show(CommonSettings()))
+
+
+# ---------------------------------------------------------------------------------------------- corpus
+@main.group()
+def corpus() -> None:
+    """Corpus tools: main-text extraction, ingest, dedup (the cores the services run)."""
+
+
+@corpus.command("extract")
+@click.argument("files", nargs=-1, required=True)
+def corpus_extract(files: tuple[str, ...]) -> None:
+    """Print one JSON line {"path", "text"} per HTML file."""
+    from services.corpus_ingest.cli import extract_cmd
+
+    sys.exit(extract_cmd(list(files)))
+
+
+@corpus.command("ingest")
+@click.argument("sources", nargs=-1, required=True)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output dataset folder."
+)
+@click.option("--options", "options_json", default=None, help="IngestOptions as JSON.")
+@click.option("--dataset-id", default=None)
+def corpus_ingest(
+    sources: tuple[str, ...], out_dir: str, options_json: str | None, dataset_id: str | None
+) -> None:
+    """Extract, normalise, identify languages and filter SOURCES into standardised shards."""
+    from contracts.events import IngestOptions
+    from services.corpus_ingest.cli import ingest_cmd
+
+    options = IngestOptions.model_validate_json(options_json) if options_json else None
+    sys.exit(ingest_cmd(list(sources), out_dir, options, dataset_id))
+
+
+@corpus.command("dedup")
+@click.argument("dirs", nargs=-1, required=True)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output dataset folder."
+)
+@click.option("--options", "options_json", default=None, help="DedupOptions as JSON.")
+@click.option("--dataset-id", default=None)
+def corpus_dedup(
+    dirs: tuple[str, ...], out_dir: str, options_json: str | None, dataset_id: str | None
+) -> None:
+    """Remove exact and near duplicates from the datasets in DIRS."""
+    from contracts.events import DedupOptions
+    from services.dedup.cli import dedup_cmd
+
+    options = DedupOptions.model_validate_json(options_json) if options_json else None
+    sys.exit(dedup_cmd(list(dirs), out_dir, options, dataset_id))
+
+
+# ---------------------------------------------------------------------------------------------- training
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--resume/--no-resume", default=True, show_default=True, help="Resume from the last checkpoint."
+)
+def train(config_path: str, resume: bool) -> None:
+    """Pretrain a model standalone (no bus) from a YAML/JSON job file."""
+    from services.trainer.cli import train_cmd
+
+    sys.exit(train_cmd(Path(config_path), resume=resume))
+
+
+@main.group(invoke_without_command=True)
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False))
+@click.pass_context
+def finetune(ctx: click.Context, config_path: str | None) -> None:
+    """Finetune a model standalone (no bus) from a YAML/JSON job file."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not config_path:
+        raise click.UsageError("--config FILE is required (or use: puyu finetune check-data FILE)")
+    from services.finetuner.cli import finetune_cmd
+
+    sys.exit(finetune_cmd(config_path))
+
+
+@finetune.command("check-data")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def finetune_check_data(file: str) -> None:
+    """Validate a chat dataset; name the first bad record by line number and reason."""
+    from services.finetuner.cli import check_data_cmd
+
+    sys.exit(check_data_cmd(file))
+
+
+@main.command("eval")
+@click.option("--tasks", required=True, help="Comma-separated task names.")
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A Hugging Face model folder.",
+)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--limit", type=int, default=None, help="At most N samples per task.")
+def evaluate(tasks: str, model_path: str, out_dir: str, limit: int | None) -> None:
+    """Evaluate a model folder; writes OUT/summary.json and per-sample details."""
+    from services.evaluator.cli import eval_cmd
+
+    eval_cmd([t.strip() for t in tasks.split(",") if t.strip()], Path(model_path), Path(out_dir), limit)
+
+
+# ---------------------------------------------------------------------------------------------- serving
+@main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--api-key", default=None, envvar="PUYU_API_KEY")
+@click.option("--served-name", default=None, help="Name clients use (default: the folder name).")
+def serve(model_path: str, host: str, port: int, api_key: str | None, served_name: str | None) -> None:
+    """Serve one Hugging Face model folder with an OpenAI-compatible API (no bus)."""
+    from services.inference_gateway.cli import serve_cmd
+
+    serve_cmd(Path(model_path), host, port, api_key, served_name)
+
+
+# ---------------------------------------------------------------------------------------------- registry
+@main.group()
+def models() -> None:
+    """The model registry: versions, champion, promotion, rollback."""
+
+
+def _print_json(obj: object) -> None:
+    from rich.console import Console
+
+    Console().print_json(json.dumps(obj, default=str))
+
+
+@models.command("list")
+@click.option("--registry-url", default=None)
+def models_list(registry_url: str | None) -> None:
+    from services.model_registry.cli import models_list as list_models
+
+    _print_json(list_models(url=registry_url))
+
+
+@models.command("show")
+@click.argument("ref")
+@click.option("--registry-url", default=None)
+def models_show(ref: str, registry_url: str | None) -> None:
+    """REF is NAME, NAME:VERSION or NAME@ALIAS."""
+    from services.model_registry.cli import models_show as show
+
+    _print_json(show(ref, url=registry_url))
+
+
+@models.command("promote")
+@click.argument("ref")
+@click.option("--reason", default="manual promotion")
+@click.option("--registry-url", default=None)
+def models_promote(ref: str, reason: str, registry_url: str | None) -> None:
+    """Make NAME:VERSION the champion (the gateway follows)."""
+    from services.model_registry.cli import models_promote as promote
+
+    name, _, version = ref.partition(":")
+    if not version.isdigit():
+        raise click.BadParameter("expected NAME:VERSION", param_hint="REF")
+    _print_json(promote(name, int(version), reason, url=registry_url))
+
+
+@models.command("rollback")
+@click.argument("name")
+@click.option("--reason", default="manual rollback")
+@click.option("--registry-url", default=None)
+def models_rollback(name: str, reason: str, registry_url: str | None) -> None:
+    """Move the champion back to the previous champion (the gateway follows)."""
+    from services.model_registry.cli import models_rollback as rollback
+
+    _print_json(rollback(name, reason, url=registry_url))
+
+
+# ---------------------------------------------------------------------------------------------- agents
+@main.group()
+def agent() -> None:
+    """Agents on the served models."""
+
+
+@agent.command("run")
+@click.argument("agent_name", metavar="AGENT")
+@click.argument("question")
+@click.option("--gateway-url", default=None)
+@click.option("--model", default=None, help="Served model name (default: the configured champion).")
+@click.option("--manifest", default=None, help="Dataset manifest to search (default: none).")
+@click.option("--max-steps", type=int, default=None)
+def agent_run(
+    agent_name: str,
+    question: str,
+    gateway_url: str | None,
+    model: str | None,
+    manifest: str | None,
+    max_steps: int | None,
+) -> None:
+    """Run AGENT on QUESTION, streaming each step."""
+    from services.agent_runtime.cli import agent_run_cmd
+
+    sys.exit(agent_run_cmd(agent_name, question, gateway_url, model, manifest, max_steps))
 
 
 if __name__ == "__main__":
