@@ -32,7 +32,8 @@ async def bench_puyu(url: str, run: str) -> float:
     try:
         started = time.perf_counter()
         for i in range(N):
-            await bus.publish(_payload(i), event_id=f"bench-{run}-{i}"  # unique: no duplicate short-cut)
+            # unique ids: no duplicate short-cut on the server
+            await bus.publish(_payload(i), event_id=f"bench-{run}-{i}")
         return N / (time.perf_counter() - started)
     finally:
         await bus.stop()
