@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import nats
 
-import nats  # noqa: E402
-
-from contracts.events import EventEnvelope, JobProgress  # noqa: E402
-from shared.bus import Bus  # noqa: E402
-from shared.natsserver import NatsServer  # noqa: E402
+from contracts.events import EventEnvelope, JobProgress
+from shared.bus import Bus
+from shared.natsserver import NatsServer
 
 N = 2000
 
@@ -57,9 +54,18 @@ async def main() -> None:
         await bench_puyu(server.url, "warmup")  # creates the streams; warms up both paths
         baseline = await bench_baseline(server.url)
         puyu = await bench_puyu(server.url, "measured")
-    print(json.dumps({"benchmark": "bus_publish", "messages": N, "puyu_msgs_per_s": round(puyu, 1),
-                      "baseline": "nats-py js.publish", "baseline_msgs_per_s": round(baseline, 1),
-                      "ratio": round(puyu / baseline, 3)}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "bus_publish",
+                "messages": N,
+                "puyu_msgs_per_s": round(puyu, 1),
+                "baseline": "nats-py js.publish",
+                "baseline_msgs_per_s": round(baseline, 1),
+                "ratio": round(puyu / baseline, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
