@@ -30,14 +30,17 @@ class RollingLoglikelihood:
 
 
 class Backend(Protocol):
-    def loglikelihood(self, requests: Sequence[tuple[str, str]], progress: Progress | None = None
-                      ) -> list[Loglikelihood]: ...
+    def loglikelihood(
+        self, requests: Sequence[tuple[str, str]], progress: Progress | None = None
+    ) -> list[Loglikelihood]: ...
 
-    def loglikelihood_rolling(self, texts: Sequence[str], progress: Progress | None = None
-                              ) -> list[RollingLoglikelihood]: ...
+    def loglikelihood_rolling(
+        self, texts: Sequence[str], progress: Progress | None = None
+    ) -> list[RollingLoglikelihood]: ...
 
-    def generate(self, prompts: Sequence[str], config: GenerationConfig, progress: Progress | None = None
-                 ) -> list[str]: ...
+    def generate(
+        self, prompts: Sequence[str], config: GenerationConfig, progress: Progress | None = None
+    ) -> list[str]: ...
 
 
 class ModelLoadError(RuntimeError):
@@ -47,8 +50,15 @@ class ModelLoadError(RuntimeError):
 class HFBackend:
     """A Hugging Face causal LM in this process: eval mode, no_grad, sorted static batches."""
 
-    def __init__(self, model_path: Path, *, batch_size: int = 8, num_threads: int | None = None,
-                 device: str = "cpu", max_length: int | None = None) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        batch_size: int = 8,
+        num_threads: int | None = None,
+        device: str = "cpu",
+        max_length: int | None = None,
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -59,7 +69,8 @@ class HFBackend:
         self.device = torch.device(device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-            self.model = AutoModelForCausalLM.from_pretrained(str(model_path)).to(self.device)
+            self.model = AutoModelForCausalLM.from_pretrained(str(model_path))
+            self.model.to(self.device)  # type: ignore[arg-type]
         except Exception as exc:  # transformers raises OSError/ValueError/KeyError for bad folders
             raise ModelLoadError(f"cannot load model from {model_path}: {type(exc).__name__}: {exc}") from exc
         self.model.eval()
@@ -73,8 +84,13 @@ class HFBackend:
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _score(self, windows: list[tuple[list[int], int]], progress: Progress | None,
-               done_offset: int = 0, total: int | None = None) -> list[tuple[float, bool]]:
+    def _score(
+        self,
+        windows: list[tuple[list[int], int]],
+        progress: Progress | None,
+        done_offset: int = 0,
+        total: int | None = None,
+    ) -> list[tuple[float, bool]]:
         """Each window: (input ids, number of trailing tokens to score). Returns (logprob, all greedy)."""
         torch = self.torch
         order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]))
@@ -106,8 +122,9 @@ class HFBackend:
         return out
 
     # ------------------------------------------------------------------------------ API
-    def loglikelihood(self, requests: Sequence[tuple[str, str]], progress: Progress | None = None
-                      ) -> list[Loglikelihood]:
+    def loglikelihood(
+        self, requests: Sequence[tuple[str, str]], progress: Progress | None = None
+    ) -> list[Loglikelihood]:
         windows = []
         for context, continuation in requests:
             ctx = self.prefix + self._encode(context)
@@ -120,8 +137,9 @@ class HFBackend:
             windows.append((toks, min(len(cont), len(toks) - 1)))
         return [Loglikelihood(lp, g) for lp, g in self._score(windows, progress)]
 
-    def loglikelihood_rolling(self, texts: Sequence[str], progress: Progress | None = None
-                              ) -> list[RollingLoglikelihood]:
+    def loglikelihood_rolling(
+        self, texts: Sequence[str], progress: Progress | None = None
+    ) -> list[RollingLoglikelihood]:
         """Every token of each text scored once, in disjoint windows of at most max_length tokens
         (each window conditioned on the one token before it, as lm-evaluation-harness does)."""
         windows: list[tuple[list[int], int]] = []
@@ -141,8 +159,9 @@ class HFBackend:
             totals[t][1] += n
         return [RollingLoglikelihood(float(lp), int(n)) for lp, n in totals]
 
-    def generate(self, prompts: Sequence[str], config: GenerationConfig, progress: Progress | None = None
-                 ) -> list[str]:
+    def generate(
+        self, prompts: Sequence[str], config: GenerationConfig, progress: Progress | None = None
+    ) -> list[str]:
         """Greedy decoding in left-padded batches (longest first), cut at the stop strings."""
         from services.evaluator.metrics import truncate_at_stop
 
@@ -173,7 +192,7 @@ class HFBackend:
             with torch.no_grad():
                 generated = self.model.generate(**kwargs)
             for row, i in enumerate(idx):
-                text = tok.decode(generated[row, width:], skip_special_tokens=True)
+                text = str(tok.decode(generated[row, width:], skip_special_tokens=True))
                 out[i] = truncate_at_stop(text, config.stop)
             if progress:
                 progress(min(start + self.batch_size, len(order)), len(order))

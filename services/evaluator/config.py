@@ -15,11 +15,16 @@ def default_data_dir() -> Path:
 
 
 class EvaluatorSettings(CommonSettings):
-    evaluator_data_dir: Path = Field(default_factory=default_data_dir,
-                                     description="Root of benchmark data (gsm8k/, cmmlu/).")
+    evaluator_data_dir: Path = Field(
+        default_factory=default_data_dir, description="Root of benchmark data (gsm8k/, cmmlu/)."
+    )
     evaluator_perplexity_path: Path | None = Field(
-        default=None, description="jsonl/txt file or folder for the perplexity task; default: held-out samples.")
+        default=None,
+        description="jsonl/txt file or folder for the perplexity task; default: held-out samples.",
+    )
     evaluator_batch_size: int = Field(default=8, ge=1)
-    evaluator_num_threads: int | None = Field(default=None, ge=1, description="torch threads; None: torch's default.")
+    evaluator_num_threads: int | None = Field(
+        default=None, ge=1, description="torch threads; None: torch's default."
+    )
     evaluator_device: str = "cpu"
     evaluator_limit: int | None = Field(default=None, ge=1, description="Samples per task (None: all).")

@@ -9,10 +9,18 @@ from services.evaluator.runner import EvalReport, RunProgress, evaluate, write_r
 from services.evaluator.tasks import resolve_tasks
 
 
-def evaluate_model(model_path: Path, task_names: list[str], *, data_root: Path | None = None,
-                   perplexity_path: Path | None = None, limit: int | None = None, batch_size: int = 8,
-                   num_threads: int | None = None, device: str = "cpu",
-                   progress: RunProgress | None = None) -> EvalReport:
+def evaluate_model(
+    model_path: Path,
+    task_names: list[str],
+    *,
+    data_root: Path | None = None,
+    perplexity_path: Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    num_threads: int | None = None,
+    device: str = "cpu",
+    progress: RunProgress | None = None,
+) -> EvalReport:
     """Resolve the tasks first (unknown names fail before the model is loaded), then run them."""
     tasks = resolve_tasks(task_names, perplexity_path=perplexity_path)
     backend = HFBackend(model_path, batch_size=batch_size, num_threads=num_threads, device=device)

@@ -111,8 +111,14 @@ def _read_gsm8k(path: Path) -> list[Sample]:
         for i, line in enumerate(f):
             if line.strip():
                 row = json.loads(line)
-                out.append({"id": f"{path.stem}-{i}", "question": row["question"], "answer": row["answer"],
-                            "target": gsm8k_answer(row["answer"])})
+                out.append(
+                    {
+                        "id": f"{path.stem}-{i}",
+                        "question": row["question"],
+                        "answer": row["answer"],
+                        "target": gsm8k_answer(row["answer"]),
+                    }
+                )
     return out
 
 
@@ -130,7 +136,7 @@ _LETTERS = ("A", "B", "C", "D")
 
 
 def _read_cmmlu(folder: Path, subjects: list[str] | None) -> list[Sample]:
-    out = []
+    out: list[Sample] = []
     for file in sorted(folder.glob("*.csv")):
         if subjects is not None and file.stem not in subjects:
             continue
@@ -139,9 +145,16 @@ def _read_cmmlu(folder: Path, subjects: list[str] | None) -> list[Sample]:
                 answer = row["Answer"].strip()
                 if answer not in _LETTERS:
                     continue  # malformed row: never scoreable
-                out.append({"id": f"{file.stem}-{row.get('') or len(out)}", "subject": file.stem,
-                            "question": row["Question"], **{k: row[k] for k in _LETTERS},
-                            "target": answer, "gold": _LETTERS.index(answer)})
+                out.append(
+                    {
+                        "id": f"{file.stem}-{row.get('') or len(out)}",
+                        "subject": file.stem,
+                        "question": row["Question"],
+                        **{k: row[k] for k in _LETTERS},
+                        "target": answer,
+                        "gold": _LETTERS.index(answer),
+                    }
+                )
     return out
 
 

@@ -62,8 +62,14 @@ def build_prompt(task: TaskConfig, dataset: Dataset, sample: Sample) -> str:
     return task.fewshot_separator.join([*shots, task.prompt_template.format(**sample)])
 
 
-def run_task(task: TaskConfig, backend: Backend, dataset: Dataset, *, limit: int | None = None,
-             progress: Callable[[int, int], None] | None = None) -> TaskOutcome:
+def run_task(
+    task: TaskConfig,
+    backend: Backend,
+    dataset: Dataset,
+    *,
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TaskOutcome:
     started = time.perf_counter()
     samples = dataset.samples[:limit] if limit else dataset.samples
     if task.output_type == "perplexity":
@@ -75,24 +81,34 @@ def run_task(task: TaskConfig, backend: Backend, dataset: Dataset, *, limit: int
     return TaskOutcome(task, metrics, len(samples), details, time.perf_counter() - started)
 
 
-def _run_perplexity(task: TaskConfig, backend: Backend, samples: list[Sample],
-                    progress: Callable[[int, int], None] | None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def _run_perplexity(
+    task: TaskConfig, backend: Backend, samples: list[Sample], progress: Callable[[int, int], None] | None
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     texts = [task.prompt_template.format(**s) for s in samples]
     scores = backend.loglikelihood_rolling(texts, progress)
     total_lp = sum(r.logprob for r in scores)
     total_tokens = sum(r.num_tokens for r in scores)
     total_bytes = sum(len(t.encode("utf-8")) for t in texts)
     details = [
-        {"id": s["id"], "prompt": t, "logprob": r.logprob, "num_tokens": r.num_tokens,
-         "perplexity": math.exp(-r.logprob / r.num_tokens) if r.num_tokens else None}
+        {
+            "id": s["id"],
+            "prompt": t,
+            "logprob": r.logprob,
+            "num_tokens": r.num_tokens,
+            "perplexity": math.exp(-r.logprob / r.num_tokens) if r.num_tokens else None,
+        }
         for s, t, r in zip(samples, texts, scores, strict=True)
     ]
     return perplexity_metrics(total_lp, total_tokens, total_bytes), details
 
 
-def _run_multiple_choice(task: TaskConfig, backend: Backend, dataset: Dataset, samples: list[Sample],
-                         progress: Callable[[int, int], None] | None
-                         ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def _run_multiple_choice(
+    task: TaskConfig,
+    backend: Backend,
+    dataset: Dataset,
+    samples: list[Sample],
+    progress: Callable[[int, int], None] | None,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     prompts = [build_prompt(task, dataset, s) for s in samples]
     requests = [(p, c) for p in prompts for c in task.choices]
     scores = backend.loglikelihood(requests, progress)
@@ -103,14 +119,27 @@ def _run_multiple_choice(task: TaskConfig, backend: Backend, dataset: Dataset, s
         pred = max(range(k), key=lambda i: lps[i])
         ok = pred == sample["gold"]
         correct.append(float(ok))
-        details.append({"id": sample["id"], "prompt": prompt, "prediction": task.choices[pred],
-                        "extracted": task.choices[pred], "target": task.choices[sample["gold"]],
-                        "logprobs": lps, "correct": ok})
+        details.append(
+            {
+                "id": sample["id"],
+                "prompt": prompt,
+                "prediction": task.choices[pred],
+                "extracted": task.choices[pred],
+                "target": task.choices[sample["gold"]],
+                "logprobs": lps,
+                "correct": ok,
+            }
+        )
     return {task.primary_metric: mean(correct)}, details
 
 
-def _run_generation(task: TaskConfig, backend: Backend, dataset: Dataset, samples: list[Sample],
-                    progress: Callable[[int, int], None] | None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def _run_generation(
+    task: TaskConfig,
+    backend: Backend,
+    dataset: Dataset,
+    samples: list[Sample],
+    progress: Callable[[int, int], None] | None,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     prompts = [build_prompt(task, dataset, s) for s in samples]
     outputs = backend.generate(prompts, task.generation, progress)
     extract = EXTRACTORS[task.extractor] if task.extractor else (lambda s: s.strip())
@@ -122,13 +151,27 @@ def _run_generation(task: TaskConfig, backend: Backend, dataset: Dataset, sample
             target = normalize_number(target)
         ok = extracted is not None and extracted == target
         correct.append(float(ok))
-        details.append({"id": sample["id"], "prompt": prompt, "prediction": output, "extracted": extracted,
-                        "target": target, "correct": ok})
+        details.append(
+            {
+                "id": sample["id"],
+                "prompt": prompt,
+                "prediction": output,
+                "extracted": extracted,
+                "target": target,
+                "correct": ok,
+            }
+        )
     return {task.primary_metric: mean(correct)}, details
 
 
-def evaluate(tasks: list[TaskConfig], backend: Backend, *, data_root: Path | None = None,
-             limit: int | None = None, progress: RunProgress | None = None) -> EvalReport:
+def evaluate(
+    tasks: list[TaskConfig],
+    backend: Backend,
+    *,
+    data_root: Path | None = None,
+    limit: int | None = None,
+    progress: RunProgress | None = None,
+) -> EvalReport:
     """Run every task; a task whose data is absent is skipped with the reason (never a failure)."""
     report = EvalReport()
     for n, task in enumerate(tasks):
@@ -144,8 +187,13 @@ def evaluate(tasks: list[TaskConfig], backend: Backend, *, data_root: Path | Non
                 progress(name, (n + done / max(total, 1)) / len(tasks), f"{name}: {done}/{total}")
 
         outcome = run_task(task, backend, dataset, limit=limit, progress=on_batch)
-        log.info("task %s: %s (%d samples, %.1fs)", task.name, outcome.metrics, outcome.num_samples,
-                 outcome.seconds)
+        log.info(
+            "task %s: %s (%d samples, %.1fs)",
+            task.name,
+            outcome.metrics,
+            outcome.num_samples,
+            outcome.seconds,
+        )
         report.outcomes.append(outcome)
     return report
 

@@ -137,7 +137,9 @@ def resolve_tasks(names: list[str], *, perplexity_path: str | Path | None = None
     """All tasks by name; raises UnknownTask naming every unknown one (before any work starts)."""
     unknown = [n for n in names if n not in BUILTIN_TASK_NAMES]
     if unknown:
-        raise UnknownTask(f"unknown task(s) {', '.join(map(repr, unknown))} (known: {', '.join(BUILTIN_TASK_NAMES)})")
+        raise UnknownTask(
+            f"unknown task(s) {', '.join(map(repr, unknown))} (known: {', '.join(BUILTIN_TASK_NAMES)})"
+        )
     if not names:
         raise UnknownTask("no tasks requested")
     return [get_task(n, perplexity_path=perplexity_path) for n in dict.fromkeys(names)]

@@ -9,8 +9,16 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
-def build_tiny_model(dest: Path, texts: Iterable[str], *, vocab_size: int = 512, hidden_size: int = 64,
-                     layers: int = 2, max_positions: int = 256, seed: int = 0) -> Path:
+def build_tiny_model(
+    dest: Path,
+    texts: Iterable[str],
+    *,
+    vocab_size: int = 512,
+    hidden_size: int = 64,
+    layers: int = 2,
+    max_positions: int = 256,
+    seed: int = 0,
+) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -18,10 +26,16 @@ def build_tiny_model(dest: Path, texts: Iterable[str], *, vocab_size: int = 512,
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(list(texts), trainer)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=hf_tok.vocab_size if hasattr(hf_tok, "vocab_size") else len(hf_tok),
