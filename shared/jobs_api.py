@@ -7,8 +7,8 @@ publishes it onto the bus; Get reads the board; Watch streams the board's update
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 import uuid
+from collections.abc import AsyncIterator
 
 import grpc
 from pydantic import ValidationError
@@ -55,7 +55,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             payload = cls.model_validate(spec)
         except (ValueError, ValidationError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid {request.kind} job spec: {exc}")
-        job_id = str(getattr(payload, "job_id"))
+        job_id = str(getattr(payload, "job_id"))  # noqa: B009 - every job payload has one; EventPayload does not
         correlation = request.correlation_id or uuid.uuid4().hex
         status = await self.bus.jobs.update(job_id, request.kind, state="queued", correlation_id=correlation)
         await self.bus.publish(payload, correlation=correlation, event_id=f"job:{request.kind}:{job_id}")

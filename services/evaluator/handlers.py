@@ -7,10 +7,7 @@ JobRejected at once), then runs the evaluation in a worker thread so the message
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -107,30 +104,6 @@ class EvaluationRunner:
         return event, result
 
 
-class _ThreadProgress:
-    """Progress reports from the worker thread, rate-limited; ``drain`` waits for those in flight so
-    that a late 'running' update can never overwrite the final 'succeeded' on the job board."""
-
-    def __init__(self, ctx: HandlerContext[Any], job_id: str, min_interval: float = 1.0) -> None:
-        self.ctx, self.job_id, self.min_interval = ctx, job_id, min_interval
-        self.loop = asyncio.get_running_loop()
-        self.pending: list[concurrent.futures.Future[None]] = []
-        self.last = 0.0
-
-    def __call__(self, stage: str, fraction: float, message: str = "") -> None:
-        now = time.monotonic()
-        if now - self.last < self.min_interval:
-            return
-        self.last = now
-        coro = self.ctx.progress(self.job_id, JOB_KIND, stage, min(fraction, 0.99), message)
-        self.pending.append(asyncio.run_coroutine_threadsafe(coro, self.loop))
-
-    async def drain(self) -> None:
-        for fut in self.pending:
-            with contextlib.suppress(Exception):  # progress is best effort
-                await asyncio.wrap_future(fut)
-
-
 def register_handlers(bus: Bus, runner: EvaluationRunner) -> None:
     async def evaluate(
         ctx: HandlerContext[Any], job_id: str, model: ModelRef, artifact: ArtifactRef, tasks: list[str]
@@ -139,11 +112,11 @@ def register_handlers(bus: Bus, runner: EvaluationRunner) -> None:
         await bus.jobs.update(
             job_id, JOB_KIND, state="running", stage="evaluate", correlation_id=ctx.envelope.correlation_id
         )
-        progress = _ThreadProgress(ctx, job_id)
+        progress = ctx.progress_from_thread(job_id, JOB_KIND)
         try:
             return await asyncio.to_thread(runner.run, model, artifact, tasks, progress)
         finally:
-            await progress.drain()
+            await progress.flush()
 
     @bus.handle(ModelRegistered, ack_wait=ACK_WAIT)
     async def on_model_registered(ctx: HandlerContext[ModelRegistered]) -> None:

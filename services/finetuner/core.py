@@ -69,8 +69,9 @@ def run_finetune(
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
 
     examples = build_examples(tokenizer, records, spec.seq_len)
-    peft_model, result = train_lora(model, examples, spec, pad_id=tokenizer.pad_token_id, device=device,
-                                    progress=progress)
+    peft_model, result = train_lora(
+        model, examples, spec, pad_id=tokenizer.pad_token_id, device=device, progress=progress
+    )
     metrics = {
         "loss": result.final_loss,
         "eval_loss_before": result.eval_loss_before,
@@ -99,6 +100,10 @@ def run_finetune(
     if progress:
         progress("export", 0.95, "saving adapter and merged model")
     exported = export(peft_model, tokenizer, out_dir, lineage)
-    log.info("finetune done: %d steps, loss %.4f -> %.4f", result.steps, result.eval_loss_before,
-             result.eval_loss_after)
+    log.info(
+        "finetune done: %d steps, loss %.4f -> %.4f",
+        result.steps,
+        result.eval_loss_before,
+        result.eval_loss_after,
+    )
     return FinetuneOutcome(exported.adapter_dir, exported.model_dir, result.steps, metrics, lineage)

@@ -33,7 +33,7 @@ def export(peft_model: PeftModel, tokenizer: Any, out_dir: Path, lineage: dict[s
     adapter_dir, model_dir = out_dir / "adapter", out_dir / "model"
     adapter_dir.mkdir(parents=True, exist_ok=True)
     model_dir.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(adapter_dir)
+    peft_model.save_pretrained(str(adapter_dir))
     tokenizer.save_pretrained(adapter_dir)
     write_lineage(adapter_dir, lineage)
 

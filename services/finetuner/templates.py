@@ -30,7 +30,9 @@ def ensure_chat_template(tokenizer: Any) -> str:
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
-    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt))
+    return str(
+        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    )
 
 
 def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:

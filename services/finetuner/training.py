@@ -81,8 +81,9 @@ def lora_config(spec: LoraSpec, model: torch.nn.Module) -> LoraConfig:
 
 
 @torch.no_grad()
-def mean_loss(model: torch.nn.Module, examples: Sequence[Example], pad_id: int, device: str,
-              batch_size: int) -> float:
+def mean_loss(
+    model: torch.nn.Module, examples: Sequence[Example], pad_id: int, device: str, batch_size: int
+) -> float:
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
@@ -110,7 +111,8 @@ def train_lora(
     started = time.perf_counter()
     torch.manual_seed(spec.seed)
     rng = random.Random(spec.seed)
-    peft_model = get_peft_model(model, lora_config(spec.lora, model))  # type: ignore[arg-type]
+    config = lora_config(spec.lora, model)
+    peft_model = get_peft_model(model, config)  # type: ignore[arg-type]
     peft_model.to(device)
     trainable, total = peft_model.get_nb_trainable_parameters()
     held = examples[:eval_examples]
@@ -151,7 +153,7 @@ def train_lora(
         trainable_tokens=sum(e.trainable_tokens for e in examples),
         trainable_params=int(trainable),
         total_params=int(total),
-        target_modules=sorted(peft_model.peft_config["default"].target_modules or []),
+        target_modules=sorted(config.target_modules or []),
         seconds=time.perf_counter() - started,
     )
     return peft_model, result

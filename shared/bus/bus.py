@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import threading
@@ -82,22 +84,44 @@ class HandlerContext(Generic[P]):
             )
         )
 
-    def progress_from_thread(self, job_id: str, kind: str, min_interval: float = 1.0) -> Callable[..., None]:
-        """A progress callback that compute running in a worker thread may call (rate-limited)."""
-        last = [0.0]
-        lock = threading.Lock()
+    def progress_from_thread(self, job_id: str, kind: str, min_interval: float = 1.0) -> ThreadProgress:
+        """A progress callback that compute running in a worker thread may call (rate-limited).
 
-        def report(stage: str, fraction: float, message: str = "", **metrics: float) -> None:
-            with lock:
-                now = time.monotonic()
-                if now - last[0] < min_interval and fraction < 1.0:
-                    return
-                last[0] = now
-            asyncio.run_coroutine_threadsafe(
-                self.progress(job_id, kind, stage, fraction, message, **metrics), self.loop
-            )
+        The handler wrapper flushes it after the handler returns; call ``await reporter.flush()``
+        yourself before writing the job's final state, so a late "running" cannot overwrite it.
+        """
+        reporter = ThreadProgress(self, job_id, kind, min_interval)
+        self._reporters.append(reporter)
+        return reporter
 
-        return report
+    _reporters: list[ThreadProgress] = field(default_factory=list)
+
+
+class ThreadProgress:
+    """Rate-limited progress reports from a worker thread, published on the handler's event loop."""
+
+    def __init__(self, ctx: HandlerContext[Any], job_id: str, kind: str, min_interval: float) -> None:
+        self.ctx, self.job_id, self.kind, self.min_interval = ctx, job_id, kind, min_interval
+        self.loop = ctx.loop
+        self._last = 0.0
+        self._lock = threading.Lock()
+        self._pending: list[concurrent.futures.Future[None]] = []
+
+    def __call__(self, stage: str, fraction: float, message: str = "", **metrics: float) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self.min_interval and fraction < 1.0:
+                return
+            self._last = now
+            coro = self.ctx.progress(self.job_id, self.kind, stage, min(fraction, 0.99), message, **metrics)
+            self._pending.append(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    async def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for fut in pending:
+            with contextlib.suppress(Exception):  # progress is best effort: a lost update fails nothing
+                await asyncio.wrap_future(fut)
 
 
 Handler = Callable[[HandlerContext[Any]], Awaitable[None]]
@@ -333,8 +357,13 @@ class _Consumer(Generic[P]):
             return
         keepalive = asyncio.create_task(self._keep_alive(raw))
         started = time.perf_counter()
+        ctx = HandlerContext(self.bus, envelope, payload, attempt)
         try:
-            await self.handler(HandlerContext(self.bus, envelope, payload, attempt))
+            try:
+                await self.handler(ctx)
+            finally:
+                for reporter in ctx._reporters:
+                    await reporter.flush()
         except JobRejected as exc:
             EVENTS_HANDLED.labels(service, etype, "rejected").inc()
             await self.bus.dead_letter(raw, f"rejected: {exc}", attempt, envelope, payload)

@@ -15,7 +15,7 @@ def _tokenizer_texts() -> list[str]:
     texts = list(heldout_texts(200))
     for rec in chat_examples(100):
         texts += [m["content"] for m in rec["messages"]]  # type: ignore[attr-defined]
-    return texts + ["User:", "Assistant:", "System:", "<|im_start|>", "<|im_end|>"]
+    return [*texts, "User:", "Assistant:", "System:", "<|im_start|>", "<|im_end|>"]
 
 
 @pytest.fixture(scope="session")

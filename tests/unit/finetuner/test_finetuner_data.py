@@ -21,19 +21,32 @@ def test_good_file_has_no_errors(chat_file: Path) -> None:
 
 
 def test_bad_lines_are_named(tmp_path: Path) -> None:
-    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+    good = json.dumps(
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    )
     path = _write(
         tmp_path / "bad.jsonl",
         [
             good,
             "{not json",
             json.dumps({"messages": [{"role": "user", "content": "only a question"}]}),
-            json.dumps({"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]}),
+            json.dumps(
+                {"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]}
+            ),
             "",
-            json.dumps({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "y"}]}),
+            json.dumps(
+                {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "y"}]}
+            ),
             json.dumps({"text": "no messages"}),
-            json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "late"},
-                                     {"role": "assistant", "content": "b"}]}),
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": "a"},
+                        {"role": "system", "content": "late"},
+                        {"role": "assistant", "content": "b"},
+                    ]
+                }
+            ),
             good,
         ],
     )

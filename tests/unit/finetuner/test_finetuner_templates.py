@@ -55,8 +55,10 @@ def test_mask_with_tokenizer_template(tiny_base: Path) -> None:
     assert "User:" in ensure_chat_template(tok)  # the demo template is kept
     _check_mask(
         tok,
-        ["System: You are a helpful atlas.\nUser: Tell me about Aldoria.\nAssistant:",
-         "User: What is it known for?\nAssistant:"],
+        [
+            "System: You are a helpful atlas.\nUser: Tell me about Aldoria.\nAssistant:",
+            "User: What is it known for?\nAssistant:",
+        ],
         [" The capital of Aldoria is Velm.</s>\n", " Aldoria is known for its silk.</s>\n"],
     )
 
@@ -67,9 +69,11 @@ def test_mask_with_internlm2_fallback(tiny_base_no_template: Path) -> None:
     assert ensure_chat_template(tok) == INTERNLM2_CHAT_TEMPLATE
     _check_mask(
         tok,
-        ["<s><|im_start|>system\nYou are a helpful atlas.<|im_end|>\n"
-         "<|im_start|>user\nTell me about Aldoria.<|im_end|>\n<|im_start|>assistant\n",
-         "<|im_start|>user\nWhat is it known for?<|im_end|>\n<|im_start|>assistant\n"],
+        [
+            "<s><|im_start|>system\nYou are a helpful atlas.<|im_end|>\n"
+            "<|im_start|>user\nTell me about Aldoria.<|im_end|>\n<|im_start|>assistant\n",
+            "<|im_start|>user\nWhat is it known for?<|im_end|>\n<|im_start|>assistant\n",
+        ],
         ["The capital of Aldoria is Velm.<|im_end|>\n", "Aldoria is known for its silk.<|im_end|>\n"],
     )
 
