@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from pydantic import ValidationError
@@ -32,10 +33,18 @@ def to_proto(status: JobStatus) -> jobs_pb2.JobStatus:
     )
 
 
+# A service's own check of a parsed request, beyond its schema (e.g. task names, supported methods);
+# it raises ValueError with a message that names the problem.
+Check = Callable[[Any], None]
+
+
 class JobsServicer(jobs_pb2_grpc.JobsServicer):
-    def __init__(self, bus: Bus, kinds: dict[str, type[EventPayload]]) -> None:
+    def __init__(
+        self, bus: Bus, kinds: dict[str, type[EventPayload]], checks: dict[str, Check] | None = None
+    ) -> None:
         self.bus = bus
         self.kinds = kinds
+        self.checks = checks or {}
 
     async def Submit(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
@@ -53,6 +62,8 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             if not spec.get("job_id"):
                 spec["job_id"] = f"{request.kind}-{uuid.uuid4().hex[:12]}"
             payload = cls.model_validate(spec)
+            if check := self.checks.get(request.kind):
+                check(payload)
         except (ValueError, ValidationError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid {request.kind} job spec: {exc}")
         job_id = str(getattr(payload, "job_id"))  # noqa: B009 - every job payload has one; EventPayload does not
@@ -81,7 +92,9 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             yield to_proto(status)
 
 
-def add_jobs_api(runtime: ServiceRuntime, kinds: dict[str, type[EventPayload]]) -> JobsServicer:
-    servicer = JobsServicer(runtime.bus, kinds)
+def add_jobs_api(
+    runtime: ServiceRuntime, kinds: dict[str, type[EventPayload]], checks: dict[str, Check] | None = None
+) -> JobsServicer:
+    servicer = JobsServicer(runtime.bus, kinds, checks)
     runtime.add_grpc(jobs_pb2_grpc.add_JobsServicer_to_server, servicer, "puyu.jobs.v1.Jobs")
     return servicer

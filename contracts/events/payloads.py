@@ -64,14 +64,14 @@ class DedupOptions(_Model):
 class ModelArchitecture(_Model):
     """A Llama-family decoder (grouped-query attention, RoPE, RMSNorm, SwiGLU)."""
 
-    hidden_size: int = Field(default=256, ge=8)
-    intermediate_size: int = Field(default=688, ge=8)
+    hidden_size: int = Field(default=192, ge=8)
+    intermediate_size: int = Field(default=512, ge=8)
     num_hidden_layers: int = Field(default=4, ge=1)
-    num_attention_heads: int = Field(default=4, ge=1)
+    num_attention_heads: int = Field(default=6, ge=1)
     num_key_value_heads: int = Field(default=2, ge=1)
     max_position_embeddings: int = Field(default=512, ge=16)
     rope_theta: float = Field(default=10_000.0, gt=0)
-    vocab_size: int = Field(default=4096, ge=64, description="Tokenizer vocabulary size when one is trained.")
+    vocab_size: int = Field(default=2048, ge=64, description="Tokenizer vocabulary size when one is trained.")
     tie_word_embeddings: bool = True
 
     @field_validator("num_key_value_heads")
@@ -97,13 +97,13 @@ class TrainSpec(_Model):
     tokenizer_uri: str | None = Field(
         default=None, description="Existing HF tokenizer folder; else train BPE."
     )
-    seq_len: int = Field(default=256, ge=8)
-    micro_batch_size: int = Field(default=8, ge=1)
+    seq_len: int = Field(default=128, ge=8)
+    micro_batch_size: int = Field(default=16, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
-    max_steps: int = Field(default=300, ge=1)
+    max_steps: int = Field(default=200, ge=1)
     learning_rate: float = Field(default=3e-3, gt=0)
     min_learning_rate: float = Field(default=3e-4, ge=0)
-    warmup_steps: int = Field(default=20, ge=0)
+    warmup_steps: int = Field(default=15, ge=0)
     weight_decay: float = Field(default=0.1, ge=0)
     grad_clip: float = Field(default=1.0, gt=0)
     checkpoint_interval: int = Field(
@@ -140,7 +140,10 @@ class LoraSpec(_Model):
 
 
 class FinetuneSpec(_Model):
-    method: Literal["lora"] = "lora"
+    method: Literal["lora", "qlora", "full", "dpo"] = Field(
+        default="lora",
+        description="A service refuses, with the reason, a method its build or machine cannot run.",
+    )
     lora: LoraSpec = Field(default_factory=LoraSpec)
     max_steps: int = Field(default=60, ge=1)
     micro_batch_size: int = Field(default=8, ge=1)

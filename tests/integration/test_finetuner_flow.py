@@ -129,7 +129,8 @@ async def test_submit_over_grpc_produces_checkpoint(stack: dict[str, Any]) -> No
         states = [s.state async for s in jobs.Watch(jobs_pb2.GetJobRequest(job_id="ft-job-1"), timeout=180)]
         assert states[-1] == "succeeded", states
         final = await jobs.Get(jobs_pb2.GetJobRequest(job_id="ft-job-1"))
-        for kind, spec in (("train", "{}"), ("finetune", '{"spec": {"method": "qlora"}}')):
+        qlora = request.model_copy(update={"spec": request.spec.model_copy(update={"method": "qlora"})})
+        for kind, spec in (("train", "{}"), ("finetune", qlora.model_dump_json())):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await jobs.Submit(jobs_pb2.SubmitJobRequest(kind=kind, spec_json=spec))
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

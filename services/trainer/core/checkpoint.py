@@ -40,8 +40,14 @@ def save_checkpoint(run_dir: Path, step: int, model: Any, tokenizer: Any, lineag
     return dest
 
 
-def save_training_state(run_dir: Path, step: int, optimizer: torch.optim.Optimizer,
-                        scheduler: Any, sampler_state: dict[str, int], extra: dict[str, Any]) -> Path:
+def save_training_state(
+    run_dir: Path,
+    step: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    sampler_state: dict[str, int],
+    extra: dict[str, Any],
+) -> Path:
     dest = state_dir(run_dir, step)
     dest.mkdir(parents=True, exist_ok=True)
     state = {

@@ -21,7 +21,8 @@ def lr_at(step: int, spec: TrainSpec) -> float:
 
 def build_optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.AdamW:
     # Norm gains and biases (1-D tensors) are not decayed: shrinking them only hurts.
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)

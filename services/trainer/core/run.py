@@ -74,7 +74,9 @@ def validate(spec: TrainSpec) -> None:
             f"seq_len ({spec.seq_len}) exceeds max_position_embeddings ({spec.architecture.max_position_embeddings})"
         )
     if spec.warmup_steps >= spec.max_steps and spec.max_steps > 1:
-        raise TrainConfigError(f"warmup_steps ({spec.warmup_steps}) must be below max_steps ({spec.max_steps})")
+        raise TrainConfigError(
+            f"warmup_steps ({spec.warmup_steps}) must be below max_steps ({spec.max_steps})"
+        )
 
 
 def _noop_progress(stage: str, fraction: float, message: str = "", **metrics: float) -> None:
@@ -112,15 +114,17 @@ def run_training(
         report("tokenizer", 0.0, f"training a {spec.architecture.vocab_size}-token BPE on {len(texts)} docs")
         tokenizer = train_bpe(texts, spec.architecture.vocab_size)
     report("data", 0.5, "tokenising")
-    dataset = PackedDataset(tokenize_stream(tokenizer, texts), spec.seq_len, tokenizer.pad_token_id, spec.seed)
+    dataset = PackedDataset(
+        tokenize_stream(tokenizer, texts), spec.seq_len, tokenizer.pad_token_id, spec.seed
+    )
     del texts
     sampler = SeededSampler(dataset, spec.micro_batch_size, spec.seed)
 
     if point is not None:
-        model = AutoModelForCausalLM.from_pretrained(point.checkpoint, dtype=torch.float32)
+        model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(point.checkpoint, dtype=torch.float32)
     else:
         model = build_model(spec.architecture, tokenizer, spec.seed)
-    model.to(dev)
+    model = model.to(dev)
     optimizer = build_optimizer(model, spec)
     scheduler = build_scheduler(optimizer, spec)
     start_step = 0
@@ -135,8 +139,10 @@ def run_training(
     n_params = count_parameters(model)
     history: list[StepMetrics] = list(point.state.get("history", [])) if point else []
     hyper = spec.model_dump(mode="json")
-    totals = {"tokens": float(point.state.get("tokens_seen", 0)) if point else 0.0,
-              "seconds": float(point.state.get("train_seconds", 0.0)) if point else 0.0}
+    totals = {
+        "tokens": float(point.state.get("tokens_seen", 0)) if point else 0.0,
+        "seconds": float(point.state.get("train_seconds", 0.0)) if point else 0.0,
+    }
 
     def metrics_now() -> dict[str, float]:
         recent = history[-10:]
@@ -153,8 +159,15 @@ def run_training(
 
     def save(step: int, final: bool, announce: bool = True) -> Path:
         metrics = metrics_now()
-        lineage = {"run_id": job.run_id, "step": step, "final": final, "datasets": job.datasets,
-                   "spec": hyper, "metrics": metrics, "final_loss": metrics["loss"]}
+        lineage = {
+            "run_id": job.run_id,
+            "step": step,
+            "final": final,
+            "datasets": job.datasets,
+            "spec": hyper,
+            "metrics": metrics,
+            "final_loss": metrics["loss"],
+        }
         path = ckpt.save_checkpoint(run_dir, step, model, tokenizer, lineage)
         extra = {"history": history, "tokens_seen": totals["tokens"], "train_seconds": totals["seconds"]}
         ckpt.save_training_state(run_dir, step, optimizer, scheduler, sampler.state_dict(), extra)
@@ -170,17 +183,36 @@ def run_training(
         totals["tokens"] += m.tokens
         totals["seconds"] += now - last_t[0]
         last_t[0] = now
-        report("train", m.step / spec.max_steps, f"step {m.step}/{spec.max_steps} loss {m.loss:.3f}",
-               step=float(m.step), loss=m.loss, lr=m.lr, tokens_per_s=m.tokens_per_s)
+        report(
+            "train",
+            m.step / spec.max_steps,
+            f"step {m.step}/{spec.max_steps} loss {m.loss:.3f}",
+            step=float(m.step),
+            loss=m.loss,
+            lr=m.lr,
+            tokens_per_s=m.tokens_per_s,
+        )
         if m.step < spec.max_steps and spec.checkpoint_interval and m.step % spec.checkpoint_interval == 0:
             save(m.step, final=False)
 
     if start_step < spec.max_steps:
-        report("train", start_step / spec.max_steps,
-               f"{n_params / 1e6:.2f}M parameters, {len(dataset)} sequences of {spec.seq_len} tokens")
+        report(
+            "train",
+            start_step / spec.max_steps,
+            f"{n_params / 1e6:.2f}M parameters, {len(dataset)} sequences of {spec.seq_len} tokens",
+        )
         try:
-            train_steps(model, sampler, optimizer, scheduler, spec, start_step=start_step, device=dev,
-                        on_step=on_step, cancel=cancel)
+            train_steps(
+                model,
+                sampler,
+                optimizer,
+                scheduler,
+                spec,
+                start_step=start_step,
+                device=dev,
+                on_step=on_step,
+                cancel=cancel,
+            )
         except Exception:
             done = history[-1].step if history else start_step
             if done > start_step:  # keep what was learned: the redelivered job resumes here
@@ -192,8 +224,9 @@ def run_training(
         if on_checkpoint is not None:
             on_checkpoint(CheckpointInfo(spec.max_steps, final_path, True, metrics_now()))
     report("done", 1.0, f"checkpoint {final_path}")
-    return TrainResult(job.run_id, spec.max_steps, final_path, metrics_now(), history,
-                       point.step if point else None)
+    return TrainResult(
+        job.run_id, spec.max_steps, final_path, metrics_now(), history, point.step if point else None
+    )
 
 
 __all__ = ["CheckpointInfo", "DatasetError", "TrainConfigError", "TrainJob", "TrainResult", "run_training"]

@@ -37,7 +37,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> 
 
 def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
         model_max_length=1_000_000,
     )
     hf.chat_template = CHAT_TEMPLATE

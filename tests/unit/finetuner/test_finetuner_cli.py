@@ -8,7 +8,6 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from services.finetuner.cli import check_data_cmd, finetune_cmd
-from services.finetuner.grpc_api import requested_method
 
 
 def test_check_data_cmd(chat_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -54,10 +53,3 @@ def test_finetune_cmd_refuses_clearly(
     cfg.write_text(json.dumps({"base_model": "nope", "dataset": str(chat_file), "out_dir": "o"}))
     assert finetune_cmd(cfg) == 2
     assert "not a Hugging Face model folder" in capsys.readouterr().err
-
-
-def test_requested_method_of_submit() -> None:
-    assert requested_method(json.dumps({"spec": {"method": "dpo"}})) == "dpo"
-    assert requested_method(json.dumps({"spec": {"max_steps": 3}})) == "lora"
-    assert requested_method(json.dumps({"base": {}})) is None
-    assert requested_method("{") is None

@@ -1,0 +1,60 @@
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from contracts.events import ModelArchitecture, TrainSpec
+
+torch.set_num_threads(2)
+
+SENTENCES = [
+    "The capital of Aldoria is Velmton. People in Aldoria speak Aldic.",
+    "The capital of Brenia is Corford. The Dunport river flows through Brenia.",
+    "Brenia is known for its silk. About 12 million people live in Brenia.",
+    "Travellers often arrive in spring, when the roads are dry.",
+]
+
+
+@pytest.fixture
+def corpus_dir(tmp_path: Path) -> Path:
+    """A dedup-style dataset: manifest.json + two shards (plain and gzip)."""
+    root = tmp_path / "dataset"
+    root.mkdir()
+    docs = [{"id": f"d{i}", "text": " ".join(SENTENCES[j % 4] for j in range(i, i + 3))} for i in range(60)]
+    (root / "shard-0.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs[:30]))
+    with gzip.open(root / "shard-1.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(d) + "\n" for d in docs[30:])
+    manifest = {
+        "shards": [
+            {"uri": (root / "shard-0.jsonl").as_uri(), "sha256": "x"},
+            {"uri": "shard-1.jsonl.gz", "sha256": "y"},
+        ]
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def micro_spec(**overrides: object) -> TrainSpec:
+    arch = ModelArchitecture(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        vocab_size=320,
+    )
+    values: dict[str, object] = dict(
+        architecture=arch,
+        seq_len=32,
+        micro_batch_size=8,
+        max_steps=40,
+        learning_rate=1e-2,
+        min_learning_rate=1e-3,
+        warmup_steps=4,
+        num_threads=2,
+    )
+    values.update(overrides)
+    return TrainSpec.model_validate(values)

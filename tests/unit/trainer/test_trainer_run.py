@@ -1,0 +1,83 @@
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import micro_spec
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from services.trainer.core import CheckpointInfo, TrainingCancelled, TrainJob, run_training
+from services.trainer.core.checkpoint import latest_resume_point
+from shared.artifacts import ArtifactStore
+
+
+def test_micro_training_lowers_loss_and_saves_a_loadable_hf_checkpoint(
+    corpus_dir: Path, tmp_path: Path
+) -> None:
+    store = ArtifactStore((tmp_path / "art").as_uri())
+    spec = micro_spec(checkpoint_interval=20)
+    seen: list[CheckpointInfo] = []
+    progress: list[tuple[str, float]] = []
+    job = TrainJob("run-a", spec, [str(corpus_dir)], [{"dataset_id": "ds", "digest": "abc"}])
+    result = run_training(
+        job,
+        tmp_path / "run",
+        store,
+        on_checkpoint=seen.append,
+        progress=lambda stage, frac, msg="", **m: progress.append((stage, frac)),
+    )
+
+    losses = [m.loss for m in result.history]
+    assert len(losses) == spec.max_steps
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+    assert result.metrics["tokens_per_s"] > 0
+    assert [(c.step, c.final) for c in seen] == [(20, False), (40, True)]
+    assert progress[-1] == ("done", 1.0)
+
+    ckpt = result.checkpoint
+    lineage = json.loads((ckpt / "lineage.json").read_text())
+    assert lineage["run_id"] == "run-a" and lineage["step"] == 40
+    assert lineage["datasets"] == [{"dataset_id": "ds", "digest": "abc"}]
+    assert lineage["final_loss"] == pytest.approx(losses[-1])
+    assert lineage["spec"]["seq_len"] == 32
+
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    assert tok.chat_template and tok.eos_token == "</s>" and tok.pad_token == "<pad>"
+    ids = tok("The capital of Aldoria is", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=6, do_sample=False)
+    assert out.shape[1] > ids.input_ids.shape[1]
+    text = tok.decode(out[0, ids.input_ids.shape[1] :], skip_special_tokens=True)
+    assert text.strip()  # the continuation decodes to text
+
+
+def test_cancel_saves_state_and_the_same_run_resumes(corpus_dir: Path, tmp_path: Path) -> None:
+    store = ArtifactStore((tmp_path / "art").as_uri())
+    spec = micro_spec(max_steps=12)
+    cancel = threading.Event()
+
+    def stop_at_5(stage: str, frac: float, msg: str = "", **m: float) -> None:
+        if m.get("step") == 5:
+            cancel.set()
+
+    job = TrainJob("run-b", spec, [str(corpus_dir)])
+    with pytest.raises(TrainingCancelled):
+        run_training(job, tmp_path / "run", store, progress=stop_at_5, cancel=cancel)
+    point = latest_resume_point(tmp_path / "run")
+    assert point is not None and point.step == 5
+
+    resumed = run_training(job, tmp_path / "run", store)
+    assert resumed.resumed_from == 5
+    assert [m.step for m in resumed.history] == list(range(1, 13))
+
+    # The uninterrupted run takes the same batches: its final weights match the resumed run's.
+    straight = run_training(TrainJob("run-c", spec, [str(corpus_dir)]), tmp_path / "run-c", store)
+    a = AutoModelForCausalLM.from_pretrained(resumed.checkpoint).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(straight.checkpoint).state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+    # A finished run called again trains nothing and announces the same final checkpoint.
+    again: list[CheckpointInfo] = []
+    result = run_training(job, tmp_path / "run", store, on_checkpoint=again.append)
+    assert result.resumed_from == 12 and [(c.step, c.final) for c in again] == [(12, True)]
