@@ -1,6 +1,6 @@
 """The searchable corpus: passages of the documents of indexed datasets, ranked by BM25.
 
-A dataset is read from its manifest (``{"shards": [{"uri": ...}], ...}``), each shard a JSON-lines
+A dataset is read from its manifest (see ``contracts.datasets``), each shard a JSON-lines
 file (gzip/zstd by extension) whose lines carry ``id`` and ``text``. Datasets are kept in the order they
 were indexed; a document id seen in several datasets (the same corpus deduplicated again) is kept once,
 from the newest. Re-indexing a dataset id replaces it.
@@ -15,10 +15,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import fsspec
 
+from contracts.datasets import DatasetError, shard_uris
 from services.agent_runtime.bm25 import BM25, tokenize
 
 log = logging.getLogger(__name__)
@@ -52,35 +52,13 @@ class SearchHit:
     score: float
 
 
-def read_manifest(manifest_uri: str) -> dict[str, Any]:
-    try:
-        with fsspec.open(manifest_uri, "rt", encoding="utf-8") as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise CorpusError(f"manifest not found: {manifest_uri}") from None
-    except (OSError, ValueError) as exc:
-        raise CorpusError(f"cannot read manifest {manifest_uri}: {exc}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-        raise CorpusError(f"manifest {manifest_uri} has no 'shards' list")
-    return manifest
-
-
-def shard_uris(manifest: dict[str, Any], manifest_uri: str) -> list[str]:
-    base = manifest_uri.rsplit("/", 1)[0] if "/" in manifest_uri else "."
-    uris = []
-    for i, shard in enumerate(manifest["shards"]):
-        uri = shard.get("uri") if isinstance(shard, dict) else shard
-        if not isinstance(uri, str) or not uri:
-            raise CorpusError(f"manifest {manifest_uri}: shard {i} has no 'uri'")
-        # relative shard paths are relative to the manifest
-        uris.append(uri if "://" in uri or uri.startswith("/") else f"{base}/{uri}")
-    return uris
-
-
 def read_documents(manifest_uri: str) -> Iterator[Document]:
     """Every document of the dataset a manifest describes."""
-    manifest = read_manifest(manifest_uri)
-    for uri in shard_uris(manifest, manifest_uri):
+    try:
+        uris = shard_uris(manifest_uri)
+    except DatasetError as exc:
+        raise CorpusError(str(exc)) from None
+    for uri in uris:
         try:
             with fsspec.open(uri, "rt", encoding="utf-8", compression="infer") as f:
                 for n, line in enumerate(f, 1):

@@ -33,7 +33,13 @@ def write_dataset(root: Path, docs: list[dict[str, str]]) -> str:
     with gzip.open(root / "shard-00000.jsonl.gz", "wt", encoding="utf-8") as f:
         f.writelines(json.dumps(d) + "\n" for d in docs)
     (root / "manifest.json").write_text(
-        json.dumps({"shards": [{"uri": (root / "shard-00000.jsonl.gz").as_uri()}]})
+        json.dumps(
+            {
+                "dataset_id": root.name,
+                "documents": 1,
+                "shards": [{"path": (root / "shard-00000.jsonl.gz").as_uri()}],
+            }
+        )
     )
     return (root / "manifest.json").as_uri()
 

@@ -55,7 +55,11 @@ def write_dataset(root: Path) -> DatasetRef:
     root.mkdir(parents=True)
     docs = [f"The capital of Country{i % 7} is City{i % 7}. It is known for its salt." for i in range(80)]
     (root / "shard-0.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    manifest = {"shards": [{"uri": (root / "shard-0.jsonl").as_uri(), "sha256": "0"}]}
+    manifest = {
+        "dataset_id": "ds",
+        "documents": 1,
+        "shards": [{"path": (root / "shard-0.jsonl").as_uri(), "sha256": "0"}],
+    }
     (root / "manifest.json").write_text(json.dumps(manifest))
     return DatasetRef(dataset_id=root.name, manifest_uri=(root / "manifest.json").as_uri(), digest="d")
 

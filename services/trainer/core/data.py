@@ -21,6 +21,8 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from contracts.datasets import DatasetError as ManifestError
+from contracts.datasets import shard_uris
 from shared.artifacts import ArtifactStore, local_path
 
 TEXT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".txt")
@@ -70,29 +72,12 @@ def iter_file_texts(path: Path) -> Iterator[str]:
         yield from iter_jsonl_texts(path)
 
 
-def manifest_shard_uris(manifest: Any, manifest_uri: str) -> list[str]:
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-        raise DatasetError(f"{manifest_uri}: a dataset manifest needs a 'shards' list")
-    base = manifest_uri.rsplit("/", 1)[0]
-    uris = []
-    for entry in manifest["shards"]:
-        uri = entry if isinstance(entry, str) else (entry.get("uri") or entry.get("path"))
-        if not isinstance(uri, str):
-            raise DatasetError(f"{manifest_uri}: shard entry without uri: {entry!r}")
-        if "://" not in uri and not uri.startswith("/"):
-            uri = f"{base}/{uri}"
-        uris.append(uri)
-    return uris
-
-
 def iter_manifest_texts(store: ArtifactStore, manifest_uri: str) -> Iterator[str]:
     try:
-        manifest = json.loads(store.fetch(manifest_uri).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DatasetError(f"dataset manifest not found: {manifest_uri}") from exc
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{manifest_uri}: manifest is not valid JSON: {exc.msg}") from exc
-    for uri in manifest_shard_uris(manifest, manifest_uri):
+        uris = shard_uris(manifest_uri)
+    except ManifestError as exc:
+        raise DatasetError(str(exc)) from None
+    for uri in uris:
         try:
             path = store.fetch(uri)
         except FileNotFoundError as exc:

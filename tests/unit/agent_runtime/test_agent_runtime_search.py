@@ -17,9 +17,9 @@ def write_dataset(root: Path, docs: list[dict[str, str]], shards: int = 2, relat
         path = root / f"shard-{s:05d}.jsonl.gz"
         with gzip.open(path, "wt", encoding="utf-8") as f:
             f.writelines(json.dumps(d) + "\n" for d in docs[s::shards])
-        entries.append({"uri": path.name if relative else path.as_uri()})
+        entries.append({"path": path.name if relative else path.as_uri()})
     manifest = root / "manifest.json"
-    manifest.write_text(json.dumps({"dataset_id": root.name, "shards": entries}))
+    manifest.write_text(json.dumps({"dataset_id": root.name, "documents": len(docs), "shards": entries}))
     return manifest.as_uri()
 
 
@@ -67,8 +67,8 @@ def test_search_over_the_sample_corpus(tmp_path: Path) -> None:
     src = tmp_path / "src"
     write_sample_corpus(src, n_articles=200)
     manifest = tmp_path / "manifest.json"
-    shards = [{"uri": (src / name).as_uri()} for name in ("articles.jsonl", "articles-2.jsonl.gz")]
-    manifest.write_text(json.dumps({"shards": shards}))
+    shards = [{"path": (src / name).as_uri()} for name in ("articles.jsonl", "articles-2.jsonl.gz")]
+    manifest.write_text(json.dumps({"dataset_id": "sample", "documents": 0, "shards": shards}))
     index = CorpusIndex()
     index.add_manifest("sample", manifest.as_uri())
     texts = {d.doc_id: d.text for d in read_documents(manifest.as_uri())}
@@ -84,9 +84,11 @@ def test_unreadable_manifests_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match="manifest not found"):
         index.add_manifest("x", (tmp_path / "nope.json").as_uri())
     (tmp_path / "bad.json").write_text('{"files": []}')
-    with pytest.raises(CorpusError, match="no 'shards' list"):
+    with pytest.raises(CorpusError, match="shards"):
         index.add_manifest("x", (tmp_path / "bad.json").as_uri())
-    (tmp_path / "missing.json").write_text(json.dumps({"shards": [{"uri": "gone.jsonl.gz"}]}))
+    (tmp_path / "missing.json").write_text(
+        json.dumps({"dataset_id": "x", "documents": 1, "shards": [{"path": "gone.jsonl.gz"}]})
+    )
     with pytest.raises(CorpusError, match="shard not found"):
         index.add_manifest("x", (tmp_path / "missing.json").as_uri())
     assert SearchCorpus(index).run({"query": "anything"}) == "no corpus is indexed yet"

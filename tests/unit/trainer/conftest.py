@@ -27,10 +27,12 @@ def corpus_dir(tmp_path: Path) -> Path:
     with gzip.open(root / "shard-1.jsonl.gz", "wt") as f:
         f.writelines(json.dumps(d) + "\n" for d in docs[30:])
     manifest = {
+        "dataset_id": "dataset",
+        "documents": 60,
         "shards": [
-            {"uri": (root / "shard-0.jsonl").as_uri(), "sha256": "x"},
-            {"uri": "shard-1.jsonl.gz", "sha256": "y"},
-        ]
+            {"path": (root / "shard-0.jsonl").as_uri(), "sha256": "x"},
+            {"path": "shard-1.jsonl.gz", "sha256": "y"},
+        ],
     }
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root

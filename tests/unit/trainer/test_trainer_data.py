@@ -9,7 +9,6 @@ from services.trainer.core.data import (
     PackedDataset,
     SeededSampler,
     load_texts,
-    manifest_shard_uris,
     tokenize_stream,
 )
 from services.trainer.core.tokenizer import train_bpe
@@ -22,16 +21,6 @@ def test_reads_manifest_shards_plain_and_gzip(corpus_dir: Path, tmp_path: Path) 
     assert len(texts) == 60
     # the folder and the manifest path resolve to the same documents
     assert load_texts(store, [str(corpus_dir)]) == texts
-
-
-def test_manifest_tolerates_strings_and_relative_paths() -> None:
-    uris = manifest_shard_uris(
-        {"shards": ["a.jsonl", {"path": "b.jsonl.gz"}, {"uri": "s3://x/c.jsonl"}]},
-        "file:///data/ds/manifest.json",
-    )
-    assert uris == ["file:///data/ds/a.jsonl", "file:///data/ds/b.jsonl.gz", "s3://x/c.jsonl"]
-    with pytest.raises(DatasetError, match="shards"):
-        manifest_shard_uris({"files": []}, "file:///m.json")
 
 
 def test_empty_or_missing_dataset_is_a_dataset_error(tmp_path: Path) -> None:
