@@ -135,9 +135,8 @@ def test_ingest_request_ends_in_a_served_completion(stack: Stack, tmp_path: Path
 
     finals = [e for e in watcher.events if e.type == CheckpointReady.event_type and e.payload["final"]]
     assert len(finals) == 1, types
-    assert types.count(ModelRegistered.event_type) == len(
-        [e for e in watcher.events if e.type == CheckpointReady.event_type]
-    ), types
+    # The registry registers each final checkpoint once, however often the trainer ran.
+    assert types.count(ModelRegistered.event_type) == 1, types
     assert types.count(EvaluationCompleted.event_type) >= 1
     assert types.count(ModelPromoted.event_type) >= 1
     assert stack.restarts["trainer"] >= 1
