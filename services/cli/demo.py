@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 import uuid
 from typing import Any
@@ -213,6 +214,12 @@ def demo(settings: CommonSettings, keep: bool = False, timeout: float = 900.0) -
     console = Console()
     started = time.monotonic()
     console.rule("[bold]puyu demo: corpus → dedup → train → register → evaluate → promote → serve → agent")
+    # Each demo starts from a clean state of its own (registry, artifacts, logs), so the model it
+    # serves is the one trained in this run; the user's own state under HOME is left alone.
+    demo_home = settings.home / "demo"
+    if demo_home.exists():
+        shutil.rmtree(demo_home)
+    settings = settings.model_copy(update={"home": demo_home})
     stack = Stack(settings)
     console.print(f"home {settings.home.resolve()}  nats {settings.nats_url}")
     with console.status("starting nats-server and the eight services..."):
