@@ -155,7 +155,7 @@ def _dialogue(rng: random.Random) -> str:
 
 
 def _react(rng: random.Random) -> str:
-    if rng.random() < 0.6:
+    if rng.random() < 0.7:
         a, b = rng.randint(2, 60), rng.randint(2, 60)
         word, op, value = rng.choice([("plus", "+", a + b), ("minus", "-", a - b), ("times", "*", a * b)])
         return "\n".join(
@@ -242,7 +242,7 @@ def write_sample_corpus(dest: Path, seed: int = 0, n_articles: int = 1200) -> li
     )
     with gzip.open(dest / "articles-2.jsonl.gz", "wt", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records[half:])
-    dialogues = [_dialogue(rng) for _ in range(500)] + [_react(rng) for _ in range(500)]
+    dialogues = [_dialogue(rng) for _ in range(500)] + [_react(rng) for _ in range(1500)]
     (dest / "dialogues.jsonl").write_text(
         "".join(json.dumps({"id": f"dialogue-{i}", "text": t}) + "\n" for i, t in enumerate(dialogues))
     )

@@ -32,7 +32,8 @@ from shared.ports import gateway_base_url, http_port
 from shared.samples import write_sample_corpus
 from shared.settings import CommonSettings
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# The chain trains a model: minutes on a loaded 2-core machine, hence its own timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 SMALL_TRAIN = TrainSpec(
     model_name="e2e-model",
