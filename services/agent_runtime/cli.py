@@ -14,8 +14,12 @@ from services.agent_runtime.app import build_core
 from services.agent_runtime.catalog import InvalidRun, UnknownAgent
 from services.agent_runtime.config import AgentRuntimeSettings
 from services.agent_runtime.corpus import CorpusError
+from services.agent_runtime.sandbox import SandboxError
+from services.agent_runtime.sessions import InvalidSession
+from services.agent_runtime.tools.custom import ToolConfigError
 
 _STYLE = {
+    "plan": "magenta",
     "thought": "cyan",
     "tool_call": "yellow",
     "observation": "white",
@@ -39,6 +43,7 @@ async def _run(
     model: str | None,
     manifest: str | None,
     max_steps: int | None,
+    session: str | None,
     console: Console,
 ) -> int:
     settings = AgentRuntimeSettings()
@@ -48,7 +53,8 @@ async def _run(
             docs = await asyncio.to_thread(core.index.add_manifest, manifest, manifest)
             console.print(f"[dim]indexed {docs} documents from {escape(manifest)}[/]")
         answer = None
-        async for step in core.catalog.run(agent, question, model=model, max_steps=max_steps):
+        steps = core.catalog.run(agent, question, model=model, max_steps=max_steps, session_id=session)
+        async for step in steps:
             render(console, step)
             if step.fatal:
                 return 1
@@ -65,12 +71,16 @@ def agent_run_cmd(
     model: str | None = None,
     manifest: str | None = None,
     max_steps: int | None = None,
+    session: str | None = None,
 ) -> int:
-    """Returns the exit code: 0 with an answer, 1 on failure, 2 for a bad request."""
+    """Returns the exit code: 0 with an answer, 1 on failure, 2 for a bad request.
+
+    With ``session`` the run continues that session (kept under PUYU_HOME's artifact store) and is recorded.
+    """
     console = Console()
     try:
-        return asyncio.run(_run(agent, question, gateway_url, model, manifest, max_steps, console))
-    except (UnknownAgent, InvalidRun, CorpusError) as exc:
+        return asyncio.run(_run(agent, question, gateway_url, model, manifest, max_steps, session, console))
+    except (UnknownAgent, InvalidRun, CorpusError, InvalidSession, ToolConfigError, SandboxError) as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}")
         return 2
 
@@ -82,9 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="served model name (default: PUYU_AGENT_DEFAULT_MODEL)")
     parser.add_argument("--manifest", default=None, help="dataset manifest to index for search_corpus")
     parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--session", default=None, help="session id: continue (and record) a conversation")
 
 
 def main(args: argparse.Namespace) -> int:
     return agent_run_cmd(
-        args.agent, args.question, args.gateway_url, args.model, args.manifest, args.max_steps
+        args.agent, args.question, args.gateway_url, args.model, args.manifest, args.max_steps, args.session
     )

@@ -10,6 +10,7 @@ import grpc
 
 from contracts.proto.puyu.agent.v1 import agent_pb2, agent_pb2_grpc
 from services.agent_runtime.catalog import AgentCatalog, InvalidRun, UnknownAgent
+from services.agent_runtime.sessions import InvalidSession
 
 SERVICE_NAME = "puyu.agent.v1.Agents"
 
@@ -28,10 +29,11 @@ class AgentsServicer(agent_pb2_grpc.AgentsServicer):
                 request.question,
                 model=request.model or None,
                 max_steps=request.max_steps or None,
+                session_id=session_id,
             )
         except UnknownAgent as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except InvalidRun as exc:
+        except (InvalidRun, InvalidSession) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         # grpc.aio cancels this coroutine when the client cancels or disconnects; the cancellation
         # reaches the agent's pending gateway request, so no work continues for nobody

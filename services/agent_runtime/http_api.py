@@ -13,8 +13,9 @@ from fastapi import APIRouter, FastAPI, HTTPException
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 
-from services.agent_runtime.agents.base import AgentStep
+from services.agent_runtime.agents.base import AgentStep, Turn
 from services.agent_runtime.catalog import MAX_STEPS_LIMIT, AgentCatalog, InvalidRun, UnknownAgent
+from services.agent_runtime.sessions import InvalidSession
 from services.agent_runtime.tools.base import ToolError, tool_schema, validate_args
 
 
@@ -43,14 +44,35 @@ class ChatBody(BaseModel):
 
 
 def _start(
-    catalog: AgentCatalog, name: str, question: str, model: str | None, max_steps: int | None
+    catalog: AgentCatalog,
+    name: str,
+    question: str,
+    model: str | None,
+    max_steps: int | None,
+    session_id: str | None = None,
+    history: list[Turn] | None = None,
 ) -> AsyncIterator[AgentStep]:
     try:
-        return catalog.run(name, question, model=model, max_steps=max_steps)
+        return catalog.run(
+            name, question, model=model, max_steps=max_steps, session_id=session_id, history=history or ()
+        )
     except UnknownAgent as exc:
         raise HTTPException(404, str(exc)) from None
-    except InvalidRun as exc:
+    except (InvalidRun, InvalidSession) as exc:
         raise HTTPException(400, str(exc)) from None
+
+
+def _chat_history(messages: list[ChatMessage]) -> list[Turn]:
+    """Earlier (user, assistant) pairs of an OpenAI conversation: the caller carries the memory."""
+    turns: list[Turn] = []
+    pending: str | None = None
+    for m in messages[:-1]:
+        if m.role == "user" and m.content:
+            pending = m.content
+        elif m.role == "assistant" and m.content and pending is not None:
+            turns.append(Turn(pending, m.content))
+            pending = None
+    return turns
 
 
 def _answer(steps: list[AgentStep]) -> str | None:
@@ -101,10 +123,32 @@ def build_router(catalog: AgentCatalog) -> APIRouter:
             raise HTTPException(400, str(exc)) from None
         return {"tool": name, "output": output}
 
+    @router.get("/v1/sessions/{session_id}")
+    async def get_session(session_id: str) -> dict[str, Any]:
+        if catalog.sessions is None:
+            raise HTTPException(404, "sessions are not kept by this runtime")
+        try:
+            turns = await asyncio.to_thread(catalog.sessions.turns, session_id)
+        except InvalidSession as exc:
+            raise HTTPException(400, str(exc)) from None
+        if not turns:
+            raise HTTPException(404, f"no session {session_id!r}")
+        return {"session_id": session_id, "turns": [t.__dict__ for t in turns]}
+
+    @router.delete("/v1/sessions/{session_id}")
+    async def delete_session(session_id: str) -> dict[str, Any]:
+        if catalog.sessions is None:
+            raise HTTPException(404, "sessions are not kept by this runtime")
+        try:
+            deleted = await asyncio.to_thread(catalog.sessions.delete, session_id)
+        except InvalidSession as exc:
+            raise HTTPException(400, str(exc)) from None
+        return {"session_id": session_id, "deleted": deleted}
+
     @router.post("/v1/agents/{name}/run", response_model=None)
     async def run_agent(name: str, body: RunBody) -> dict[str, Any] | EventSourceResponse:
         session_id = body.session_id or uuid.uuid4().hex
-        steps_iter = _start(catalog, name, body.question, body.model, body.max_steps)
+        steps_iter = _start(catalog, name, body.question, body.model, body.max_steps, session_id)
         model = body.model or catalog.defaults.model
         if body.stream:
 
@@ -130,10 +174,12 @@ def build_router(catalog: AgentCatalog) -> APIRouter:
 
     @router.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatBody) -> dict[str, Any] | EventSourceResponse:
-        question = next((m.content for m in reversed(body.messages) if m.role == "user" and m.content), None)
-        if not question:
-            raise HTTPException(400, "messages hold no user message")
-        steps_iter = _start(catalog, body.model, question, None, body.max_steps)
+        last = body.messages[-1]
+        if last.role != "user" or not last.content:
+            raise HTTPException(400, "the last message must be a user message with content")
+        steps_iter = _start(
+            catalog, body.model, last.content, None, body.max_steps, None, _chat_history(body.messages)
+        )
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
 

@@ -81,6 +81,33 @@ class LLMClient:
         except (KeyError, IndexError, TypeError) as exc:
             raise LLMError(f"malformed chat response from {self.base_url}: {data!r:.300}") from exc
 
+    async def chat_message(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str,
+        tools: list[dict[str, Any]] | None = None,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+    ) -> dict[str, Any]:
+        """The assistant message of a chat completion, with its ``tool_calls`` when the model made any."""
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+        }
+        if tools:
+            body["tools"] = tools
+        data = await self._post("/v1/chat/completions", body)
+        try:
+            message = data["choices"][0]["message"]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise LLMError(f"malformed chat response from {self.base_url}: {data!r:.300}") from exc
+        if not isinstance(message, dict):
+            raise LLMError(f"malformed chat message from {self.base_url}: {message!r:.300}")
+        return message
+
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         try:
             resp = await self._client.post(path, json=body)

@@ -259,6 +259,7 @@ def agent() -> None:
 @click.option("--model", default=None, help="Served model name (default: the configured champion).")
 @click.option("--manifest", default=None, help="Dataset manifest to search (default: none).")
 @click.option("--max-steps", type=int, default=None)
+@click.option("--session", default=None, help="Session id: continue and record a conversation.")
 def agent_run(
     agent_name: str,
     question: str,
@@ -266,11 +267,12 @@ def agent_run(
     model: str | None,
     manifest: str | None,
     max_steps: int | None,
+    session: str | None,
 ) -> None:
     """Run AGENT on QUESTION, streaming each step."""
     from services.agent_runtime.cli import agent_run_cmd
 
-    sys.exit(agent_run_cmd(agent_name, question, gateway_url, model, manifest, max_steps))
+    sys.exit(agent_run_cmd(agent_name, question, gateway_url, model, manifest, max_steps, session=session))
 
 
 if __name__ == "__main__":

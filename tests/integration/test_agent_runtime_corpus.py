@@ -105,6 +105,7 @@ async def test_deduplicated_corpus_becomes_searchable_and_survives_a_restart(
         log_json=False,
         agent_grpc_port=free_port(),
         agent_http_port=free_port(),
+        agent_embeddings="off",  # BM25 answers these; the dense path is tested in the unit tests
     )
     runtime, task = await start(settings)
     port = settings.agent_http_port

@@ -1,12 +1,20 @@
-"""What every agent yields: a stream of steps (thought, tool_call, observation, answer, error)."""
+"""What every agent yields: a stream of steps (plan, thought, tool_call, observation, answer, error)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
-StepKind = Literal["thought", "tool_call", "observation", "answer", "error"]
+StepKind = Literal["plan", "thought", "tool_call", "observation", "answer", "error"]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One earlier exchange of a session: what the agent is reminded of."""
+
+    question: str
+    answer: str
 
 
 @dataclass
@@ -27,4 +35,4 @@ class Agent(Protocol):
     name: str
     description: str
 
-    def run(self, question: str) -> AsyncIterator[AgentStep]: ...
+    def run(self, question: str, history: Sequence[Turn] = ()) -> AsyncIterator[AgentStep]: ...

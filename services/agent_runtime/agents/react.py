@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.agent_runtime.agents.base import AgentStep, StepKind
+from services.agent_runtime.agents.base import AgentStep, StepKind, Turn
 from services.agent_runtime.llm import LLMClient, LLMError
 from services.agent_runtime.tools.base import Tool, ToolError, coerce_arguments
 
@@ -119,11 +119,17 @@ class ReActAgent:
         self.max_steps, self.max_tokens, self.temperature = max_steps, max_tokens, temperature
         self.prefix = preamble(tools) if with_preamble else ""
 
-    def prompt(self, question: str) -> str:
-        return f"{self.prefix}Question: {' '.join(question.split())}\nThought:"
+    def prompt(self, question: str, history: Sequence[Turn] = ()) -> str:
+        # earlier turns of the session in the same protocol, as finished exchanges
+        past = "".join(
+            f"Question: {' '.join(t.question.split())}\nThought: I now know the final answer.\n"
+            f"Final Answer: {' '.join(t.answer.split())}\n"
+            for t in history
+        )
+        return f"{self.prefix}{past}Question: {' '.join(question.split())}\nThought:"
 
-    async def run(self, question: str) -> AsyncIterator[AgentStep]:
-        transcript = self.prompt(question)
+    async def run(self, question: str, history: Sequence[Turn] = ()) -> AsyncIterator[AgentStep]:
+        transcript = self.prompt(question, history)
         steps = _Counter()
         last_text = ""
         for _ in range(self.max_steps):

@@ -1,10 +1,12 @@
-"""search_corpus: BM25 search over the indexed corpus; the observation lists ``[<doc id>] <passage>`` lines."""
+"""search_corpus: search over the indexed corpus (BM25, embeddings or both); the observation lists
+``[<doc id>] <passage>`` lines."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from services.agent_runtime.corpus import CorpusIndex
+from services.agent_runtime.corpus import SEARCH_MODES, CorpusIndex
+from services.agent_runtime.embeddings import EmbeddingsUnavailable
 from services.agent_runtime.tools.base import ToolError
 
 
@@ -16,6 +18,11 @@ class SearchCorpus:
         "properties": {
             "query": {"type": "string", "description": "keywords, e.g. capital of Aldoria"},
             "k": {"type": "integer", "description": "number of passages (default 3)"},
+            "mode": {
+                "type": "string",
+                "enum": list(SEARCH_MODES),
+                "description": "bm25 (keywords), embedding (meaning) or hybrid (both; the default when enabled)",
+            },
         },
         "required": ["query"],
     }
@@ -32,9 +39,15 @@ class SearchCorpus:
         k = args.get("k", self.default_k)
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.max_k:
             raise ToolError(f"search_corpus: k must be an integer from 1 to {self.max_k}")
+        mode = args.get("mode")
+        if mode is not None and mode not in SEARCH_MODES:
+            raise ToolError(f"search_corpus: mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
         if not self.index.dataset_ids:
             return "no corpus is indexed yet"
-        hits = self.index.search(query, k)
+        try:
+            hits = self.index.search(query, k, mode)
+        except EmbeddingsUnavailable as exc:
+            raise ToolError(f"search_corpus: {exc}; use mode bm25") from None
         if not hits:
             return f"no passage matches {query!r}"
         return "\n".join(f"[{h.doc_id}] {h.text}" for h in hits)
