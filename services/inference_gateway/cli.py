@@ -1,4 +1,4 @@
-"""``puyu serve MODEL_PATH``: serve one Hugging Face model folder over the OpenAI API, no bus (as ``vllm serve``)."""
+"""``puyu serve MODEL_PATH``: one Hugging Face model folder over the OpenAI API, no bus (as ``vllm serve``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client import make_asgi_app
 
+from services.inference_gateway.admission import Limits
+from services.inference_gateway.engine import Engine
 from services.inference_gateway.openai_api import install_openai_api
 from services.inference_gateway.pool import ModelPool
 
@@ -21,9 +24,11 @@ def build_serve_app(
     served_name: str | None = None,
     api_key: str | None = None,
     default_max_tokens: int = 16,
+    limits: Limits | None = None,
+    max_batch_size: int = 32,
 ) -> tuple[FastAPI, ModelPool]:
-    """The standalone app: the model loads at start-up, the same routes as the service."""
-    pool = ModelPool()
+    """The standalone app: the model loads and warms at start-up; the same routes as the service."""
+    pool = ModelPool(lambda path, name: Engine.load(path, name=name, max_batch_size=max_batch_size))
     name = served_name or Path(model_path).resolve().name
 
     async def load() -> None:
@@ -34,12 +39,13 @@ def build_serve_app(
         await pool.close()
 
     app = FastAPI(title="puyu serve", on_startup=[load], on_shutdown=[unload])
+    app.mount("/metrics", make_asgi_app())
 
     @app.get("/health")
     async def health() -> dict[str, object]:
         return {"status": "ok", "models": pool.served_names()}
 
-    install_openai_api(app, pool, api_key=api_key, default_max_tokens=default_max_tokens)
+    install_openai_api(app, pool, api_key=api_key, default_max_tokens=default_max_tokens, limits=limits)
     return app, pool
 
 
@@ -49,8 +55,24 @@ def serve_cmd(
     port: int = 8000,
     api_key: str | None = None,
     served_name: str | None = None,
+    *,
+    max_batch_size: int = 32,
+    rate_limit_rpm: float = 0,
+    max_queue: int = 0,
+    request_timeout: float = 0,
+    default_max_tokens: int = 256,
 ) -> None:
     if not (Path(model_path) / "config.json").exists():
         raise SystemExit(f"{model_path}: not a Hugging Face model folder (no config.json)")
-    app, _ = build_serve_app(Path(model_path), served_name=served_name, api_key=api_key)
+    limits = Limits(
+        requests_per_minute=rate_limit_rpm, max_queue=max_queue, request_timeout_s=request_timeout
+    )
+    app, _ = build_serve_app(
+        Path(model_path),
+        served_name=served_name,
+        api_key=api_key,
+        limits=limits,
+        max_batch_size=max_batch_size,
+        default_max_tokens=default_max_tokens,
+    )
     asyncio.run(uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).serve())

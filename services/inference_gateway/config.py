@@ -9,7 +9,19 @@ from shared.settings import CommonSettings
 
 class GatewaySettings(CommonSettings):
     gateway_instance: str = Field(default="gateway-0", description="Stable name in deployment events.")
-    gateway_max_batch_size: int = Field(default=16, ge=1, description="Requests decoded together per engine.")
+    gateway_max_batch_size: int = Field(
+        default=16, ge=1, description="Sequences decoded together per engine."
+    )
+    gateway_block_size: int = Field(default=16, ge=1, description="Tokens per KV-cache block.")
+    gateway_kv_blocks: int | None = Field(
+        default=None, ge=1, description="KV-cache blocks per engine (default: a full batch at 2048 tokens)."
+    )
+    gateway_max_step_tokens: int = Field(
+        default=256, ge=1, description="Tokens per engine step (decodes + prefill chunks)."
+    )
+    gateway_prefix_caching: bool = Field(
+        default=True, description="Reuse cached KV blocks of shared prefixes."
+    )
     gateway_default_max_tokens: int = Field(
         default=16, ge=1, description="max_tokens when a request omits it."
     )
@@ -17,6 +29,30 @@ class GatewaySettings(CommonSettings):
     gateway_api_key: str | None = Field(
         default=None, description="Bearer key the OpenAI API requires, if set."
     )
+    gateway_api_keys: str | None = Field(default=None, description="More accepted keys, comma-separated.")
+    gateway_rate_limit_rpm: float = Field(
+        default=0, ge=0, description="Requests per minute per key (0: off)."
+    )
+    gateway_max_queue: int = Field(
+        default=0, ge=0, description="Waiting requests per engine before 503 (0: off)."
+    )
+    gateway_request_timeout: float = Field(default=0, ge=0, description="Seconds per request (0: none).")
+    gateway_announce_interval: float = Field(
+        default=5.0, gt=0, description="Seconds between load announcements in the puyu_workers KV bucket."
+    )
     gateway_num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads.")
     gateway_grpc_port: int | None = None
     gateway_http_port: int | None = None
+
+    def keys(self) -> tuple[str, ...]:
+        extra = [k.strip() for k in (self.gateway_api_keys or "").split(",") if k.strip()]
+        return tuple(dict.fromkeys([*([self.gateway_api_key] if self.gateway_api_key else []), *extra]))
+
+    def engine_kwargs(self) -> dict[str, object]:
+        return {
+            "max_batch_size": self.gateway_max_batch_size,
+            "block_size": self.gateway_block_size,
+            "num_blocks": self.gateway_kv_blocks,
+            "max_step_tokens": self.gateway_max_step_tokens,
+            "prefix_caching": self.gateway_prefix_caching,
+        }

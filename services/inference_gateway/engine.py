@@ -1,14 +1,13 @@
-"""The inference engine: one Hugging Face causal LM served by a background thread with iteration-level batching.
+"""The inference engine: one Llama-family model served by a background thread with continuous batching.
 
-Scheduling: requests wait in a queue; at every iteration the engine thread admits waiting requests
-(up to ``max_batch_size``), prefills each one alone (exact, no padding), then merges its KV cache into
-the running batch cache, left-padding the shorter side (padding is masked out and each row carries
-its own position ids, so RoPE sees the same positions as an unpadded run). One forward pass then
-decodes one token for every running request; finished or cancelled rows are dropped from the cache
-at once, and the left padding no row needs any more is trimmed. A request therefore joins and leaves
-the batch between any two decode steps (continuous batching) instead of waiting for a whole wave.
-
-The KV cache is transformers' ``DynamicCache`` (contiguous tensors); a paged cache replaces it later.
+Scheduling is iteration-level over a paged KV cache (``kv_cache``, ``runner``): at every step the
+running sequences each decode one token, and the rest of the step's token budget goes to prompt
+chunks of sequences still in prefill, then to newly admitted requests (chunked prefill, decode
+first, so a long prompt never stalls the streams already running: LMDeploy's "split & fuse").
+A new request first takes the cached blocks of its longest cached prompt prefix (prefix caching).
+When the cache runs out of blocks the most recently admitted sequence is preempted: its blocks are
+freed and it is recomputed later (mostly from the prefix cache). Finished or cancelled sequences
+free their blocks at once, so requests join and leave the batch between any two steps.
 """
 
 from __future__ import annotations
@@ -27,12 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from services.inference_gateway.guided import Guide, GuideFactory
+from services.inference_gateway.kv_cache import OutOfBlocks, chain_hash
+from services.inference_gateway.runner import Chunk, ModelRunner
 from services.inference_gateway.sampling import (
     InvalidRequest,
     SamplingParams,
     StopChecker,
+    apply_penalties,
     make_generator,
     sample_next,
 )
@@ -45,6 +48,14 @@ class EngineClosed(RuntimeError):
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Delta:
     """A piece of a request's output: new text; the last one has ``finish_reason`` set."""
 
@@ -53,6 +64,9 @@ class Delta:
     completion_tokens: int
     finish_reason: str | None = None  # stop | length | cancelled | error
     error: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens generated since the previous delta
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # once, on the first delta
+    cached_tokens: int = 0
 
 
 @dataclass
@@ -61,6 +75,8 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
 
 _ids = itertools.count()
@@ -73,40 +89,83 @@ class Request:
     sink: Callable[[Delta], None]  # called from the engine thread
     request_id: str = field(default_factory=lambda: f"req-{next(_ids)}")
     cancelled: threading.Event = field(default_factory=threading.Event)
+    arrived: float = field(default_factory=time.monotonic)
+    guide: Guide | None = None
 
     def cancel(self) -> None:
         self.cancelled.set()
 
 
-@dataclass
+@dataclass(eq=False)  # identity equality: sequences are looked up in lists every step
 class _Seq:
-    """A running request: its generated tokens, next position and stop-string state."""
+    """A request in the engine: all its tokens, how many have KV in the cache, its blocks, its output state."""
 
     req: Request
     gen: torch.Generator
     stop: StopChecker
-    generated: list[int] = field(default_factory=list)
-    position: int = 0
+    tokens: list[int]
+    table: list[int] = field(default_factory=list)
+    hashes: list[int] = field(default_factory=list)
+    computed: int = 0
+    cached: int = 0
+    started: bool = False  # had its prefix-cache lookup (again after a preemption)
     done: bool = False
+    pending_lp: list[TokenLogprob] = field(default_factory=list)
+    prompt_lp: list[TokenLogprob | None] | None = None
+    sent_first: bool = False
+    guide: Guide | None = None
+    text: str = ""  # detokenized output so far (incremental: only a short window is decoded per step)
+    po: int = 0  # window start and end in the generated tokens
+    ro: int = 0
+
+    @property
+    def n_prompt(self) -> int:
+        return len(self.req.prompt_ids)
+
+    @property
+    def generated(self) -> list[int]:
+        return self.tokens[self.n_prompt :]
 
 
 class Engine:
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 16, name: str = "model") -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch_size: int = 16,
+        name: str = "model",
+        block_size: int = 16,
+        num_blocks: int | None = None,
+        max_step_tokens: int = 256,
+        prefix_caching: bool = True,
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch_size = max_batch_size
+        self.max_step_tokens = max(max_step_tokens, max_batch_size)
+        self.prefix_caching = prefix_caching
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
+        if num_blocks is None:  # room for a full batch of sequences at the longest useful length
+            num_blocks = -(-max_batch_size * min(self.max_positions, 2048) // block_size) + max_batch_size
+        device = next(model.parameters()).device
+        self.runner = ModelRunner(model, num_blocks=num_blocks, block_size=block_size, device=device)
+        self.allocator = self.runner.cache.allocator
         eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
         self.eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        vocab = int(model.get_output_embeddings().weight.shape[0])
+        self.guides = GuideFactory(tokenizer, vocab, self.eos_ids)
         self._queue: queue.Queue[Request | None] = queue.Queue()
         self._accepting = True
         self._in_flight = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._idle = threading.Event()
-        self._idle.set()
+        self._waiting: collections.deque[_Seq] = collections.deque()
+        self._running: list[_Seq] = []
         self.finished: collections.Counter[str] = collections.Counter()  # finish reasons, for metrics/tests
+        self.steps = 0
+        self.preemptions = 0
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
@@ -117,23 +176,33 @@ class Engine:
         max_batch_size: int = 16,
         name: str | None = None,
         dtype: torch.dtype = torch.float32,
+        device: str | None = None,
+        **engine_kw: Any,
     ) -> Engine:
-        """Load a Hugging Face model folder (weights + tokenizer) on the CPU."""
+        """Load a Hugging Face model folder (weights + tokenizer), on CUDA when there is one."""
         path = Path(path)
         if not (path / "config.json").exists():
             raise InvalidRequest(f"{path} is not a Hugging Face model folder (no config.json)")
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        return cls(model, tokenizer, max_batch_size=max_batch_size, name=name or path.name)
+        model = model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))  # type: ignore[arg-type]  # transformers types .to oddly
+        return cls(model, tokenizer, max_batch_size=max_batch_size, name=name or path.name, **engine_kw)
 
     # ------------------------------------------------------------------------------ prompts
     def encode(self, prompt: str) -> list[int]:
         return list(self.tokenizer(prompt)["input_ids"])
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+    def render_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
         if not getattr(self.tokenizer, "chat_template", None):
             raise InvalidRequest(f"model {self.name!r} has no chat template: use /v1/completions")
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, tools=tools or None, add_generation_prompt=True, tokenize=False
+            )
+        except Exception as exc:  # a template that rejects these messages (roles, order) says why
+            raise InvalidRequest(f"the chat template of {self.name!r} rejected the messages: {exc}") from None
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -150,6 +219,17 @@ class Engine:
     @property
     def accepting(self) -> bool:
         return self._accepting
+
+    def load_info(self) -> dict[str, int]:
+        """What a router needs: requests in flight, running, waiting, and free KV blocks."""
+        return {
+            "in_flight": self._in_flight,
+            "running": len(self._running),
+            "waiting": len(self._waiting) + self._queue.qsize(),
+            "free_blocks": self.allocator.free_blocks,
+            "total_blocks": self.allocator.num_blocks,
+            "prefix_hit_tokens": self.allocator.prefix_hits,
+        }
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -188,12 +268,15 @@ class Engine:
             raise InvalidRequest(
                 f"prompt has {len(prompt_ids)} tokens; model {self.name!r} takes at most {self.max_positions - 1}"
             )
+        guide = self.guides.guide(params.json_schema) if params.json_schema is not None else None
+        capacity = self.allocator.num_blocks * self.allocator.block_size
+        if len(prompt_ids) + 1 > capacity:
+            raise InvalidRequest(f"prompt has {len(prompt_ids)} tokens; the KV cache holds {capacity}")
         with self._lock:
             if not self._accepting:
                 raise EngineClosed(f"engine {self.name!r} is not accepting requests")
             self._in_flight += 1
-            self._idle.clear()
-        req = Request(prompt_ids, params, sink)
+        req = Request(list(prompt_ids), params, sink, guide=guide)
         if request_id:
             req.request_id = request_id
         self._queue.put(req)
@@ -223,203 +306,277 @@ class Engine:
                 req.cancel()
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
-        parts: list[str] = []
-        last: Delta | None = None
-        async for delta in self.stream(prompt_ids, params):
-            parts.append(delta.text)
-            last = delta
-        assert last is not None and last.finish_reason is not None
-        if last.finish_reason == "error":
-            raise RuntimeError(last.error or "generation failed")
-        return Completion("".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens)
+        return _completion([d async for d in self.stream(prompt_ids, params)])
 
     def generate_sync(
         self, prompt_ids: list[int], params: SamplingParams, timeout: float = 120
     ) -> Completion:
         """Blocking generation from a thread without an event loop (warm-up, scripts)."""
         done = threading.Event()
-        parts: list[str] = []
-        last: list[Delta] = []
+        deltas: list[Delta] = []
 
         def sink(d: Delta) -> None:
-            parts.append(d.text)
+            deltas.append(d)
             if d.finish_reason is not None:
-                last.append(d)
                 done.set()
 
         self.submit(prompt_ids, params, sink)
         if not done.wait(timeout):
             raise TimeoutError(f"engine {self.name!r} did not answer within {timeout}s")
-        if last[0].finish_reason == "error":
-            raise RuntimeError(last[0].error or "generation failed")
-        return Completion(
-            "".join(parts), last[0].finish_reason or "", last[0].prompt_tokens, last[0].completion_tokens
-        )
+        return _completion(deltas)
 
     # ------------------------------------------------------------------------------ the loop
     def _run(self) -> None:
         with torch.inference_mode():
-            batch = _Batch()
             while True:
-                block = not batch.seqs
-                stopping = self._admit(batch, block)
-                if stopping:
-                    for seq in batch.seqs:
+                if self._take_new(block=not (self._running or self._waiting)):
+                    for seq in [*self._running, *self._waiting]:
                         self._finish(seq, "cancelled")
                     return
-                if batch.seqs:
-                    try:
-                        self._decode(batch)
-                    except Exception as exc:  # a broken step fails its requests, never the thread
-                        log.exception("decode step failed")
-                        for seq in batch.seqs:
-                            self._finish(seq, "error", f"{type(exc).__name__}: {exc}")
-                        batch.reset()
-                    batch.drop_done()
+                try:
+                    self._step()
+                except Exception as exc:  # a broken step fails its requests, never the thread
+                    log.exception("engine step failed")
+                    for seq in [*self._running]:
+                        self._finish(seq, "error", f"{type(exc).__name__}: {exc}")
+                self._running = [s for s in self._running if not s.done]
 
-    def _admit(self, batch: _Batch, block: bool) -> bool:
-        """Move waiting requests into the batch; True when the engine is closing."""
-        while len(batch.seqs) < self.max_batch_size:
+    def _take_new(self, block: bool) -> bool:
+        """Move submitted requests to the waiting queue; True when the engine is closing."""
+        while True:
             try:
-                req = self._queue.get(block=block, timeout=None if block else 0)
+                req = self._queue.get(block=block)
             except queue.Empty:
                 return False
             block = False
             if req is None:
                 return True
             seq = _Seq(
-                req,
-                make_generator(req.params.seed),
-                StopChecker(req.params.stop),
-                position=len(req.prompt_ids),
+                req, make_generator(req.params.seed), StopChecker(req.params.stop), list(req.prompt_ids)
             )
-            if req.cancelled.is_set():
-                self._finish(seq, "cancelled")
-                continue
-            try:
-                self._prefill(batch, seq)
-            except Exception as exc:
-                log.exception("prefill failed")
-                self._finish(seq, "error", f"{type(exc).__name__}: {exc}")
+            seq.guide = req.guide
+            if req.params.prompt_logprobs:
+                seq.prompt_lp = [None]
+            self._waiting.append(seq)
+
+    def _ensure_blocks(self, seq: _Seq, end: int) -> None:
+        need = -(-end // self.allocator.block_size) - len(seq.table)
+        for _ in range(need):
+            seq.table.append(self.allocator.allocate())
+
+    def _release(self, seq: _Seq) -> None:
+        self.allocator.free(seq.table)
+        seq.table, seq.hashes, seq.computed, seq.started = [], [], 0, False
+        if seq.prompt_lp is not None and not seq.sent_first:  # recomputed from the start
+            seq.prompt_lp = [None]
+
+    def _preempt_for(self, seq: _Seq) -> bool:
+        """Free the blocks of the latest admitted other running sequence; False when there is none."""
+        for victim in reversed(self._running):
+            if victim is not seq and not victim.done and victim.table:
+                self._release(victim)
+                self._running.remove(victim)
+                self._waiting.appendleft(victim)
+                self.preemptions += 1
+                return True
         return False
 
-    def _prefill(self, batch: _Batch, seq: _Seq) -> None:
-        ids = torch.tensor([seq.req.prompt_ids], dtype=torch.long)
-        cache = DynamicCache(config=self.model.config)
-        # the cache is filled in place (transformers 5 names the argument ``cache``)
-        out = self.model(input_ids=ids, cache=cache, use_cache=True)
-        self._advance(seq, out.logits[0, -1])
-        if not seq.done:
-            batch.add(seq, cache, len(seq.req.prompt_ids))
+    def _schedule(self) -> list[tuple[_Seq, Chunk]]:
+        budget = self.max_step_tokens
+        plan: list[tuple[_Seq, Chunk]] = []
+        for seq in list(self._running):
+            if seq.done or seq not in self._running:
+                continue
+            take = min(len(seq.tokens) - seq.computed, budget)
+            if take <= 0:
+                continue
+            while True:
+                try:
+                    self._ensure_blocks(seq, seq.computed + take)
+                    break
+                except OutOfBlocks:
+                    if not self._preempt_for(seq):
+                        self._finish(seq, "length")  # alone and out of cache: it cannot grow
+                        break
+            if not seq.done:
+                plan.append((seq, self._chunk(seq, take)))
+                budget -= take
+        plan = [(s, c) for s, c in plan if s in self._running and not s.done]
+        budget = self.max_step_tokens - sum(len(c.tokens) for _, c in plan)
+        while budget > 0 and self._waiting and len(self._running) < self.max_batch_size:
+            seq = self._waiting[0]
+            if seq.req.cancelled.is_set():
+                self._waiting.popleft()
+                self._finish(seq, "cancelled")
+                continue
+            if not seq.started:
+                seq.started = True
+                if self.prefix_caching and (seq.prompt_lp is None or seq.sent_first):
+                    # at least one token is computed, for its logits
+                    seq.table, seq.hashes = self.allocator.match_prefix(seq.tokens, len(seq.tokens) - 1)
+                    seq.computed = seq.cached = len(seq.table) * self.allocator.block_size
+            take = min(len(seq.tokens) - seq.computed, budget)
+            try:
+                self._ensure_blocks(seq, seq.computed + take)
+            except OutOfBlocks:
+                if self._running:
+                    break  # wait for running sequences to free blocks
+                self._waiting.popleft()
+                self._release(seq)
+                self._finish(seq, "error", "the request does not fit in the KV cache")
+                continue
+            self._waiting.popleft()
+            self._running.append(seq)
+            plan.append((seq, self._chunk(seq, take)))
+            budget -= take
+        return plan
 
-    def _decode(self, batch: _Batch) -> None:
-        for seq in batch.seqs:
+    def _chunk(self, seq: _Seq, take: int) -> Chunk:
+        end = seq.computed + take
+        if seq.prompt_lp is not None and not seq.sent_first and seq.computed < seq.n_prompt:
+            logits = "all"
+        else:
+            logits = "last" if end == len(seq.tokens) else "none"
+        return Chunk(seq.tokens[seq.computed : end], seq.computed, seq.table, logits)
+
+    def _step(self) -> None:
+        for seq in [*self._running]:
             if seq.req.cancelled.is_set():
                 self._finish(seq, "cancelled")
-        batch.drop_done()
-        if not batch.seqs:
+        self._running = [s for s in self._running if not s.done]
+        plan = self._schedule()
+        if not plan:
             return
-        input_ids = torch.tensor([[s.generated[-1]] for s in batch.seqs], dtype=torch.long)
-        positions = torch.tensor([[s.position - 1] for s in batch.seqs], dtype=torch.long)
-        batch.mask = torch.cat([batch.mask, torch.ones(len(batch.seqs), 1, dtype=torch.long)], dim=1)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=batch.mask,
-            position_ids=positions,
-            cache=batch.cache,
-            use_cache=True,
-        )
-        for i, seq in enumerate(batch.seqs):
-            self._advance(seq, out.logits[i, -1])
+        outs = self.runner.forward([c for _, c in plan])
+        self.steps += 1
+        bs = self.allocator.block_size
+        ready: list[tuple[_Seq, torch.Tensor]] = []
+        for (seq, chunk), logits in zip(plan, outs, strict=True):
+            seq.computed += len(chunk.tokens)
+            while (len(seq.hashes) + 1) * bs <= seq.computed:  # register full blocks for prefix reuse
+                i = len(seq.hashes)
+                h = chain_hash(seq.hashes[-1] if seq.hashes else None, seq.tokens[i * bs : (i + 1) * bs])
+                self.allocator.register(seq.table[i], h)
+                seq.hashes.append(h)
+            if logits is None:
+                continue
+            if chunk.logits == "all":
+                assert seq.prompt_lp is not None
+                self._prompt_logprobs(seq, chunk, logits)
+                logits = logits[-1]
+            if seq.computed == len(seq.tokens):
+                ready.append((seq, logits))
+        # plain greedy rows take one argmax together; the rest sample one by one
+        fast = [
+            i
+            for i, (s, _) in enumerate(ready)
+            if s.req.params.greedy and not s.req.params.penalised and s.guide is None
+        ]
+        chosen: dict[int, int] = {}
+        if fast:
+            picks = torch.stack([ready[i][1] for i in fast]).argmax(-1).tolist()
+            chosen = dict(zip(fast, picks, strict=True))
+        for i, (seq, logits) in enumerate(ready):
+            self._advance(seq, logits, chosen.get(i))
 
-    def _advance(self, seq: _Seq, logits: torch.Tensor) -> None:
+    def _prompt_logprobs(self, seq: _Seq, chunk: Chunk, logits: torch.Tensor) -> None:
+        assert seq.prompt_lp is not None
+        lps = torch.log_softmax(logits, dim=-1)
+        for i in range(len(chunk.tokens)):
+            nxt = chunk.start + i + 1
+            if nxt < seq.n_prompt:
+                seq.prompt_lp.append(self._logprob(lps[i], seq.tokens[nxt], seq.req.params.logprobs or 0))
+
+    def _logprob(self, lps: torch.Tensor, token: int, top: int) -> TokenLogprob:
+        alts: tuple[tuple[str, float], ...] = ()
+        if top:
+            vals, idx = torch.topk(lps, min(top, lps.numel()))
+            alts = tuple(
+                (self.tokenizer.decode([int(t)]), float(v))
+                for v, t in zip(vals.tolist(), idx.tolist(), strict=True)
+            )
+        return TokenLogprob(token, self.tokenizer.decode([token]), float(lps[token]), alts)
+
+    def _detokenize(self, seq: _Seq, flush: bool = False) -> str:
+        """The output text, decoding only the tokens since the last complete character (as vLLM does)."""
+        gen = seq.generated
+        prefix = self.tokenizer.decode(gen[seq.po : seq.ro], skip_special_tokens=True)
+        full = self.tokenizer.decode(gen[seq.po :], skip_special_tokens=True)
+        if len(full) > len(prefix) and (flush or not full.endswith("\ufffd")):
+            seq.text += full[len(prefix) :]
+            seq.po, seq.ro = seq.ro, len(gen)
+        return seq.text
+
+    def _advance(self, seq: _Seq, logits: torch.Tensor, token: int | None = None) -> None:
         """Sample one token for ``seq``, emit the text that is safe to emit, finish it if it is done."""
-        token = sample_next(logits, seq.req.params, seq.gen)
+        p = seq.req.params
+        if token is None:
+            scores = apply_penalties(logits, p, seq.req.prompt_ids, seq.generated)
+            if seq.guide is not None:
+                scores = seq.guide.mask(scores)
+            token = sample_next(scores, p, seq.gen)
+            if seq.guide is not None:
+                seq.guide.accept(token)
+        if p.logprobs is not None:
+            seq.pending_lp.append(self._logprob(torch.log_softmax(logits, dim=-1), token, p.logprobs))
         if token in self.eos_ids:
             self._finish(seq, "stop")
             return
-        seq.generated.append(token)
-        seq.position += 1
-        text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
-        stop_at = seq.stop.find_stop(text) if seq.req.params.stop else None
+        seq.tokens.append(token)
+        text = self._detokenize(seq)
+        if seq.guide is not None and seq.guide.done:  # the JSON is complete
+            self._finish(seq, "stop", text=self._detokenize(seq, flush=True))
+            return
+        stop_at = seq.stop.find_stop(text) if p.stop else None
         if stop_at is not None:
             self._finish(seq, "stop", text=text[:stop_at])
-        elif len(seq.generated) >= seq.req.params.max_tokens or seq.position >= self.max_positions:
-            self._finish(seq, "length", text=text)
+        elif len(seq.generated) >= p.max_tokens or len(seq.tokens) >= self.max_positions:
+            self._finish(seq, "length", text=self._detokenize(seq, flush=True))
         else:
             piece = seq.stop.delta(text, seq.stop.safe_end(text))
-            if piece:
-                seq.req.sink(Delta(piece, len(seq.req.prompt_ids), len(seq.generated)))
+            if piece or not seq.sent_first:
+                self._emit(seq, Delta(piece, seq.n_prompt, len(seq.generated)))
+
+    def _emit(self, seq: _Seq, delta: Delta) -> None:
+        extra: dict[str, Any] = {"logprobs": tuple(seq.pending_lp), "cached_tokens": seq.cached}
+        seq.pending_lp = []
+        if not seq.sent_first and seq.prompt_lp is not None:
+            extra["prompt_logprobs"] = tuple(seq.prompt_lp)
+        seq.sent_first = True
+        seq.req.sink(Delta(**{**delta.__dict__, **extra}))
 
     def _finish(self, seq: _Seq, reason: str, error: str | None = None, text: str | None = None) -> None:
         if seq.done:
             return
         seq.done = True
+        if seq.table:
+            self._release(seq)
         if text is None:
-            text = self.tokenizer.decode(seq.generated, skip_special_tokens=True) if seq.generated else ""
+            text = self._detokenize(seq, flush=True) if seq.generated else ""
         piece = seq.stop.delta(text, len(text)) if reason in ("stop", "length") else ""
         with self._lock:  # before the sink, so a caller that saw the last delta sees the count drop
             self._in_flight -= 1
             self.finished[reason] += 1
-            if not self._in_flight:
-                self._idle.set()
         try:
-            seq.req.sink(Delta(piece, len(seq.req.prompt_ids), len(seq.generated), reason, error))
+            self._emit(seq, Delta(piece, seq.n_prompt, len(seq.generated), reason, error))
         except Exception:  # a sink whose loop is gone must not take the engine down
             log.debug("sink failed", exc_info=True)
 
 
-class _Batch:
-    """The running rows: their sequences, one rectangular KV cache and the matching attention mask."""
-
-    def __init__(self) -> None:
-        self.seqs: list[_Seq] = []
-        self.cache: Any = None
-        self.mask = torch.zeros(0, 0, dtype=torch.long)
-
-    def reset(self) -> None:
-        self.seqs, self.cache = [], None
-        self.mask = torch.zeros(0, 0, dtype=torch.long)
-
-    def add(self, seq: _Seq, cache: Any, length: int) -> None:
-        row_mask = torch.ones(1, length, dtype=torch.long)
-        if not self.seqs:
-            self.seqs, self.cache, self.mask = [seq], cache, row_mask
-            return
-        width = max(self.mask.shape[1], length)
-        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(row_mask, width)], dim=0)
-        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([_pad_left(mine.keys, width, -2), _pad_left(theirs.keys, width, -2)], dim=0)
-            mine.values = torch.cat(
-                [_pad_left(mine.values, width, -2), _pad_left(theirs.values, width, -2)], dim=0
-            )
-        self.seqs.append(seq)
-
-    def drop_done(self) -> None:
-        keep = [i for i, s in enumerate(self.seqs) if not s.done]
-        if len(keep) == len(self.seqs):
-            return
-        if not keep:
-            self.reset()
-            return
-        idx = torch.tensor(keep, dtype=torch.long)
-        self.seqs = [self.seqs[i] for i in keep]
-        self.mask = self.mask[idx]
-        # columns that are padding in every remaining row are dead weight: trim them
-        first = int(self.mask.any(dim=0).long().argmax().item())
-        self.mask = self.mask[:, first:]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys[idx][:, :, first:]
-            layer.values = layer.values[idx][:, :, first:]
-
-
-def _pad_left(t: torch.Tensor, width: int, dim: int = -1) -> torch.Tensor:
-    missing = width - t.shape[dim]
-    if missing <= 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
+def _completion(deltas: list[Delta]) -> Completion:
+    last = deltas[-1]
+    assert last.finish_reason is not None
+    if last.finish_reason == "error":
+        raise RuntimeError(last.error or "generation failed")
+    prompt_lp = next((d.prompt_logprobs for d in deltas if d.prompt_logprobs is not None), None)
+    return Completion(
+        "".join(d.text for d in deltas),
+        last.finish_reason,
+        last.prompt_tokens,
+        last.completion_tokens,
+        [lp for d in deltas for lp in d.logprobs],
+        prompt_lp,
+    )
 
 
 def close_quietly(engine: Engine) -> None:

@@ -1,33 +1,40 @@
-"""The OpenAI-compatible HTTP API (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``) over a pool."""
+"""The OpenAI-compatible HTTP API (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``) over a pool.
+
+Streams are Server-Sent Events with ``stream_options.include_usage``; ``n > 1`` runs n sequences
+(their prompt blocks come from the prefix cache); logprobs and echo follow the OpenAI shapes; tools
+produce OpenAI ``tool_calls``, streamed whole (``tools.ToolStream``). Admission (API keys, per-key
+rate limits → 429, queue limits → 503 with Retry-After, timeouts) is in ``admission``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.inference_gateway.engine import Delta, Engine, EngineClosed
+from services.inference_gateway.admission import Admission, APIError, Limits
+from services.inference_gateway.engine import Delta, Engine, EngineClosed, TokenLogprob
+from services.inference_gateway.metrics import observe_delta
 from services.inference_gateway.pool import ModelNotFound, ModelPool
 from services.inference_gateway.sampling import InvalidRequest, SamplingParams
+from services.inference_gateway.tools import ToolStream, parse_tool_calls
 
 
-class APIError(Exception):
-    def __init__(self, status: int, message: str, type_: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.code = status, message, type_, code
-
-
-def _error(status: int, message: str, type_: str, code: str | None = None) -> JSONResponse:
+def _error(
+    status: int, message: str, type_: str, code: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(
-        {"error": {"message": message, "type": type_, "param": None, "code": code}}, status_code=status
+        {"error": {"message": message, "type": type_, "param": None, "code": code}},
+        status_code=status,
+        headers=headers,
     )
 
 
@@ -43,13 +50,22 @@ class _Sampling(BaseModel):
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, ge=0, le=1)
     top_k: int = Field(default=0, ge=0, description="Extension (as vLLM): 0 is off.")
+    repetition_penalty: float = Field(default=1.0, gt=0, description="Extension (as vLLM).")
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: Literal[1] = 1
+    n: int = Field(default=1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
 
-    def params(self, default_max_tokens: int) -> SamplingParams:
+    def params(
+        self,
+        default_max_tokens: int,
+        logprobs: int | None = None,
+        prompt_logprobs: bool = False,
+        json_schema: str | None = None,
+    ) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         return SamplingParams(
             max_tokens=self._max_tokens() or default_max_tokens,
@@ -58,6 +74,12 @@ class _Sampling(BaseModel):
             top_k=self.top_k,
             stop=tuple(stop),
             seed=self.seed,
+            repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+            json_schema=json_schema,
         ).validate()
 
     def _max_tokens(self) -> int | None:
@@ -70,6 +92,8 @@ class _Sampling(BaseModel):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    echo: bool = False
 
 
 class ChatMessage(BaseModel):
@@ -78,9 +102,37 @@ class ChatMessage(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str = "response"
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+    def schema_text(self) -> str | None:
+        """The JSON schema the output must match, None for free text."""
+        if self.type == "json_object":
+            return json.dumps({"type": "object"})
+        if self.type == "json_schema":
+            if self.json_schema is None:
+                raise APIError(
+                    400, "response_format json_schema needs a json_schema", "invalid_request_error"
+                )
+            return json.dumps(self.json_schema.schema_ or {"type": "object"})
+        return None
+
+
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
 
     def _max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -88,18 +140,30 @@ class ChatRequest(_Sampling):
     def plain_messages(self) -> list[dict[str, Any]]:
         out = []
         for m in self.messages:
-            content = m.content
-            if isinstance(content, list):  # content parts: keep the text ones
-                content = "".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
-            out.append({"role": m.role, "content": content or ""})
+            msg = m.model_dump(exclude_none=True)
+            if isinstance(m.content, list):  # content parts: keep the text ones
+                msg["content"] = "".join(str(p.get("text", "")) for p in m.content if p.get("type") == "text")
+            msg.setdefault("content", "")
+            out.append(msg)
         return out
 
+    def tool_names(self) -> set[str]:
+        if not self.tools or self.tool_choice == "none":
+            return set()
+        names = {
+            t.get("function", {}).get("name") for t in self.tools if t.get("type", "function") == "function"
+        }
+        return {n for n in names if n}
 
-def _usage(d: Delta) -> dict[str, int]:
+
+def _usage(last: list[Delta], n: int = 1) -> dict[str, Any]:
+    prompt = sum(d.prompt_tokens for d in last) // n  # each prompt counted once, not once per choice
+    completion = sum(d.completion_tokens for d in last)
     return {
-        "prompt_tokens": d.prompt_tokens,
-        "completion_tokens": d.completion_tokens,
-        "total_tokens": d.prompt_tokens + d.completion_tokens,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": max((d.cached_tokens for d in last), default=0)},
     }
 
 
@@ -111,31 +175,68 @@ def _finish(reason: str | None) -> str | None:
     return "stop" if reason == "cancelled" else reason
 
 
+def _chat_lp(lps: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> list[dict[str, Any]]:
+    return [
+        {
+            "token": t.token,
+            "logprob": t.logprob,
+            "bytes": list(t.token.encode()),
+            "top_logprobs": [{"token": a, "logprob": v, "bytes": list(a.encode())} for a, v in t.top],
+        }
+        for t in lps
+    ]
+
+
+class _CompletionLp:
+    """Accumulates the legacy completions ``logprobs`` object (tokens, token_logprobs, top_logprobs, text_offset)."""
+
+    def __init__(self, offset: int = 0) -> None:
+        self.offset = offset
+        self.obj: dict[str, list[Any]] = {
+            "tokens": [],
+            "token_logprobs": [],
+            "top_logprobs": [],
+            "text_offset": [],
+        }
+
+    def add(
+        self, lps: tuple[TokenLogprob | None, ...] | list[TokenLogprob], tokens: list[str] | None = None
+    ) -> dict[str, list[Any]]:
+        part: dict[str, list[Any]] = {k: [] for k in self.obj}
+        for i, t in enumerate(lps):
+            token = t.token if t is not None else (tokens[i] if tokens else "")
+            part["tokens"].append(token)
+            part["token_logprobs"].append(t.logprob if t is not None else None)
+            part["top_logprobs"].append(dict(t.top) if t is not None else None)
+            part["text_offset"].append(self.offset)
+            self.offset += len(token)
+        for k, v in part.items():
+            self.obj[k].extend(v)
+        return part
+
+
 def install_openai_api(
-    app: FastAPI, pool: ModelPool, *, api_key: str | None = None, default_max_tokens: int = 16
-) -> None:
-    """Add the OpenAI routes, their auth check and OpenAI-shaped error bodies to ``app``."""
+    app: FastAPI,
+    pool: ModelPool,
+    *,
+    api_key: str | None = None,
+    default_max_tokens: int = 16,
+    limits: Limits | None = None,
+) -> Admission:
+    """Add the OpenAI routes, their admission checks and OpenAI-shaped error bodies to ``app``."""
+    limits = limits or Limits()
+    if api_key and api_key not in limits.api_keys:
+        limits.api_keys = (*limits.api_keys, api_key)
+    admission = Admission(limits)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return _error(exc.status, exc.message, exc.type, exc.code)
+        return _error(exc.status, exc.message, exc.type, exc.code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()[:5]]
         return _error(400, "invalid request: " + "; ".join(parts), "invalid_request_error")
-
-    if api_key:
-
-        @app.middleware("http")
-        async def _auth(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            if request.url.path.startswith("/v1/"):
-                given = request.headers.get("authorization", "")
-                if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                    return _error(
-                        401, "invalid or missing API key", "invalid_request_error", "invalid_api_key"
-                    )
-            return await call_next(request)
 
     def engine_for(name: str) -> Engine:
         try:
@@ -144,22 +245,48 @@ def install_openai_api(
             raise APIError(404, str(exc), "invalid_request_error", "model_not_found") from None
 
     async def start(
-        name: str, ids_of: Callable[[Engine], list[int]], params: SamplingParams
+        name: str, ids_of: Callable[[Engine], list[int]], params: SamplingParams, t0: float
     ) -> AsyncIterator[Delta]:
         # a switch may retire the engine between resolve and submit: resolve again (the new one is up)
         for _ in range(3):
             engine = engine_for(name)
+            admission.check_queue(engine)
             try:
                 it = engine.stream(ids_of(engine), params)
-                first = await it.__anext__()
+                first = await asyncio.wait_for(it.__anext__(), admission.time_left(t0))
             except EngineClosed:
                 continue
             except InvalidRequest as exc:
                 raise APIError(400, str(exc), "invalid_request_error") from None
+            except TimeoutError:  # still queued at the deadline: wait_for cancelled the request
+                await it.aclose()  # type: ignore[attr-defined]
+                admission.rejected("timeout")
+                raise APIError(
+                    504,
+                    f"request timed out after {admission.limits.request_timeout_s:g}s",
+                    "server_error",
+                    "timeout",
+                ) from None
             return _prepend(first, it)
-        raise APIError(503, f"model {name!r} is switching versions, retry", "server_error")
+        raise APIError(
+            503, f"model {name!r} is switching versions, retry", "server_error", headers={"Retry-After": "1"}
+        )
 
-    @app.get("/v1/models")
+    async def start_n(
+        name: str, ids_of: Callable[[Engine], list[int]], params: SamplingParams, n: int, t0: float
+    ) -> list[AsyncIterator[Delta]]:
+        streams = []
+        try:
+            for i in range(n):  # distinct seeds, so n seeded samples differ yet reproduce
+                p = params if params.seed is None or i == 0 else _reseed(params, params.seed + i)
+                streams.append(await start(name, ids_of, p, t0))
+        except BaseException:
+            for s in streams:
+                await s.aclose()  # type: ignore[attr-defined]
+            raise
+        return streams
+
+    @app.get("/v1/models", dependencies=[Depends(admission.authorize)])
     async def list_models() -> dict[str, Any]:
         data = [
             {
@@ -175,60 +302,101 @@ def install_openai_api(
         return {"object": "list", "data": data}
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(body: CompletionRequest) -> Response | dict[str, Any]:
-        params = _params(body, default_max_tokens)
+    async def completions(
+        body: CompletionRequest, key: str = Depends(admission.admit)
+    ) -> Response | dict[str, Any]:
+        params = _params(
+            body.params, default_max_tokens, body.logprobs, body.echo and body.logprobs is not None
+        )
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not prompts:
-            raise APIError(400, "prompt must not be empty", "invalid_request_error")
-        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        streams = [await start(body.model, _encoder(p), params) for p in prompts]
+        if not prompts or any(not p for p in prompts):
+            raise APIError(
+                400, "prompt must be a non-empty string or list of non-empty strings", "invalid_request_error"
+            )
+        rid, created, t0 = f"cmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
+        streams: list[AsyncIterator[Delta]] = []
+        for p in prompts:
+            streams += await start_n(body.model, _encoder(p), params, body.n, t0)
         base = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
+        prompt_of = [p for p in prompts for _ in range(body.n)]
+        lp_acc = [_CompletionLp(len(p) if body.echo else 0) for p in prompt_of]
+
+        def head(i: int, d: Delta) -> tuple[str, dict[str, list[Any]] | None]:
+            """Echoed prompt text and prompt logprobs, for the first delta of choice ``i``."""
+            if not body.echo:
+                return "", None
+            lp = None
+            if body.logprobs is not None and d.prompt_logprobs is not None:
+                lp_acc[i].offset = 0
+                first = engine_for(body.model).tokenizer.decode(
+                    engine_for(body.model).encode(prompt_of[i])[:1]
+                )
+                lp = lp_acc[i].add(d.prompt_logprobs, [first])
+                lp_acc[i].offset = len(prompt_of[i])
+            return prompt_of[i], lp
 
         if body.stream:
 
             async def events() -> AsyncIterator[str]:
-                usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-                for index, stream in enumerate(streams):
-                    async for d in stream:
-                        if d.finish_reason == "error":
-                            yield _sse({"error": {"message": d.error, "type": "server_error"}})
-                            return
-                        if d.text or d.finish_reason:
-                            yield _sse(
-                                {
-                                    **base,
-                                    "choices": [
-                                        {
-                                            "index": index,
-                                            "text": d.text,
-                                            "logprobs": None,
-                                            "finish_reason": _finish(d.finish_reason),
-                                        }
-                                    ],
-                                }
-                            )
-                        if d.finish_reason:
-                            usage = {k: usage[k] + v for k, v in _usage(d).items()}
+                lasts: list[Delta] = []
+                seen: set[int] = set()
+                async for i, d in admission.timed(_merge(streams), body.model, t0):
+                    if d.finish_reason == "error":
+                        yield _sse({"error": {"message": d.error, "type": "server_error"}})
+                        return
+                    text, lp = "", None
+                    if i not in seen:
+                        seen.add(i)
+                        text, lp = head(i, d)
+                    if body.logprobs is not None and d.logprobs:
+                        part = lp_acc[i].add(d.logprobs)
+                        lp = {k: (lp or {}).get(k, []) + v for k, v in part.items()}
+                    text += d.text
+                    if text or d.finish_reason or lp:
+                        choice = {
+                            "index": i,
+                            "text": text,
+                            "logprobs": lp,
+                            "finish_reason": _finish(d.finish_reason),
+                        }
+                        yield _sse({**base, "choices": [choice]})
+                    if d.finish_reason:
+                        lasts.append(d)
                 if body.include_usage:
-                    yield _sse({**base, "choices": [], "usage": usage})
+                    yield _sse({**base, "choices": [], "usage": _usage(lasts, body.n)})
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
 
-        choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        for index, stream in enumerate(streams):
-            text, last = await _collect(stream)
-            choices.append(
-                {"index": index, "text": text, "logprobs": None, "finish_reason": _finish(last.finish_reason)}
-            )
-            usage = {k: usage[k] + v for k, v in _usage(last).items()}
-        return {**base, "choices": choices, "usage": usage}
+        choices: list[dict[str, Any]] = [{} for _ in streams]
+        texts = [""] * len(streams)
+        lasts: list[Delta] = []
+        async for i, d in admission.timed(_merge(streams), body.model, t0, streaming=False):
+            if d.finish_reason == "error":
+                raise APIError(500, d.error or "generation failed", "server_error")
+            if not choices[i]:
+                choices[i] = {"index": i}
+                texts[i], _ = head(i, d)
+            texts[i] += d.text
+            if body.logprobs is not None:
+                lp_acc[i].add(d.logprobs)
+            if d.finish_reason:
+                lasts.append(d)
+                choices[i].update(
+                    text=texts[i],
+                    logprobs=lp_acc[i].obj if body.logprobs is not None else None,
+                    finish_reason=_finish(d.finish_reason),
+                )
+        return {**base, "choices": choices, "usage": _usage(lasts, body.n)}
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat(body: ChatRequest) -> Response | dict[str, Any]:
-        params = _params(body, default_max_tokens)
-        messages = body.plain_messages()
-        stream = await start(body.model, lambda e: e.render_chat(messages), params)
+    async def chat(body: ChatRequest, key: str = Depends(admission.admit)) -> Response | dict[str, Any]:
+        top = (body.top_logprobs or 0) if body.logprobs else None
+        schema = body.response_format.schema_text() if body.response_format else None
+        params = _params(body.params, default_max_tokens, top, False, schema)
+        messages, tools, names = body.plain_messages(), body.tools, body.tool_names()
+        t0 = time.monotonic()
+        streams = await start_n(body.model, lambda e: e.render_chat(messages, tools), params, body.n, t0)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         base = {"id": rid, "created": created, "model": body.model}
 
@@ -236,82 +404,87 @@ def install_openai_api(
 
             async def events() -> AsyncIterator[str]:
                 chunk = {**base, "object": "chat.completion.chunk"}
-                yield _sse(
-                    {
-                        **chunk,
-                        "choices": [
-                            {
-                                "index": 0,
-                                "delta": {"role": "assistant", "content": ""},
-                                "logprobs": None,
-                                "finish_reason": None,
-                            }
-                        ],
-                    }
-                )
-                last: Delta | None = None
-                async for d in stream:
-                    last = d
-                    if d.finish_reason == "error":
-                        yield _sse({"error": {"message": d.error, "type": "server_error"}})
-                        return
-                    if d.text:
-                        yield _sse(
-                            {
-                                **chunk,
-                                "choices": [
-                                    {
-                                        "index": 0,
-                                        "delta": {"content": d.text},
-                                        "logprobs": None,
-                                        "finish_reason": None,
-                                    }
-                                ],
-                            }
-                        )
-                if last is not None:
-                    yield _sse(
+
+                def emit(i: int, delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> str:
+                    lpo = {"content": _chat_lp(lp)} if lp else None
+                    return _sse(
                         {
                             **chunk,
                             "choices": [
-                                {
-                                    "index": 0,
-                                    "delta": {},
-                                    "logprobs": None,
-                                    "finish_reason": _finish(last.finish_reason),
-                                }
+                                {"index": i, "delta": delta, "logprobs": lpo, "finish_reason": finish}
                             ],
                         }
                     )
-                    if body.include_usage:
-                        yield _sse({**chunk, "choices": [], "usage": _usage(last)})
+
+                for i in range(len(streams)):
+                    yield emit(i, {"role": "assistant", "content": ""})
+                parsers = [ToolStream(names) for _ in streams]
+                lasts: list[Delta] = []
+                async for i, d in admission.timed(_merge(streams), body.model, t0):
+                    if d.finish_reason == "error":
+                        yield _sse({"error": {"message": d.error, "type": "server_error"}})
+                        return
+                    text = parsers[i].feed(d.text) if names else d.text
+                    if text or d.logprobs:
+                        yield emit(i, {"content": text}, lp=d.logprobs if body.logprobs else None)
+                    if d.finish_reason is None:
+                        continue
+                    lasts.append(d)
+                    finish = _finish(d.finish_reason)
+                    if names:
+                        rest, calls = parsers[i].finish()
+                        if rest:
+                            yield emit(i, {"content": rest})
+                        if calls:
+                            yield emit(i, {"tool_calls": [c.openai(k) for k, c in enumerate(calls)]})
+                            finish = "tool_calls"
+                    yield emit(i, {}, finish)
+                if body.include_usage:
+                    yield _sse({**chunk, "choices": [], "usage": _usage(lasts, body.n)})
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
 
-        text, last = await _collect(stream)
-        return {
-            **base,
-            "object": "chat.completion",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
-                    "finish_reason": _finish(last.finish_reason),
-                }
-            ],
-            "usage": _usage(last),
-        }
+        texts = [""] * len(streams)
+        lps: list[list[TokenLogprob]] = [[] for _ in streams]
+        choices: list[dict[str, Any]] = [{} for _ in streams]
+        lasts = []
+        async for i, d in admission.timed(_merge(streams), body.model, t0, streaming=False):
+            if d.finish_reason == "error":
+                raise APIError(500, d.error or "generation failed", "server_error")
+            texts[i] += d.text
+            lps[i] += d.logprobs
+            if d.finish_reason is None:
+                continue
+            lasts.append(d)
+            content, calls = parse_tool_calls(texts[i], names) if names else (texts[i], [])
+            message: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else "")}
+            if calls:
+                message["tool_calls"] = [c.openai() for c in calls]
+            choices[i] = {
+                "index": i,
+                "message": message,
+                "logprobs": {"content": _chat_lp(lps[i])} if body.logprobs else None,
+                "finish_reason": "tool_calls" if calls else _finish(d.finish_reason),
+            }
+        return {**base, "object": "chat.completion", "choices": choices, "usage": _usage(lasts, body.n)}
+
+    return admission
+
+
+def _reseed(params: SamplingParams, seed: int) -> SamplingParams:
+    from dataclasses import replace
+
+    return replace(params, seed=seed)
 
 
 def _encoder(prompt: str) -> Callable[[Engine], list[int]]:
     return lambda engine: engine.encode(prompt)
 
 
-def _params(body: _Sampling, default_max_tokens: int) -> SamplingParams:
+def _params(make: Callable[..., SamplingParams], *args: Any) -> SamplingParams:
     try:
-        return body.params(default_max_tokens)
+        return make(*args)
     except InvalidRequest as exc:
         raise APIError(400, str(exc), "invalid_request_error") from None
 
@@ -326,13 +499,41 @@ async def _prepend(first: Delta, rest: AsyncIterator[Delta]) -> AsyncIterator[De
         await rest.aclose()  # type: ignore[attr-defined]  # cancels the engine request if unfinished
 
 
-async def _collect(stream: AsyncIterator[Delta]) -> tuple[str, Delta]:
-    parts: list[str] = []
-    last: Delta | None = None
-    async for d in stream:
-        parts.append(d.text)
-        last = d
-    assert last is not None
-    if last.finish_reason == "error":
-        raise APIError(500, last.error or "generation failed", "server_error")
-    return "".join(parts), last
+async def _merge(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta]]:
+    """Interleave the choices' streams as their deltas come; closing this closes (cancels) them all."""
+    if len(streams) == 1:
+        try:
+            async for d in streams[0]:
+                observe_delta(d)
+                yield 0, d
+        finally:
+            await streams[0].aclose()  # type: ignore[attr-defined]
+        return
+    q: asyncio.Queue[tuple[int, Delta | BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int, s: AsyncIterator[Delta]) -> None:
+        try:
+            async for d in s:
+                await q.put((i, d))
+        except BaseException as exc:
+            await q.put((i, exc))
+        finally:
+            await q.put((i, None))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    open_ = len(tasks)
+    try:
+        while open_:
+            i, item = await q.get()
+            if item is None:
+                open_ -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                observe_delta(item)
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        for s in streams:
+            await s.aclose()  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.inference_gateway.engine import Engine
+from services.inference_gateway.metrics import watch_pool
 from services.inference_gateway.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class ModelPool:
         self._draining: list[Served] = []
         self._lock = asyncio.Lock()
         self.drain_timeout = drain_timeout
+        watch_pool(self)
 
     # ------------------------------------------------------------------------------ lookups
     def resolve(self, name: str) -> Engine:
@@ -60,6 +62,10 @@ class ModelPool:
 
     def named(self) -> list[tuple[str, Served]]:
         return sorted(self._names.items())
+
+    def current(self) -> list[Served]:
+        """Every version with an engine: the ones serving, then the ones draining."""
+        return [*self._current.values(), *self._draining]
 
     def served_names(self) -> list[str]:
         return sorted(self._names)
@@ -75,10 +81,22 @@ class ModelPool:
         return cur is not None and cur.version == version
 
     # ------------------------------------------------------------------------------ deploy
-    async def deploy(self, model_name: str, version: int, path: Path, *, wait_drain: bool = True) -> Served:
-        """Load, warm and switch to ``model_name`` version ``version``; drain and free the old one."""
+    async def deploy(
+        self,
+        model_name: str,
+        version: int,
+        path: Path,
+        *,
+        wait_drain: bool = True,
+        only_if_absent: bool = False,
+    ) -> Served:
+        """Load, warm and switch to ``model_name`` version ``version``; drain and free the old one.
+
+        ``only_if_absent``: do nothing when some version of the model is served already (a restore at
+        start-up must not replace a version a promotion deployed meanwhile).
+        """
         async with self._lock:  # one switch at a time per pool
-            if self.serving(model_name, version):
+            if self.serving(model_name, version) or (only_if_absent and model_name in self._current):
                 return self._current[model_name]
             engine = await asyncio.to_thread(self._load_and_warm, path, f"{model_name}:{version}")
             new = Served(model_name, version, engine)

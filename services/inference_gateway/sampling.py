@@ -19,6 +19,12 @@ class SamplingParams:
     top_k: int = 0  # 0: off
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    repetition_penalty: float = 1.0  # HF style: divides positive logits of seen tokens (1: off)
+    presence_penalty: float = 0.0  # OpenAI style, over generated tokens
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None  # return the chosen token's logprob and this many alternatives
+    prompt_logprobs: bool = False  # logprobs of the prompt tokens too (echo); bypasses the prefix cache
+    json_schema: str | None = None  # constrain the output to JSON matching this schema (response_format)
 
     def validate(self) -> SamplingParams:
         if self.max_tokens < 1:
@@ -31,7 +37,18 @@ class SamplingParams:
             raise InvalidRequest(f"top_k must be >= 0, got {self.top_k}")
         if any(not s for s in self.stop):
             raise InvalidRequest("stop sequences must be non-empty strings")
+        if self.repetition_penalty <= 0:
+            raise InvalidRequest(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise InvalidRequest(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise InvalidRequest(f"logprobs must be in [0, 20], got {self.logprobs}")
         return self
+
+    @property
+    def penalised(self) -> bool:
+        return self.repetition_penalty != 1 or bool(self.presence_penalty) or bool(self.frequency_penalty)
 
     @property
     def greedy(self) -> bool:
@@ -45,6 +62,25 @@ def make_generator(seed: int | None) -> torch.Generator:
     else:
         gen.manual_seed(seed)
     return gen
+
+
+def apply_penalties(
+    logits: torch.Tensor, params: SamplingParams, prompt: list[int], generated: list[int]
+) -> torch.Tensor:
+    """Repetition penalty over prompt + output (as transformers), presence/frequency over the output (as OpenAI)."""
+    if not params.penalised:
+        return logits
+    logits = logits.clone()
+    if params.repetition_penalty != 1 and (prompt or generated):
+        seen = torch.tensor(sorted(set(prompt) | set(generated)), dtype=torch.long)
+        vals = logits[seen]
+        rp = params.repetition_penalty
+        logits[seen] = torch.where(vals > 0, vals / rp, vals * rp)
+    if generated and (params.presence_penalty or params.frequency_penalty):
+        counts = torch.bincount(torch.tensor(generated, dtype=torch.long), minlength=logits.numel())
+        counts = counts[: logits.numel()].to(logits.dtype)
+        logits -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).to(logits.dtype)
+    return logits
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> int:

@@ -73,3 +73,34 @@ def build_tiny_model(
     model = LlamaForCausalLM(config)
     model.save_pretrained(dest)
     return dest
+
+
+def teach_reply(model_dir: Path, prompt: str, reply: str, *, steps: int = 300, lr: float = 3e-3) -> Path:
+    """Train the model in ``model_dir`` in place until greedy decoding of ``prompt`` gives ``reply`` + EOS.
+
+    Gives tests a real model whose answer is known (a tool call, a JSON object) without any download.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    r_ids = tok(reply, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ids = torch.tensor([p_ids + r_ids])
+    labels = ids.clone()
+    labels[0, : len(p_ids)] = -100
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 25 == 24:
+            with torch.no_grad():
+                pred = model(input_ids=ids).logits[0, len(p_ids) - 1 : -1].argmax(-1)
+            if pred.tolist() == r_ids:
+                break
+    model.eval()
+    model.save_pretrained(model_dir)
+    return model_dir

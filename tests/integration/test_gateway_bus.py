@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from contracts.events import DeploymentReady, ModelPromoted, ModelRef
+from contracts.events.inference import WorkerAnnouncement
+from contracts.events.subjects import WORKERS_BUCKET
 from services.inference_gateway.app import create_service
 from services.inference_gateway.config import GatewaySettings
 from services.inference_gateway.testing import build_tiny_model
@@ -32,6 +34,7 @@ async def test_promotion_deploys_and_switch_loses_no_request(tmp_path: Path) -> 
             log_json=False,
             gateway_grpc_port=free_port(),
             gateway_http_port=free_port(),
+            gateway_announce_interval=0.1,
         )
         runtime = create_service(settings)
         task = asyncio.create_task(runtime.run())
@@ -93,6 +96,16 @@ async def test_promotion_deploys_and_switch_loses_no_request(tmp_path: Path) -> 
                 assert {m["id"]: m["version"] for m in models}["demo:2"] == 2
                 assert "demo:1" not in {m["id"] for m in models}
             assert got.model.version == 2
+            # the worker announces what it serves and its load in the puyu_workers bucket
+            kv = await probe.key_value(WORKERS_BUCKET)
+            for _ in range(100):
+                ann = WorkerAnnouncement.model_validate_json((await kv.get("gateway-0")).value)
+                if [s.version for s in ann.served] == [2]:
+                    break
+                await asyncio.sleep(0.05)
+            assert [(s.model_name, s.version, s.state) for s in ann.served] == [("demo", 2, "ready")]
+            assert "demo@champion" in ann.served[0].names and ann.served[0].free_blocks > 0
+            assert ann.http_url == base
         finally:
             await probe.stop()
             runtime.stop()

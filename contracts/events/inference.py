@@ -1,0 +1,34 @@
+"""What an inference worker announces about itself in the JetStream KV bucket ``puyu_workers`` (key: instance).
+
+Not an event: the latest value per worker, refreshed every few seconds and gone with the bucket's TTL
+when the worker stops, so a router or ``puyu status`` reads live load without asking every worker.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServedLoad(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str
+    version: int = Field(ge=1)
+    names: list[str] = Field(description="Names requests may use: model, model:version, model@alias.")
+    state: str = Field(description="ready | draining")
+    running: int = Field(ge=0)
+    waiting: int = Field(ge=0)
+    free_blocks: int = Field(ge=0, description="Free KV-cache blocks.")
+    total_blocks: int = Field(ge=0)
+
+
+class WorkerAnnouncement(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    instance: str
+    http_url: str | None = Field(default=None, description="Base URL of its OpenAI-compatible API.")
+    grpc_target: str | None = None
+    served: list[ServedLoad]
+    updated_at: datetime

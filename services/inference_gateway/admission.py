@@ -1,0 +1,142 @@
+"""Admission of OpenAI API requests: API keys, per-key rate limits (429), queue limits (503 + Retry-After), timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+
+from services.inference_gateway.engine import Delta, Engine
+from services.inference_gateway.metrics import REJECTED, observe_request
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.headers = status, message, type_, code, headers
+
+
+@dataclass
+class Limits:
+    api_keys: tuple[str, ...] = ()  # empty: no key needed
+    requests_per_minute: float = 0  # per key; 0: unlimited
+    burst: int = 0  # bucket size; 0: one minute's worth
+    max_queue: int = 0  # waiting requests per engine before 503; 0: unlimited
+    request_timeout_s: float = 0  # whole request; 0: none
+
+
+class _Bucket:
+    """Token bucket: ``rate`` tokens per second up to ``size``."""
+
+    def __init__(self, rate: float, size: float) -> None:
+        self.rate, self.size, self.level, self.at = rate, size, size, time.monotonic()
+
+    def take(self) -> float:
+        """0 when admitted, else the seconds until a token is there."""
+        now = time.monotonic()
+        self.level = min(self.size, self.level + (now - self.at) * self.rate)
+        self.at = now
+        if self.level >= 1:
+            self.level -= 1
+            return 0.0
+        return (1 - self.level) / self.rate
+
+
+class Admission:
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._buckets: dict[str, _Bucket] = {}
+
+    def authorize(self, request: Request) -> str:
+        keys = self.limits.api_keys
+        if not keys:
+            return "anonymous"
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip().encode()
+        for key in keys:
+            if secrets.compare_digest(given, key.encode()):
+                return key
+        REJECTED.labels("auth").inc()
+        raise APIError(401, "invalid or missing API key", "invalid_request_error", "invalid_api_key")
+
+    def admit(self, request: Request) -> str:
+        key = self.authorize(request)
+        rpm = self.limits.requests_per_minute
+        if rpm > 0:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = _Bucket(rpm / 60, self.limits.burst or max(1.0, rpm))
+            wait = bucket.take()
+            if wait:
+                REJECTED.labels("rate_limit").inc()
+                raise APIError(
+                    429,
+                    f"rate limit of {rpm:g} requests per minute reached for this API key",
+                    "rate_limit_error",
+                    "rate_limit_exceeded",
+                    {"Retry-After": str(math.ceil(wait))},
+                )
+        return key
+
+    def time_left(self, t0: float) -> float | None:
+        """Seconds left of a request that started at ``t0`` (monotonic), None without a timeout."""
+        limit = self.limits.request_timeout_s
+        return None if not limit else max(0.0, t0 + limit - time.monotonic())
+
+    def rejected(self, reason: str) -> None:
+        REJECTED.labels(reason).inc()
+
+    def check_queue(self, engine: Engine) -> None:
+        limit = self.limits.max_queue
+        if limit and engine.load_info()["waiting"] >= limit:
+            REJECTED.labels("queue_full").inc()
+            raise APIError(
+                503,
+                f"model {engine.name!r} has {limit} requests waiting; retry later",
+                "server_error",
+                "queue_full",
+                {"Retry-After": "1"},
+            )
+
+    async def timed(
+        self, stream: AsyncIterator[tuple[int, Delta]], model: str, t0: float, *, streaming: bool = True
+    ) -> AsyncIterator[tuple[int, Delta]]:
+        """Pass deltas through, record metrics, and end the request at its timeout (cancelling generation)."""
+        limit = self.limits.request_timeout_s
+        first: float | None = None
+        outcome = "ok"
+        it: Any = stream.__aiter__()
+        try:
+            while True:
+                left = None if not limit else max(0.0, t0 + limit - time.monotonic())
+                try:
+                    i, d = await asyncio.wait_for(it.__anext__(), left)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    outcome = "timeout"
+                    msg = f"request timed out after {limit:g}s"
+                    if not streaming:
+                        raise APIError(504, msg, "server_error", "timeout") from None
+                    yield 0, Delta("", 0, 0, "error", error=msg)
+                    return
+                if first is None:
+                    first = time.monotonic() - t0
+                if d.finish_reason == "error":
+                    outcome = "error"
+                yield i, d
+        finally:
+            await it.aclose()
+            observe_request(model, outcome, first)

@@ -1,0 +1,106 @@
+"""Attention over the paged KV cache: the decode step (one query per sequence) and prefill chunks.
+
+``paged_decode`` runs the Triton kernel (``triton_attention``) on CUDA when Triton is installed and
+the exact torch path everywhere else; ``reference_attention`` is the plain-math definition both are
+tested against.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+
+def block_slots(block_tables: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Slot index of every position a block table covers: ``[B, M] -> [B, M * block_size]``."""
+    offsets = torch.arange(block_size, device=block_tables.device)
+    return (block_tables[:, :, None] * block_size + offsets).flatten(1)
+
+
+def paged_decode_torch(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_size: int,
+    scale: float,
+) -> torch.Tensor:
+    """``q [B, Hq, D]`` attends to the first ``context_lens[b]`` cached tokens of its sequence: ``[B, Hq, D]``."""
+    slots = block_slots(block_tables, block_size)  # [B, L]
+    # the gather is the one copy the paged layout costs on this path (the Triton kernel reads in place)
+    k = k_cache[slots].transpose(1, 2)  # [B, Hkv, L, D]
+    v = v_cache[slots].transpose(1, 2)
+    live = torch.arange(slots.shape[1], device=q.device)[None] < context_lens[:, None]
+    out = F.scaled_dot_product_attention(
+        q[:, :, None], k, v, attn_mask=live[:, None, None], scale=scale, enable_gqa=k.shape[1] != q.shape[1]
+    )
+    return out[:, :, 0]
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    context_slots: torch.Tensor,
+    start: int,
+    scale: float,
+) -> torch.Tensor:
+    """A chunk of one sequence, ``q [C, Hq, D]`` at positions ``start..start+C``, over its cached context.
+
+    ``context_slots [start + C]`` are the slots of every position up to the chunk's end (the chunk's own
+    keys are already written): causal attention over the cached prefix and the chunk itself.
+    """
+    c = q.shape[0]
+    k = k_cache[context_slots].transpose(0, 1)[None]  # [1, Hkv, T, D]
+    v = v_cache[context_slots].transpose(0, 1)[None]
+    pos_q = torch.arange(start, start + c, device=q.device)[:, None]
+    mask = torch.arange(context_slots.shape[0], device=q.device)[None] <= pos_q  # [C, T]
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None], k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
+    )
+    return out[0].transpose(0, 1)  # [C, Hq, D]
+
+
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal_offset: int | None = None
+) -> torch.Tensor:
+    """Plain attention of ``q [C, Hq, D]`` over contiguous ``k, v [T, Hkv, D]`` (the definition tests check against)."""
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)
+    v = v.repeat_interleave(groups, dim=1)
+    scores = torch.einsum("chd,thd->hct", q.double(), k.double()) * scale
+    if causal_offset is not None:
+        allowed = torch.arange(k.shape[0])[None] <= torch.arange(q.shape[0])[:, None] + causal_offset
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.einsum("hct,thd->chd", scores.softmax(-1), v.double()).to(q.dtype)
+
+
+@functools.cache
+def _triton_decode():  # type: ignore[no-untyped-def]
+    try:
+        from services.inference_gateway.triton_attention import paged_decode_triton
+    except ImportError:  # no triton: the torch path serves CUDA too
+        log.info("triton is not installed: paged decode attention runs on the torch path")
+        return None
+    return paged_decode_triton
+
+
+def paged_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_size: int,
+    scale: float,
+) -> torch.Tensor:
+    if q.is_cuda and (kernel := _triton_decode()) is not None:
+        out: torch.Tensor = kernel(q, k_cache, v_cache, block_tables, context_lens, block_size, scale)
+        return out
+    return paged_decode_torch(q, k_cache, v_cache, block_tables, context_lens, block_size, scale)
