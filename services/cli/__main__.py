@@ -94,15 +94,16 @@ def corpus_extract(files: tuple[str, ...]) -> None:
 )
 @click.option("--options", "options_json", default=None, help="IngestOptions as JSON.")
 @click.option("--dataset-id", default=None)
+@click.option("--workers", default=1, show_default=True, help="Processes for HTML extraction.")
 def corpus_ingest(
-    sources: tuple[str, ...], out_dir: str, options_json: str | None, dataset_id: str | None
+    sources: tuple[str, ...], out_dir: str, options_json: str | None, dataset_id: str | None, workers: int
 ) -> None:
     """Extract, normalise, identify languages and filter SOURCES into standardised shards."""
     from contracts.events import IngestOptions
     from services.corpus_ingest.cli import ingest_cmd
 
     options = IngestOptions.model_validate_json(options_json) if options_json else None
-    sys.exit(ingest_cmd(list(sources), out_dir, options, dataset_id))
+    sys.exit(ingest_cmd(list(sources), out_dir, options, dataset_id, workers=workers))
 
 
 @corpus.command("dedup")
@@ -112,15 +113,16 @@ def corpus_ingest(
 )
 @click.option("--options", "options_json", default=None, help="DedupOptions as JSON.")
 @click.option("--dataset-id", default=None)
+@click.option("--workers", default=1, show_default=True, help="Processes for the signature stage.")
 def corpus_dedup(
-    dirs: tuple[str, ...], out_dir: str, options_json: str | None, dataset_id: str | None
+    dirs: tuple[str, ...], out_dir: str, options_json: str | None, dataset_id: str | None, workers: int
 ) -> None:
     """Remove exact and near duplicates from the datasets in DIRS."""
     from contracts.events import DedupOptions
     from services.dedup.cli import dedup_cmd
 
     options = DedupOptions.model_validate_json(options_json) if options_json else None
-    sys.exit(dedup_cmd(list(dirs), out_dir, options, dataset_id))
+    sys.exit(dedup_cmd(list(dirs), out_dir, options, dataset_id, workers=workers))
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -160,21 +162,51 @@ def finetune_check_data(file: str) -> None:
 
 
 @main.command("eval")
-@click.option("--tasks", required=True, help="Comma-separated task names.")
+@click.option("--tasks", required=True, help="Comma-separated task names or YAML task files.")
 @click.option(
     "--model",
     "model_path",
-    required=True,
+    default=None,
     type=click.Path(exists=True, file_okay=False),
-    help="A Hugging Face model folder.",
+    help="A Hugging Face model folder (in-process backend).",
+)
+@click.option(
+    "--endpoint", default=None, help="Base URL of an OpenAI-compatible server (puyu, vLLM, LMDeploy)."
+)
+@click.option("--model-name", default=None, help="The model name the endpoint serves.")
+@click.option("--api-key", default=None, envvar="PUYU_API_KEY")
+@click.option(
+    "--generation-api", type=click.Choice(["chat", "completions"]), default="chat", show_default=True
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--limit", type=int, default=None, help="At most N samples per task.")
-def evaluate(tasks: str, model_path: str, out_dir: str, limit: int | None) -> None:
-    """Evaluate a model folder; writes OUT/summary.json and per-sample details."""
+def evaluate(
+    tasks: str,
+    model_path: str | None,
+    endpoint: str | None,
+    model_name: str | None,
+    api_key: str | None,
+    generation_api: str,
+    out_dir: str,
+    limit: int | None,
+) -> None:
+    """Evaluate a model folder or an endpoint; writes OUT/summary.json and per-sample details."""
     from services.evaluator.cli import eval_cmd
 
-    eval_cmd([t.strip() for t in tasks.split(",") if t.strip()], Path(model_path), Path(out_dir), limit)
+    if bool(model_path) == bool(endpoint):
+        raise click.UsageError("give exactly one of --model PATH or --endpoint URL (with --model-name)")
+    if endpoint and not model_name:
+        raise click.UsageError("--endpoint needs --model-name")
+    eval_cmd(
+        [t.strip() for t in tasks.split(",") if t.strip()],
+        Path(model_path) if model_path else None,
+        Path(out_dir),
+        limit,
+        endpoint=endpoint,
+        model_name=model_name,
+        api_key=api_key,
+        generation_api="completions" if generation_api == "completions" else "chat",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- serving

@@ -11,6 +11,7 @@ from contracts.events import IngestOptions
 from services.corpus_ingest.core import IngestInputError, run_ingest
 from services.corpus_ingest.core.normalize import normalize_text
 from services.corpus_ingest.core.readers import FileReport, expand_sources, file_format, read_file
+from services.corpus_ingest.progress import progress_bar
 
 
 def extract_cmd(paths: list[str]) -> int:
@@ -32,12 +33,18 @@ def ingest_cmd(
     out_dir: str | Path,
     options: IngestOptions | None = None,
     dataset_id: str | None = None,
+    workers: int = 1,
+    show_progress: bool | None = None,
 ) -> int:
-    """Ingest ``sources`` into ``out_dir`` and print a JSON summary; returns the exit status."""
+    """Ingest ``sources`` into ``out_dir`` and print a JSON summary; returns the exit status.
+
+    ``workers`` > 1 extracts HTML in that many processes; the progress bar shows on a terminal.
+    """
     out = Path(out_dir)
     dataset_id = dataset_id or f"{out.name or 'corpus'}-{uuid.uuid4().hex[:8]}"
     try:
-        m = run_ingest(sources, out, dataset_id, options)
+        with progress_bar("ingest", show_progress) as progress:
+            m = run_ingest(sources, out, dataset_id, options, progress=progress, workers=workers)
     except IngestInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -51,6 +58,7 @@ def ingest_cmd(
             "token_estimate",
             "languages",
             "exclusions_by_filter",
+            "exclusions_by_rule",
             "file_errors",
         )
     }

@@ -16,3 +16,6 @@ class IngestSettings(CommonSettings):
     corpus_ingest_txt_max_doc_bytes: int = Field(
         default=1 << 20, ge=1024, description="A .txt file above this is split at blank lines into documents."
     )
+    corpus_ingest_workers: int = Field(
+        default=1, ge=1, le=64, description="Processes extracting HTML (1: in the handler's thread)."
+    )

@@ -46,6 +46,7 @@ def register_handlers(bus: Bus, settings: IngestSettings) -> None:
                 settings.corpus_ingest_detector_languages,
                 settings.corpus_ingest_txt_max_doc_bytes,
                 ctx.progress_from_thread(p.job_id, KIND),
+                settings.corpus_ingest_workers,
             )
         except IngestInputError as exc:
             raise JobRejected(str(exc)) from exc

@@ -11,3 +11,4 @@ class DedupSettings(CommonSettings):
     dedup_auto: bool = Field(
         default=True, description="Deduplicate every ingested corpus automatically (corpus.ingested)."
     )
+    dedup_workers: int = Field(default=1, ge=1, le=64, description="Processes computing shard signatures.")

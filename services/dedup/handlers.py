@@ -59,12 +59,24 @@ async def deduplicate(
         raise JobRejected(
             f"dataset {source.dataset_id}: manifest digest {digest} != expected {source.digest}"
         )
+    if options.against_indexes:  # earlier dedup outputs, by URI: local folders for the core
+        try:
+            local = [str(await asyncio.to_thread(store.fetch, u)) for u in options.against_indexes]
+        except FileNotFoundError as exc:
+            raise JobRejected(f"dedup index: {exc}") from exc
+        options = options.model_copy(update={"against_indexes": local})
     dataset_id = output_id(source.dataset_id)
     key = f"datasets/{dataset_id}"
     staging = store.local_staging(key)
     try:
         manifest = await asyncio.to_thread(
-            run_dedup, [folder], staging, dataset_id, options, ctx.progress_from_thread(job_id, KIND)
+            run_dedup,
+            [folder],
+            staging,
+            dataset_id,
+            options,
+            ctx.progress_from_thread(job_id, KIND),
+            settings.dedup_workers,
         )
     except DedupInputError as exc:
         raise JobRejected(str(exc)) from exc

@@ -14,5 +14,5 @@ def create_service(settings: EvaluatorSettings | None = None) -> ServiceRuntime:
     runtime = ServiceRuntime("evaluator", settings)
     store = ArtifactStore(settings.artifact_root_uri)
     register_handlers(runtime.bus, EvaluationRunner(settings, store))
-    add_jobs_api(runtime)
+    add_jobs_api(runtime, settings)
     return runtime

@@ -1,32 +1,46 @@
-"""``puyu eval``: the same core the service runs, on a local model folder, with a rich summary table."""
+"""``puyu eval``: the same core the service runs, on a local model folder or an OpenAI-compatible
+endpoint, with an OpenCompass-like summary table (dataset, version hash, metric, mode, value)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from services.evaluator.config import EvaluatorSettings
-from services.evaluator.core import evaluate_model
+from services.evaluator.core import ModelSpec, evaluate_model
 from services.evaluator.runner import EvalReport, write_report
+
+_MODES = {"perplexity": "ppl", "multiple_choice": "ppl", "generation": "gen", "code_execution": "gen"}
 
 
 def eval_cmd(
     tasks: list[str],
-    model_path: Path,
+    model_path: Path | None,
     out_dir: Path,
     limit: int | None = None,
     *,
+    endpoint: str | None = None,
+    model_name: str | None = None,
+    api_key: str | None = None,
+    generation_api: Literal["chat", "completions"] = "chat",
     settings: EvaluatorSettings | None = None,
     console: Console | None = None,
 ) -> EvalReport:
-    """Evaluate ``model_path`` (a Hugging Face folder) on ``tasks``; write ``out_dir/summary.json``,
-    ``results.json`` and ``details/<task>.jsonl``; print a table. Returns the report."""
+    """Evaluate ``model_path`` (a Hugging Face folder) or ``endpoint`` + ``model_name`` on ``tasks``;
+    write ``out_dir/summary.json``, ``results.json`` and ``details/<task>.jsonl``; print a table."""
     s = settings or EvaluatorSettings()
     console = console or Console()
+    spec = ModelSpec(
+        path=Path(model_path) if model_path else None,
+        endpoint=endpoint,
+        model_name=model_name,
+        api_key=api_key,
+    )
     with Progress(console=console, transient=True) as bar:
         tid = bar.add_task("evaluating", total=1.0)
 
@@ -34,33 +48,45 @@ def eval_cmd(
             bar.update(tid, completed=fraction, description=message or stage)
 
         report = evaluate_model(
-            Path(model_path),
+            spec,
             tasks,
             data_root=s.evaluator_data_dir,
             perplexity_path=s.evaluator_perplexity_path,
+            tasks_dir=s.evaluator_tasks_dir,
             limit=limit or s.evaluator_limit,
             batch_size=s.evaluator_batch_size,
             num_threads=s.evaluator_num_threads,
             device=s.evaluator_device,
             progress=progress,
+            cache_path=s.cache_file(),
         )
-    write_report(report, Path(out_dir), extra={"model_path": str(model_path)})
+    model = (
+        {"model_path": str(model_path)} if model_path else {"endpoint": endpoint, "model_name": model_name}
+    )
+    write_report(report, Path(out_dir), extra=model)
     console.print(summary_table(report))
     console.print(f"results in {out_dir}")
     return report
 
 
 def summary_table(report: EvalReport) -> Table:
+    """One row per (task, metric), as OpenCompass prints it: dataset, version, metric, mode, value."""
     table = Table(title="evaluation")
-    for col in ("task", "metric", "value", "samples", "version"):
+    for col in ("dataset", "version", "metric", "mode", "value", "samples", "cached"):
         table.add_column(col)
     for o in report.outcomes:
         for metric, value in o.metrics.items():
             mark = ("↑" if o.task.higher_is_better else "↓") if metric == o.task.primary_metric else ""
             shown = f"{value:.4f}" if math.isfinite(value) else "n/a"
             table.add_row(
-                o.task.name, f"{metric} {mark}".strip(), shown, str(o.num_samples), o.task.version_hash[:12]
+                o.task.name,
+                o.task.version_hash[:6],
+                f"{metric} {mark}".strip(),
+                _MODES[o.task.output_type],
+                shown,
+                str(o.num_samples),
+                str(o.cached),
             )
     for name, reason in report.skipped.items():
-        table.add_row(name, "skipped", reason, "0", "")
+        table.add_row(name, "-", "skipped", "-", reason, "0", "0")
     return table

@@ -28,3 +28,26 @@ class EvaluatorSettings(CommonSettings):
     )
     evaluator_device: str = "cpu"
     evaluator_limit: int | None = Field(default=None, ge=1, description="Samples per task (None: all).")
+    evaluator_tasks_dir: Path | None = Field(
+        default=None, description="Folder of YAML task files, usable by name beside the built-in tasks."
+    )
+    evaluator_cache_path: Path | None = Field(
+        default=None,
+        description="SQLite per-sample result cache; default: <PUYU_HOME>/evaluator/cache.sqlite "
+        "(PUYU_EVALUATOR_NO_CACHE=1 disables it).",
+    )
+    evaluator_no_cache: bool = False
+    evaluator_shard_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Split each run into shards of this many samples per task, taken from the bus by any "
+        "evaluator replica (None: the replica that gets the request runs it whole).",
+    )
+    evaluator_shard_timeout_s: float = Field(
+        default=6 * 3600, gt=0, description="Wait for all shards of a run."
+    )
+
+    def cache_file(self) -> Path | None:
+        if self.evaluator_no_cache:
+            return None
+        return self.evaluator_cache_path or self.home / "evaluator" / "cache.sqlite"

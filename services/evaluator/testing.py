@@ -18,9 +18,12 @@ def build_tiny_model(
     layers: int = 2,
     max_positions: int = 256,
     seed: int = 0,
+    add_bos: bool = False,
 ) -> Path:
+    """``add_bos``: the tokenizer prepends ``<s>`` when asked for special tokens (what Llama
+    tokenizers do; lm-evaluation-harness' ``add_bos_token=True`` relies on it)."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -33,6 +36,11 @@ def build_tiny_model(
         show_progress=False,
     )
     tok.train_from_iterator(list(texts), trainer)
+    if add_bos:
+        bos_id = tok.token_to_id("<s>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos_id)]
+        )
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )

@@ -1,8 +1,11 @@
-"""The dedup core: exact (normalised-text hash) and near-duplicate (MinHash-LSH) deduplication.
+"""The dedup core: exact, near-duplicate (MinHash-LSH), paragraph- and line-level dedup, and dedup
+against the persisted index of earlier datasets.
 
-Plain Python + numpy: no bus, no gRPC. ``run_dedup`` is what the bus handlers and the CLI call.
+Plain Python + numpy: no bus, no gRPC. ``run_dedup`` is what the bus handlers and the CLI call;
+``stages`` holds the restartable units of work the distributed path hands out.
 """
 
-from services.dedup.core.pipeline import DedupInputError, run_dedup
+from services.dedup.core.pipeline import run_dedup
+from services.dedup.core.stages import DedupInputError
 
 __all__ = ["DedupInputError", "run_dedup"]

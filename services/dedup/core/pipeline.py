@@ -1,42 +1,49 @@
-"""Dedup pipeline over one or more datasets: exact groups → MinHash-LSH → clusters → shards + manifest.
+"""Dedup pipeline over one or more datasets: signatures per shard → clusters → rewrite + index.
 
-Two passes over the input (signatures, then rewrite) so memory holds one signature per distinct
-text, not the corpus. Output folder layout::
+Output folder layout::
 
-    manifest.json                       dataset id, shards + sha256, stats, retention per stage
-    data/part-00000.jsonl.gz            kept documents, records unchanged
-    removed/removed-00000.jsonl.gz      removed documents with reason, cluster id and kept doc id
+    manifest.json                      dataset id, shards + sha256, stats, retention per stage
+    data/part-00000.jsonl.gz           kept documents (records unchanged but for removed spans)
+    removed/removed-00000.jsonl.gz     removed documents: reason, cluster id, kept doc id, Jaccard
+    index/index.npz                    ids, exact keys and signatures of the kept documents: the
+                                       persisted index a later dataset is deduplicated against
+    .work/sig-*.npz                    stage-1 results (resume: a finished shard is not redone)
 """
 
 from __future__ import annotations
 
-import gzip
+import hashlib
 import json
-import re
+import multiprocessing as mp
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from contracts.events import DedupOptions
-from services.dedup.core.minhash import (
-    MinHasher,
-    UnionFind,
-    estimated_jaccard,
-    exact_key,
-    lsh_candidates,
-)
 from services.dedup.core.shards import ShardWriter
+from services.dedup.core.spans import SpanDeduplicator
+from services.dedup.core.stages import (
+    DedupInputError,
+    ShardSignatures,
+    cluster,
+    parse,
+    raw_lines,
+    shard_signatures,
+    tokens_estimate,
+)
 
 Progress = Callable[..., None]  # (stage, fraction, message="", **metrics)
 MANIFEST = "manifest.json"
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
+INDEX = "index/index.npz"
+_SHARD_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
+# Options that change signatures: an index built with others cannot be compared against.
+_SIGNATURE_OPTIONS = ("exact", "near", "shingle_size", "bands", "rows", "seed")
 
-
-class DedupInputError(ValueError):
-    """The input can never be deduplicated: missing folder, unreadable manifest or shard, no documents."""
+__all__ = ["DedupInputError", "input_shards", "load_prior_index", "run_dedup", "signature_key"]
 
 
 def input_shards(folder: Path) -> tuple[str | None, list[Path], int | None]:
@@ -53,34 +60,77 @@ def input_shards(folder: Path) -> tuple[str | None, list[Path], int | None]:
             raise DedupInputError(f"{manifest_path}: shards missing: {', '.join(missing)}")
         return m.get("dataset_id"), shards, m.get("documents")
     if folder.is_dir():
-        files = sorted(p for p in folder.rglob("*") if p.name.endswith((".jsonl", ".jsonl.gz")))
+        files = sorted(
+            p for p in folder.rglob("*") if p.name.endswith(_SHARD_SUFFIXES) and ".work" not in p.parts
+        )
         return None, files, None
     raise DedupInputError(f"dataset folder not found: {folder}")
 
 
-def _records(shards: list[Path]) -> Iterator[dict[str, Any]]:
-    for shard in shards:
-        opener = gzip.open if shard.name.endswith(".gz") else open
+def signature_key(shard: Path, options: DedupOptions) -> str:
+    """Names a shard's stage-1 result: changes when the shard or the signature options change."""
+    st = shard.stat()
+    sig_opts = {k: getattr(options, k) for k in _SIGNATURE_OPTIONS}
+    raw = json.dumps([str(shard.resolve()), st.st_size, st.st_mtime_ns, sig_opts], sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def load_prior_index(folders: list[str], options: DedupOptions) -> ShardSignatures | None:
+    """The persisted indexes of earlier dedup outputs, concatenated; None when there are none."""
+    parts: list[ShardSignatures] = []
+    want = {k: getattr(options, k) for k in _SIGNATURE_OPTIONS}
+    for f in folders:
+        folder = Path(f.removeprefix("file://"))
+        manifest_path = folder / MANIFEST
         try:
-            with opener(shard, "rt", encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    rec = json.loads(line)
-                    if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                        raise DedupInputError(f"{shard}:{lineno}: record without a string 'text'")
-                    yield rec
-        except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DedupInputError(f"{shard}: unreadable shard ({type(exc).__name__}: {exc})") from exc
+            m = json.loads(manifest_path.read_text())
+            index_path = folder / m["index"]["path"]
+            have = {k: m["index"]["signature_options"][k] for k in _SIGNATURE_OPTIONS}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DedupInputError(
+                f"{folder}: no persisted dedup index ({type(exc).__name__}: {exc})"
+            ) from exc
+        if have != want:
+            raise DedupInputError(f"{folder}: index built with {have}, this run uses {want}: not comparable")
+        try:
+            parts.append(ShardSignatures.load(index_path))
+        except (OSError, ValueError, KeyError) as exc:
+            raise DedupInputError(f"{index_path}: unreadable index ({exc})") from exc
+    if not parts:
+        return None
+    return ShardSignatures(
+        ids=[i for p in parts for i in p.ids],
+        keys=[k for p in parts for k in p.keys],
+        sigs=np.concatenate([p.sigs for p in parts]),
+    )
 
 
-def _tokens_estimate(rec: dict[str, Any]) -> int:
-    s = rec.get("signals")
-    if isinstance(s, dict) and "words" in s:
-        cjk = int(s.get("cjk_chars", 0))
-        return round((int(s["words"]) - cjk) * 1.3 + cjk)
-    cjk = len(_CJK.findall(rec["text"]))
-    return round(len(_CJK.sub(" ", rec["text"]).split()) * 1.3 + cjk)
+def _signatures_stage(
+    shards: list[Path], options: DedupOptions, work: Path, workers: int, progress: Progress | None
+) -> list[ShardSignatures]:
+    work.mkdir(parents=True, exist_ok=True)
+    paths = [work / f"sig-{signature_key(s, options)}.npz" for s in shards]
+    todo = [(s, p) for s, p in zip(shards, paths, strict=True) if not p.is_file()]
+    done = len(shards) - len(todo)
+
+    def finished(sig: ShardSignatures, path: Path) -> None:
+        nonlocal done
+        sig.save(path)
+        done += 1
+        if progress:
+            progress("signatures", 0.7 * done / len(shards), f"{done}/{len(shards)} shards")
+
+    if workers > 1 and len(todo) > 1:
+        # forkserver, not fork: the service calls this from a thread beside the event loop.
+        ctx = mp.get_context("forkserver")
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+            futures = [(pool.submit(shard_signatures, s, options), p) for s, p in todo]
+            for fut, p in futures:
+                finished(fut.result(), p)
+    else:
+        for s, p in todo:
+            finished(shard_signatures(s, options), p)
+    return [ShardSignatures.load(p) for p in paths]
 
 
 def run_dedup(
@@ -89,127 +139,142 @@ def run_dedup(
     dataset_id: str,
     options: DedupOptions | None = None,
     progress: Progress | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Deduplicate the documents of ``inputs`` into ``out_dir`` (replacing a previous run); returns the manifest."""
     o = options or DedupOptions()
     sources = [input_shards(Path(p)) for p in inputs]
     shards = [s for _, files, _ in sources for s in files]
-    expected = sum(n or 0 for _, _, n in sources) or None
-    hasher = MinHasher(o.bands * o.rows, o.shingle_size, o.seed)
-
-    # Pass 1: ids, exact groups (one signature per distinct normalised text).
-    ids: list[str] = []
-    group_of: list[int] = []
-    group_index: dict[str, int] = {}
-    group_sigs: list[np.ndarray] = []
-    for i, rec in enumerate(_records(shards)):
-        ids.append(str(rec.get("id", i)))
-        key = exact_key(rec["text"]) if o.exact else str(i)
-        g = group_index.get(key)
-        if g is None:
-            g = group_index[key] = len(group_sigs)
-            group_sigs.append(hasher.signature(rec["text"]) if o.near else np.zeros(0, np.uint32))
-        group_of.append(g)
-        if progress and expected and i % 500 == 0:
-            progress("signatures", 0.8 * i / expected, f"{i}/{expected} documents")
-    n, n_groups = len(ids), len(group_sigs)
+    prior = load_prior_index(o.against_indexes, o)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = _signatures_stage(shards, o, out_dir / ".work", workers, progress)
+    n = sum(len(p.ids) for p in parts)
     if n == 0:
         raise DedupInputError(f"no documents in {', '.join(map(str, inputs))}")
-
-    # Near duplicates: LSH candidates between distinct texts, verified by estimated Jaccard.
-    uf = UnionFind(n_groups)
-    candidates = verified = 0
-    if o.near and n_groups > 1:
-        sigs = np.stack(group_sigs)
-        pairs = lsh_candidates(sigs, o.bands, o.rows)
-        candidates = len(pairs)
-        for a, b in sorted(pairs):
-            if estimated_jaccard(sigs[a], sigs[b]) >= o.jaccard_threshold:
-                uf.union(a, b)
-                verified += 1
-
-    # Clusters over documents; the kept one is the lowest (id, position): deterministic.
-    members: dict[int, list[int]] = {}
-    for i in range(n):
-        members.setdefault(uf.find(group_of[i]), []).append(i)
-    clusters = sorted((min(m, key=lambda i: (ids[i], i)), m) for m in members.values() if len(m) > 1)
-    removed: dict[int, dict[str, Any]] = {}
-    exact_dups = near_dups = near_clusters = 0
-    for cid, (keep, docs) in enumerate(clusters):
-        if len({group_of[i] for i in docs}) > 1:
-            near_clusters += 1
-        seen_groups = {group_of[keep]}
-        for i in sorted(docs, key=lambda i: (ids[i], i)):
-            if i == keep:
-                continue
-            g = group_of[i]
-            # The first document of each distinct text in the cluster is a near duplicate of the
-            # kept one; further copies of that text are exact duplicates.
-            reason = "exact" if g in seen_groups else "near"
-            seen_groups.add(g)
-            if reason == "exact":
-                exact_dups += 1
-            else:
-                near_dups += 1
-            jac = (
-                1.0
-                if reason == "exact" or not o.near
-                else estimated_jaccard(group_sigs[g], group_sigs[group_of[keep]])
-            )
-            removed[i] = {
-                "reason": reason,
-                "cluster_id": f"c{cid:06d}",
-                "kept_id": ids[keep],
-                "jaccard": round(jac, 4),
-            }
-
-    # Pass 2: rewrite.
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for sub in ("data", "removed"):
-        shutil.rmtree(out_dir / sub, ignore_errors=True)
-    shard_docs = 10_000
-    kept_w = ShardWriter(out_dir / "data", "part", shard_docs, out_dir)
-    removed_w = ShardWriter(out_dir / "removed", "removed", shard_docs, out_dir)
-    text_bytes = tokens = 0
-    for i, rec in enumerate(_records(shards)):
-        info = removed.get(i)
-        if info is None:
-            kept_w.write(rec)
-            text_bytes += len(rec["text"].encode())
-            tokens += _tokens_estimate(rec)
-        else:
-            removed_w.write({"id": ids[i], **info, "source": rec.get("source"), "text": rec["text"]})
+    decisions, cstats = cluster(parts, o, prior)
     if progress:
-        progress("write", 1.0, f"{kept_w.documents}/{n} documents kept")
-    after_exact = n - exact_dups
+        progress("cluster", 0.8, f"{len(decisions)} of {n} documents are duplicates")
+    manifest = _rewrite(sources, shards, parts, decisions, out_dir, dataset_id, inputs, o, cstats)
+    shutil.rmtree(out_dir / ".work", ignore_errors=True)  # finished: stage-1 results are in the index
+    if progress:
+        progress("write", 1.0, f"{manifest['documents']}/{n} documents kept")
+    return manifest
+
+
+def _rewrite(
+    sources: list[tuple[str | None, list[Path], int | None]],
+    shards: list[Path],
+    parts: list[ShardSignatures],
+    decisions: dict[int, Any],
+    out_dir: Path,
+    dataset_id: str,
+    inputs: list[Path],
+    o: DedupOptions,
+    cstats: dict[str, int],
+) -> dict[str, Any]:
+    for sub in ("data", "removed", "index"):
+        shutil.rmtree(out_dir / sub, ignore_errors=True)
+    fmt = "jsonl.zst" if shards and all(s.name.endswith(".zst") for s in shards) else "jsonl.gz"
+    kept_w = ShardWriter(out_dir / "data", "part", 10_000, out_dir, fmt)
+    removed_w = ShardWriter(out_dir / "removed", "removed", 10_000, out_dir, fmt)
+    spans = SpanDeduplicator(o.line_dedup, o.paragraph_dedup, o.min_span_chars)
+    ids = [i for p in parts for i in p.ids]
+    kept_rows: list[int] = []
+    counts = {"exact": 0, "near": 0, "exact_prior": 0, "near_prior": 0, "spans_emptied": 0}
+    text_bytes = tokens = 0
+    nbytes = np.concatenate(
+        [p.nbytes if p.nbytes is not None else np.zeros(len(p.ids), np.int64) for p in parts]
+    )
+    ntoks = np.concatenate(
+        [p.tokens if p.tokens is not None else np.zeros(len(p.ids), np.int64) for p in parts]
+    )
+    i = 0
+    for shard in shards:
+        for lineno, line in raw_lines(shard):
+            d = decisions.get(i)
+            if d is None and not spans.active:  # the common case: copy the line, no JSON round trip
+                kept_w.write_line(line)
+                kept_rows.append(i)
+                text_bytes += int(nbytes[i])
+                tokens += int(ntoks[i])
+                i += 1
+                continue
+            rec = parse(shard, lineno, line)
+            if d is None:
+                text, removed_spans = spans.apply(rec["text"])
+                if not text.strip():
+                    counts["spans_emptied"] += 1
+                    removed_w.write(
+                        {"id": ids[i], "reason": "spans", "source": rec.get("source"), "text": rec["text"]}
+                    )
+                else:
+                    if removed_spans:
+                        rec = {**rec, "text": text, "dedup_spans_removed": removed_spans}
+                    kept_w.write(rec)
+                    kept_rows.append(i)
+                    text_bytes += len(text.encode())
+                    tokens += tokens_estimate(rec)
+            else:
+                counts[d.reason] += 1
+                removed_w.write(
+                    {
+                        "id": ids[i],
+                        "reason": d.reason,
+                        "cluster_id": d.cluster_id,
+                        "kept_id": d.kept_id,
+                        "jaccard": d.jaccard,
+                        "source": rec.get("source"),
+                        "text": rec["text"],
+                    }
+                )
+            i += 1
+    all_keys = [k for p in parts for k in p.keys]
+    sigs = np.concatenate([p.sigs for p in parts])
+    ShardSignatures([ids[r] for r in kept_rows], [all_keys[r] for r in kept_rows], sigs[kept_rows]).save(
+        _mkparent(out_dir / INDEX)
+    )
+    n = i
+    after_exact = n - counts["exact"] - counts["exact_prior"]
+    after_near = after_exact - counts["near"] - counts["near_prior"]
     manifest = {
         "dataset_id": dataset_id,
         "kind": "corpus",
         "produced_by": "dedup",
-        "format": "jsonl.gz",
+        "format": fmt,
         "source_datasets": [sid for sid, _, _ in sources if sid],
         "inputs": [str(p) for p in inputs],
         "options": o.model_dump(mode="json"),
         "shards": kept_w.close(),
         "removed_shards": removed_w.close(),
+        "index": {
+            "path": INDEX,
+            "documents": len(kept_rows),
+            "signature_options": {k: getattr(o, k) for k in _SIGNATURE_OPTIONS},
+        },
         "documents": kept_w.documents,
         "bytes": text_bytes,
         "token_estimate": tokens,
         "stats": {
             "documents_in": n,
             "documents_out": kept_w.documents,
-            "exact_duplicates": exact_dups,
-            "near_duplicates": near_dups,
-            "clusters": len(clusters),
-            "near_clusters": near_clusters,
-            "distinct_texts": n_groups,
-            "candidate_pairs": candidates,
-            "verified_pairs": verified,
+            "exact_duplicates": counts["exact"] + counts["exact_prior"],
+            "near_duplicates": counts["near"] + counts["near_prior"],
+            "prior_exact_duplicates": counts["exact_prior"],
+            "prior_near_duplicates": counts["near_prior"],
+            **cstats,
+            **spans.stats(),
+            "span_emptied_documents": counts["spans_emptied"],
         },
         "stages": [
             {"stage": "exact_dedup", "docs_in": n, "docs_out": after_exact},
-            {"stage": "near_dedup", "docs_in": after_exact, "docs_out": after_exact - near_dups},
+            {"stage": "near_dedup", "docs_in": after_exact, "docs_out": after_near},
+            {"stage": "span_dedup", "docs_in": after_near, "docs_out": kept_w.documents},
         ],
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False))
     return manifest
+
+
+def _mkparent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

@@ -51,17 +51,20 @@ def test_signals_are_cjk_aware() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("ok fine", "word_count"),
-        ("a b c d e f g h i j k l", "mean_word_length"),
-        ("#tag #tag #win #lol #fun #yes ... ... more words here", "symbol_ratio"),
-        ("click here now\nclick here now\nclick here now\nreal line of text", "duplicate_lines"),
-        ("12345 67890 13579 24680 11111 22222 words", "alpha_fraction"),
+        ("ok fine", "gopher_quality.word_count"),
+        ("a b c d e f g h i j k l", "gopher_quality.mean_word_length"),
+        ("#tag #tag #win #lol #fun #yes ... ... more words here", "gopher_quality.symbol_ratio"),
+        (
+            "click here now\nclick here now\nclick here now\nreal line of text",
+            "gopher_quality.duplicate_lines",
+        ),
+        ("12345 67890 13579 24680 11111 22222 words", "gopher_quality.alpha_fraction"),
         (EN[0], None),
     ],
 )
 def test_quality_filters(text: str, expected: str | None) -> None:
     failure = quality_failure(compute_signals(text), IngestOptions())
-    assert (failure[0] if failure else None) == expected
+    assert (f"{failure[0]}.{failure[1]}" if failure else None) == expected
 
 
 def test_language_identification() -> None:
@@ -164,7 +167,8 @@ def test_pipeline_end_to_end(tmp_path: Path) -> None:
     m = run_ingest(sources, out, "demo-1234", IngestOptions(languages=["en", "zh"], shard_docs=2))
     assert m["documents"] == 6  # 3 en jsonl + zh + html + txt
     assert m["languages"] == {"en": 5, "zh": 1}
-    assert m["exclusions_by_filter"] == {"language": 1, "word_count": 1}
+    assert m["exclusions_by_filter"] == {"gopher_quality": 1, "language": 1}
+    assert m["exclusions_by_rule"] == {"gopher_quality.word_count": 1, "language.language": 1}
     assert next(s["stage"] for s in m["stages"]) == "read" and m["stages"][-1]["docs_out"] == 6
     assert len(m["shards"]) == 3
     rows = [json.loads(line) for s in m["shards"] for line in gzip.open(out / s["path"])]
@@ -178,7 +182,7 @@ def test_pipeline_end_to_end(tmp_path: Path) -> None:
         for line in gzip.open(out / s["path"])
     }
     assert excluded["fr"]["filter"] == "language" and "fr" in excluded["fr"]["reason"]
-    assert excluded["junk"]["filter"] == "word_count"
+    assert excluded["junk"]["filter"] == "gopher_quality" and excluded["junk"]["rule"] == "word_count"
     errors = {Path(f["path"]).name: f["errors"] for f in m["files"]}
     assert errors["docs.jsonl"] == {"malformed_json": 1} and errors["empty.txt"] == {"empty_file": 1}
     assert m["file_errors"] == 2

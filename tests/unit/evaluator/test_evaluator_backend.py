@@ -11,9 +11,10 @@ import pytest
 import torch
 from rich.console import Console
 
-from services.evaluator.backends import HFBackend, ModelLoadError
+from services.evaluator.backends import ModelLoadError
 from services.evaluator.cli import eval_cmd
 from services.evaluator.config import EvaluatorSettings
+from services.evaluator.hf_backend import HFBackend
 from services.evaluator.tasks import GenerationConfig, UnknownTask
 from services.evaluator.testing import build_tiny_model
 from shared import samples
@@ -84,3 +85,23 @@ def test_bad_inputs_are_named(tiny_model: Path, tmp_path: Path) -> None:
         eval_cmd(["nope"], tiny_model, tmp_path, console=Console(file=io.StringIO()))
     with pytest.raises(ModelLoadError, match="missing"):
         HFBackend(tmp_path / "missing")
+
+
+def test_grouping_and_prefix_reuse_match_one_request_at_a_time(tiny_model: Path) -> None:
+    """Context grouping (one pass for all single-token choices), logits_to_keep and the shared
+    few-shot prefix's KV cache must give the scores of plain one-by-one scoring."""
+    shots = "\n\n".join(f"{p} {t}." for p, t in samples.fact_prompts()[:4])
+    prompts = [f"{shots}\n\n{p}" for p, _ in samples.fact_prompts()[4:10]]
+    reqs = [(p, c) for p in prompts for c in (" A", " B", " Velm was", "\n")]
+    plain = HFBackend(tiny_model, batch_size=1, prefix_reuse=False)
+    fast = HFBackend(tiny_model, batch_size=8)
+    for a, b in zip(plain.loglikelihood(reqs), fast.loglikelihood(reqs), strict=True):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
+        assert a.is_greedy == b.is_greedy
+    assert fast.prefix_tokens_reused > 0 and plain.prefix_tokens_reused == 0
+    # and against a direct full forward of one request
+    ctx, cont = fast.encode_pair(*reqs[2])
+    with torch.no_grad():
+        logits = fast.model(input_ids=torch.tensor([ctx + cont])).logits[0].log_softmax(-1)
+    direct = sum(float(logits[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+    assert fast.loglikelihood([reqs[2]])[0].logprob == pytest.approx(direct, abs=1e-3)

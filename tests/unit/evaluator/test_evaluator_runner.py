@@ -80,10 +80,17 @@ def test_oracle_scores_all_gsm8k_and_strict_extraction_rejects_loose_answers() -
     assert "Question:" in pairs[0][0] and pairs[0][0].count("Question:") == task.num_fewshot + 1
     oracle = OracleBackend(completions={p: " " + s["answer"] for p, s in pairs})
     outcome = run_task(task, oracle, load(task.loader, DATA))
-    assert outcome.metrics == {"exact_match": 1.0}
-    # right number but without '#### ': the strict extractor gives nothing
+    assert outcome.metrics == {"exact_match": 1.0, "exact_match_flexible": 1.0}
+    # right number but without '#### ': the strict extractor gives nothing, the flexible one finds it
     loose = OracleBackend(completions={p: f" The answer is {s['target']}." for p, s in pairs})
-    assert run_task(task, loose, load(task.loader, DATA), limit=50).metrics == {"exact_match": 0.0}
+    metrics = run_task(task, loose, load(task.loader, DATA), limit=50).metrics
+    assert metrics == {"exact_match": 0.0, "exact_match_flexible": 1.0}
+    # each oracle answer given to the next question: near zero for both
+    shifted = OracleBackend(
+        completions={p: " " + pairs[(i + 1) % len(pairs)][1]["answer"] for i, (p, _) in enumerate(pairs)}
+    )
+    wrong = run_task(task, shifted, load(task.loader, DATA), limit=300).metrics
+    assert wrong["exact_match"] < 0.05 and wrong["exact_match_flexible"] < 0.05
 
 
 @needs_cmmlu
