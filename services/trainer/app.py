@@ -22,7 +22,7 @@ def create_service(settings: TrainerSettings | None = None) -> ServiceRuntime:
     stop = runtime.stop
 
     def stop_training_then_runtime() -> None:
-        handlers.cancel.set()
+        handlers.stop_all()
         stop()
 
     runtime.stop = stop_training_then_runtime  # type: ignore[method-assign]

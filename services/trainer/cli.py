@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from transformers.utils import logging as hf_logging
 
 from contracts.events import TrainSpec
-from services.trainer.core import DatasetError, TrainConfigError, TrainJob, run_training
+from services.trainer.core import DatasetError, TrainConfigError, TrainingCancelled, TrainJob, run_training
 from shared.artifacts import ArtifactStore, sha256_file
 
 
@@ -84,18 +86,29 @@ def train_cmd(config_path: Path, resume: bool = True) -> int:
         def progress(stage: str, fraction: float, message: str = "", **metrics: float) -> None:
             bar.update(task, completed=fraction, description=message, stage=stage)
 
+        cancel = threading.Event()  # Ctrl-C / SIGTERM: stop at the next step, keep the state
+        previous = {
+            sig: signal.signal(sig, lambda *_: cancel.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
             result = run_training(
-                job, config.out, store, progress=progress, device=config.device, resume=resume
+                job, config.out, store, progress=progress, device=config.device, resume=resume, cancel=cancel
             )
         except (DatasetError, TrainConfigError) as exc:
             console.print(f"[red]cannot train:[/red] {exc}")
             return 2
+        except TrainingCancelled as exc:
+            console.print(f"[yellow]{exc}[/yellow]: state saved in {config.out}; run again to resume")
+            return 130
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     if result.resumed_from is not None:
         console.print(f"resumed from step {result.resumed_from}")
     m = result.metrics
     console.print(
-        f"final loss {m['loss']:.3f}, {m['tokens_per_s']:.0f} tokens/s, {m['parameters'] / 1e6:.2f}M params"
+        f"final loss {m['loss']:.3f}, {m['tokens_per_s']:.0f} tokens/s, MFU {m['mfu']:.1%}, "
+        f"{m['parameters'] / 1e6:.2f}M params"
     )
     console.print(f"checkpoint: [bold]{result.checkpoint}[/bold]")
     return 0
@@ -103,15 +116,19 @@ def train_cmd(config_path: Path, resume: bool = True) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="puyu train", description="Pretrain a model from a config file.")
-    parser.add_argument("config", type=Path, help="YAML or JSON: datasets, spec, out")
+    parser.add_argument("config_pos", nargs="?", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--config", type=Path, help="YAML or JSON: datasets, spec, out")
     parser.add_argument(
-        "--no-resume",
-        dest="resume",
-        action="store_false",
-        help="start over even if the run folder holds a saved state",
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue from the run folder's last checkpoint (default); --no-resume starts over",
     )
     args = parser.parse_args(argv)
-    return train_cmd(args.config, args.resume)
+    config = args.config or args.config_pos
+    if config is None:
+        parser.error("--config FILE is required")
+    return train_cmd(config, args.resume)
 
 
 if __name__ == "__main__":

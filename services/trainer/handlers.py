@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import threading
 from typing import Any
 
 from contracts.events import CheckpointReady, CorpusDeduplicated, TrainRequested
+from contracts.events.training import TrainCancelRequested
 from services.trainer.config import TrainerSettings
-from services.trainer.core import CheckpointInfo, DatasetError, TrainConfigError, TrainJob, run_training
+from services.trainer.core import (
+    CheckpointInfo,
+    DatasetError,
+    TrainConfigError,
+    TrainingCancelled,
+    TrainJob,
+    run_training,
+)
 from shared.artifacts import ArtifactStore
 from shared.bus import Bus, HandlerContext, JobRejected
 
 KIND = "train"
+log = logging.getLogger(__name__)
 
 
 def run_id_for(job_id: str) -> str:
@@ -32,7 +42,8 @@ def train_request_from(event: CorpusDeduplicated) -> TrainRequested | None:
 class TrainHandlers:
     def __init__(self, bus: Bus, store: ArtifactStore, settings: TrainerSettings) -> None:
         self.bus, self.store, self.settings = bus, store, settings
-        self.cancel = threading.Event()
+        self.stopping = False  # the service shuts down: a run stops, keeps its state, is redelivered
+        self._running: dict[str, threading.Event] = {}  # job id -> its cancel flag
         self._one_at_a_time = asyncio.Lock()  # torch threads are process-wide: one run per process
 
     def register(self) -> None:
@@ -40,6 +51,32 @@ class TrainHandlers:
             self.on_train_requested
         )
         self.bus.handle(CorpusDeduplicated)(self.on_corpus_deduplicated)
+        self.bus.handle(TrainCancelRequested)(self.on_cancel_requested)
+
+    def stop_all(self) -> None:
+        self.stopping = True
+        for flag in self._running.values():
+            flag.set()
+
+    async def on_cancel_requested(self, ctx: HandlerContext[TrainCancelRequested]) -> None:
+        """One replica hears it (one durable per service) and marks the job cancelled on the board;
+        the replica running it watches the board and stops; a queued job is skipped when it arrives."""
+        job_id = ctx.payload.job_id
+        if (flag := self._running.get(job_id)) is not None:
+            flag.set()
+        status = await self.bus.jobs.get(job_id)
+        if status is None or status.kind != KIND:
+            log.warning("cancel requested for %r, which is no train job known here", job_id)
+            return
+        if status.state in ("queued", "running"):
+            await self.bus.jobs.update(job_id, KIND, state="cancelled", message=ctx.payload.reason)
+
+    async def _watch_cancel(self, job_id: str, flag: threading.Event) -> None:
+        # The board's history, not its latest value: a progress write may overwrite "cancelled".
+        async for status in self.bus.jobs.watch(job_id):
+            if status.state == "cancelled":
+                flag.set()
+                return
 
     async def on_corpus_deduplicated(self, ctx: HandlerContext[CorpusDeduplicated]) -> None:
         request = train_request_from(ctx.payload)
@@ -58,6 +95,9 @@ class TrainHandlers:
     async def _train(self, ctx: HandlerContext[TrainRequested]) -> None:
         req, loop = ctx.payload, asyncio.get_running_loop()
         run_id = run_id_for(req.job_id)
+        before = await self.bus.jobs.get(req.job_id)
+        if before is not None and before.state == "cancelled":
+            return  # cancelled while it waited in the queue
         await self.bus.jobs.update(
             req.job_id,
             KIND,
@@ -93,6 +133,10 @@ class TrainHandlers:
             published.update(checkpoint=ref.model_dump(mode="json"), step=info.step, metrics=info.metrics)
 
         progress = ctx.progress_from_thread(req.job_id, KIND, self.settings.trainer_progress_interval)
+        cancel = self._running[req.job_id] = threading.Event()
+        if self.stopping:
+            cancel.set()
+        watcher = asyncio.create_task(self._watch_cancel(req.job_id, cancel))
         try:
             await asyncio.to_thread(
                 run_training,
@@ -101,12 +145,22 @@ class TrainHandlers:
                 self.store,
                 progress=progress,
                 on_checkpoint=on_checkpoint,
-                cancel=self.cancel,
+                cancel=cancel,
                 device=self.settings.trainer_device,
             )
         except (TrainConfigError, DatasetError) as exc:
             raise JobRejected(f"train job {req.job_id}: {exc}") from exc
+        except TrainingCancelled as exc:
+            if self.stopping:
+                raise  # not the user's wish: the redelivered job resumes from the saved state
+            await progress.flush()
+            await self.bus.jobs.update(
+                req.job_id, KIND, state="cancelled", stage="cancelled", message=str(exc)
+            )
+            return
         finally:
+            watcher.cancel()
+            self._running.pop(req.job_id, None)
             await progress.flush()
         await self.bus.jobs.update(
             req.job_id,

@@ -29,10 +29,12 @@ def state_dir(run_dir: Path, step: int) -> Path:
 
 def save_checkpoint(run_dir: Path, step: int, model: Any, tokenizer: Any, lineage: dict[str, Any]) -> Path:
     """Write the HF checkpoint of ``step`` (replacing a partial one left by a crash)."""
+    from services.trainer.core.model import save_hf
+
     dest = checkpoint_dir(run_dir, step)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    save_hf(model, tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True, default=str))
     shutil.rmtree(dest, ignore_errors=True)
@@ -43,17 +45,16 @@ def save_checkpoint(run_dir: Path, step: int, model: Any, tokenizer: Any, lineag
 def save_training_state(
     run_dir: Path,
     step: int,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    engine_state: dict[str, Any],
     sampler_state: dict[str, int],
     extra: dict[str, Any],
 ) -> Path:
+    """Optimizer + scheduler (from the engine; DeepSpeed's shards sit beside it), sampler, RNG."""
     dest = state_dir(run_dir, step)
     dest.mkdir(parents=True, exist_ok=True)
     state = {
         "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        **engine_state,
         "sampler": sampler_state,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -62,8 +63,11 @@ def save_training_state(
     torch.save(state, dest / "training_state.pt.tmp")
     os.replace(dest / "training_state.pt.tmp", dest / "training_state.pt")
     latest = run_dir / "state" / "latest.json"
+    previous = json.loads(latest.read_text())["step"] if latest.exists() else None
     latest.with_suffix(".tmp").write_text(json.dumps({"step": step}))
     os.replace(latest.with_suffix(".tmp"), latest)
+    if previous is not None and previous != step:  # only the newest optimizer state is kept
+        shutil.rmtree(state_dir(run_dir, previous), ignore_errors=True)
     return dest
 
 
@@ -71,6 +75,7 @@ def save_training_state(
 class ResumePoint:
     step: int
     checkpoint: Path
+    state_dir: Path
     state: dict[str, Any]
 
 
@@ -84,7 +89,7 @@ def latest_resume_point(run_dir: Path) -> ResumePoint | None:
     if not (ckpt / "config.json").exists() or not state_file.exists():
         return None
     state = torch.load(state_file, map_location="cpu", weights_only=False)
-    return ResumePoint(step=step, checkpoint=ckpt, state=state)
+    return ResumePoint(step=step, checkpoint=ckpt, state_dir=state_file.parent, state=state)
 
 
 def restore_rng(state: dict[str, Any]) -> None:

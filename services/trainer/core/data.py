@@ -122,13 +122,55 @@ def load_texts(store: ArtifactStore, sources: Iterable[str]) -> list[str]:
 
 def tokenize_stream(tokenizer: Any, texts: list[str], batch_size: int = 1000) -> np.ndarray:
     """All documents as one token stream, each document followed by eos (bos comes from the tokenizer)."""
+    parts = list(_token_chunks(tokenizer, texts, batch_size))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+
+def _token_chunks(tokenizer: Any, texts: list[str], batch_size: int) -> Iterator[np.ndarray]:
     eos = tokenizer.eos_token_id
     backend = tokenizer.backend_tokenizer  # the Rust tokenizer: batch encoding uses every core
-    parts: list[np.ndarray] = []
     for i in range(0, len(texts), batch_size):
-        for enc in backend.encode_batch(texts[i : i + batch_size]):
-            parts.append(np.asarray([*enc.ids, eos], dtype=np.int32))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+        encs = backend.encode_batch(texts[i : i + batch_size])
+        yield np.concatenate([np.asarray([*enc.ids, eos], dtype=np.int32) for enc in encs])
+
+
+def tokenize_to_memmap(tokenizer: Any, texts: list[str], path: Path, batch_size: int = 1000) -> np.ndarray:
+    """Tokenise once into ``path`` (int32, written in chunks, renamed when complete); map it read-only.
+
+    Resuming (or a second pass) maps the finished file instead of tokenising again.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            for chunk in _token_chunks(tokenizer, texts, batch_size):
+                f.write(chunk.tobytes())
+        tmp.replace(path)
+    return map_tokens(path)
+
+
+def map_tokens(path: Path) -> np.ndarray:
+    """A finished token file, memory-mapped read-only (an empty file maps to no tokens)."""
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=np.int32)
+    return np.memmap(path, dtype=np.int32, mode="r")
+
+
+def split_documents(texts: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """(train, held-out): every k-th document is held out, k = round(1 / fraction); none for tiny sets."""
+    if fraction <= 0 or len(texts) < 4:
+        return texts, []
+    k = max(2, round(1 / fraction))
+    return [t for i, t in enumerate(texts) if i % k], [t for i, t in enumerate(texts) if not i % k]
+
+
+def document_positions(tokens: np.ndarray, eos_id: int) -> np.ndarray:
+    """Position ids that restart after each eos: a packed document sees positions 0, 1, 2, ..."""
+    idx = np.arange(len(tokens))
+    starts = np.zeros(len(tokens), dtype=bool)
+    starts[0] = True
+    starts[1:] = tokens[:-1] == eos_id
+    return idx - np.maximum.accumulate(np.where(starts, idx, 0))
 
 
 @dataclass
@@ -164,20 +206,48 @@ class PackedDataset:
             out[:n] = self.stream
             return out, n
         start = (self.epoch_offset(epoch) + index * L) % n
-        idx = (start + np.arange(L)) % n
-        return self.stream[idx], L
+        if start + L <= n:
+            return np.asarray(self.stream[start : start + L]), L
+        return np.asarray(self.stream[(start + np.arange(L)) % n]), L
 
     def non_padding_fraction(self) -> float:
         real = sum(self.sequence(0, i)[1] for i in range(len(self)))
         return real / (len(self) * self.seq_len)
 
 
-class SeededSampler:
-    """Deterministic batches: a seeded permutation per epoch; the whole state is ``samples_seen``."""
+def make_batch(rows: list[np.ndarray], counts: list[int], eos_id: int | None) -> dict[str, torch.Tensor]:
+    """input_ids, labels (-100 on padding) and, with ``eos_id``, per-document position ids."""
+    input_ids = torch.from_numpy(np.stack(rows).astype(np.int64))
+    labels = input_ids.clone()
+    for r, real in enumerate(counts):
+        labels[r, real:] = -100
+    batch = {"input_ids": input_ids, "labels": labels}
+    if eos_id is not None:
+        batch["position_ids"] = torch.from_numpy(np.stack([document_positions(r, eos_id) for r in rows]))
+    return batch
 
-    def __init__(self, dataset: PackedDataset, batch_size: int, seed: int, samples_seen: int = 0) -> None:
+
+class SeededSampler:
+    """Deterministic batches: a seeded permutation per epoch; the whole state is ``samples_seen``.
+
+    With ``world_size`` ranks each call consumes ``batch_size * world_size`` sequences of the
+    global order and returns this rank's share, so every rank count sees the same global batches.
+    """
+
+    def __init__(
+        self,
+        dataset: PackedDataset,
+        batch_size: int,
+        seed: int,
+        samples_seen: int = 0,
+        *,
+        eos_id: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.samples_seen = samples_seen
+        self.samples_seen, self.eos_id = samples_seen, eos_id
+        self.rank, self.world_size = rank, world_size
         self._perm_epoch, self._perm = -1, np.zeros(0, dtype=np.int64)
 
     def _order(self, epoch: int) -> np.ndarray:
@@ -188,18 +258,14 @@ class SeededSampler:
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         rows, counts = [], []
-        for _ in range(self.batch_size):
-            epoch, pos = divmod(self.samples_seen, len(self.dataset))
+        first = self.samples_seen + self.rank * self.batch_size
+        for i in range(first, first + self.batch_size):
+            epoch, pos = divmod(i, len(self.dataset))
             tokens, real = self.dataset.sequence(epoch, int(self._order(epoch)[pos]))
             rows.append(tokens)
             counts.append(real)
-            self.samples_seen += 1
-        input_ids = torch.from_numpy(np.stack(rows).astype(np.int64))
-        mask = torch.zeros_like(input_ids)
-        for r, real in enumerate(counts):
-            mask[r, :real] = 1
-        labels = input_ids.masked_fill(mask == 0, -100)
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        self.samples_seen += self.batch_size * self.world_size
+        return make_batch(rows, counts, self.eos_id)
 
     def state_dict(self) -> dict[str, int]:
         return {"samples_seen": self.samples_seen, "seed": self.seed}

@@ -1,18 +1,18 @@
-"""The training loop in plain torch: grad accumulation, clipping, AdamW + schedule, metrics per step."""
+"""The training loop: micro batches → one optimizer step through the engine; metrics per step."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
 from contracts.events import TrainSpec
 from services.trainer.core.data import SeededSampler
+from services.trainer.core.engine import TorchEngine
 
 
 class ProgressFn(Protocol):
@@ -33,18 +33,9 @@ class StepMetrics:
     tokens: int
 
 
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    # bf16 autocast pays off on CUDA; on the CPU it is slower than fp32 for small models.
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def train_steps(
-    model: torch.nn.Module,
+    engine: TorchEngine,
     sampler: SeededSampler,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
     spec: TrainSpec,
     *,
     start_step: int,
@@ -53,24 +44,36 @@ def train_steps(
     cancel: threading.Event | None = None,
 ) -> None:
     """Run optimizer steps ``start_step+1 .. spec.max_steps``; ``on_step`` sees each one (and may save)."""
-    model.train()
+    engine.model.train()
     accum = spec.gradient_accumulation_steps
     for step in range(start_step + 1, spec.max_steps + 1):
         if cancel is not None and cancel.is_set():
             raise TrainingCancelled(f"cancelled before step {step}")
         started = time.perf_counter()
-        loss_sum, tokens = 0.0, 0
-        for _ in range(accum):
+        losses: list[torch.Tensor] = []
+        tokens = 0
+        for micro in range(accum):
             batch = {k: v.to(device, non_blocking=True) for k, v in sampler.next_batch().items()}
-            with autocast_for(device):
-                out = model(**batch)
-            (out.loss / accum).backward()
-            loss_sum += float(out.loss.detach())
-            tokens += int(batch["attention_mask"].sum())
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip))
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+            lr = engine.lr()  # before the step: the rate this step trains with
+            losses.append(engine.forward_backward(batch, accum, last=micro == accum - 1))
+            tokens += int((batch["labels"] != -100).sum())
+        grad_norm = engine.step()
+        loss = float(torch.stack(losses).mean())  # one device sync per step, not per micro batch
         elapsed = max(time.perf_counter() - started, 1e-9)
-        on_step(StepMetrics(step, loss_sum / accum, lr, grad_norm, tokens / elapsed, tokens))
+        on_step(StepMetrics(step, loss, lr, grad_norm, tokens / elapsed, tokens))
+
+
+@torch.no_grad()
+def evaluate(engine: TorchEngine, sampler: SeededSampler, batches: int, device: torch.device) -> float:
+    """Mean loss over the first ``batches`` held-out batches (the same ones at every evaluation)."""
+    model = engine.model
+    model.eval()
+    sampler.samples_seen = 0
+    total = 0.0
+    for _ in range(batches):
+        batch = {k: v.to(device) for k, v in sampler.next_batch().items()}
+        _, loss = model(batch["input_ids"], batch["labels"], batch.get("position_ids"))
+        assert loss is not None
+        total += float(loss)
+    model.train()
+    return total / batches

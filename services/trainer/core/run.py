@@ -7,24 +7,36 @@ the latest saved state (and returns at once if the run already finished).
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM
+import torch.distributed as dist
 
 from contracts.events import TrainSpec
 from services.trainer.core import checkpoint as ckpt
-from services.trainer.core.data import DatasetError, PackedDataset, SeededSampler, load_texts, tokenize_stream
-from services.trainer.core.loop import ProgressFn, StepMetrics, train_steps
-from services.trainer.core.model import build_model, count_parameters
-from services.trainer.core.optim import build_optimizer, build_scheduler
+from services.trainer.core.data import (
+    DatasetError,
+    PackedDataset,
+    SeededSampler,
+    load_texts,
+    map_tokens,
+    split_documents,
+    tokenize_to_memmap,
+)
+from services.trainer.core.engine import build_engine, world
+from services.trainer.core.loop import ProgressFn, StepMetrics, evaluate, train_steps
+from services.trainer.core.mfu import device_peak, mfu
+from services.trainer.core.model import build_model, count_parameters, flops_per_token, load_model
 from services.trainer.core.tokenizer import load_tokenizer, train_bpe
 from shared.artifacts import ArtifactStore
 
@@ -63,24 +75,85 @@ class TrainResult:
 
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainConfigError(f"device {name!r} asked for, but this machine has no CUDA device")
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", world()[1])  # one GPU per local rank
+    return dev
 
 
-def validate(spec: TrainSpec) -> None:
-    """Checks beyond the pydantic model that need the whole spec."""
-    if spec.seq_len > spec.architecture.max_position_embeddings:
+def resolve(spec: TrainSpec, world_size: int = 1) -> TrainSpec:
+    """The spec with derived fields filled: accumulation from global_batch_size, steps from max_tokens."""
+    update: dict[str, Any] = {}
+    if spec.global_batch_size is not None:
+        per_step = spec.micro_batch_size * world_size
+        if spec.global_batch_size % per_step:
+            raise TrainConfigError(
+                f"global_batch_size ({spec.global_batch_size}) is not a multiple of micro_batch_size "
+                f"({spec.micro_batch_size}) x world size ({world_size})"
+            )
+        update["gradient_accumulation_steps"] = spec.global_batch_size // per_step
+    accum = update.get("gradient_accumulation_steps", spec.gradient_accumulation_steps)
+    if spec.max_tokens is not None:
+        per_step_tokens = spec.micro_batch_size * accum * world_size * spec.seq_len
+        update["max_steps"] = max(1, -(-spec.max_tokens // per_step_tokens))
+    return spec.model_copy(update=update) if update else spec
+
+
+def validate(spec: TrainSpec, world_size: int = 1) -> TrainSpec:
+    """Checks beyond the pydantic model that need the whole spec; returns the resolved spec."""
+    arch = spec.architecture
+    if arch.hidden_size % arch.num_attention_heads:
         raise TrainConfigError(
-            f"seq_len ({spec.seq_len}) exceeds max_position_embeddings ({spec.architecture.max_position_embeddings})"
+            f"hidden_size ({arch.hidden_size}) must be divisible by num_attention_heads ({arch.num_attention_heads})"
         )
+    if (arch.hidden_size // arch.num_attention_heads) % 2:
+        raise TrainConfigError("head dimension (hidden_size / num_attention_heads) must be even for RoPE")
+    if spec.seq_len > arch.max_position_embeddings:
+        raise TrainConfigError(
+            f"seq_len ({spec.seq_len}) exceeds max_position_embeddings ({arch.max_position_embeddings})"
+        )
+    if arch.rope_scaling is not None:
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        kind = arch.rope_scaling.get("rope_type", "default")
+        if kind != "default" and kind not in ROPE_INIT_FUNCTIONS:
+            raise TrainConfigError(
+                f"rope_scaling: unknown rope_type {kind!r} (known: {sorted(ROPE_INIT_FUNCTIONS)})"
+            )
+    spec = resolve(spec, world_size)
     if spec.warmup_steps >= spec.max_steps and spec.max_steps > 1:
         raise TrainConfigError(
             f"warmup_steps ({spec.warmup_steps}) must be below max_steps ({spec.max_steps})"
         )
+    if spec.precision == "bf16" and not torch.cuda.is_available() and spec.zero_stage:
+        raise TrainConfigError("precision bf16 with ZeRO needs a CUDA device")
+    if spec.zero_stage and importlib.util.find_spec("deepspeed") is None:
+        raise TrainConfigError(f"zero_stage {spec.zero_stage} needs DeepSpeed: pip install 'puyu[train]'")
+    return spec
 
 
 def _noop_progress(stage: str, fraction: float, message: str = "", **metrics: float) -> None:
     return None
+
+
+def _tokenizer_for(spec: TrainSpec, store: ArtifactStore, point: ckpt.ResumePoint | None) -> Any | None:
+    """The run's own tokenizer when resuming, else the spec's folder; None: train one on the corpus."""
+    if point is not None:  # token ids must not change under the weights
+        return load_tokenizer(point.checkpoint)
+    if not spec.tokenizer_uri:
+        return None
+    try:
+        return load_tokenizer(store.fetch(spec.tokenizer_uri))
+    except (OSError, ValueError) as exc:
+        raise TrainConfigError(f"tokenizer {spec.tokenizer_uri}: {exc}") from exc
+
+
+def _init_distributed(dev: torch.device) -> None:
+    if world()[2] > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
 
 
 def run_training(
@@ -94,85 +167,124 @@ def run_training(
     device: str = "auto",
     resume: bool = True,
 ) -> TrainResult:
-    spec, report = job.spec, progress or _noop_progress
-    validate(spec)
+    rank, _, world_size = world()
+    spec, report = validate(job.spec, world_size), progress or _noop_progress
     torch.set_num_threads(spec.num_threads or os.cpu_count() or 1)
     dev = pick_device(device)
+    _init_distributed(dev)
     run_dir.mkdir(parents=True, exist_ok=True)
     point = ckpt.latest_resume_point(run_dir) if resume else None
+    if point is None and not resume:
+        shutil.rmtree(run_dir / "data", ignore_errors=True)
 
-    report("data", 0.0, "reading datasets")
-    texts = load_texts(store, job.sources)
-    if point is not None:  # the run's own tokenizer: token ids must not change under the weights
-        tokenizer = load_tokenizer(point.checkpoint)
-    elif spec.tokenizer_uri:
-        try:
-            tokenizer = load_tokenizer(store.fetch(spec.tokenizer_uri))
-        except (OSError, ValueError) as exc:
-            raise TrainConfigError(f"tokenizer {spec.tokenizer_uri}: {exc}") from exc
-    else:
-        report("tokenizer", 0.0, f"training a {spec.architecture.vocab_size}-token BPE on {len(texts)} docs")
-        tokenizer = train_bpe(texts, spec.architecture.vocab_size)
-    report("data", 0.5, "tokenising")
-    dataset = PackedDataset(
-        tokenize_stream(tokenizer, texts), spec.seq_len, tokenizer.pad_token_id, spec.seed
+    # Everything that can be refused is checked before the data is read and any weight exists.
+    tokenizer = _tokenizer_for(spec, store, point)
+    train_bin, eval_bin = run_dir / "data" / "train.bin", run_dir / "data" / "eval.bin"
+    if point is None or not train_bin.exists():
+        report("data", 0.0, "reading datasets")
+        texts, held_out = split_documents(
+            load_texts(store, job.sources), spec.eval_fraction if spec.eval_interval else 0.0
+        )
+        if tokenizer is None:
+            report(
+                "tokenizer", 0.0, f"training a {spec.architecture.vocab_size}-token BPE on {len(texts)} docs"
+            )
+            tokenizer = train_bpe(texts, spec.architecture.vocab_size)
+        report("data", 0.5, "tokenising")
+        shutil.rmtree(run_dir / "data", ignore_errors=True)
+        tokenize_to_memmap(tokenizer, texts, train_bin)
+        tokenize_to_memmap(tokenizer, held_out, eval_bin)
+        del texts, held_out
+    assert tokenizer is not None
+    eos = tokenizer.eos_token_id if spec.document_attention else None
+    dataset = PackedDataset(map_tokens(train_bin), spec.seq_len, tokenizer.pad_token_id, spec.seed)
+    sampler = SeededSampler(
+        dataset, spec.micro_batch_size, spec.seed, eos_id=eos, rank=rank, world_size=world_size
     )
-    del texts
-    sampler = SeededSampler(dataset, spec.micro_batch_size, spec.seed)
+    eval_tokens = map_tokens(eval_bin)
+    eval_sampler = (
+        SeededSampler(
+            PackedDataset(eval_tokens, spec.seq_len, tokenizer.pad_token_id, spec.seed),
+            spec.micro_batch_size,
+            spec.seed,
+            eos_id=eos,
+        )
+        if spec.eval_interval and len(eval_tokens)
+        else None
+    )
 
     if point is not None:
-        model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(point.checkpoint, dtype=torch.float32)
+        model = load_model(point.checkpoint, spec.activation_checkpointing)
     else:
-        model = build_model(spec.architecture, tokenizer, spec.seed)
-    model = model.to(dev)
-    optimizer = build_optimizer(model, spec)
-    scheduler = build_scheduler(optimizer, spec)
+        model = build_model(spec.architecture, tokenizer, spec.seed, spec.activation_checkpointing)
+    engine = build_engine(model, spec, dev)
     start_step = 0
     if point is not None:
-        optimizer.load_state_dict(point.state["optimizer"])
-        scheduler.load_state_dict(point.state["scheduler"])
+        engine.load_state(point.state_dir, point.state)
         sampler.load_state_dict(point.state["sampler"])
         ckpt.restore_rng(point.state)
         start_step = point.step
         log.info("run %s: resuming from step %d", job.run_id, start_step)
 
     n_params = count_parameters(model)
+    fpt = flops_per_token(model, spec.seq_len)
+    peak = device_peak(dev, engine.bf16) * world_size
     history: list[StepMetrics] = list(point.state.get("history", [])) if point else []
     hyper = spec.model_dump(mode="json")
     totals = {
         "tokens": float(point.state.get("tokens_seen", 0)) if point else 0.0,
         "seconds": float(point.state.get("train_seconds", 0.0)) if point else 0.0,
     }
+    evals: dict[str, float] = dict(point.state.get("evals", {})) if point else {}
+    metrics_log = run_dir / "metrics.jsonl"
 
     def metrics_now() -> dict[str, float]:
         recent = history[-10:]
-        return {
+        tps = totals["tokens"] / totals["seconds"] if totals["seconds"] else 0.0
+        out = {
             "loss": recent[-1].loss if recent else float("nan"),
             "loss_avg10": sum(m.loss for m in recent) / len(recent) if recent else float("nan"),
-            "tokens_per_s": totals["tokens"] / totals["seconds"] if totals["seconds"] else 0.0,
+            "tokens_per_s": tps,
+            "mfu": mfu(tps, fpt, peak),
             "tokens_seen": totals["tokens"],
             "train_seconds": totals["seconds"],
             "parameters": float(n_params),
             "sequences_per_epoch": float(len(dataset)),
             "epochs": sampler.samples_seen / len(dataset),
         }
+        if evals:
+            out["eval_loss"] = evals[max(evals, key=int)]
+        return out
 
     def save(step: int, final: bool, announce: bool = True) -> Path:
         metrics = metrics_now()
-        lineage = {
-            "run_id": job.run_id,
-            "step": step,
-            "final": final,
-            "datasets": job.datasets,
-            "spec": hyper,
-            "metrics": metrics,
-            "final_loss": metrics["loss"],
-        }
-        path = ckpt.save_checkpoint(run_dir, step, model, tokenizer, lineage)
-        extra = {"history": history, "tokens_seen": totals["tokens"], "train_seconds": totals["seconds"]}
-        ckpt.save_training_state(run_dir, step, optimizer, scheduler, sampler.state_dict(), extra)
-        if announce and on_checkpoint is not None:
-            on_checkpoint(CheckpointInfo(step, path, final, metrics))
+        dest = ckpt.state_dir(run_dir, step)
+        dest.mkdir(parents=True, exist_ok=True)
+        engine_state = engine.save_state(dest)  # every rank: DeepSpeed saves its shards collectively
+        path = ckpt.checkpoint_dir(run_dir, step)
+        if rank == 0:
+            lineage = {
+                "run_id": job.run_id,
+                "step": step,
+                "final": final,
+                "datasets": job.datasets,
+                "spec": hyper,
+                "metrics": metrics,
+                "final_loss": metrics["loss"],
+            }
+            with engine.gathered():
+                path = ckpt.save_checkpoint(run_dir, step, engine.module, tokenizer, lineage)
+            extra = {
+                "history": history,
+                "tokens_seen": totals["tokens"],
+                "train_seconds": totals["seconds"],
+                "evals": evals,
+            }
+            ckpt.save_training_state(run_dir, step, engine_state, sampler.state_dict(), extra)
+            if announce and on_checkpoint is not None:
+                on_checkpoint(CheckpointInfo(step, path, final, metrics))
+        if dist.is_initialized():
+            dist.barrier()
         return path
 
     last_t = [time.perf_counter()]
@@ -180,9 +292,15 @@ def run_training(
     def on_step(m: StepMetrics) -> None:
         history.append(m)
         now = time.perf_counter()
-        totals["tokens"] += m.tokens
+        totals["tokens"] += m.tokens * world_size
         totals["seconds"] += now - last_t[0]
         last_t[0] = now
+        extra: dict[str, float] = {}
+        if eval_sampler is not None and (m.step % spec.eval_interval == 0 or m.step == spec.max_steps):
+            evals[str(m.step)] = extra["eval_loss"] = evaluate(engine, eval_sampler, 4, dev)
+        if rank == 0:
+            with metrics_log.open("a") as f:  # one line per step: the loss curve outlives the process
+                f.write(json.dumps({**asdict(m), **extra}) + "\n")
         report(
             "train",
             m.step / spec.max_steps,
@@ -190,10 +308,14 @@ def run_training(
             step=float(m.step),
             loss=m.loss,
             lr=m.lr,
-            tokens_per_s=m.tokens_per_s,
+            grad_norm=m.grad_norm,
+            tokens_per_s=m.tokens_per_s * world_size,
+            mfu=mfu(m.tokens_per_s * world_size, fpt, peak),
+            **extra,
         )
         if m.step < spec.max_steps and spec.checkpoint_interval and m.step % spec.checkpoint_interval == 0:
             save(m.step, final=False)
+        last_t[0] = time.perf_counter()  # saving is not training time
 
     if start_step < spec.max_steps:
         report(
@@ -203,15 +325,7 @@ def run_training(
         )
         try:
             train_steps(
-                model,
-                sampler,
-                optimizer,
-                scheduler,
-                spec,
-                start_step=start_step,
-                device=dev,
-                on_step=on_step,
-                cancel=cancel,
+                engine, sampler, spec, start_step=start_step, device=dev, on_step=on_step, cancel=cancel
             )
         except Exception:
             done = history[-1].step if history else start_step

@@ -3,13 +3,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from services.trainer.core.data import (
     DatasetError,
     PackedDataset,
     SeededSampler,
     load_texts,
+    split_documents,
     tokenize_stream,
+    tokenize_to_memmap,
 )
 from services.trainer.core.tokenizer import train_bpe
 from shared.artifacts import ArtifactStore
@@ -43,16 +46,48 @@ def test_packing_is_at_least_99_percent_real_tokens(corpus_dir: Path, tmp_path: 
     ds = PackedDataset(stream, seq_len=32, pad_id=tok.pad_token_id, seed=1)
     assert len(ds) == len(stream) // 32
     assert ds.non_padding_fraction() >= 0.99
-    batch = SeededSampler(ds, 4, seed=1).next_batch()
+    batch = SeededSampler(ds, 4, seed=1, eos_id=tok.eos_token_id).next_batch()
     assert batch["input_ids"].shape == (4, 32)
-    assert int(batch["attention_mask"].sum()) == 4 * 32
-    assert (batch["labels"] == batch["input_ids"]).all()
+    assert (batch["labels"] == batch["input_ids"]).all()  # no padding anywhere
+    # position ids restart on the token after each eos (document-respecting attention)
+    ids, pos = batch["input_ids"], batch["position_ids"]
+    for r in range(4):
+        for t in range(1, 32):
+            expected = 0 if ids[r, t - 1] == tok.eos_token_id else int(pos[r, t - 1]) + 1
+            assert int(pos[r, t]) == expected
+    assert (pos == 0).sum() > 4  # the rows do hold several documents
+
+
+def test_tokens_are_written_once_and_memory_mapped(corpus_dir: Path, tmp_path: Path) -> None:
+    store = ArtifactStore((tmp_path / "art").as_uri())
+    texts = load_texts(store, [str(corpus_dir)])
+    tok = train_bpe(texts, 320)
+    path = tmp_path / "data" / "train.bin"
+    mapped = tokenize_to_memmap(tok, texts, path)
+    assert isinstance(mapped, np.memmap) and (np.asarray(mapped) == tokenize_stream(tok, texts)).all()
+    # a second call maps the finished file and does not tokenise again (no texts needed)
+    assert (np.asarray(tokenize_to_memmap(tok, [], path)) == np.asarray(mapped)).all()
+    assert not path.with_suffix(".tmp").exists()
+
+
+def test_held_out_documents_are_disjoint() -> None:
+    texts = [f"doc {i}" for i in range(100)]
+    train, held = split_documents(texts, 0.05)
+    assert len(held) == 5 and not set(train) & set(held) and len(train) + len(held) == 100
+    assert split_documents(texts[:3], 0.5) == (texts[:3], [])
+
+
+def test_ranks_share_one_global_order() -> None:
+    ds = PackedDataset(np.arange(400, dtype=np.int32), seq_len=10, pad_id=0, seed=3)
+    whole = SeededSampler(ds, 4, seed=7).next_batch()["input_ids"]
+    halves = [SeededSampler(ds, 2, seed=7, rank=r, world_size=2).next_batch()["input_ids"] for r in (0, 1)]
+    assert (torch.cat(halves) == whole).all()
 
 
 def test_short_stream_pads_and_masks_labels() -> None:
     ds = PackedDataset(np.arange(5, dtype=np.int32) + 10, seq_len=8, pad_id=2)
     batch = SeededSampler(ds, 1, seed=0).next_batch()
-    assert batch["attention_mask"][0].tolist() == [1] * 5 + [0] * 3
+    assert batch["labels"][0, :5].tolist() == list(range(10, 15))
     assert batch["labels"][0, 5:].tolist() == [-100] * 3
 
 

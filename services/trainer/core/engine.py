@@ -1,0 +1,162 @@
+"""Engines: how a step is taken. Plain torch (one process, or DDP under torchrun) or DeepSpeed ZeRO.
+
+Both expose the same five calls to the loop, so one job spec runs on a laptop CPU and on many GPUs:
+``forward_backward`` (one micro batch), ``step`` (clip + optimizer + schedule), ``module`` (the
+unwrapped PuyuLlama, for saving), ``save_state``/``load_state`` (optimizer + scheduler).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from contracts.events import TrainSpec
+from services.trainer.core.llama import PuyuLlama
+from services.trainer.core.optim import build_optimizer, build_scheduler, lr_at, param_groups
+
+
+def world() -> tuple[int, int, int]:
+    """(rank, local rank, world size) from the launcher's environment (torchrun / deepspeed)."""
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+    )
+
+
+def use_bf16(spec: TrainSpec, device: torch.device) -> bool:
+    # bf16 pays off on CUDA; on the CPU it is slower than fp32 for these sizes.
+    return spec.precision == "bf16" or (spec.precision == "auto" and device.type == "cuda")
+
+
+class TorchEngine:
+    """AdamW (fused) + LambdaLR; DistributedDataParallel when launched with WORLD_SIZE > 1."""
+
+    def __init__(self, model: PuyuLlama, spec: TrainSpec, device: torch.device) -> None:
+        self.spec, self.device = spec, device
+        self._module = model.to(device)
+        self.optimizer = build_optimizer(self._module, spec)
+        self.scheduler = build_scheduler(self.optimizer, spec)
+        self.model: torch.nn.Module = self._module
+        if world()[2] > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self._module, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.bf16 = use_bf16(spec, device)
+
+    @property
+    def module(self) -> PuyuLlama:
+        return self._module
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], accum: int, last: bool) -> torch.Tensor:
+        sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if isinstance(self.model, torch.nn.parallel.DistributedDataParallel) and not last:
+            sync = self.model.no_sync()  # all-reduce once per optimizer step, not per micro batch
+        with sync:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                _, loss = self.model(batch["input_ids"], batch["labels"], batch.get("position_ids"))
+            assert loss is not None
+            (loss / accum).backward()
+        return loss.detach()
+
+    def step(self) -> float:
+        norm = torch.nn.utils.clip_grad_norm_(self._module.parameters(), self.spec.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def save_state(self, dest: Path) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state(self, src: Path, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def gathered(self) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+
+class DeepSpeedEngine(TorchEngine):
+    """DeepSpeed ZeRO 1/2/3: sharded optimizer state (and gradients / parameters from stage 2 / 3).
+
+    Its optimizer and scheduler state are saved as DeepSpeed's own sharded checkpoint beside ours.
+    """
+
+    def __init__(self, model: PuyuLlama, spec: TrainSpec, device: torch.device) -> None:
+        import deepspeed  # the [train] extra; imported only when a job asks for ZeRO
+
+        self.spec, self.device, self._module = spec, device, model
+        self.bf16 = use_bf16(spec, device)
+        if not dist.is_initialized():
+            if "MASTER_ADDR" not in os.environ:  # started without a launcher: a world of one
+                from shared.natsserver import free_port
+
+                os.environ.update(
+                    MASTER_ADDR="127.0.0.1",
+                    MASTER_PORT=str(free_port()),
+                    RANK="0",
+                    LOCAL_RANK="0",
+                    WORLD_SIZE="1",
+                )
+            deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+        config = {
+            "train_micro_batch_size_per_gpu": spec.micro_batch_size,
+            "gradient_accumulation_steps": spec.gradient_accumulation_steps,
+            "gradient_clipping": spec.grad_clip,
+            "zero_optimization": {"stage": spec.zero_stage},
+            "bf16": {"enabled": self.bf16},
+            "steps_per_print": 1 << 30,
+            "wall_clock_breakdown": False,
+        }
+        optimizer = torch.optim.AdamW(
+            param_groups(model, spec), lr=spec.learning_rate, betas=(0.9, 0.95), eps=1e-8
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_at(s, spec) / spec.learning_rate
+        )
+        self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
+        )
+        self.ds: Any = self.model
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], accum: int, last: bool) -> torch.Tensor:
+        _, loss = self.ds(batch["input_ids"], batch["labels"], batch.get("position_ids"))
+        self.ds.backward(loss)  # DeepSpeed scales by the accumulation itself
+        self.ds.step()  # a no-op until the accumulation boundary
+        return loss.detach()
+
+    def step(self) -> float:
+        norm = self.ds.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def lr(self) -> float:
+        return float(self.ds.get_lr()[0])
+
+    def save_state(self, dest: Path) -> dict[str, Any]:
+        self.ds.save_checkpoint(str(dest), tag="deepspeed", save_latest=False)
+        return {}
+
+    def load_state(self, src: Path, state: dict[str, Any]) -> None:
+        path, _ = self.ds.load_checkpoint(str(src), tag="deepspeed", load_module_strict=False)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed state in {src}")
+
+    def gathered(self) -> contextlib.AbstractContextManager[Any]:
+        if self.spec.zero_stage < 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self._module.parameters()), modifier_rank=None)
+
+
+def build_engine(model: PuyuLlama, spec: TrainSpec, device: torch.device) -> TorchEngine:
+    return DeepSpeedEngine(model, spec, device) if spec.zero_stage > 0 else TorchEngine(model, spec, device)
