@@ -49,6 +49,26 @@ class IngestOptions(_Model):
     max_duplicate_line_fraction: float = Field(default=0.3, ge=0, le=1)
     min_alpha_fraction: float = Field(default=0.6, ge=0, le=1)
     shard_docs: int = Field(default=10_000, ge=1, description="Documents per output shard.")
+    filters: list[Literal["url", "gopher_quality", "gopher_repetition", "c4", "fineweb", "safety"]] = Field(
+        default=["url", "gopher_quality", "safety"],
+        description="Filter stages to run (language identification always runs); web crawls add "
+        "gopher_repetition, c4 and fineweb (they remove dialogue and code-like documents).",
+    )
+    max_bullet_line_fraction: float = Field(default=0.9, ge=0, le=1)
+    max_ellipsis_line_fraction: float = Field(default=0.3, ge=0, le=1)
+    max_duplicate_paragraph_fraction: float = Field(default=0.3, ge=0, le=1)
+    max_duplicate_line_char_fraction: float = Field(default=0.2, ge=0, le=1)
+    max_duplicate_paragraph_char_fraction: float = Field(default=0.2, ge=0, le=1)
+    c4_min_sentences: int = Field(default=5, ge=0)
+    fineweb_min_line_punct_fraction: float = Field(default=0.12, ge=0, le=1)
+    fineweb_max_short_line_fraction: float = Field(default=0.67, ge=0, le=1)
+    fineweb_max_char_dup_fraction: float = Field(default=0.01, ge=0, le=1)
+    fineweb_max_newline_word_ratio: float = Field(default=0.3, ge=0)
+    blocked_domains: list[str] = Field(default_factory=list, description="Domains (and subdomains) to drop.")
+    blocked_url_substrings: list[str] = Field(default_factory=list)
+    safety_keywords: list[str] | None = Field(default=None, description="None: the built-in list.")
+    max_safety_keyword_hits: int = Field(default=2, ge=0)
+    output_format: Literal["jsonl.gz", "jsonl.zst"] = "jsonl.gz"
 
 
 class DedupOptions(_Model):
@@ -59,6 +79,15 @@ class DedupOptions(_Model):
     rows: int = Field(default=8, ge=1)
     jaccard_threshold: float = Field(default=0.8, ge=0, le=1)
     seed: int = 1
+    paragraph_dedup: bool = Field(
+        default=False, description="Drop paragraphs already seen in an earlier document (keeps the first)."
+    )
+    line_dedup: bool = Field(default=False, description="Drop lines already seen in an earlier document.")
+    min_span_chars: int = Field(default=50, ge=1, description="Shorter lines/paragraphs are never dropped.")
+    against_indexes: list[str] = Field(
+        default_factory=list,
+        description="Folders/URIs of earlier dedup outputs: their persisted index removes matches too.",
+    )
 
 
 class ModelArchitecture(_Model):
@@ -73,6 +102,10 @@ class ModelArchitecture(_Model):
     rope_theta: float = Field(default=10_000.0, gt=0)
     vocab_size: int = Field(default=2048, ge=64, description="Tokenizer vocabulary size when one is trained.")
     tie_word_embeddings: bool = True
+    rope_scaling: dict[str, Any] | None = Field(
+        default=None,
+        description="HF rope_parameters beyond rope_theta, e.g. {'rope_type': 'linear', 'factor': 2.0}.",
+    )
 
     @field_validator("num_key_value_heads")
     @classmethod
@@ -111,6 +144,31 @@ class TrainSpec(_Model):
     )
     seed: int = 1234
     num_threads: int | None = Field(default=None, ge=1)
+    lr_schedule: Literal["cosine", "wsd"] = Field(
+        default="cosine",
+        description="After warm-up: cosine to min_learning_rate, or WSD (stable, then decay).",
+    )
+    decay_fraction: float = Field(default=0.2, gt=0, le=1, description="WSD: share of the steps that decay.")
+    global_batch_size: int | None = Field(
+        default=None, ge=1, description="Sequences per optimizer step over all ranks; sets the accumulation."
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Train this many tokens (overrides max_steps)."
+    )
+    eval_interval: int = Field(
+        default=0, ge=0, description="Steps between held-out loss evaluations; 0: none."
+    )
+    eval_fraction: float = Field(default=0.02, ge=0, lt=0.5, description="Share of documents held out.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="auto: bf16 on CUDA, else fp32."
+    )
+    zero_stage: int = Field(
+        default=0, ge=0, le=3, description="0: plain torch (DDP if distributed); 1-3: ZeRO."
+    )
+    activation_checkpointing: bool = False
+    document_attention: bool = Field(
+        default=True, description="Packed documents attend only within themselves (position ids restart)."
+    )
 
     @field_validator("seq_len")
     @classmethod
@@ -150,6 +208,13 @@ class FinetuneSpec(_Model):
     seq_len: int = Field(default=256, ge=8)
     learning_rate: float = Field(default=2e-3, gt=0)
     seed: int = 1234
+    data_format: Literal["auto", "openai", "alpaca", "xtuner", "text", "preference"] = Field(
+        default="auto", description="Dataset record format; auto detects it from the first record."
+    )
+    packing: bool = Field(default=True, description="Pack short examples into full seq_len sequences.")
+    gradient_checkpointing: bool = False
+    dpo_beta: float = Field(default=0.1, gt=0, description="DPO: strength of the pull to the reference.")
+    checkpoint_interval: int = Field(default=0, ge=0, description="Save resumable state every N steps.")
 
 
 # ----------------------------------------------------------------------------------------- jobs

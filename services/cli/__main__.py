@@ -32,9 +32,17 @@ def run_service(service: str) -> None:
     asyncio.run(_run())
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the stack's finally-block stops the services it started."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 @main.command()
 def up() -> None:
     """Run every service locally (starts nats-server when none answers at PUYU_NATS_URL)."""
+    _exit_on_sigterm()
     from rich.console import Console
 
     from services.cli.stack import Stack
@@ -61,6 +69,7 @@ def demo(keep: bool, timeout: float) -> None:
     """Drive the whole chain on a generated sample corpus and show the lineage and the answers."""
     from services.cli.demo import demo as run_demo
 
+    _exit_on_sigterm()
     sys.exit(run_demo(CommonSettings(), keep=keep, timeout=timeout))
 
 
@@ -258,13 +267,32 @@ def models_show(ref: str, registry_url: str | None) -> None:
 @click.option("--reason", default="manual promotion")
 @click.option("--registry-url", default=None)
 def models_promote(ref: str, reason: str, registry_url: str | None) -> None:
-    """Make NAME:VERSION the champion (the gateway follows)."""
-    from services.model_registry.cli import models_promote as promote
+    """Make NAME:VERSION (or NAME@ALIAS, e.g. NAME@candidate) the champion; the gateway follows."""
+    from services.model_registry.cli import RegistryError, models_promote_ref
 
-    name, _, version = ref.partition(":")
-    if not version.isdigit():
-        raise click.BadParameter("expected NAME:VERSION", param_hint="REF")
-    _print_json(promote(name, int(version), reason, url=registry_url))
+    try:
+        _print_json(models_promote_ref(ref, reason, url=registry_url))
+    except (RegistryError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@models.command("tag")
+@click.argument("ref")
+@click.argument("pairs", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--delete", multiple=True, help="A tag to remove (repeatable).")
+@click.option("--reason", default="")
+@click.option("--registry-url", default=None)
+def models_tag(
+    ref: str, pairs: tuple[str, ...], delete: tuple[str, ...], reason: str, registry_url: str | None
+) -> None:
+    """Set or delete tags of a model (NAME) or a version (NAME:VERSION, NAME@ALIAS)."""
+    from services.model_registry.cli import RegistryError, parse_tags
+    from services.model_registry.cli import models_tag as tag
+
+    try:
+        _print_json(tag(ref, parse_tags(list(pairs)), list(delete), reason, url=registry_url))
+    except (RegistryError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @models.command("rollback")

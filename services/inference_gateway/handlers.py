@@ -18,7 +18,8 @@ def register_handlers(bus: Bus, pool: ModelPool, store: ArtifactStore, instance:
     async def on_model_promoted(ctx: HandlerContext[ModelPromoted]) -> None:
         p = ctx.payload
         name, version = p.model.model_name, p.model.version
-        event_id = f"deployed:{name}:{version}:{instance}"
+        # one deployment per promotion: a version promoted again (after a rollback) is a new deployment
+        event_id = f"deployed:{name}:{version}:{instance}:{ctx.envelope.id}"
         try:
             path = await asyncio.to_thread(store.fetch, p.artifact.uri)
             served = await pool.deploy(name, version, path, wait_drain=False)
@@ -27,7 +28,7 @@ def register_handlers(bus: Bus, pool: ModelPool, store: ArtifactStore, instance:
             log.exception("deploying %s:%d failed", name, version)
             await ctx.publish(
                 DeploymentFailed(model=p.model, instance=instance, error=f"{type(exc).__name__}: {exc}"),
-                event_id=f"deploy-failed:{name}:{version}:{instance}",
+                event_id=f"deploy-failed:{name}:{version}:{instance}:{ctx.envelope.id}",
             )
             return
         await ctx.publish(

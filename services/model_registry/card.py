@@ -13,7 +13,8 @@ def model_card(v: dict[str, Any]) -> str:
     meta: dict[str, Any] = {
         "library_name": "transformers",
         "pipeline_tag": "text-generation",
-        "tags": ["puyu", v["kind"], v["method"], v["status"]],
+        "tags": ["puyu", v["kind"], v["method"], v["status"]]
+        + [f"{k}:{x}" for k, x in sorted((v.get("tags") or {}).items())],
     }
     if parent:
         meta["base_model"] = f"{parent['model_name']}:{parent['version']}"

@@ -63,8 +63,48 @@ def models_promote(name: str, version: int, reason: str = "", url: str | None = 
     )
 
 
+def models_promote_ref(ref: str, reason: str = "", url: str | None = None) -> dict[str, Any]:
+    """Promote ``NAME:VERSION`` or ``NAME@ALIAS`` (e.g. ``demo@candidate`` in manual-approval mode)."""
+    if "@" in ref:
+        name, version = ref.split("@", 1)[0], int(models_show(ref, url)["version"])
+    else:
+        name, _, num = ref.rpartition(":")
+        if not name or not num.isdigit():
+            raise RegistryError(f"bad reference {ref!r}: expected NAME:VERSION or NAME@ALIAS")
+        version = int(num)
+    return models_promote(name, version, reason, url)
+
+
 def models_rollback(name: str, reason: str = "manual rollback", url: str | None = None) -> dict[str, Any]:
     return dict(_request("POST", f"/v1/models/{name}/rollback", url, json={"reason": reason, "actor": "cli"}))
+
+
+def models_tag(
+    ref: str,
+    set_: dict[str, str] | None = None,
+    delete: list[str] | None = None,
+    reason: str = "",
+    url: str | None = None,
+) -> dict[str, Any]:
+    """Tags of ``NAME`` (the model) or ``NAME:VERSION``: set ``key=value`` pairs, delete keys."""
+    body = {"set": set_ or {}, "delete": delete or [], "reason": reason, "actor": "cli"}
+    if ":" in ref:
+        name, num = ref.rsplit(":", 1)
+        if not num.isdigit():
+            raise RegistryError(f"bad version in {ref!r}: expected NAME or NAME:VERSION")
+        return dict(_request("PATCH", f"/v1/models/{name}/versions/{num}/tags", url, json=body))
+    return dict(_request("PATCH", f"/v1/models/{ref}", url, json=body))
+
+
+def parse_tags(pairs: list[str]) -> dict[str, str]:
+    """``["k=v", ...]`` → ``{"k": "v"}``; a pair without ``=`` is an error that names it."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise RegistryError(f"bad tag {pair!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,11 +113,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     show = sub.add_parser("show")
     show.add_argument("ref", help="NAME, NAME:VERSION or NAME@ALIAS")
     promote = sub.add_parser("promote")
-    promote.add_argument("ref", help="NAME:VERSION")
+    promote.add_argument("ref", help="NAME:VERSION or NAME@ALIAS")
     promote.add_argument("--reason", default="")
     rollback = sub.add_parser("rollback")
     rollback.add_argument("name")
     rollback.add_argument("--reason", default="manual rollback")
+    tag = sub.add_parser("tag")
+    tag.add_argument("ref", help="NAME or NAME:VERSION")
+    tag.add_argument("pairs", nargs="*", help="KEY=VALUE tags to set")
+    tag.add_argument("--delete", action="append", default=[], help="tag key to remove (repeatable)")
+    tag.add_argument("--reason", default="")
     parser.add_argument("--registry-url", default=None, help="default: http://HOST:<registry http port>")
 
 
@@ -90,10 +135,9 @@ def run(args: argparse.Namespace) -> int:
         elif args.models_command == "show":
             out = models_show(args.ref, url)
         elif args.models_command == "promote":
-            name, _, num = args.ref.rpartition(":")
-            if not name or not num.isdigit():
-                raise RegistryError("promote expects NAME:VERSION")
-            out = models_promote(name, int(num), args.reason, url)
+            out = models_promote_ref(args.ref, args.reason, url)
+        elif args.models_command == "tag":
+            out = models_tag(args.ref, parse_tags(args.pairs), args.delete, args.reason, url)
         else:
             out = models_rollback(args.name, args.reason, url)
     except RegistryError as exc:

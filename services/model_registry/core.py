@@ -12,10 +12,11 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +24,8 @@ from contracts.events import (
     ArtifactRef,
     EventEnvelope,
     EventPayload,
+    ModelAliasChanged,
+    ModelApprovalRequested,
     ModelPromoted,
     ModelRef,
     ModelRegistered,
@@ -46,8 +49,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CHAMPION = "champion"
+CANDIDATE = "candidate"  # manual mode: the version that passed the gates and awaits approval
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$")
 ALIAS_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9._-]{0,63}$")
+TAG_KEY_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,249}$")
 PROMOTE_ACTIONS = ("promote", "manual_promote", "set_alias")
 
 
@@ -184,8 +189,21 @@ class Registry:
         return s.scalar(q.with_for_update() if lock else q)
 
     def _lock_model(self, s: Session, model: RegisteredModel) -> None:
-        # Serialises alias moves per model on PostgreSQL (no-op on SQLite, whose writes are serial anyway).
-        s.execute(select(RegisteredModel.id).where(RegisteredModel.id == model.id).with_for_update())
+        """Serialise every decision and alias move of one model across replicas.
+
+        PostgreSQL: a row lock (``SELECT ... FOR UPDATE``), and under READ COMMITTED every later read
+        in the transaction sees what the previous holder committed. SQLite ignores FOR UPDATE, so a
+        no-op write takes the database write lock instead (a stale WAL snapshot then fails with
+        "database is locked" and ``_retrying`` starts the transaction afresh).
+        """
+        if s.get_bind().dialect.name == "sqlite":
+            s.execute(
+                update(RegisteredModel)
+                .where(RegisteredModel.id == model.id)
+                .values(latest_version=RegisteredModel.latest_version)
+            )
+        else:
+            s.execute(select(RegisteredModel.id).where(RegisteredModel.id == model.id).with_for_update())
 
     def _view(self, s: Session, v: ModelVersion) -> dict[str, Any]:
         aliases = sorted(s.scalars(select(Alias.alias).where(Alias.version_id == v.id)))
@@ -387,6 +405,8 @@ class Registry:
                         "latest_version": m.latest_version,
                         "champion_version": a.version.version if a else 0,
                         "aliases": aliases,
+                        "description": m.description,
+                        "tags": m.tags,
                         "created_at": _iso(m.created_at),
                     }
                 )
@@ -410,6 +430,56 @@ class Registry:
                 }
                 for e in s.scalars(q)
             ]
+
+    # ----------------------------------------------------------------------------- tags
+    def set_tags(
+        self,
+        model_name: str,
+        version: int | None = None,
+        *,
+        set_: dict[str, str] | None = None,
+        delete: list[str] | None = None,
+        description: str | None = None,
+        actor: str = "api",
+        reason: str = "",
+    ) -> dict[str, Any]:
+        """Set / delete tags of a version (``version``) or of the model (None); returns the new tags.
+
+        ``description`` (model only) replaces the model's description. Every change is audited with
+        the values before and after.
+        """
+        set_, delete = dict(set_ or {}), list(delete or [])
+        for k, val in set_.items():
+            if not TAG_KEY_RE.match(k):
+                raise InvalidInput(f"invalid tag key {k!r} (letters, digits, '.', '_', '-', '/'; max 250)")
+            if not isinstance(val, str) or len(val) > 5000:
+                raise InvalidInput(f"tag {k!r}: value must be a string of at most 5000 characters")
+        if set(set_) & set(delete):
+            raise InvalidInput(f"tags both set and deleted: {sorted(set(set_) & set(delete))}")
+        if description is not None and version is not None:
+            raise InvalidInput("a description belongs to the model, not to a version")
+        if not (set_ or delete or description is not None):
+            raise InvalidInput("nothing to change: give tags to set or delete, or a description")
+
+        def work(s: Session) -> dict[str, Any]:
+            model = self._model(s, model_name)
+            target: RegisteredModel | ModelVersion = (
+                model if version is None else self._version(s, model, version)
+            )
+            missing = [k for k in delete if k not in target.tags]
+            if missing:
+                raise NotFound(f"no tag(s) {missing} on {model_name}" + (f":{version}" if version else ""))
+            before = dict(target.tags)
+            tags = {k: x for k, x in before.items() if k not in delete} | set_
+            target.tags = tags  # a new dict: JSON columns do not track in-place mutation
+            details: dict[str, Any] = {"before": before, "after": tags}
+            if description is not None:
+                details["description"] = {"before": model.description, "after": description}
+                model.description = description
+            self._audit(s, actor, "tag", model_name, version, reason, **details)
+            return {"tags": tags, "description": model.description}
+
+        return self._retrying(work)
 
     # ----------------------------------------------------------------------------- aliases
     def _promote(
@@ -446,6 +516,12 @@ class Registry:
         if prev is not None and prev.status == "champion":
             prev.status = "archived"
         v.status = "champion"
+        cand = self._alias(s, model, CANDIDATE, lock=True)
+        if cand is not None and cand.version_id == v.id:
+            s.delete(cand)
+            self._audit(
+                s, actor, "remove_alias", model.name, v.version, "candidate became champion", alias=CANDIDATE
+            )
         entry = self._audit(
             s,
             actor,
@@ -468,6 +544,35 @@ class Registry:
             s, payload, event_id or f"promoted:{model.name}:{v.version}:{entry.id}", causation
         )
 
+    def _move_alias(
+        self,
+        s: Session,
+        model: RegisteredModel,
+        alias: str,
+        v: ModelVersion,
+        *,
+        actor: str,
+        reason: str,
+        causation: EventEnvelope | None,
+    ) -> None:
+        """Point a user alias at ``v`` (caller holds the model lock); audited, announced when it moves."""
+        a = self._alias(s, model, alias, lock=True)
+        prev = a.version.version if a else None
+        if a is None:
+            s.add(Alias(model_id=model.id, alias=alias, version_id=v.id, updated_at=utcnow()))
+        else:
+            a.previous_version, a.version_id, a.updated_at = prev, v.id, utcnow()
+        entry = self._audit(s, actor, "set_alias", model.name, v.version, reason, alias=alias, previous=prev)
+        if prev != v.version:
+            payload = ModelAliasChanged(
+                model=ModelRef(model_name=model.name, version=v.version),
+                alias=alias,
+                previous=ModelRef(model_name=model.name, version=prev) if prev else None,
+                actor=actor,
+                reason=reason,
+            )
+            self._outbox(s, payload, f"alias:{model.name}:{alias}:{entry.id}", causation)
+
     def set_alias(
         self, model_name: str, alias: str, version: int, *, actor: str = "api", reason: str = ""
     ) -> dict[str, Any]:
@@ -488,13 +593,8 @@ class Registry:
                     causation=None,
                 )
             else:
-                a = self._alias(s, model, alias, lock=True)
-                prev = a.version.version if a else None
-                if a is None:
-                    s.add(Alias(model_id=model.id, alias=alias, version_id=v.id, updated_at=utcnow()))
-                else:
-                    a.previous_version, a.version_id, a.updated_at = prev, v.id, utcnow()
-                self._audit(s, actor, "set_alias", model_name, version, reason, alias=alias, previous=prev)
+                self._lock_model(s, model)
+                self._move_alias(s, model, alias, v, actor=actor, reason=reason, causation=None)
             s.flush()
             return self._view(s, v)
 
@@ -618,6 +718,9 @@ class Registry:
             if self._already(s, event_id):
                 return None
             m = self._model(s, model.model_name)
+            # Lock first: the decision must be taken against the champion as it is when we commit,
+            # not one a concurrent replica is replacing (else a worse version could slip past a gate).
+            self._lock_model(s, m)
             v = self._version(s, m, model.version)
             existing = {e.task: e for e in v.evaluations}
             for r in results:
@@ -688,6 +791,22 @@ class Registry:
                     v.version,
                     f"manual mode, awaiting promotion: {decision.reason}",
                     decision=details,
+                )
+                approval = ModelApprovalRequested(
+                    model=model,
+                    champion=ModelRef(model_name=m.name, version=champ.version) if champ else None,
+                    reason=decision.reason,
+                )
+                self._outbox(s, approval, f"approval:{m.name}:{v.version}", causation)
+                # `NAME@candidate` is what awaits approval (`puyu models show demo@candidate`)
+                self._move_alias(
+                    s,
+                    m,
+                    CANDIDATE,
+                    v,
+                    actor=actor,
+                    reason=f"passed the gates, awaiting approval: {decision.reason}",
+                    causation=causation,
                 )
                 return {"outcome": "pending", "reason": decision.reason}
             v.status = "rejected"
@@ -769,6 +888,7 @@ class Registry:
 
     # ----------------------------------------------------------------------------- outbox
     def pending_outbox(self, limit: int = 100) -> list[tuple[int, dict[str, Any]]]:
+        """Unpublished outbox rows in commit order (read-only: for inspection and tests)."""
         with self._tx() as s:
             rows = s.scalars(
                 select(OutboxMessage)
@@ -778,18 +898,58 @@ class Registry:
             )
             return [(r.id, dict(r.envelope)) for r in rows]
 
-    def mark_published(self, outbox_id: int) -> None:
-        with self._tx() as s:
-            s.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id == outbox_id)
-                .values(published_at=utcnow(), attempts=OutboxMessage.attempts + 1)
-            )
+    def relay_outbox(self, publish: Callable[[EventEnvelope], None], limit: int = 100) -> RelayResult:
+        """Publish up to ``limit`` unpublished rows in id order with ``publish`` (blocking); mark them sent.
 
-    def mark_failed(self, outbox_id: int, error: str) -> None:
+        One transaction holds the rows while they are published and marks them in it, so a crash
+        anywhere leaves them unpublished and the next sweep (of any replica) sends them again; the
+        bus drops the copies by event id (``Nats-Msg-Id``). On PostgreSQL one replica relays at a
+        time (a transaction-scoped advisory lock, tried, never waited for): rows of one model are
+        numbered in commit order because every change takes the model's row lock first, and a
+        single relay keeps that order on the wire, so a consumer never sees a rollback before the
+        promotion it undoes (SKIP LOCKED batches on several replicas would reorder them).
+        A row whose publish fails stops the sweep (later rows must not overtake it).
+        """
+        try:
+            return self._relay(publish, limit)
+        except OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            # SQLite: a writer committed while we held an older snapshot, so the marks could not be
+            # written. What went out goes again next sweep and the bus drops the copies.
+            log.info("outbox: database busy, sweeping again later: %s", exc.orig)
+            return RelayResult(0, busy=True)
+
+    def _relay(self, publish: Callable[[EventEnvelope], None], limit: int) -> RelayResult:
         with self._tx() as s:
-            s.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id == outbox_id)
-                .values(attempts=OutboxMessage.attempts + 1, last_error=error[:2000])
-            )
+            if s.get_bind().dialect.name == "postgresql" and not s.scalar(
+                text("SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.puyu-outbox-relay'))")
+            ):
+                return RelayResult(0, busy=True)
+            rows = s.scalars(
+                select(OutboxMessage)
+                .where(OutboxMessage.published_at.is_(None))
+                .order_by(OutboxMessage.id)
+                .limit(limit)
+                .with_for_update()
+            ).all()
+            sent = 0
+            for row in rows:
+                row.attempts += 1
+                try:
+                    publish(EventEnvelope.model_validate(row.envelope))
+                except Exception as exc:
+                    row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+                    log.warning("outbox: publishing %s failed, will retry: %s", row.event_id, exc)
+                    return RelayResult(sent, error=row.last_error, more=True)
+                row.published_at = utcnow()
+                sent += 1
+            return RelayResult(sent, more=len(rows) == limit)
+
+
+@dataclass(frozen=True)
+class RelayResult:
+    sent: int
+    error: str | None = None
+    more: bool = False  # a full batch went out: sweep again
+    busy: bool = False  # another replica holds the relay lock

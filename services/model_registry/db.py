@@ -26,6 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -47,6 +48,8 @@ class RegisteredModel(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     # Counter bumped with an atomic UPDATE ... RETURNING: the race-safe source of version numbers.
     latest_version: Mapped[int] = mapped_column(Integer, default=0)
+    description: Mapped[str] = mapped_column(Text, default="")  # revision 0002
+    tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # revision 0002
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     versions: Mapped[list[ModelVersion]] = relationship(
@@ -209,8 +212,45 @@ def alembic_config(engine: Engine | None = None) -> Config:
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:
-    """``alembic upgrade <revision>`` on ``engine`` (its connection, so a schema search path applies)."""
+    """``alembic upgrade <revision>`` on ``engine`` (its connection, so a schema search path applies).
+
+    On PostgreSQL, replicas starting together take turns (a transaction-scoped advisory lock per
+    schema): the first upgrades, the others then find the schema at head.
+    """
+    _alembic(engine, command.upgrade, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """``alembic downgrade <revision>`` on ``engine``."""
+    _alembic(engine, command.downgrade, revision)
+
+
+def _alembic(engine: Engine, fn: Any, revision: str) -> None:
     cfg = alembic_config(engine)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite alters tables by copy-and-rename (batch mode); dropping the old table would
+            # trip the foreign keys of rows pointing at it. The pragma only works outside a transaction.
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(
+                        text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.puyu-migrate'))")
+                    )
+                cfg.attributes["connection"] = conn
+                fn(cfg, revision)
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        try:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except Exception:
+            return None

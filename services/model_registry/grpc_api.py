@@ -12,6 +12,7 @@ import grpc
 from contracts.events import ArtifactRef, ModelRef
 from contracts.proto.puyu.registry.v1 import registry_pb2 as pb
 from contracts.proto.puyu.registry.v1 import registry_pb2_grpc
+from services.model_registry.card import model_card
 from services.model_registry.core import InvalidInput, NotFound, Registry
 from services.model_registry.outbox import OutboxRelay
 
@@ -150,3 +151,64 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
         if self.relay:
             self.relay.poke()
         return version_to_proto(v)
+
+    async def Rollback(self, request: pb.RollbackRequest, context: Any) -> pb.RollbackResponse:
+        out = await self._call(
+            context,
+            self.registry.rollback,
+            request.model_name,
+            actor="grpc",
+            reason=request.reason or "manual rollback",
+        )
+        if self.relay:
+            self.relay.poke()
+        return pb.RollbackResponse(
+            restored=out.get("restored") or 0,
+            rolled_back=out.get("rolled_back") or 0,
+            reason=out.get("reason", out.get("note", "")),
+            event_id=out.get("event_id", ""),
+        )
+
+    async def SetTags(self, request: pb.SetTagsRequest, context: Any) -> pb.SetTagsResponse:
+        out = await self._call(
+            context,
+            self.registry.set_tags,
+            request.model_name,
+            request.version or None,
+            set_=dict(request.set),
+            delete=list(request.delete),
+            actor="grpc",
+            reason=request.reason,
+        )
+        return pb.SetTagsResponse(tags={str(k): str(x) for k, x in out["tags"].items()})
+
+    async def ListAudit(self, request: pb.ListAuditRequest, context: Any) -> pb.ListAuditResponse:
+        limit = max(1, min(request.limit or 200, 1000))
+        rows = await self._call(context, self.registry.audit, request.model_name or None, limit)
+        return pb.ListAuditResponse(
+            entries=[
+                pb.AuditEntry(
+                    id=e["id"],
+                    time=e["time"],
+                    actor=e["actor"],
+                    action=e["action"],
+                    model_name=e["model"],
+                    version=e["version"] or 0,
+                    reason=e["reason"],
+                    details_json=json.dumps(e["details"], default=str),
+                )
+                for e in rows
+            ]
+        )
+
+    async def GetModelCard(self, request: pb.GetVersionRequest, context: Any) -> pb.ModelCard:
+        if bool(request.version) == bool(request.alias):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of version or alias")
+        v = await self._call(
+            context,
+            self.registry.get_version,
+            request.model_name,
+            version=request.version or None,
+            alias=request.alias or None,
+        )
+        return pb.ModelCard(markdown=model_card(v))

@@ -28,6 +28,17 @@ class RollbackBody(BaseModel):
     actor: str = "api"
 
 
+class TagsBody(BaseModel):
+    set: dict[str, str] = Field(default_factory=dict, description="Tags to add or overwrite.")
+    delete: list[str] = Field(default_factory=list, description="Tag keys to remove.")
+    reason: str = ""
+    actor: str = "api"
+
+
+class ModelPatch(TagsBody):
+    description: str | None = None
+
+
 def make_router(registry: Registry, relay: OutboxRelay | None = None) -> APIRouter:
     router = APIRouter(prefix="/v1")
 
@@ -75,6 +86,33 @@ def make_router(registry: Registry, relay: OutboxRelay | None = None) -> APIRout
         if relay:
             relay.poke()
         return out
+
+    @router.patch("/models/{name}")
+    async def patch_model(name: str, body: ModelPatch) -> dict[str, Any]:
+        """Model description and model-level tags."""
+        return await call(
+            registry.set_tags,
+            name,
+            None,
+            set_=body.set,
+            delete=body.delete,
+            description=body.description,
+            actor=body.actor,
+            reason=body.reason,
+        )
+
+    @router.patch("/models/{name}/versions/{version}/tags")
+    async def patch_version_tags(name: str, version: int, body: TagsBody) -> dict[str, Any]:
+        out = await call(
+            registry.set_tags,
+            name,
+            version,
+            set_=body.set,
+            delete=body.delete,
+            actor=body.actor,
+            reason=body.reason,
+        )
+        return {"tags": out["tags"]}
 
     @router.get("/audit")
     async def audit(model: str | None = None, limit: int = 200) -> list[dict[str, Any]]:

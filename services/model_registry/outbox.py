@@ -1,8 +1,8 @@
-"""The outbox relay: publishes committed outbox rows to NATS, then marks them published.
+"""The outbox relay: publishes committed outbox rows to NATS in commit order, then marks them sent.
 
-At-least-once: a crash between publish and mark re-publishes on the next sweep, and JetStream drops
-the copy because ``Nats-Msg-Id`` is the event id. Several replicas relaying the same row is safe
-for the same reason.
+At-least-once: a crash between publish and commit re-publishes on the next sweep, and JetStream drops
+the copy because ``Nats-Msg-Id`` is the event id. The database work (claim, mark) runs in a worker
+thread inside one transaction (``Registry.relay_outbox``); each publish hops back to the event loop.
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ log = logging.getLogger(__name__)
 
 
 class OutboxRelay:
-    def __init__(self, registry: Registry, bus: Bus, interval: float = 1.0) -> None:
+    def __init__(
+        self, registry: Registry, bus: Bus, interval: float = 1.0, publish_timeout: float = 30.0
+    ) -> None:
         self.registry, self.bus, self.interval = registry, bus, interval
+        self.publish_timeout = publish_timeout
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -30,25 +33,24 @@ class OutboxRelay:
         self._wake.set()
 
     async def flush(self) -> int:
-        """Publish every unpublished row in order; returns how many went out. Stops at the first failure."""
+        """Publish every unpublished row in order; returns how many went out. Stops at the first failure
+        or when another replica is relaying (it will send them)."""
+        loop = asyncio.get_running_loop()
+
+        def publish(env: EventEnvelope) -> None:  # called from the worker thread
+            cls = EVENT_TYPES.get(env.type)
+            if cls is None:
+                raise ValueError(f"unknown event type {env.type!r} in the outbox")
+            fut = asyncio.run_coroutine_threadsafe(self.bus.publish_envelope(env, cls), loop)
+            fut.result(self.publish_timeout)
+
         async with self._lock:
             sent = 0
             while True:
-                rows = await asyncio.to_thread(self.registry.pending_outbox, 100)
-                if not rows:
+                res = await asyncio.to_thread(self.registry.relay_outbox, publish)
+                sent += res.sent
+                if res.error or res.busy or not res.more:
                     return sent
-                for row_id, data in rows:
-                    env = EventEnvelope.model_validate(data)
-                    try:
-                        await self.bus.publish_envelope(env, EVENT_TYPES[env.type])
-                    except Exception as exc:
-                        log.warning("outbox: publishing %s failed, will retry: %s", env.id, exc)
-                        await asyncio.to_thread(
-                            self.registry.mark_failed, row_id, f"{type(exc).__name__}: {exc}"
-                        )
-                        return sent
-                    await asyncio.to_thread(self.registry.mark_published, row_id)
-                    sent += 1
 
     async def _loop(self) -> None:
         while True:

@@ -140,6 +140,11 @@ def decide(
             )
         champ = champion.get(task) if champion else None
         if champ is None or metric not in champ.metrics:
+            if gate.min_value is None and gate.max_value is None:  # still say what was seen
+                against = "no champion" if champion is None else f"{champion_label or 'champion'} lacks it"
+                checks.append(
+                    Check(task, metric, True, f"{task}.{metric} {_fmt(value)} ({against}, no bound set)")
+                )
             continue
         if champ.version_hash != res.version_hash:
             # Different prompts/config: numbers are not comparable, only the absolute bounds apply.

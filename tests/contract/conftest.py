@@ -32,6 +32,9 @@ from contracts.events import (
     TrainRequested,
     TrainSpec,
 )
+from contracts.events.evaluation import EvaluateShardRequested
+from contracts.events.registry import ModelAliasChanged, ModelApprovalRequested
+from contracts.events.training import TrainCancelRequested
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,6 +49,17 @@ _TASK = TaskResult(
 def sample_payloads() -> list[EventPayload]:
     """One instance of every event type, with nested models and optional fields filled in."""
     return [
+        ModelAliasChanged(
+            model=_MODEL,
+            alias="staging",
+            previous=ModelRef(model_name="puyu-demo", version=1),
+            actor="alice",
+            reason="next release",
+        ),
+        ModelApprovalRequested(
+            model=_MODEL, champion=ModelRef(model_name="puyu-demo", version=1), reason="passes every gate"
+        ),
+        TrainCancelRequested(job_id="j2"),
         IngestRequested(
             job_id="j1",
             dataset_name="demo",
@@ -56,6 +70,16 @@ def sample_payloads() -> list[EventPayload]:
         TrainRequested(job_id="j2", datasets=[_DS]),
         FinetuneRequested(job_id="j3", base=_MODEL, base_artifact=_ART, dataset_uri="file:///tmp/chat.jsonl"),
         EvaluateRequested(job_id="j4", model=_MODEL, artifact=_ART),
+        EvaluateShardRequested(
+            job_id="j4",
+            model=_MODEL,
+            artifact=_ART,
+            task="cmmlu",
+            task_version="ab" * 32,
+            start=0,
+            stop=64,
+            result_uri="file:///tmp/evals/m/v1/shards/cmmlu/0000000-0000064.jsonl",
+        ),
         CorpusIngested(
             job_id="j1",
             dataset=_DS,

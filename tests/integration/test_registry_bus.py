@@ -15,6 +15,7 @@ import pytest
 from contracts.events import (
     ArtifactRef,
     CheckpointReady,
+    DeploymentFailed,
     EvaluationCompleted,
     EventEnvelope,
     ModelRef,
@@ -23,8 +24,17 @@ from contracts.events import (
 from contracts.proto.puyu.registry.v1 import registry_pb2 as pb
 from contracts.proto.puyu.registry.v1 import registry_pb2_grpc
 from services.model_registry.app import create_service
-from services.model_registry.cli import models_list, models_rollback, models_show
+from services.model_registry.cli import (
+    RegistryError,
+    models_list,
+    models_promote,
+    models_promote_ref,
+    models_rollback,
+    models_show,
+    models_tag,
+)
 from services.model_registry.config import RegistrySettings
+from services.model_registry.policy import PromotionPolicy
 from shared.bus import Bus
 from shared.natsserver import NatsServer, free_port
 
@@ -32,7 +42,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
     server = NatsServer(tmp_path / "nats").start()
     settings = RegistrySettings(
         home=tmp_path,
@@ -41,6 +51,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         registry_http_port=free_port(),
         log_json=False,
         registry_outbox_interval=0.2,
+        registry_policy=getattr(request, "param", None) or PromotionPolicy(),
     )
     runtime = create_service(settings)
     task = asyncio.create_task(runtime.run())
@@ -148,6 +159,21 @@ async def test_chain_register_promote_reject_rollback(stack: dict[str, Any]) -> 
         assert [(m.model_name, m.latest_version, m.champion_version) for m in models.models] == [
             ("demo", 2, 2)
         ]
+        assert (await next_event(sub)).payload["model"]["version"] == 2
+        tags = await stub.SetTags(pb.SetTagsRequest(model_name="demo", version=2, set={"stage": "canary"}))
+        assert dict(tags.tags) == {"stage": "canary"}
+        card = await stub.GetModelCard(pb.GetVersionRequest(model_name="demo", alias="champion"))
+        assert card.markdown.startswith("---\n") and "demo version 2" in card.markdown
+        back = await stub.Rollback(pb.RollbackRequest(model_name="demo", reason="canary failed"))
+        assert (back.restored, back.rolled_back) == (1, 2) and "canary failed" in back.reason
+        assert (await next_event(sub)).payload["model"]["version"] == 1
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Rollback(pb.RollbackRequest(model_name="demo"))  # v1 had no predecessor
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        audit = await stub.ListAudit(pb.ListAuditRequest(model_name="demo", limit=50))
+        assert audit.entries[0].action == "rollback" and "canary failed" in audit.entries[0].reason
+        assert {"register", "promote", "reject", "manual_promote", "tag"} <= {e.action for e in audit.entries}
+        await stub.SetAlias(pb.SetAliasRequest(model_name="demo", alias="champion", version=2))
     assert (await next_event(sub)).payload["model"]["version"] == 2
 
     url = stack["base"]
@@ -166,6 +192,64 @@ async def test_chain_register_promote_reject_rollback(stack: dict[str, Any]) -> 
         audit = (await client.get("/v1/audit", params={"model": "demo"})).json()
         assert {"register", "promote", "reject", "manual_promote", "rollback"} <= {a["action"] for a in audit}
         assert json.dumps(audit)  # serialisable
+        paths = (await client.get("/openapi.json")).json()["paths"]
+        assert {"/v1/models/{name}/promote", "/v1/models/{name}/rollback", "/v1/audit"} <= set(paths)
+
+
+@pytest.mark.parametrize("stack", [PromotionPolicy(mode="manual")], indirect=True)
+async def test_manual_mode_deployment_failure_and_tags(stack: dict[str, Any]) -> None:
+    bus, sub, url = stack["bus"], stack["sub"], stack["base"]
+    for run, n in (("r1", 1), ("r2", 2)):
+        await bus.publish(ckpt(run, n), event_id=f"ckpt:{run}:100")
+        assert (await next_event(sub)).type == "model.registered"
+
+    # Manual mode: the gates pass, nothing moves until a person approves.
+    await bus.publish(evaluation(1, 40.0, 0.3), event_id="eval:demo:1")
+    asked = await next_event(sub)  # automations (a chat bot, a release tool) hear that a person is needed
+    assert asked.type == "model.approval_requested" and asked.payload["model"]["version"] == 1
+    assert "perplexity" in asked.payload["reason"] and asked.payload["champion"] is None
+    moved = await next_event(sub)
+    assert moved.type == "model.alias_changed" and moved.payload["alias"] == "candidate"
+    assert (await asyncio.to_thread(models_show, "demo@candidate", url))["version"] == 1
+    async with httpx.AsyncClient(base_url=url) as client:
+        audit = (await client.get("/v1/audit", params={"model": "demo"})).json()
+    evaluated = next(a for a in audit if a["action"] == "evaluate")
+    assert "awaiting promotion" in evaluated["reason"] and evaluated["details"]["decision"]["promote"] is True
+    with pytest.raises(nats.errors.TimeoutError):
+        await sub.fetch(1, timeout=1.0)  # no model.promoted
+    with pytest.raises(RegistryError, match="404"):
+        await asyncio.to_thread(models_show, "demo@champion", url)
+
+    with pytest.raises(RegistryError, match="expected NAME:VERSION or NAME@ALIAS"):
+        await asyncio.to_thread(models_promote_ref, "demo", "", url)
+    await asyncio.to_thread(models_promote_ref, "demo@candidate", "approved by the release manager", url)
+    promoted = await next_event(sub)
+    assert promoted.type == "model.promoted" and promoted.payload["model"]["version"] == 1
+    assert promoted.payload["reason"] == "approved by the release manager"
+    await asyncio.to_thread(models_promote, "demo", 2, "try v2", url)
+    assert (await next_event(sub)).payload["previous"] == {"model_name": "demo", "version": 1}
+
+    # Deployment handshake: v2 fails to deploy -> the alias moves back to v1 and says so.
+    await bus.publish(
+        DeploymentFailed(model=ModelRef(model_name="demo", version=2), instance="gw-0", error="OOM"),
+        event_id="deploy-failed:demo:2:gw-0",
+    )
+    back = await next_event(sub)
+    assert back.type == "model.promoted" and back.payload["model"]["version"] == 1
+    assert "deployment of version 2 failed on gw-0: OOM" in back.payload["reason"]
+    shown = await asyncio.to_thread(models_show, "demo:2", url)
+    assert shown["status"] == "rejected" and shown["deployments"][0]["state"] == "failed"
+
+    # Tags through the REST API and the CLI functions; bad input is a clear 4xx.
+    out = await asyncio.to_thread(models_tag, "demo:1", {"approved_by": "rm"}, [], "release", url)
+    assert out == {"tags": {"approved_by": "rm"}}
+    out = await asyncio.to_thread(models_tag, "demo", {"owner": "nlp"}, [], "", url)
+    assert out["tags"] == {"owner": "nlp"}
+    assert (await asyncio.to_thread(models_list, url))[0]["tags"] == {"owner": "nlp"}
+    with pytest.raises(RegistryError, match="400: invalid tag key"):
+        await asyncio.to_thread(models_tag, "demo:1", {"bad key": "x"}, [], "", url)
+    with pytest.raises(RegistryError, match="404"):
+        await asyncio.to_thread(models_tag, "demo:1", {}, ["absent"], "", url)
 
 
 async def test_unpublished_outbox_is_relayed_at_start_up(tmp_path: Path) -> None:

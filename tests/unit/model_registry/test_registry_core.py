@@ -1,4 +1,5 @@
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +12,7 @@ from contracts.events import ArtifactRef, DatasetRef, EventEnvelope, ModelRef, T
 from services.model_registry.card import model_card
 from services.model_registry.core import InvalidInput, NotFound, Registry
 from services.model_registry.db import make_engine, migrate
+from services.model_registry.policy import PromotionPolicy
 
 PG_URL = os.environ.get("PUYU_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -176,10 +178,131 @@ def test_failed_first_deployment_removes_alias(reg: Registry) -> None:
         reg.get_version("solo", alias="champion")
 
 
-def test_outbox_marking(reg: Registry) -> None:
-    reg.register_version("o", art(1))
-    [(row_id, _)] = reg.pending_outbox()
-    reg.mark_failed(row_id, "nats down")
-    assert len(reg.pending_outbox()) == 1
-    reg.mark_published(row_id)
+def test_outbox_relay_marks_in_order_and_stops_at_a_failure(reg: Registry) -> None:
+    for i in (1, 2, 3):
+        reg.register_version("o", art(i))
+    sent: list[str] = []
+
+    def flaky(env: EventEnvelope) -> None:
+        if env.id == "registered:o:2" and "fail" not in sent:
+            sent.append("fail")
+            raise ConnectionError("nats down")
+        sent.append(env.id)
+
+    res = reg.relay_outbox(flaky)
+    assert (res.sent, res.more) == (1, True) and res.error and "nats down" in res.error
+    assert outbox_ids(reg) == ["registered:o:2", "registered:o:3"]  # 3 did not overtake 2
+    res = reg.relay_outbox(flaky)
+    assert res.sent == 2 and res.error is None and not res.more
+    assert sent == ["registered:o:1", "fail", "registered:o:2", "registered:o:3"]
+    assert reg.pending_outbox() == []
+
+
+def test_outbox_relay_crash_leaves_rows_for_the_next_sweep(reg: Registry) -> None:
+    reg.register_version("c", art(1))
+    reg.register_version("c", art(2))
+
+    class Crash(BaseException):  # a process death: not an Exception the relay may handle
+        pass
+
+    def dies_after_first(env: EventEnvelope) -> None:
+        if env.id == "registered:c:2":
+            raise Crash
+
+    with pytest.raises(Crash):
+        reg.relay_outbox(dies_after_first)
+    # the first row WAS published, but its mark died with the transaction: it goes again (the bus
+    # drops the copy by Nats-Msg-Id); nothing is lost
+    assert outbox_ids(reg) == ["registered:c:1", "registered:c:2"]
+    got: list[str] = []
+    assert reg.relay_outbox(lambda e: got.append(e.id)).sent == 2
+    assert got == ["registered:c:1", "registered:c:2"]
+
+
+def test_tags_on_versions_and_models_are_audited(reg: Registry) -> None:
+    reg.register_version("t", art(1), tags={"origin": "run-1"})
+    out = reg.set_tags("t", 1, set_={"reviewed": "yes", "team/owner": "nlp"}, reason="review done")
+    assert out["tags"] == {"origin": "run-1", "reviewed": "yes", "team/owner": "nlp"}
+    assert reg.set_tags("t", 1, delete=["origin"])["tags"] == {"reviewed": "yes", "team/owner": "nlp"}
+    assert reg.get_version("t", version=1)["tags"] == {"reviewed": "yes", "team/owner": "nlp"}
+    reg.set_tags("t", set_={"domain": "aldoria"}, description="the demo model")
+    [m] = reg.list_models()
+    assert m["tags"] == {"domain": "aldoria"} and m["description"] == "the demo model"
+    tag_entries = [a for a in reg.audit("t") if a["action"] == "tag"]
+    assert len(tag_entries) == 3
+    assert tag_entries[-1]["reason"] == "review done" and tag_entries[-1]["details"]["before"] == {
+        "origin": "run-1"
+    }
+    with pytest.raises(InvalidInput, match="invalid tag key"):
+        reg.set_tags("t", 1, set_={"bad key": "x"})
+    with pytest.raises(NotFound, match="no tag"):
+        reg.set_tags("t", 1, delete=["absent"])
+    with pytest.raises(InvalidInput, match="nothing to change"):
+        reg.set_tags("t", 1)
+    with pytest.raises(NotFound):
+        reg.set_tags("t", 7, set_={"a": "b"})
+
+
+def test_manual_mode_waits_for_a_person(engine: Engine) -> None:
+    migrate(engine)
+    reg = Registry(engine, PromotionPolicy(mode="manual"))
+    reg.register_version("mm", art(1))
+    out = reg.record_evaluation(ModelRef(model_name="mm", version=1), results(40, 0.3))
+    assert out is not None and out["outcome"] == "pending"
+    with pytest.raises(NotFound):
+        reg.get_version("mm", alias="champion")
+    assert [e for e in outbox_ids(reg) if e.startswith("promoted")] == []
+    assert "approval:mm:1" in outbox_ids(reg)  # automations hear that a person is needed
+    assert reg.get_version("mm", alias="candidate")["version"] == 1
+    reg.promote("mm", 1, actor="alice", reason="approved after review")
+    assert reg.get_version("mm", alias="champion")["version"] == 1
+    last = reg.audit("mm")[0]
+    assert (last["action"], last["actor"], last["reason"]) == (
+        "manual_promote",
+        "alice",
+        "approved after review",
+    )
+    assert any(i.startswith("promoted:mm:1") for i in outbox_ids(reg))
+    assert reg.get_version("mm", version=1)["aliases"] == ["champion"]  # no longer the candidate
+    assert "remove_alias" in [a["action"] for a in reg.audit("mm")]
+
+
+def test_user_alias_moves_are_audited_and_announced(reg: Registry) -> None:
+    reg.register_version("al", art(1))
+    reg.register_version("al", art(2))
+    reg.set_alias("al", "staging", 1, actor="bob")
+    reg.set_alias("al", "staging", 2, actor="bob", reason="next release")
+    reg.set_alias("al", "staging", 2, actor="bob")  # no move: audited, not announced
+    assert reg.get_version("al", alias="staging")["version"] == 2
+    moves = [
+        EventEnvelope.model_validate(e).payload
+        for _, e in reg.pending_outbox()
+        if e["type"] == "model.alias_changed"
+    ]
+    assert [(p["model"]["version"], (p["previous"] or {}).get("version")) for p in moves] == [
+        (1, None),
+        (2, 1),
+    ]
+    assert moves[1]["reason"] == "next release"
+    with pytest.raises(InvalidInput, match="invalid alias"):
+        reg.set_alias("al", "9bad alias", 1)
+
+
+def test_one_relay_at_a_time_on_postgres(reg: Registry, engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite is the single-replica embedded default")
+    reg.register_version("r", art(1))
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(env: EventEnvelope) -> None:
+        inside.set()
+        release.wait(10)
+
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(reg.relay_outbox, slow)
+        assert inside.wait(10)
+        other = Registry(engine)  # another session on its own pooled connection: a second replica
+        assert other.relay_outbox(lambda e: None).busy  # it does not send out of turn
+        release.set()
+        assert first.result(10).sent == 1
     assert reg.pending_outbox() == []

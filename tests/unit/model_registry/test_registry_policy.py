@@ -78,3 +78,8 @@ def test_policy_from_yaml(tmp_path: Path) -> None:
     f.write_text("mode: manual\ngates:\n  perplexity: {tolerance: 0.1, max_value: 20}\n")
     p = PromotionPolicy.from_file(f)
     assert p.mode == "manual" and p.gates["perplexity"].max_value == 20
+
+
+def test_first_version_without_bounds_still_reports_what_it_saw() -> None:
+    d = decide(PromotionPolicy(gates={"perplexity": Gate()}), {"perplexity": ppl(42)}, None)
+    assert d.promote and "perplexity.perplexity 42 (no champion, no bound set)" in d.reason

@@ -60,6 +60,26 @@ class ModelRegistryStub:
                 request_serializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.SetAliasRequest.SerializeToString,
                 response_deserializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
                 _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/puyu.registry.v1.ModelRegistry/Rollback',
+                request_serializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.RollbackResponse.FromString,
+                _registered_method=True)
+        self.SetTags = channel.unary_unary(
+                '/puyu.registry.v1.ModelRegistry/SetTags',
+                request_serializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.SetTagsRequest.SerializeToString,
+                response_deserializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.SetTagsResponse.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/puyu.registry.v1.ModelRegistry/ListAudit',
+                request_serializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
+        self.GetModelCard = channel.unary_unary(
+                '/puyu.registry.v1.ModelRegistry/GetModelCard',
+                request_serializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.GetVersionRequest.SerializeToString,
+                response_deserializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.ModelCard.FromString,
+                _registered_method=True)
 
 
 class ModelRegistryServicer:
@@ -96,6 +116,34 @@ class ModelRegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rollback(self, request, context):
+        """Move "champion" back to the previous champion (the gateway follows the model.promoted event).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTags(self, request, context):
+        """Tags of a version (version > 0) or of the model (version 0).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """The audit log, newest first: every change, who or which event made it, and why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModelCard(self, request, context):
+        """A Hugging Face-style model card (YAML header, evaluation table, lineage) as markdown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelRegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +171,26 @@ def add_ModelRegistryServicer_to_server(servicer, server):
                     servicer.SetAlias,
                     request_deserializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.SetAliasRequest.FromString,
                     response_serializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.RollbackRequest.FromString,
+                    response_serializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.RollbackResponse.SerializeToString,
+            ),
+            'SetTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTags,
+                    request_deserializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.SetTagsRequest.FromString,
+                    response_serializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.SetTagsResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.ListAuditRequest.FromString,
+                    response_serializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'GetModelCard': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelCard,
+                    request_deserializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.GetVersionRequest.FromString,
+                    response_serializer=contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.ModelCard.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +329,114 @@ class ModelRegistry:
             '/puyu.registry.v1.ModelRegistry/SetAlias',
             contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.SetAliasRequest.SerializeToString,
             contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/puyu.registry.v1.ModelRegistry/Rollback',
+            contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.RollbackRequest.SerializeToString,
+            contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.RollbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/puyu.registry.v1.ModelRegistry/SetTags',
+            contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.SetTagsRequest.SerializeToString,
+            contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.SetTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/puyu.registry.v1.ModelRegistry/ListAudit',
+            contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.ListAuditRequest.SerializeToString,
+            contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelCard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/puyu.registry.v1.ModelRegistry/GetModelCard',
+            contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.GetVersionRequest.SerializeToString,
+            contracts_dot_proto_dot_puyu_dot_registry_dot_v1_dot_registry__pb2.ModelCard.FromString,
             options,
             channel_credentials,
             insecure,
