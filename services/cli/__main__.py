@@ -163,11 +163,35 @@ def finetune(ctx: click.Context, config_path: str | None) -> None:
 
 @finetune.command("check-data")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-def finetune_check_data(file: str) -> None:
-    """Validate a chat dataset; name the first bad record by line number and reason."""
+@click.option(
+    "--format",
+    "data_format",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "openai", "alpaca", "xtuner", "text", "preference"]),
+)
+@click.option(
+    "--method",
+    default=None,
+    type=click.Choice(["lora", "qlora", "full", "dpo"]),
+    help="Also check that the data fits this method.",
+)
+def finetune_check_data(file: str, data_format: str, method: str | None) -> None:
+    """Validate a dataset; name every bad record by line number and reason, the first one first."""
     from services.finetuner.cli import check_data_cmd
 
-    sys.exit(check_data_cmd(file))
+    sys.exit(check_data_cmd(file, data_format, method))
+
+
+@finetune.command("merge")
+@click.option("--base", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--adapter", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+def finetune_merge(base: str, adapter: str, out_dir: str) -> None:
+    """Fold a PEFT adapter into its base model: a plain Hugging Face folder."""
+    from services.finetuner.cli import merge_cmd
+
+    sys.exit(merge_cmd(base, adapter, out_dir))
 
 
 @main.command("eval")

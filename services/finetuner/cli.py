@@ -1,12 +1,16 @@
-"""Standalone commands: ``puyu finetune CONFIG`` and ``puyu finetune check-data FILE``.
+"""Standalone commands: ``puyu finetune --config FILE``, ``puyu finetune check-data FILE`` and
+``puyu finetune merge``.
 
 CONFIG (YAML or JSON)::
 
     base_model: path/to/hf-model-folder     # config.json + weights + tokenizer
-    dataset: path/to/chat.jsonl             # OpenAI-messages JSONL
+    dataset: path/to/data.jsonl             # openai | alpaca | xtuner | text | preference records
     out_dir: runs/my-lora                   # gets adapter/ and model/ (merged), each with lineage.json
     device: auto                            # cpu | cuda | auto
-    spec: {method: lora, max_steps: 60, lora: {r: 8, alpha: 16}}   # contracts FinetuneSpec
+    spec: {method: lora, max_steps: 60, packing: true, lora: {r: 8, alpha: 16}}  # contracts FinetuneSpec
+
+Running the same config again resumes from ``out_dir/state`` (saved every ``checkpoint_interval``
+steps and when a run is interrupted).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.events import FinetuneSpec
-from services.finetuner.core import run_finetune
-from services.finetuner.data import DataError, check_data
+from services.finetuner.core import check_base, run_finetune
+from services.finetuner.data import DataError, check_data, load_dataset
+from services.finetuner.export import merge_adapter
 from services.finetuner.methods import UnsupportedRequest, check_method
 
 
@@ -49,6 +54,11 @@ def load_config(path: Path) -> FinetuneConfig:
         if not value.is_absolute():
             setattr(cfg, name, root / value)
     return cfg
+
+
+def dataset_summary(path: str | Path, data_format: str = "auto") -> tuple[str, int]:
+    data = load_dataset(path, data_format)
+    return data.format, len(data.records)
 
 
 def _progress(stage: str, fraction: float, message: str = "", **metrics: float) -> None:
@@ -82,7 +92,7 @@ def finetune_cmd(config_path: str | Path) -> int:
     print(
         json.dumps(
             {
-                "adapter": str(outcome.adapter_dir),
+                "adapter": str(outcome.adapter_dir) if outcome.adapter_dir else None,
                 "model": str(outcome.model_dir),
                 "steps": outcome.steps,
                 "metrics": outcome.metrics,
@@ -93,13 +103,35 @@ def finetune_cmd(config_path: str | Path) -> int:
     return 0
 
 
-def check_data_cmd(path: str | Path) -> int:
-    """Validate a chat JSONL file: 0 when usable, 1 with one line per problem otherwise."""
-    errors = check_data(path)
-    for err in errors:
+MAX_SHOWN = 20
+
+
+def check_data_cmd(path: str | Path, data_format: str = "auto", method: str | None = None) -> int:
+    """Validate a data file: 0 when usable, 1 with one line per problem (first bad record first)."""
+    errors = check_data(path, data_format, method)
+    for err in errors[:MAX_SHOWN]:
         print(err)
     if errors:
-        print(f"{path}: {len(errors)} problem(s)", file=sys.stderr)
+        more = f" (first {MAX_SHOWN} shown)" if len(errors) > MAX_SHOWN else ""
+        print(f"{path}: {len(errors)} problem(s){more}", file=sys.stderr)
         return 1
-    print(f"{path}: ok")
+    fmt, n = dataset_summary(path, data_format)
+    print(f"{path}: ok ({n} {fmt} records)")
+    return 0
+
+
+def merge_cmd(base: str | Path, adapter: str | Path, out: str | Path) -> int:
+    """Fold a PEFT adapter into its base model and save a plain Hugging Face folder."""
+    from transformers import AutoTokenizer
+
+    try:
+        check_base(Path(base))
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise ValueError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json)")
+        tokenizer = AutoTokenizer.from_pretrained(adapter)
+        merge_adapter(Path(base), Path(adapter), Path(out), tokenizer)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(out)
     return 0

@@ -1,11 +1,14 @@
-"""The finetuner's core: base model folder + chat JSONL + spec -> adapter, merged model, lineage.
+"""The finetuner's core: base model folder + data file + spec -> adapter, merged model, lineage.
 
 Plain Python, no bus or gRPC: the bus handler and the ``puyu finetune`` command both call
-``run_finetune``. Requests this build cannot do are refused before anything is loaded.
+``run_finetune``. Requests that can never succeed (method, device, data) are refused before the
+model is loaded. A run lives in ``out_dir``; calling again with the same folder and job resumes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,18 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from contracts.events import FinetuneSpec
-from services.finetuner.data import dataset_digest, load_records
+from services.finetuner.data import dataset_digest, load_dataset
 from services.finetuner.export import export
-from services.finetuner.methods import check_method, resolve_device
+from services.finetuner.methods import check_method, load_base, resolve_device, wrap
+from services.finetuner.packing import build_examples, build_pairs, pack
 from services.finetuner.templates import ensure_chat_template
-from services.finetuner.training import Progress, build_examples, train_lora
+from services.finetuner.training import Progress, train
 
 log = logging.getLogger(__name__)
+HELD_OUT = 32  # items scored before and after training (loss / DPO pair accuracy)
 
 
 @dataclass
 class FinetuneOutcome:
-    adapter_dir: Path
+    adapter_dir: Path | None
     model_dir: Path
     steps: int
     metrics: dict[str, float]
@@ -49,13 +54,14 @@ def run_finetune(
     progress: Progress | None = None,
 ) -> FinetuneOutcome:
     # Cheap checks first: a bad request costs no model load.
-    check_method(spec.method)
     device = resolve_device(device)
+    check_method(spec.method, device)
     check_base(base_dir)
-    records = load_records(dataset_path)
+    data = load_dataset(dataset_path, spec.data_format, spec.method)
+    digest = dataset_digest(dataset_path)
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if num_threads:
         torch.set_num_threads(num_threads)
@@ -66,19 +72,41 @@ def run_finetune(
     ensure_chat_template(tokenizer)
     if tokenizer.pad_token_id is None:  # many base tokenizers ship without one
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
 
-    examples = build_examples(tokenizer, records, spec.seq_len)
-    peft_model, result = train_lora(
-        model, examples, spec, pad_id=tokenizer.pad_token_id, device=device, progress=progress
+    items: list[Any]
+    if spec.method == "dpo":
+        items = list(build_pairs(tokenizer, data.records, spec.seq_len))
+        held: list[Any] = items[:HELD_OUT]
+    else:
+        examples = build_examples(tokenizer, data.records, spec.seq_len)
+        held = examples[:HELD_OUT]
+        items = list(pack(examples, spec.seq_len, spec.seed)) if spec.packing else examples
+    torch.manual_seed(spec.seed)  # LoRA's initial weights: a rerun (or resume) starts identically
+    model = wrap(load_base(base_dir, spec, device), spec)
+    fingerprint = hashlib.sha256(
+        json.dumps([spec.model_dump(mode="json"), digest, str(base_ref or base_dir)]).encode()
+    ).hexdigest()
+    result = train(
+        model,
+        items,
+        held,
+        spec,
+        pad_id=tokenizer.pad_token_id,
+        device=device,
+        state_dir=out_dir / "state",
+        fingerprint=fingerprint,
+        progress=progress,
     )
     metrics = {
         "loss": result.final_loss,
         "eval_loss_before": result.eval_loss_before,
         "eval_loss_after": result.eval_loss_after,
-        "examples": float(result.examples),
+        "examples": float(len(data.records)),
+        "train_items": float(result.items),
+        "tokens_seen": float(result.tokens_seen),
         "trainable_params": float(result.trainable_params),
         "train_seconds": result.seconds,
+        **result.extra,
     }
     lineage = {
         "kind_of_run": "finetune",
@@ -86,24 +114,31 @@ def run_finetune(
         "base": base_ref or {"path": str(base_dir)},
         "dataset": {
             "uri": dataset_uri or str(dataset_path),
-            "sha256": dataset_digest(dataset_path),
-            "records": len(records),
-            "examples_used": result.examples,
+            "sha256": digest,
+            "format": data.format,
+            "records": len(data.records),
         },
         "hyperparameters": spec.model_dump(mode="json"),
-        "lora_target_modules": result.target_modules,
+        "lora_target_modules": _lora_targets(model),
         "chat_template": template_source,
         "metrics": metrics,
+        "resumed_from_step": result.resumed_from,
         "device": device,
         "created_at": datetime.now(UTC).isoformat(),
     }
     if progress:
         progress("export", 0.95, "saving adapter and merged model")
-    exported = export(peft_model, tokenizer, out_dir, lineage)
+    exported = export(model, tokenizer, out_dir, lineage, method=spec.method, base_dir=base_dir)
     log.info(
-        "finetune done: %d steps, loss %.4f -> %.4f",
+        "finetune (%s) done: %d steps, eval loss %.4f -> %.4f",
+        spec.method,
         result.steps,
         result.eval_loss_before,
         result.eval_loss_after,
     )
     return FinetuneOutcome(exported.adapter_dir, exported.model_dir, result.steps, metrics, lineage)
+
+
+def _lora_targets(model: Any) -> list[str]:
+    config = getattr(model, "peft_config", {}).get("default")
+    return sorted(config.target_modules or []) if config is not None else []

@@ -1,7 +1,7 @@
-"""Chat finetuning data: OpenAI-messages JSONL, validated record by record.
+"""Finetuning data files: JSONL in one of the formats of ``formats.py``, validated record by record.
 
-One line is one conversation: ``{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}]}``.
-Errors name the line (1-based) and the reason, so ``puyu finetune check-data`` can point at the fix.
+The format is given or detected from the first record; every record must then be of that format.
+Errors name the line (1-based) and the reason, so ``puyu finetune check-data`` points at the fix.
 """
 
 from __future__ import annotations
@@ -9,36 +9,29 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
+from services.finetuner.formats import (
+    FORMATS,
+    Conversation,
+    PreferenceRecord,
+    Record,
+    TextRecord,
+    detect_format,
+    parse_record,
+)
 
-class Message(BaseModel):
-    # Extra keys (name, tool_calls, weight...) are tolerated: other tools write them.
-    model_config = ConfigDict(extra="ignore")
-
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(min_length=1)
-
-
-class ChatRecord(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    messages: list[Message] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _shape(self) -> ChatRecord:
-        roles = [m.role for m in self.messages]
-        if "assistant" not in roles:
-            raise ValueError("no assistant message: nothing to learn from")
-        if "system" in roles[1:]:
-            raise ValueError("a system message may only come first")
-        return self
-
-    def as_dicts(self) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.content} for m in self.messages]
+# Which record shapes each method can learn from.
+_METHOD_SHAPES: dict[str, tuple[type, ...]] = {
+    "lora": (Conversation, TextRecord),
+    "qlora": (Conversation, TextRecord),
+    "full": (Conversation, TextRecord),
+    "dpo": (PreferenceRecord,),
+}
 
 
 class DataError(ValueError):
@@ -50,6 +43,12 @@ class DataError(ValueError):
         super().__init__(f"{path}: {shown}")
 
 
+@dataclass
+class Dataset:
+    format: str
+    records: list[Record]
+
+
 def _reason(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
@@ -59,44 +58,77 @@ def _reason(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _parse(path: Path) -> Iterator[tuple[int, ChatRecord | None, str | None]]:
+def _lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                yield lineno, json.loads(line), None
             except json.JSONDecodeError as exc:
                 yield lineno, None, f"line {lineno}: invalid JSON: {exc.msg} (column {exc.colno})"
+
+
+def _scan(path: Path, fmt: str) -> tuple[str, list[Record], list[str]]:
+    if fmt != "auto" and fmt not in FORMATS:
+        return fmt, [], [f"unknown data format {fmt!r} (known: auto, {', '.join(FORMATS)})"]
+    records: list[Record] = []
+    errors: list[str] = []
+    for lineno, obj, err in _lines(path):
+        if err:
+            errors.append(err)
+            continue
+        if fmt == "auto":
+            detected = detect_format(obj)
+            if detected is None:
+                keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+                errors.append(
+                    f"line {lineno}: unrecognised record {keys}: expected one of the keys "
+                    "messages (openai), instruction (alpaca), conversation (xtuner), text, "
+                    "chosen/rejected (preference)"
+                )
                 continue
-            try:
-                yield lineno, ChatRecord.model_validate(obj), None
-            except ValidationError as exc:
-                yield lineno, None, f"line {lineno}: {_reason(exc)}"
+            fmt = detected
+        try:
+            records.append(parse_record(obj, fmt))
+        except ValidationError as exc:
+            errors.append(f"line {lineno}: {fmt} record: {_reason(exc)}")
+        except ValueError as exc:
+            errors.append(f"line {lineno}: {fmt} record: {exc}")
+    return fmt, records, errors
 
 
-def check_data(path: str | Path) -> list[str]:
+def check_data(path: str | Path, data_format: str = "auto", method: str | None = None) -> list[str]:
     """Every problem of the file as 'line N: reason' strings; empty when the file is usable."""
     path = Path(path)
     if not path.is_file():
         return [f"{path}: no such file"]
     try:
-        results = list(_parse(path))
+        fmt, records, errors = _scan(path, data_format)
     except (OSError, UnicodeDecodeError) as exc:
         return [f"{path}: unreadable: {exc}"]
-    errors = [err for _, _, err in results if err]
-    if not results:
+    if not records and not errors:
         errors.append(f"{path}: no records")
+    if method is not None and records and not errors:
+        shapes = _METHOD_SHAPES.get(method, ())
+        if not isinstance(records[0], shapes):
+            need = "preference pairs" if method == "dpo" else "chat or text records"
+            errors.append(f"{path}: method {method!r} needs {need}, the file holds {fmt} records")
     return errors
 
 
-def load_records(path: str | Path) -> list[ChatRecord]:
+def load_dataset(path: str | Path, data_format: str = "auto", method: str | None = None) -> Dataset:
     """All records of the file; raises DataError listing every bad line (no silent skipping)."""
     path = Path(path)
-    errors = check_data(path)
+    errors = check_data(path, data_format, method)
     if errors:
         raise DataError(path, errors)
-    return [rec for _, rec, _ in _parse(path) if rec is not None]
+    fmt, records, _ = _scan(path, data_format)
+    return Dataset(fmt, records)
+
+
+def load_records(path: str | Path, data_format: str = "auto") -> list[Record]:
+    return load_dataset(path, data_format).records
 
 
 def dataset_digest(path: str | Path) -> str:

@@ -13,7 +13,7 @@ from contracts.events import ArtifactRef, CheckpointReady, FinetuneRequested, Mo
 from services.finetuner.config import FinetunerSettings
 from services.finetuner.core import run_finetune
 from services.finetuner.data import DataError, check_data
-from services.finetuner.methods import UnsupportedRequest, check_method
+from services.finetuner.methods import UnsupportedRequest, check_method, resolve_device
 from services.finetuner.registry_client import UnknownModel, resolve_base
 from shared.artifacts import ArtifactStore
 from shared.bus import Bus, HandlerContext, JobRejected
@@ -49,7 +49,7 @@ def register_handlers(bus: Bus, settings: FinetunerSettings, store: ArtifactStor
             p.job_id, JOB_KIND, state="running", stage="prepare", correlation_id=ctx.envelope.correlation_id
         )
         try:
-            check_method(p.spec.method)
+            check_method(p.spec.method, resolve_device(settings.finetuner_device))
         except UnsupportedRequest as exc:
             raise JobRejected(str(exc)) from exc
         base = await _base_artifact(settings, p)
@@ -58,7 +58,7 @@ def register_handlers(bus: Bus, settings: FinetunerSettings, store: ArtifactStor
             dataset = await asyncio.to_thread(store.fetch, p.dataset_uri)
         except FileNotFoundError as exc:
             raise JobRejected(str(exc)) from exc
-        errors = await asyncio.to_thread(check_data, dataset)
+        errors = await asyncio.to_thread(check_data, dataset, p.spec.data_format, p.spec.method)
         if errors:
             raise JobRejected(f"invalid dataset {p.dataset_uri}: " + "; ".join(errors[:5]))
 
@@ -84,7 +84,11 @@ def register_handlers(bus: Bus, settings: FinetunerSettings, store: ArtifactStor
         finally:
             await progress.flush()
 
-        adapter = await asyncio.to_thread(store.put_dir, outcome.adapter_dir, f"runs/{run_id}/adapter")
+        adapter = (
+            await asyncio.to_thread(store.put_dir, outcome.adapter_dir, f"runs/{run_id}/adapter")
+            if outcome.adapter_dir is not None
+            else None
+        )
         model = await asyncio.to_thread(store.put_dir, outcome.model_dir, f"runs/{run_id}/model")
         model_name = p.output_model_name or p.base.model_name
         event = CheckpointReady(
@@ -114,7 +118,7 @@ def register_handlers(bus: Bus, settings: FinetunerSettings, store: ArtifactStor
                 "run_id": run_id,
                 "model_name": model_name,
                 "checkpoint": model.uri,
-                "adapter": adapter.uri,
+                "adapter": adapter.uri if adapter else None,
                 "metrics": outcome.metrics,
             },
         )

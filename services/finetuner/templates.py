@@ -29,22 +29,22 @@ def ensure_chat_template(tokenizer: Any) -> str:
     return str(tokenizer.chat_template)
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
-    return str(
-        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-    )
+def _render(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool = False) -> str:
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]  # templates see no flags
+    return str(tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=generation_prompt))
 
 
-def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of the assistant turns in it.
+def assistant_spans(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of the trained assistant turns in it.
 
     A span runs from the end of the generation prompt to the end of the turn, so it includes the
-    template's end-of-turn marker: the model learns to stop.
+    template's end-of-turn marker: the model learns to stop. A turn with ``"train": False`` (the
+    per-turn loss flag) gets no span.
     """
     full = _render(tokenizer, messages)
     spans: list[tuple[int, int]] = []
     for i, msg in enumerate(messages):
-        if msg["role"] != "assistant":
+        if msg["role"] != "assistant" or not msg.get("train", True):
             continue
         upto = _render(tokenizer, messages[: i + 1])
         if not full.startswith(upto):
@@ -80,7 +80,7 @@ class Example:
         return sum(1 for t in self.labels if t != IGNORE_INDEX)
 
 
-def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]], max_length: int) -> Example:
+def tokenize_conversation(tokenizer: Any, messages: list[dict[str, Any]], max_length: int) -> Example:
     """Token ids and labels (-100 outside assistant spans), truncated to max_length."""
     text, spans = assistant_spans(tokenizer, messages)
     # The template writes BOS itself where it wants one: no extra special tokens here.
@@ -91,3 +91,14 @@ def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]], max_le
         if end > start and any(s <= start < e for s, e in spans):
             labels[k] = ids[k]
     return Example(input_ids=ids[:max_length], labels=labels[:max_length])
+
+
+def tokenize_text(tokenizer: Any, text: str, max_length: int) -> Example:
+    """Continued pretraining: BOS + text + EOS, loss on every token (the first one has no context)."""
+    ids: list[int] = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id, *ids]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    ids = ids[:max_length]
+    return Example(input_ids=ids, labels=list(ids))

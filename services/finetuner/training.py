@@ -1,20 +1,34 @@
-"""The LoRA training loop: examples in, a trained PEFT model and its loss curve out."""
+"""The training loop shared by every method: supervised (lora, qlora, full) and DPO, resumable.
+
+Supervised steps minimise the next-token loss on labelled tokens (packed rows or padded examples).
+DPO steps minimise ``-log σ(β·((π_c − ref_c) − (π_r − ref_r)))`` over summed answer log-probs; the
+reference is the same network with the LoRA adapter switched off (peft's ``disable_adapter``), so no
+second copy of the model is held. Hand-written rather than TRL's DPOTrainer: the loss is five
+lines, and owning the loop keeps packing, resume and progress reporting the same for every method.
+"""
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+import torch.nn.functional as F
 
-from contracts.events import FinetuneSpec, LoraSpec
-from services.finetuner.data import ChatRecord
-from services.finetuner.templates import IGNORE_INDEX, Example, tokenize_conversation
+from contracts.events import FinetuneSpec
+from services.finetuner import state as run_state
+from services.finetuner.packing import (
+    PackedRow,
+    PreferencePair,
+    collate,
+    collate_packed,
+    schedule,
+)
+from services.finetuner.templates import IGNORE_INDEX, Example
 
 log = logging.getLogger(__name__)
 Progress = Callable[..., None]
@@ -26,134 +40,187 @@ class TrainResult:
     losses: list[float]
     eval_loss_before: float
     eval_loss_after: float
-    examples: int
-    trainable_tokens: int
+    items: int
+    tokens_seen: int
     trainable_params: int
     total_params: int
-    target_modules: list[str]
     seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
+    resumed_from: int | None = None
+    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def final_loss(self) -> float:
         # Mean of the last few steps: one micro-batch is noisy.
         tail = self.losses[-5:]
-        return sum(tail) / len(tail)
+        return sum(tail) / len(tail) if tail else float("nan")
 
 
-def build_examples(tokenizer: Any, records: Sequence[ChatRecord], seq_len: int) -> list[Example]:
-    examples = [tokenize_conversation(tokenizer, r.as_dicts(), seq_len) for r in records]
-    kept = [e for e in examples if e.trainable_tokens > 0]
-    if not kept:
-        raise ValueError(f"no example has assistant tokens within seq_len={seq_len}")
-    return kept
+def _to(batch: dict[str, torch.Tensor], device: Any) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
 
 
-def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):  # right padding: training needs no generation alignment
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+def sft_batch(items: Sequence[Example | PackedRow], pad_id: int) -> tuple[dict[str, torch.Tensor], int]:
+    """The batch and its count of real (non-pad) tokens."""
+    if isinstance(items[0], PackedRow):
+        return collate_packed(items, pad_id), sum(len(r.input_ids) for r in items)  # type: ignore[arg-type]
+    batch = collate(items, pad_id)  # type: ignore[arg-type]
+    return batch, int(batch["attention_mask"].sum())
 
 
-def lora_config(spec: LoraSpec, model: torch.nn.Module) -> LoraConfig:
-    """peft's LoraConfig for the spec, restricted to target modules the model actually has."""
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    present = [m for m in spec.target_modules if m in names]
-    if not present:
-        raise ValueError(f"none of the LoRA target modules {spec.target_modules} exist in this model")
-    missing = sorted(set(spec.target_modules) - set(present))
-    if missing:
-        log.warning("LoRA target modules not in this model, skipped: %s", missing)
-    return LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=spec.r,
-        lora_alpha=spec.alpha,
-        lora_dropout=spec.dropout,
-        target_modules=present,
-    )
+def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**batch, use_cache=False).loss  # no cache: packed rows need the block mask
+
+
+def sequence_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of log p(label token) over each row's labelled tokens."""
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE_INDEX
+    logp = torch.gather(logits.float().log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * mask).sum(-1)
+
+
+def dpo_loss(
+    model: Any, pairs: Sequence[PreferencePair], pad_id: int, beta: float, device: Any
+) -> tuple[torch.Tensor, int, float]:
+    """The DPO loss of a batch of pairs, its token count and the share of pairs ranked right."""
+    batch = _to(collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id), device)
+    n = len(pairs)
+    policy = sequence_logprobs(model, batch)
+    with torch.no_grad(), model.disable_adapter():
+        reference = sequence_logprobs(model, batch)
+    margin = (policy[:n] - reference[:n]) - (policy[n:] - reference[n:])
+    loss = -F.logsigmoid(beta * margin).mean()
+    return loss, int(batch["attention_mask"].sum()), float((margin > 0).float().mean())
 
 
 @torch.no_grad()
-def mean_loss(
-    model: torch.nn.Module, examples: Sequence[Example], pad_id: int, device: str, batch_size: int
-) -> float:
+def evaluate(
+    model: Any, held: Sequence[Any], spec: FinetuneSpec, pad_id: int, device: Any
+) -> tuple[float, float]:
+    """(mean loss, DPO pair accuracy or nan) on held items, in eval mode."""
     was_training = model.training
     model.eval()
-    total, tokens = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size], pad_id).items()}
-        out = model(**batch)
-        # HF averages over predicted tokens of the batch; weight batches by their token count.
-        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        total += float(out.loss) * n
-        tokens += n
+    total, weight, acc = 0.0, 0, 0.0
+    bs = spec.micro_batch_size
+    for i in range(0, len(held), bs):
+        chunk = held[i : i + bs]
+        if spec.method == "dpo":
+            loss, _, right = dpo_loss(model, chunk, pad_id, spec.dpo_beta, device)
+            total, weight, acc = (
+                total + float(loss) * len(chunk),
+                weight + len(chunk),
+                acc + right * len(chunk),
+            )
+            continue
+        batch = _to(collate(chunk, pad_id), device)
+        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # HF averages per predicted token
+        total, weight = total + float(sft_loss(model, batch)) * n, weight + n
     model.train(was_training)
-    return total / max(tokens, 1)
+    return total / max(weight, 1), (acc / max(weight, 1) if spec.method == "dpo" else float("nan"))
 
 
-def train_lora(
-    model: torch.nn.Module,
-    examples: list[Example],
+def train(
+    model: Any,
+    items: Sequence[Any],
+    held: Sequence[Any],
     spec: FinetuneSpec,
     *,
     pad_id: int,
-    device: str = "cpu",
+    device: Any = "cpu",
+    state_dir: Path | None = None,
+    fingerprint: str = "",
     progress: Progress | None = None,
-    eval_examples: int = 32,
-) -> tuple[PeftModel, TrainResult]:
+) -> TrainResult:
+    """Train ``model`` in place for ``spec.max_steps`` steps over ``items``; resumes from ``state_dir``."""
     started = time.perf_counter()
     torch.manual_seed(spec.seed)
-    rng = random.Random(spec.seed)
-    config = lora_config(spec.lora, model)
-    peft_model = get_peft_model(model, config)  # type: ignore[arg-type]
-    peft_model.to(device)
-    trainable, total = peft_model.get_nb_trainable_parameters()
-    held = examples[:eval_examples]
-    before = mean_loss(peft_model, held, pad_id, device, spec.micro_batch_size)
-
-    params = [p for p in peft_model.parameters() if p.requires_grad]
+    trainable, total = _count(model)
+    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
     warmup = max(1, spec.max_steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    plan = schedule(len(items), spec.micro_batch_size, spec.max_steps, spec.seed)
 
-    order: list[int] = []
-    losses: list[float] = []
-    peft_model.train()
-    for step in range(1, spec.max_steps + 1):
-        if len(order) < spec.micro_batch_size:  # reshuffle per epoch, seeded
-            epoch = list(range(len(examples)))
-            rng.shuffle(epoch)
-            order += epoch
-        idx, order = order[: spec.micro_batch_size], order[spec.micro_batch_size :]
-        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
-        loss = peft_model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        if progress:
-            progress("train", step / spec.max_steps, f"step {step}/{spec.max_steps}", loss=losses[-1])
+    point = run_state.load(state_dir, fingerprint) if state_dir else None
+    start, losses, tokens_seen, extra_before = 0, [], 0, {}
+    if point is not None:
+        run_state.restore(point, model, optimizer, scheduler)
+        start, losses, tokens_seen = point["step"], list(point["losses"]), int(point["tokens_seen"])
+        extra_before = dict(point.get("eval_before", {}))
+        log.info("resuming finetune from step %d", start)
+    if extra_before:
+        before, acc_before = extra_before["loss"], extra_before["acc"]
+    else:
+        before, acc_before = evaluate(model, held, spec, pad_id, device)
 
-    after = mean_loss(peft_model, held, pad_id, device, spec.micro_batch_size)
-    result = TrainResult(
+    saved = [start]
+
+    def save(step: int) -> None:
+        if state_dir is None or step <= saved[0]:  # nothing new since the last save
+            return
+        saved[0] = step
+        run_state.save(
+            state_dir,
+            fingerprint,
+            step,
+            model,
+            optimizer,
+            scheduler,
+            losses=losses,
+            tokens_seen=tokens_seen,
+            eval_before={"loss": before, "acc": acc_before},
+        )
+
+    model.train()
+    train_seconds, done = 0.0, start
+    try:
+        for step in range(start + 1, spec.max_steps + 1):
+            t0 = time.perf_counter()
+            chunk = [items[i] for i in plan[step - 1]]
+            if spec.method == "dpo":
+                loss, ntok, _ = dpo_loss(model, chunk, pad_id, spec.dpo_beta, device)
+            else:
+                batch, ntok = sft_batch(chunk, pad_id)
+                loss = sft_loss(model, _to(batch, device))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            tokens_seen += ntok
+            train_seconds += time.perf_counter() - t0
+            done = step
+            if spec.checkpoint_interval and step % spec.checkpoint_interval == 0:
+                save(step)
+            if progress:
+                progress("train", step / spec.max_steps, f"step {step}/{spec.max_steps}", loss=losses[-1])
+    except BaseException:
+        save(done)  # keep what was learned: a rerun or redelivery resumes here
+        raise
+    save(spec.max_steps)
+    after, acc_after = evaluate(model, held, spec, pad_id, device)
+    extra = {"tokens_per_s": tokens_seen / train_seconds if train_seconds else 0.0}
+    if spec.method == "dpo":
+        extra |= {"eval_pair_accuracy_before": acc_before, "eval_pair_accuracy_after": acc_after}
+    return TrainResult(
         steps=spec.max_steps,
         losses=losses,
         eval_loss_before=before,
         eval_loss_after=after,
-        examples=len(examples),
-        trainable_tokens=sum(e.trainable_tokens for e in examples),
-        trainable_params=int(trainable),
-        total_params=int(total),
-        target_modules=sorted(config.target_modules or []),
+        items=len(items),
+        tokens_seen=tokens_seen,
+        trainable_params=trainable,
+        total_params=total,
         seconds=time.perf_counter() - started,
+        resumed_from=start if point is not None else None,
+        extra=extra,
     )
-    return peft_model, result
+
+
+def _count(model: Any) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
