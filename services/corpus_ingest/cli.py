@@ -11,7 +11,7 @@ from contracts.events import IngestOptions
 from services.corpus_ingest.core import IngestInputError, run_ingest
 from services.corpus_ingest.core.normalize import normalize_text
 from services.corpus_ingest.core.readers import FileReport, expand_sources, file_format, read_file
-from services.corpus_ingest.progress import progress_bar
+from shared.progress import progress_bar
 
 
 def extract_cmd(paths: list[str]) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from contracts.events import DedupOptions
 from services.dedup.core import DedupInputError, run_dedup
-from services.dedup.progress import progress_bar
+from shared.progress import progress_bar
 
 
 def dedup_cmd(

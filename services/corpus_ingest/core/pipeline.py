@@ -32,7 +32,7 @@ from services.corpus_ingest.core.quality import (
     url_failure,
 )
 from services.corpus_ingest.core.readers import FileReport, RawDoc, expand_sources, file_format, read_file
-from services.corpus_ingest.core.shards import ShardWriter
+from shared.shards import ShardWriter
 
 Progress = Callable[..., None]  # (stage, fraction, message="", **metrics)
 STAGES = ("read", "normalize", *FILTER_STAGES, "language", "safety")

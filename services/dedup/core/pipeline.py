@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from contracts.events import DedupOptions
-from services.dedup.core.shards import ShardWriter
 from services.dedup.core.spans import SpanDeduplicator
 from services.dedup.core.stages import (
     DedupInputError,
@@ -35,6 +34,7 @@ from services.dedup.core.stages import (
     shard_signatures,
     tokens_estimate,
 )
+from shared.shards import ShardWriter
 
 Progress = Callable[..., None]  # (stage, fraction, message="", **metrics)
 MANIFEST = "manifest.json"
