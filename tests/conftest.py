@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from shared.natsserver import NatsServer
+from services.cli.stack import Stack
+from shared.natsserver import NatsServer, free_port
+from shared.settings import CommonSettings
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -38,3 +41,46 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PUYU_HOME", str(tmp_path / "puyu-home"))
     monkeypatch.setenv("PUYU_LOG_JSON", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_base(services: int = 8) -> int:
+    """A base whose next ``services`` ports are free (the stack's ports are base+1 .. base+8)."""
+    while True:
+        base = free_port() - 1
+        if base > 1024 and all(_free(base + i) for i in range(1, services + 1)):
+            return base
+
+
+@pytest.fixture
+def service_stack(tmp_path: Path, nats_server: NatsServer) -> Iterator[Callable[..., Stack]]:
+    """Start services as separate processes (``python -m services.<name>``) on the test's nats-server."""
+    stacks: list[Stack] = []
+
+    def start(services: tuple[str, ...], **env: str) -> Stack:
+        settings = CommonSettings(
+            home=tmp_path / "home",
+            nats_url=nats_server.url,
+            log_json=False,
+            grpc_port_base=free_port_base(),
+            http_port_base=free_port_base(),
+        )
+        stack = Stack(
+            settings, services=services, extra_env={"PUYU_LOG_JSON": "false", "OMP_NUM_THREADS": "2", **env}
+        )
+        stacks.append(stack)
+        stack.start()
+        stack.wait_healthy(timeout=240)
+        return stack
+
+    yield start
+    for stack in stacks:
+        stack.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -27,10 +28,8 @@ from contracts.events import (
 from services.cli.chain import ChainWatcher
 from services.cli.stack import Stack
 from shared.bus import Bus
-from shared.natsserver import NatsServer, free_port
-from shared.ports import gateway_base_url, http_port
+from shared.ports import SERVICES, gateway_base_url, http_port
 from shared.samples import write_sample_corpus
-from shared.settings import CommonSettings
 
 # The chain trains a model: minutes on a loaded 2-core machine, hence its own timeout.
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -54,42 +53,9 @@ SMALL_TRAIN = TrainSpec(
 )
 
 
-def _port_base() -> int:
-    # A block of 9 consecutive free ports (base+1 .. base+8), found by probing.
-    while True:
-        base = free_port() - 1
-        if base > 1024 and all(_free(base + i) for i in range(1, 9)):
-            return base
-
-
-def _free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @pytest.fixture
-def stack(tmp_path: Path):  # type: ignore[no-untyped-def]
-    with NatsServer(tmp_path / "nats") as nats_server:
-        settings = CommonSettings(
-            home=tmp_path / "home",
-            nats_url=nats_server.url,
-            grpc_port_base=_port_base(),
-            http_port_base=_port_base(),
-            log_json=False,
-        )
-        s = Stack(settings, extra_env={"PUYU_LOG_JSON": "false", "OMP_NUM_THREADS": "2"})
-        s.start()
-        try:
-            s.wait_healthy(timeout=240)
-            yield s
-        finally:
-            s.stop()
+def stack(service_stack: Callable[..., Stack]) -> Stack:
+    return service_stack(SERVICES)
 
 
 async def _drive(stack: Stack, tmp_path: Path) -> ChainWatcher:
