@@ -60,6 +60,7 @@ class HandlerContext(Generic[P]):
     payload: P
     attempt: int
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    _reporters: list[ThreadProgress] = field(default_factory=list)  # flushed by the handler wrapper
 
     async def publish(self, payload: EventPayload, *, event_id: str | None = None) -> EventEnvelope:
         """Publish an event caused by the one being handled (same correlation id)."""
@@ -93,8 +94,6 @@ class HandlerContext(Generic[P]):
         reporter = ThreadProgress(self, job_id, kind, min_interval)
         self._reporters.append(reporter)
         return reporter
-
-    _reporters: list[ThreadProgress] = field(default_factory=list)
 
 
 class ThreadProgress:

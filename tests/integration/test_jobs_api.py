@@ -10,7 +10,7 @@ import pytest
 
 from contracts.events import IngestRequested
 from contracts.proto.puyu.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-from shared.bus import Bus, HandlerContext
+from shared.bus import HandlerContext
 from shared.jobs_api import add_jobs_api
 from shared.natsserver import free_port
 from shared.service import ServiceRuntime
@@ -64,7 +64,3 @@ async def test_submit_get_watch(nats_url: str) -> None:
     finally:
         runtime.stop()
         await asyncio.wait_for(task, 30)
-
-
-def test_unused_bus_is_not_started() -> None:
-    assert Bus("nats://127.0.0.1:1", "x").started is False
