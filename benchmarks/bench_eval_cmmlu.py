@@ -1,6 +1,7 @@
 """CMMLU multiple-choice throughput: puyu's evaluator (HFBackend) against lm-evaluation-harness'
 HF backend (``lm_eval.models.huggingface.HFLM``, logits cache on) on the same tiny local model,
-the same CMMLU subjects from ../shared/data/cmmlu, the same prompt, the same batch size, offline.
+the same CMMLU subjects from ../shared/data/cmmlu, the same prompt, the same maximum batch size (puyu closes a batch early rather than pad a row to
+less than 80% of the batch's longest), offline.
 
 The lm-eval side gets an equivalent task defined here as YAML (csv files, first-n few-shot from
 the dev split, no target delimiter, BOS added): per-sample scores must agree, so the accuracies

@@ -27,6 +27,9 @@ _LOAD_LOCK = threading.Lock()
 # Prefix reuse pays when adjacent (sorted) rows share at least this fraction of their tokens.
 _PREFIX_SHARE_MIN = 0.5
 _PREFIX_TOKENS_MIN = 16
+# A batch (longest first) closes before a row shorter than this share of its longest one: bounds the
+# padding a batch computes (a third of CMMLU's tokens were padding with fixed-size batches).
+_PAD_BOUND = 0.8
 
 
 @dataclass
@@ -92,15 +95,40 @@ class HFBackend:
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """lm-evaluation-harness' split: trailing context whitespace moves to the continuation, the
-        pair is tokenized jointly (merges across the boundary), the context's tokens are its prefix."""
+    def _encode_all(self, texts: Sequence[str]) -> dict[str, list[int]]:
+        """Each distinct text tokenized once, in one batched call (the tokenizer's Rust batch path)."""
+        unique = list(dict.fromkeys(texts))
+        if not unique:
+            return {}
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # the Rust tokenizer itself: the wrapper's per-text conversion costs more
+            ids = [e.ids for e in backend.encode_batch(unique, add_special_tokens=False)]
+        else:
+            ids = self.tokenizer(unique, add_special_tokens=False)["input_ids"]
+        return {t: list(i) for t, i in zip(unique, ids, strict=True)}
+
+    @staticmethod
+    def _split(context: str, continuation: str) -> tuple[str, str]:
+        """lm-evaluation-harness' split: trailing context whitespace moves to the continuation."""
         n_spaces = len(context) - len(context.rstrip())
         if n_spaces and context.strip():
-            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-        ctx = self.prefix + self._encode(context)
-        whole = self.prefix + self._encode(context + continuation)
-        cont = whole[len(ctx) :] if whole[: len(ctx)] == ctx else self._encode(continuation)
+            return context[:-n_spaces], context[-n_spaces:] + continuation
+        return context, continuation
+
+    def encode_pair(
+        self, context: str, continuation: str, cache: dict[str, list[int]] | None = None
+    ) -> tuple[list[int], list[int]]:
+        """The pair is tokenized jointly (merges across the boundary); the context's tokens are its
+        prefix. ``cache`` holds texts tokenized in advance (see ``_encode_all``)."""
+        context, continuation = self._split(context, continuation)
+        cache = cache or {}
+
+        def enc(text: str) -> list[int]:
+            return cache[text] if text in cache else self._encode(text)
+
+        ctx = self.prefix + enc(context)
+        whole = self.prefix + enc(context + continuation)
+        cont = whole[len(ctx) :] if whole[: len(ctx)] == ctx else enc(continuation)
         if not cont:
             raise ValueError(f"empty continuation for context ending {context[-40:]!r}")
         if not ctx:
@@ -150,15 +178,27 @@ class HFBackend:
         return list(torch.log_softmax(logits.float(), dim=-1).cpu().unbind(0))
 
     def _batches(self, rows: list[_Row]) -> list[list[int]]:
-        """Batches of row indices: lexicographic order when rows share long prefixes (few-shot
-        prompts), longest first otherwise (least padding)."""
+        """Batches of at most ``batch_size`` row indices: lexicographic order when rows share long
+        prefixes (few-shot prompts), else longest first with the padding of a batch bounded."""
         order = sorted(range(len(rows)), key=lambda i: rows[i].tokens)
         pairs = list(itertools.pairwise(order))
         share = sum(_common_prefix([rows[a].tokens, rows[b].tokens]) for a, b in pairs)
         total = sum(len(rows[a].tokens) for a, _ in pairs)
-        if not (self.prefix_reuse and pairs and share >= _PREFIX_SHARE_MIN * total):
-            order = sorted(range(len(rows)), key=lambda i: -len(rows[i].tokens))
-        return [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        if self.prefix_reuse and pairs and share >= _PREFIX_SHARE_MIN * total:
+            return [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i].tokens))
+        batches: list[list[int]] = []
+        for i in order:
+            last = batches[-1] if batches else None
+            if (
+                last is None
+                or len(last) == self.batch_size
+                or len(rows[i].tokens) < _PAD_BOUND * len(rows[last[0]].tokens)
+            ):
+                batches.append([i])
+            else:
+                last.append(i)
+        return batches
 
     def _run_rows(self, rows: list[_Row], n_out: int, progress: Progress | None) -> list[tuple[float, bool]]:
         out: list[tuple[float, bool]] = [(0.0, True)] * n_out
@@ -185,8 +225,10 @@ class HFBackend:
         self, requests: Sequence[tuple[str, str]], progress: Progress | None = None
     ) -> list[Loglikelihood]:
         groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+        split = [self._split(c, x) for c, x in requests]
+        cache = self._encode_all([c for c, _ in split] + [c + x for c, x in split])
         for n, (context, continuation) in enumerate(requests):
-            ctx, cont = self.encode_pair(context, continuation)
+            ctx, cont = self.encode_pair(context, continuation, cache)
             groups.setdefault(tuple(ctx), []).append((n, cont))
         rows: list[_Row] = []
         for ctx_key, members in groups.items():

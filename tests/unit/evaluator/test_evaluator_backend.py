@@ -105,3 +105,20 @@ def test_grouping_and_prefix_reuse_match_one_request_at_a_time(tiny_model: Path)
         logits = fast.model(input_ids=torch.tensor([ctx + cont])).logits[0].log_softmax(-1)
     direct = sum(float(logits[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
     assert fast.loglikelihood([reqs[2]])[0].logprob == pytest.approx(direct, abs=1e-3)
+
+
+def test_batches_bound_padding_and_size(tiny_model: Path) -> None:
+    """Longest-first batches hold at most batch_size rows and close before a row much shorter than
+    the batch's longest one (padding is computed work)."""
+    from services.evaluator.hf_backend import _PAD_BOUND, _Row
+
+    backend = HFBackend(tiny_model, batch_size=4, prefix_reuse=False)
+    lengths = [100, 99, 98, 97, 96, 95, 40, 39, 12, 11, 10, 3]
+    rows = [_Row(list(range(1, n + 1)), [(i, [1])], context_only=True) for i, n in enumerate(lengths)]
+    batches = backend._batches(rows)
+    assert sorted(i for b in batches for i in b) == list(range(len(rows)))
+    assert max(len(b) for b in batches) == 4
+    for b in batches:
+        longest = max(lengths[i] for i in b)
+        assert all(lengths[i] >= _PAD_BOUND * longest for i in b)
+    assert [len(b) for b in batches] == [4, 2, 2, 3, 1]
