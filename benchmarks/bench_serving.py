@@ -3,14 +3,21 @@ static batching, on the same tiny Llama, the same prompts and the same Poisson a
 
 Prompts are GSM8K questions (``../shared/data/gsm8k``) cut to varied lengths; each request asks for
 a varied number of new tokens (greedy, EOS ignored so every system produces exactly that many).
-Requests arrive as a Poisson process, at most ``--concurrency`` outstanding. Reported per system:
-request throughput, output tokens/s, TTFT and TPOT percentiles. The baselines are servers too:
-(a) answers one request at a time in arrival order; (b) takes every request that has arrived (up to
-the concurrency) as one left-padded batch, runs it to the longest request's length, then the next
-wave. Their token times are taken at each generation step (a logits processor), which credits them
-as if they streamed. The last line printed is one JSON object with all figures and the ratios.
+Requests arrive as a Poisson process (the same arrival times for every system), and the client
+keeps at most ``--concurrency`` (32) outstanding. The default load is "32 concurrent requests":
+64 requests arriving at 100/s, so the first 32 have arrived within about a third of a second and
+the server, not the arrival process, decides throughput (at 16/s the last of 32 requests arrived
+only after two seconds, which capped every system near the arrival rate). Each system's
+time-averaged number of requests in service is reported (``mean_in_flight``).
 
-    .venv/bin/python benchmarks/bench_serving.py [--requests 32] [--rate 16] [--threads 2]
+The baselines are servers too: (a) answers one request at a time in arrival order with
+``generate``; (b) static batching: waits for a batch of 32 (or the last requests), runs it as one
+left-padded ``generate`` to the longest request's length, then the next batch. Their token times
+are taken at each generation step (a logits processor), which credits them as if they streamed.
+Reported per system: request throughput, output tokens/s, TTFT and TPOT percentiles. The last line
+printed is one JSON object with all figures and the ratios.
+
+    .venv/bin/python benchmarks/bench_serving.py [--requests 64] [--rate 100] [--threads 1]
 """
 
 from __future__ import annotations
@@ -93,6 +100,7 @@ def workload(
 
 
 def summarise(name: str, reqs: list[dict[str, Any]], makespan: float) -> dict[str, Any]:
+    """Figures of one system; each request has arrival, start (service began), first, last (s) and n."""
     ttft = sorted(r["first"] - r["arrival"] for r in reqs)
     tpot = sorted((r["last"] - r["first"]) / max(1, r["n"] - 1) for r in reqs)
     tokens = sum(r["n"] for r in reqs)
@@ -111,6 +119,8 @@ def summarise(name: str, reqs: list[dict[str, Any]], makespan: float) -> dict[st
         "tpot_ms_p90": pct(tpot, 90),
         "tpot_ms_mean": round(statistics.mean(tpot) * 1000, 2),
         "makespan_s": round(makespan, 2),
+        # time-averaged requests in service (sent to the engine / in a generate call), from start to last token
+        "mean_in_flight": round(sum(r["last"] - r["start"] for r in reqs) / makespan, 1),
     }
     print(json.dumps(out), file=sys.stderr)
     return out
@@ -138,6 +148,7 @@ def run_per_request(model: Any, work: list[dict[str, Any]]) -> dict[str, Any]:
     t0 = time.perf_counter()
     for r in reqs:
         _wait_until(t0, r["arrival"])
+        r["start"] = time.perf_counter() - t0
         clock = _StepClock()
         with torch.inference_mode():
             model.generate(
@@ -156,9 +167,9 @@ def run_static(model: Any, pad_id: int, work: list[dict[str, Any]], concurrency:
     t0 = time.perf_counter()
     i = 0
     while i < len(reqs):
-        _wait_until(t0, reqs[i]["arrival"])
-        now = time.perf_counter() - t0
-        wave = [r for r in reqs[i : i + concurrency] if r["arrival"] <= now]
+        wave = reqs[i : i + concurrency]  # a static batch: wait until all of it has arrived
+        _wait_until(t0, wave[-1]["arrival"])
+        start = time.perf_counter() - t0
         i += len(wave)
         width = max(len(r["prompt"]) for r in wave)
         ids = torch.tensor([[pad_id] * (width - len(r["prompt"])) + r["prompt"] for r in wave])
@@ -178,22 +189,30 @@ def run_static(model: Any, pad_id: int, work: list[dict[str, Any]], concurrency:
                 logits_processor=LogitsProcessorList([clock]),
             )
         for r in wave:
-            r.update(first=clock.times[0] - t0, last=clock.times[r["max_tokens"] - 1] - t0, n=r["max_tokens"])
+            r.update(
+                start=start,
+                first=clock.times[0] - t0,
+                last=clock.times[r["max_tokens"] - 1] - t0,
+                n=r["max_tokens"],
+            )
     return summarise("transformers_static_batching", reqs, max(r["last"] for r in reqs))
 
 
-async def _run_puyu(engine: Engine, work: list[dict[str, Any]]) -> dict[str, Any]:
+async def _run_puyu(engine: Engine, work: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
     reqs = [dict(w) for w in work]
+    slots = asyncio.Semaphore(concurrency)  # the client keeps at most this many outstanding
     t0 = time.perf_counter()
 
     async def one(r: dict[str, Any]) -> None:
         await asyncio.sleep(max(0.0, t0 + r["arrival"] - time.perf_counter()))
-        params = SamplingParams(max_tokens=r["max_tokens"], temperature=0)
-        async for d in engine.stream(r["prompt"], params):
-            now = time.perf_counter() - t0
-            if d.completion_tokens >= 1 and "first" not in r:
-                r["first"] = now
-            r["last"], r["n"] = now, d.completion_tokens
+        async with slots:
+            r["start"] = time.perf_counter() - t0
+            params = SamplingParams(max_tokens=r["max_tokens"], temperature=0)
+            async for d in engine.stream(r["prompt"], params):
+                now = time.perf_counter() - t0
+                if d.completion_tokens >= 1 and "first" not in r:
+                    r["first"] = now
+                r["last"], r["n"] = now, d.completion_tokens
 
     await asyncio.gather(*[one(r) for r in reqs])
     return summarise("puyu", reqs, max(r["last"] for r in reqs))
@@ -204,16 +223,16 @@ def run_puyu(path: Path, work: list[dict[str, Any]], concurrency: int) -> dict[s
     engine.eos_ids = set()
     try:
         engine.generate_sync(work[0]["prompt"], SamplingParams(max_tokens=2, temperature=0))  # warm
-        return asyncio.run(_run_puyu(engine, work))
+        return asyncio.run(_run_puyu(engine, work, concurrency))
     finally:
         engine.close()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--rate", type=float, default=16.0, help="Poisson arrival rate, requests/s")
+    ap.add_argument("--rate", type=float, default=100.0, help="Poisson arrival rate, requests/s")
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: least noise on a shared machine)"
     )

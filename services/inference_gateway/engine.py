@@ -20,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,7 @@ class _Seq:
     prompt_lp: list[TokenLogprob | None] | None = None
     sent_first: bool = False
     guide: Guide | None = None
+    row: int | None = None  # its row in the runner's row cache while running (CPU layout)
     text: str = ""  # detokenized output so far (incremental: only a short window is decoded per step)
     po: int = 0  # window start and end in the generated tokens
     ro: int = 0
@@ -139,6 +141,7 @@ class Engine:
         num_blocks: int | None = None,
         max_step_tokens: int = 256,
         prefix_caching: bool = True,
+        kv_layout: str = "auto",
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -150,7 +153,14 @@ class Engine:
         if num_blocks is None:  # room for a full batch of sequences at the longest useful length
             num_blocks = -(-max_batch_size * min(self.max_positions, 2048) // block_size) + max_batch_size
         device = next(model.parameters()).device
-        self.runner = ModelRunner(model, num_blocks=num_blocks, block_size=block_size, device=device)
+        self.runner = ModelRunner(
+            model,
+            num_blocks=num_blocks,
+            block_size=block_size,
+            device=device,
+            kv_layout=kv_layout,
+            max_rows=max_batch_size,
+        )
         self.allocator = self.runner.cache.allocator
         eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
         self.eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -286,11 +296,11 @@ class Engine:
         self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None
     ) -> AsyncIterator[Delta]:
         """Yield the deltas of one request; closing the iterator (client gone) cancels the request."""
-        loop = asyncio.get_running_loop()
         q: asyncio.Queue[Delta] = asyncio.Queue()
+        box = _mailbox(asyncio.get_running_loop())
 
         def sink(d: Delta) -> None:
-            loop.call_soon_threadsafe(q.put_nowait, d)
+            box.post(q, d)
 
         req = self.submit(prompt_ids, params, sink, request_id)
         finished = False
@@ -366,6 +376,9 @@ class Engine:
 
     def _release(self, seq: _Seq) -> None:
         self.allocator.free(seq.table)
+        if seq.row is not None and self.runner.rows is not None:
+            self.runner.rows.release(seq.row)
+            seq.row = None
         seq.table, seq.hashes, seq.computed, seq.started = [], [], 0, False
         if seq.prompt_lp is not None and not seq.sent_first:  # recomputed from the start
             seq.prompt_lp = [None]
@@ -426,6 +439,8 @@ class Engine:
                 self._finish(seq, "error", "the request does not fit in the KV cache")
                 continue
             self._waiting.popleft()
+            if self.runner.rows is not None:
+                seq.row = self.runner.rows.acquire()
             self._running.append(seq)
             plan.append((seq, self._chunk(seq, take)))
             budget -= take
@@ -437,7 +452,7 @@ class Engine:
             logits = "all"
         else:
             logits = "last" if end == len(seq.tokens) else "none"
-        return Chunk(seq.tokens[seq.computed : end], seq.computed, seq.table, logits)
+        return Chunk(seq.tokens[seq.computed : end], seq.computed, seq.table, logits, seq.row)
 
     def _step(self) -> None:
         for seq in [*self._running]:
@@ -549,7 +564,7 @@ class Engine:
         if seq.done:
             return
         seq.done = True
-        if seq.table:
+        if seq.table or seq.row is not None:
             self._release(seq)
         if text is None:
             text = self._detokenize(seq, flush=True) if seq.generated else ""
@@ -561,6 +576,44 @@ class Engine:
             self._emit(seq, Delta(piece, seq.n_prompt, len(seq.generated), reason, error))
         except Exception:  # a sink whose loop is gone must not take the engine down
             log.debug("sink failed", exc_info=True)
+
+
+class _Mailbox:
+    """Deltas from the engine thread to one event loop, handed over in one wake-up per batch.
+
+    A step emits a delta for every running sequence; waking the loop once per delta
+    (``call_soon_threadsafe`` each) costs a self-pipe write and a GIL hand-off apiece.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._items: list[tuple[asyncio.Queue[Delta], Delta]] = []
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def post(self, q: asyncio.Queue[Delta], d: Delta) -> None:
+        with self._lock:
+            self._items.append((q, d))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._items, self._scheduled = self._items, [], False
+        for q, d in items:
+            q.put_nowait(d)
+
+
+_mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = weakref.WeakKeyDictionary()
+
+
+def _mailbox(loop: asyncio.AbstractEventLoop) -> _Mailbox:
+    box = _mailboxes.get(loop)
+    if box is None:
+        box = _mailboxes[loop] = _Mailbox(loop)
+    return box
 
 
 def _completion(deltas: list[Delta]) -> Completion:

@@ -9,15 +9,22 @@ through ``paged_decode`` in one call and each prefill chunk through ``prefill_at
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from services.inference_gateway.attention import paged_decode, prefill_attention
+from services.inference_gateway.attention import (
+    causal_mask,
+    paged_decode,
+    prefill_attention,
+    row_decode,
+    row_prefill,
+)
 from services.inference_gateway.kv_cache import PagedKVCache
+from services.inference_gateway.row_cache import RowCache
 from services.inference_gateway.sampling import InvalidRequest
 
 # architectures whose decoder layer is Llama's (pre-norm, q/k/v/o projections, rotary, gated MLP)
@@ -32,11 +39,19 @@ class Chunk:
     start: int
     table: Sequence[int]
     logits: str = "last"  # last | all | none
+    row: int | None = None  # its row in the row cache (the CPU layout)
 
 
 class ModelRunner:
     def __init__(
-        self, model: Any, *, num_blocks: int, block_size: int = 16, device: torch.device | str = "cpu"
+        self,
+        model: Any,
+        *,
+        num_blocks: int,
+        block_size: int = 16,
+        device: torch.device | str = "cpu",
+        kv_layout: str = "auto",
+        max_rows: int = 16,
     ) -> None:
         cfg = model.config
         if cfg.model_type not in SUPPORTED:
@@ -44,6 +59,8 @@ class ModelRunner:
                 f"model type {cfg.model_type!r} is not supported by the paged engine "
                 f"(supported: {', '.join(sorted(SUPPORTED))})"
             )
+        if kv_layout not in ("auto", "rows", "paged"):
+            raise InvalidRequest(f"kv_layout must be auto, rows or paged, got {kv_layout!r}")
         self.model = model
         self.device = torch.device(device)
         self.core = model.model
@@ -63,6 +80,22 @@ class ModelRunner:
             dtype=dtype,
             device=self.device,
         )
+        # the Triton kernel reads the paged cache in place on CUDA; the CPU reads contiguous rows
+        if kv_layout == "auto":
+            kv_layout = "paged" if self.device.type == "cuda" else "rows"
+        self.kv_layout = kv_layout
+        self.rows: RowCache | None = None
+        if kv_layout == "rows":
+            max_len = min(int(getattr(cfg, "max_position_embeddings", 0) or 1 << 30), num_blocks * block_size)
+            self.rows = RowCache(
+                layers=len(self.core.layers),
+                rows=max_rows,
+                kv_heads=self.kv_heads,
+                head_dim=self.head_dim,
+                max_len=max_len,
+                dtype=dtype,
+                device=self.device,
+            )
 
     def _slots(self, table: Sequence[int], start: int, end: int) -> list[int]:
         bs = self.block_size
@@ -71,6 +104,11 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, chunks: Sequence[Chunk]) -> list[torch.Tensor | None]:
         """Run the chunks; per chunk, the logits of its last token ``[V]``, of all its tokens ``[C, V]``, or None."""
+        if self.rows is not None:
+            return self._forward_rows(chunks)
+        return self._forward_paged(chunks)
+
+    def _forward_paged(self, chunks: Sequence[Chunk]) -> list[torch.Tensor | None]:
         dev = self.device
         ids: list[int] = []
         pos: list[int] = []
@@ -93,8 +131,6 @@ class ModelRunner:
             else:
                 ctx = torch.tensor(self._slots(c.table, 0, c.start + n), device=dev)
                 pre.append((first, first + n, ctx, c.start))
-        input_ids = torch.tensor(ids, device=dev)
-        positions = torch.tensor(pos, device=dev)
         slot_t = torch.tensor(slots, device=dev)
         if dec_rows:
             width = max(len(t) for t in dec_tables)
@@ -102,8 +138,104 @@ class ModelRunner:
             dl = torch.tensor(dec_lens, device=dev)
             dr = torch.tensor(dec_rows, device=dev)
 
-        x = self.core.embed_tokens(input_ids)
-        cos, sin = self.core.rotary_emb(x[None], positions[None])
+        def attend(li: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            self.cache.write(li, slot_t, k, v)
+            kc, vc = self.cache.k[li], self.cache.v[li]
+            out = torch.empty_like(q)
+            if dec_rows:
+                out[dr] = paged_decode(q[dr], kc, vc, bt, dl, self.block_size, self.scale)
+            for a, b, ctx, start in pre:
+                out[a:b] = prefill_attention(q[a:b], kc, vc, ctx, start, self.scale)
+            return out
+
+        x = self._layers(ids, pos, attend)
+        return self._logits(chunks, bounds, x)
+
+    def _forward_rows(self, chunks: Sequence[Chunk]) -> list[torch.Tensor | None]:
+        rows = self.rows
+        assert rows is not None
+        dev = self.device
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        tok_rows: list[int] = []
+        bounds: list[tuple[int, int]] = []
+        dec_idx: list[int] = []  # token index of each decode
+        dec_row: list[int] = []
+        dec_len: list[int] = []
+        fills: list[tuple[int, int, torch.Tensor]] = []  # (row, from, paged slots of from..start)
+        pre: list[tuple[int, int, int, int, torch.Tensor | None]] = []  # (a, b, row, end, mask)
+        for c in chunks:
+            if c.row is None:
+                raise ValueError("the rows layout needs a row for every chunk")
+            n, first, end = len(c.tokens), len(ids), c.start + len(c.tokens)
+            ids.extend(c.tokens)
+            pos.extend(range(c.start, end))
+            slots.extend(self._slots(c.table, c.start, end))
+            tok_rows.extend([c.row] * n)
+            bounds.append((first, first + n))
+            if rows.filled[c.row] < c.start:  # a prefix-cache hit (or a resumed row): copy it in once
+                have = rows.filled[c.row]
+                fills.append((c.row, have, torch.tensor(self._slots(c.table, have, c.start), device=dev)))
+            rows.filled[c.row] = end
+            if n == 1:
+                dec_idx.append(first)
+                dec_row.append(c.row)
+                dec_len.append(end)
+            else:
+                mask = None if c.start == 0 else causal_mask(c.start, n, dev)
+                pre.append((first, first + n, c.row, end, mask))
+        rows.reserve(max(pos) + 1)
+        slot_t = torch.tensor(slots, device=dev)
+        row_t = torch.tensor(tok_rows, device=dev)
+        pos_t = torch.tensor(pos, device=dev)
+        if dec_idx:
+            span = max(dec_row) + 1  # the view covers rows 0..span; rows without a decode are masked
+            width = max(dec_len)
+            lens = [1] * span
+            for r, n in zip(dec_row, dec_len, strict=True):
+                lens[r] = n
+            live = torch.arange(width, device=dev)[None] < torch.tensor(lens, device=dev)[:, None]
+            dtype = self.cache.k[0].dtype
+            bias = torch.zeros(live.shape, dtype=dtype, device=dev).masked_fill_(~live, float("-inf"))
+            bias = bias[:, None, None]
+            packed = dec_row == list(range(span))  # the decodes are rows 0..span in order: no scatter
+            di = torch.tensor(dec_idx, device=dev)
+            dr = torch.tensor(dec_row, device=dev)
+
+        def attend(li: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            self.cache.write(li, slot_t, k, v)
+            kr, vr = rows.k[li], rows.v[li]
+            for row, have, src in fills:
+                kr[row, :, have : have + len(src)] = self.cache.k[li][src].transpose(0, 1)
+                vr[row, :, have : have + len(src)] = self.cache.v[li][src].transpose(0, 1)
+            rows.write(li, row_t, pos_t, k, v)
+            out = torch.empty_like(q)
+            if dec_idx:
+                if packed:
+                    qd = q[di]
+                else:
+                    qd = q.new_zeros(span, *q.shape[1:])
+                    qd[dr] = q[di]
+                od = row_decode(qd, kr[:span, :, :width], vr[:span, :, :width], bias, self.scale)
+                out[di] = od if packed else od[dr]
+            for a, b, row, end, mask in pre:
+                out[a:b] = row_prefill(q[a:b], kr[row, :, :end], vr[row, :, :end], mask, self.scale)
+            return out
+
+        x = self._layers(ids, pos, attend)
+        return self._logits(chunks, bounds, x)
+
+    def _layers(
+        self,
+        ids: list[int],
+        pos: list[int],
+        attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """The decoder stack over the step's flat tokens; ``attend(layer, q, k, v)`` stores k, v and attends."""
+        dev = self.device
+        x = self.core.embed_tokens(torch.tensor(ids, device=dev))
+        cos, sin = self.core.rotary_emb(x[None], torch.tensor(pos, device=dev)[None])
         cos, sin = cos[0], sin[0]
         t = x.shape[0]
         for li, layer in enumerate(self.core.layers):
@@ -115,16 +247,14 @@ class ModelRunner:
             if hasattr(attn, "q_norm"):  # qwen3 normalises q and k per head
                 q, k = attn.q_norm(q), attn.k_norm(k)
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
-            self.cache.write(li, slot_t, k, v)
-            kc, vc = self.cache.k[li], self.cache.v[li]
-            out = torch.empty_like(q)
-            if dec_rows:
-                out[dr] = paged_decode(q[dr], kc, vc, bt, dl, self.block_size, self.scale)
-            for a, b, ctx, start in pre:
-                out[a:b] = prefill_attention(q[a:b], kc, vc, ctx, start, self.scale)
+            out = attend(li, q, k, v)
             x = x + attn.o_proj(out.reshape(t, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return x
 
+    def _logits(
+        self, chunks: Sequence[Chunk], bounds: list[tuple[int, int]], x: torch.Tensor
+    ) -> list[torch.Tensor | None]:
         rows: list[int] = []
         for c, (a, b) in zip(chunks, bounds, strict=True):
             if c.logits == "all":

@@ -2,12 +2,16 @@ import pytest
 import torch
 
 from services.inference_gateway.attention import (
+    causal_mask,
     paged_decode,
     paged_decode_torch,
     prefill_attention,
     reference_attention,
+    row_decode,
+    row_prefill,
 )
 from services.inference_gateway.kv_cache import BlockAllocator, OutOfBlocks, chain_hash
+from services.inference_gateway.row_cache import RowCache
 
 
 def _hashes(tokens: list[int], bs: int) -> list[int]:
@@ -113,3 +117,53 @@ def test_triton_kernel_matches_torch_path() -> None:
     want = paged_decode_torch(q, k_cache, v_cache, bt, lens, bs, d**-0.5)
     got = paged_decode_triton(q, k_cache, v_cache, bt, lens, bs, d**-0.5)
     torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4)
+
+
+def test_row_decode_over_row_views_matches_reference() -> None:
+    # rows 0 and 2 decode, row 1 is a hole (a prefilling or free row): its output is thrown away
+    gen = torch.Generator().manual_seed(3)
+    hq, hkv, d, cap, lens = 8, 2, 16, 32, {0: 5, 2: 19}
+    k_rows = torch.randn(3, hkv, cap, d, generator=gen)
+    v_rows = torch.randn(3, hkv, cap, d, generator=gen)
+    width = max(lens.values())
+    live = torch.tensor([[p < lens.get(r, 1) for p in range(width)] for r in range(3)])
+    bias = torch.zeros(live.shape).masked_fill(~live, float("-inf"))[:, None, None]
+    q = torch.randn(3, hq, d, generator=gen)
+    out = row_decode(q, k_rows[:, :, :width], v_rows[:, :, :width], bias, d**-0.5)
+    for r, n in lens.items():
+        ref = reference_attention(
+            q[r : r + 1], k_rows[r, :, :n].transpose(0, 1), v_rows[r, :, :n].transpose(0, 1), d**-0.5
+        )
+        torch.testing.assert_close(out[r], ref[0], rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(out[1]).all()
+
+
+@pytest.mark.parametrize("start", [0, 6])
+def test_row_prefill_matches_causal_reference(start: int) -> None:
+    gen = torch.Generator().manual_seed(4)
+    hq, hkv, d, t = 4, 2, 8, 11
+    k, v = torch.randn(hkv, t, d, generator=gen), torch.randn(hkv, t, d, generator=gen)
+    q = torch.randn(t - start, hq, d, generator=gen)
+    mask = causal_mask(start, t - start, torch.device("cpu")) if start else None
+    out = row_prefill(q, k, v, mask, d**-0.5)
+    ref = reference_attention(q, k.transpose(0, 1), v.transpose(0, 1), d**-0.5, causal_offset=start)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_row_cache_rows_writes_and_growth() -> None:
+    rc = RowCache(layers=1, rows=2, kv_heads=1, head_dim=2, max_len=10, dtype=torch.float32, initial=4)
+    a, b = rc.acquire(), rc.acquire()
+    assert (a, b) == (0, 1)
+    with pytest.raises(RuntimeError, match="rows are taken"):
+        rc.acquire()
+    k = torch.arange(6.0).view(3, 1, 2)
+    rc.write(0, torch.tensor([a, a, b]), torch.tensor([0, 3, 2]), k, -k)
+    rc.reserve(7)  # doubles to 8, keeping what was written
+    assert rc.capacity == 8 and rc.k[0].shape == (2, 1, 8, 2)
+    assert rc.k[0][a, 0, 3].tolist() == [2.0, 3.0] and rc.v[0][b, 0, 2].tolist() == [-4.0, -5.0]
+    rc.reserve(10)
+    assert rc.capacity == 10  # capped at the row length
+    with pytest.raises(ValueError, match="exceed the row length"):
+        rc.reserve(11)
+    rc.release(a)
+    assert rc.acquire() == a and rc.filled[a] == 0

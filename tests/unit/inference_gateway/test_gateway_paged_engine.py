@@ -1,4 +1,8 @@
-"""The paged engine against transformers: prefix caching, chunked prefill, preemption, logprobs, penalties."""
+"""The paged engine against transformers: prefix caching, chunked prefill, preemption, logprobs, penalties.
+
+Each runs in both KV layouts: ``rows`` (contiguous rows per sequence, the CPU default) and ``paged``
+(attention gathers through the block tables, as the CUDA kernel reads them).
+"""
 
 import asyncio
 from pathlib import Path
@@ -11,6 +15,11 @@ from services.inference_gateway.engine import Engine
 from services.inference_gateway.sampling import SamplingParams
 
 LONG = "The capital of Aldoria is velm and the river runs north past the old mill where traders meet every spring"
+
+
+@pytest.fixture(params=["rows", "paged"])
+def layout(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +42,15 @@ def text_of(eng: Engine, ids: list[int]) -> str:
     return eng.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-async def test_prefix_cache_hit_gives_the_same_answer(tiny_model: Path, hf) -> None:
-    eng = make(tiny_model, block_size=4)
+async def test_prefix_cache_hit_gives_the_same_answer(tiny_model: Path, hf, layout: str) -> None:
+    eng = make(tiny_model, block_size=4, kv_layout=layout)
     try:
         ids = eng.encode(LONG)
         expected = text_of(eng, hf_greedy(hf, ids, 10))
         greedy = SamplingParams(max_tokens=10, temperature=0)
         first = [d async for d in eng.stream(ids, greedy)]
+        # another prompt in between overwrites the freed row: the hit must come from the paged cache
+        await eng.generate(eng.encode(LONG[::-1]), greedy)
         second = [d async for d in eng.stream(ids, greedy)]
         assert first[-1].cached_tokens == 0
         # every whole block but the one holding the last prompt token comes from the cache
@@ -54,11 +65,17 @@ async def test_prefix_cache_hit_gives_the_same_answer(tiny_model: Path, hf) -> N
         eng.close()
 
 
-async def test_chunked_prefill_and_preemption_match_transformers(tiny_model: Path, hf) -> None:
+async def test_chunked_prefill_and_preemption_match_transformers(tiny_model: Path, hf, layout: str) -> None:
     # 5 tokens per step: long prompts are split into chunks that ride along with the decodes;
     # 20 blocks of 4 cannot hold all four sequences at once: some are preempted and recomputed
     eng = make(
-        tiny_model, block_size=4, num_blocks=20, max_step_tokens=5, max_batch_size=4, prefix_caching=False
+        tiny_model,
+        block_size=4,
+        num_blocks=20,
+        max_step_tokens=5,
+        max_batch_size=4,
+        prefix_caching=False,
+        kv_layout=layout,
     )
     try:
         prompts = [LONG, "Traders meet", "wool salt copper and bright glass beads", "The river runs north"]
@@ -72,8 +89,8 @@ async def test_chunked_prefill_and_preemption_match_transformers(tiny_model: Pat
         eng.close()
 
 
-async def test_logprobs_and_prompt_logprobs_match_transformers(tiny_model: Path, hf) -> None:
-    eng = make(tiny_model)
+async def test_logprobs_and_prompt_logprobs_match_transformers(tiny_model: Path, hf, layout: str) -> None:
+    eng = make(tiny_model, kv_layout=layout)
     try:
         ids = eng.encode("The river runs")
         out = await eng.generate(
@@ -95,8 +112,8 @@ async def test_logprobs_and_prompt_logprobs_match_transformers(tiny_model: Path,
         eng.close()
 
 
-async def test_repetition_penalty_matches_transformers(tiny_model: Path, hf) -> None:
-    eng = make(tiny_model)
+async def test_repetition_penalty_matches_transformers(tiny_model: Path, hf, layout: str) -> None:
+    eng = make(tiny_model, kv_layout=layout)
     try:
         ids = eng.encode("the river the river the")
         out = await eng.generate(ids, SamplingParams(max_tokens=12, temperature=0, repetition_penalty=1.8))
