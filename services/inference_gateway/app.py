@@ -1,4 +1,12 @@
-"""Wiring: engine pool + OpenAI HTTP API + gRPC Inference + the model.promoted handler on a ServiceRuntime."""
+"""Wiring of the two roles of this service on a ServiceRuntime.
+
+- gateway (``python -m services.inference_gateway``): the OpenAI HTTP API and gRPC Inference; each
+  request goes to the least-loaded worker process announced in ``puyu_workers`` serving its model,
+  else to the gateway's own engine pool (which follows ``model.promoted`` like a worker).
+- worker (``python -m services.inference_gateway worker``): an engine pool behind gRPC Inference
+  (and the OpenAI API, for direct use); it deploys every promotion (its own durable consumer),
+  restores the registry's champions at start-up and announces what it serves and its load.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +25,10 @@ from services.inference_gateway.grpc_api import SERVICE_NAME, InferenceServicer
 from services.inference_gateway.handlers import register_handlers
 from services.inference_gateway.openai_api import install_openai_api
 from services.inference_gateway.pool import EngineLoader, ModelPool
+from services.inference_gateway.router import Router
+from services.inference_gateway.workers import WorkerView
 from shared.artifacts import ArtifactStore
+from shared.natsserver import free_port
 from shared.ports import registry_grpc_target
 from shared.service import ServiceRuntime
 
@@ -40,39 +51,75 @@ def create_service(settings: GatewaySettings | None = None, pool: ModelPool | No
     settings = settings or GatewaySettings()
     if settings.gateway_num_threads:
         torch.set_num_threads(settings.gateway_num_threads)
-    runtime = ServiceRuntime(
-        "inference_gateway",
-        settings,
-        grpc_port_override=settings.gateway_grpc_port,
-        http_port_override=settings.gateway_http_port,
+    worker = settings.gateway_role == "worker"
+    if worker:  # workers are many per host: their ports are given, or free ones are taken
+        runtime = ServiceRuntime(
+            "inference_worker",
+            settings,
+            grpc_port_override=settings.gateway_grpc_port or free_port(),
+            http_port_override=settings.gateway_http_port or free_port(),
+        )
+    else:
+        runtime = ServiceRuntime(
+            "inference_gateway",
+            settings,
+            grpc_port_override=settings.gateway_grpc_port,
+            http_port_override=settings.gateway_http_port,
+        )
+    instance = settings.instance(runtime.grpc_port)
+    if pool is None and (worker or settings.gateway_local_models):
+        pool = ModelPool(engine_loader(settings), drain_timeout=settings.gateway_drain_timeout)
+    view = None
+    if not worker and settings.gateway_route_workers:
+        view = WorkerView(runtime.bus, own_instance=instance, ttl=settings.gateway_worker_ttl)
+        runtime.on_start(view.start)
+        runtime.on_stop(view.stop)
+    router = Router(
+        pool,
+        view,
+        instance=instance,
+        attempts=settings.gateway_worker_attempts,
+        max_queue=settings.gateway_max_queue,
     )
-    pool = pool or ModelPool(engine_loader(settings), drain_timeout=settings.gateway_drain_timeout)
+    runtime.on_stop(router.close)
     install_openai_api(
         runtime.http,
-        pool,
+        router,
         default_max_tokens=settings.gateway_default_max_tokens,
         limits=limits_from(settings),
     )
     runtime.add_grpc(
         inference_pb2_grpc.add_InferenceServicer_to_server,
-        InferenceServicer(pool, settings.gateway_default_max_tokens),
+        InferenceServicer(router, settings.gateway_default_max_tokens),
         SERVICE_NAME,
     )
-    register_handlers(runtime.bus, pool, ArtifactStore(settings.artifact_root_uri), settings.gateway_instance)
+    if pool is not None:
+        _serve_pool(runtime, settings, pool, instance, per_instance=worker)
+    runtime.pool = pool  # type: ignore[attr-defined]  # for tests and the CLI
+    runtime.router = router  # type: ignore[attr-defined]
+    runtime.instance = instance  # type: ignore[attr-defined]
+    return runtime
+
+
+def _serve_pool(
+    runtime: ServiceRuntime, settings: GatewaySettings, pool: ModelPool, instance: str, *, per_instance: bool
+) -> None:
+    """Follow promotions, restore the champions at start-up, announce what is served and the load."""
+    store = ArtifactStore(settings.artifact_root_uri)
+    register_handlers(runtime.bus, pool, store, instance, per_instance=per_instance)
     host = settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
     announcer = Announcer(
         runtime.bus,
         pool,
-        settings.gateway_instance,
+        instance,
         interval=settings.gateway_announce_interval,
         http_url=f"http://{host}:{runtime.http_port}",
         grpc_target=f"{host}:{runtime.grpc_port}",
     )
     runtime.on_start(announcer.start)
-    store = ArtifactStore(settings.artifact_root_uri)
     restore: list[asyncio.Task[int]] = []
 
-    async def start_restore() -> None:  # in the background: the gateway answers while it loads
+    async def start_restore() -> None:  # in the background: the process answers while it loads
         restore.append(asyncio.create_task(restore_champions(pool, store, registry_grpc_target(settings))))
 
     async def stop_restore() -> None:
@@ -83,5 +130,3 @@ def create_service(settings: GatewaySettings | None = None, pool: ModelPool | No
     runtime.on_stop(stop_restore)
     runtime.on_stop(announcer.stop)
     runtime.on_stop(pool.close)
-    runtime.pool = pool  # type: ignore[attr-defined]  # for tests and the CLI
-    return runtime

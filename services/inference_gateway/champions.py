@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 
 import grpc
 
@@ -33,8 +34,11 @@ async def champions(target: str, timeout: float = 10.0) -> list[registry_pb2.Mod
 async def restore_champions(
     pool: ModelPool, store: ArtifactStore, target: str, attempts: int = 30, delay: float = 2.0
 ) -> int:
-    """Load every champion not served yet; retries while the registry is starting. Returns how many."""
+    """Load every champion unless a newer promotion got there first; retries while the registry is starting.
+
+    Returns how many it deployed."""
     for attempt in range(1, attempts + 1):
+        asked = datetime.now(UTC)  # promotions after this are newer than the registry's answer
         try:
             versions = await champions(target)
             break
@@ -51,8 +55,8 @@ async def restore_champions(
     for version in versions:
         try:
             path = await asyncio.to_thread(store.fetch, version.artifact.uri)
-            await pool.deploy(version.model_name, int(version.version), path, only_if_absent=True)
-            restored += 1
+            served = await pool.deploy(version.model_name, int(version.version), path, as_of=asked)
+            restored += served is not None
         except Exception:
             log.exception("restoring champion %s:%d failed", version.model_name, version.version)
     if restored:

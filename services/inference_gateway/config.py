@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import socket
+from typing import Literal
+
 from pydantic import Field
 
 from shared.settings import CommonSettings
 
 
 class GatewaySettings(CommonSettings):
-    gateway_instance: str = Field(default="gateway-0", description="Stable name in deployment events.")
+    gateway_role: Literal["gateway", "worker"] = Field(
+        default="gateway",
+        description="gateway: the OpenAI API, routing to workers; worker: engines behind gRPC only.",
+    )
+    gateway_instance: str | None = Field(
+        default=None,
+        description="Stable name in announcements, consumers and deployment events "
+        "(default: gateway-0; a worker: worker-HOST-GRPCPORT).",
+    )
     gateway_max_batch_size: int = Field(
         default=16, ge=1, description="Sequences decoded together per engine."
     )
@@ -38,11 +49,33 @@ class GatewaySettings(CommonSettings):
     )
     gateway_request_timeout: float = Field(default=0, ge=0, description="Seconds per request (0: none).")
     gateway_announce_interval: float = Field(
-        default=5.0, gt=0, description="Seconds between load announcements in the puyu_workers KV bucket."
+        default=1.0, gt=0, description="Seconds between load announcements in the puyu_workers KV bucket."
+    )
+    gateway_local_models: bool = Field(
+        default=True,
+        description="The gateway loads promoted models into its own engines too (off: it only routes).",
+    )
+    gateway_route_workers: bool = Field(
+        default=True, description="Route requests to the worker processes announced in puyu_workers."
+    )
+    gateway_worker_ttl: float = Field(
+        default=6.0, gt=0, description="Seconds a worker's announcement stays valid without a newer one."
+    )
+    gateway_worker_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Workers a request tries before it fails (a worker gone before its first token).",
     )
     gateway_num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads.")
     gateway_grpc_port: int | None = None
     gateway_http_port: int | None = None
+
+    def instance(self, grpc_port: int) -> str:
+        if self.gateway_instance:
+            return self.gateway_instance
+        if self.gateway_role == "worker":
+            return f"worker-{socket.gethostname()}-{grpc_port}"
+        return "gateway-0"
 
     def keys(self) -> tuple[str, ...]:
         extra = [k.strip() for k in (self.gateway_api_keys or "").split(",") if k.strip()]

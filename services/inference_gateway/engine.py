@@ -68,6 +68,8 @@ class Delta:
     logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens generated since the previous delta
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # once, on the first delta
     cached_tokens: int = 0
+    prompt_first_token: str | None = None  # with prompt logprobs: the first prompt token (it has none)
+    worker: str = ""  # the instance that generated it (set by the router)
 
 
 @dataclass
@@ -557,6 +559,7 @@ class Engine:
         seq.pending_lp = []
         if not seq.sent_first and seq.prompt_lp is not None:
             extra["prompt_logprobs"] = tuple(seq.prompt_lp)
+            extra["prompt_first_token"] = self.tokenizer.decode(seq.req.prompt_ids[:1])
         seq.sent_first = True
         seq.req.sink(Delta(**{**delta.__dict__, **extra}))
 

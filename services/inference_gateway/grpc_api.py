@@ -1,4 +1,8 @@
-"""gRPC ``puyu.inference.v1.Inference``: server-streaming Generate (stops when the client cancels) and ListModels."""
+"""gRPC ``puyu.inference.v1.Inference``: server-streaming Generate (stops when the client cancels) and ListModels.
+
+On the gateway a request is routed (a worker process, else the in-process pool); on a worker, and
+for any request with ``local_only``, it runs on this process's own engines.
+"""
 
 from __future__ import annotations
 
@@ -9,25 +13,16 @@ import grpc
 from contracts.proto.puyu.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.inference_gateway.engine import EngineClosed
 from services.inference_gateway.pool import ModelNotFound, ModelPool
-from services.inference_gateway.sampling import InvalidRequest, SamplingParams
+from services.inference_gateway.router import NoWorker, Overloaded, Router
+from services.inference_gateway.sampling import InvalidRequest
+from services.inference_gateway.wire import delta_to_chunk, params_from_proto, prompt_from_request
 
 SERVICE_NAME = "puyu.inference.v1.Inference"
 
 
-def params_from_proto(p: inference_pb2.SamplingParams, default_max_tokens: int) -> SamplingParams:
-    return SamplingParams(
-        max_tokens=p.max_tokens or default_max_tokens,
-        temperature=p.temperature,
-        top_p=p.top_p if 0 < p.top_p < 1 else 1.0,
-        top_k=p.top_k,
-        stop=tuple(p.stop),
-        seed=p.seed if p.has_seed else None,
-    ).validate()
-
-
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, pool: ModelPool, default_max_tokens: int = 16) -> None:
-        self.pool = pool
+    def __init__(self, router: Router | ModelPool, default_max_tokens: int = 16) -> None:
+        self.router = router if isinstance(router, Router) else Router(router)
         self.default_max_tokens = default_max_tokens
 
     async def Generate(
@@ -35,30 +30,24 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     ) -> AsyncIterator[inference_pb2.GenerateChunk]:
         try:
             params = params_from_proto(request.params, self.default_max_tokens)
-            engine = self.pool.resolve(request.model)
-            stream = engine.stream(engine.encode(request.prompt), params, request.request_id or None)
-            first = await stream.__anext__()  # submits: errors surface here as gRPC statuses
+            prompt = prompt_from_request(request)
+            stream = await self.router.open(request.model, prompt, params, local_only=request.local_only)
         except ModelNotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except EngineClosed as exc:
+        except Overloaded as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except (EngineClosed, NoWorker) as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        delta = first
+        worker = self.router.instance
         try:
-            while True:
+            async for delta in stream:
                 if delta.finish_reason == "error":
                     await context.abort(grpc.StatusCode.INTERNAL, delta.error or "generation failed")
-                yield inference_pb2.GenerateChunk(
-                    text=delta.text,
-                    completion_tokens=delta.completion_tokens,
-                    prompt_tokens=delta.prompt_tokens,
-                    finish_reason=delta.finish_reason or "",
-                    model=request.model,
-                )
+                yield delta_to_chunk(delta, request.model, worker)
                 if delta.finish_reason or context.cancelled():
                     return
-                delta = await stream.__anext__()
         finally:
             # client gone (CancelledError lands here) or done: closing the stream cancels the engine request
             await stream.aclose()  # type: ignore[attr-defined]
@@ -69,8 +58,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return inference_pb2.ListModelsResponse(
             models=[
                 inference_pb2.ServedModel(
-                    name=name, model_name=s.model_name, version=s.version, state=s.state
+                    name=e.name, model_name=e.model_name, version=e.version, state=e.state, worker=e.worker
                 )
-                for name, s in self.pool.entries()
+                for e in self.router.models(with_draining=True)
             ]
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 from contracts.events import DeploymentFailed, DeploymentReady, ModelPromoted
 from services.inference_gateway.pool import ModelPool
@@ -13,16 +14,31 @@ from shared.bus import Bus, HandlerContext
 log = logging.getLogger(__name__)
 
 
-def register_handlers(bus: Bus, pool: ModelPool, store: ArtifactStore, instance: str) -> None:
-    @bus.handle(ModelPromoted, ack_wait=60.0)
+def register_handlers(
+    bus: Bus, pool: ModelPool, store: ArtifactStore, instance: str, *, per_instance: bool = False
+) -> None:
+    """``per_instance``: every worker process deploys every promotion, so each has its own durable
+    consumer (named after its instance) and no shared processed-event marker; a replay of old
+    promotions to a new consumer is skipped by the pool (older than what is served)."""
+    durable = f"inference-worker-{re.sub(r'[^A-Za-z0-9_-]', '_', instance)}--model_promoted"
+
+    @bus.handle(
+        ModelPromoted,
+        ack_wait=60.0,
+        durable=durable if per_instance else None,
+        idempotent=not per_instance,
+    )
     async def on_model_promoted(ctx: HandlerContext[ModelPromoted]) -> None:
         p = ctx.payload
         name, version = p.model.model_name, p.model.version
         # one deployment per promotion: a version promoted again (after a rollback) is a new deployment
         event_id = f"deployed:{name}:{version}:{instance}:{ctx.envelope.id}"
+        if pool.stale(name, ctx.envelope.time):  # a replayed promotion older than what is served
+            log.info("skipping promotion of %s:%d from %s: superseded", name, version, ctx.envelope.time)
+            return
         try:
             path = await asyncio.to_thread(store.fetch, p.artifact.uri)
-            served = await pool.deploy(name, version, path, wait_drain=False)
+            served = await pool.deploy(name, version, path, wait_drain=False, as_of=ctx.envelope.time)
         except Exception as exc:
             # a version that cannot load will not load on retry either: say so, and keep serving the old one
             log.exception("deploying %s:%d failed", name, version)
@@ -30,6 +46,8 @@ def register_handlers(bus: Bus, pool: ModelPool, store: ArtifactStore, instance:
                 DeploymentFailed(model=p.model, instance=instance, error=f"{type(exc).__name__}: {exc}"),
                 event_id=f"deploy-failed:{name}:{version}:{instance}:{ctx.envelope.id}",
             )
+            return
+        if served is None:  # a promotion older than the version served (a replay): nothing to do
             return
         await ctx.publish(
             DeploymentReady(model=p.model, served_name=served.names(p.alias)[0], instance=instance),

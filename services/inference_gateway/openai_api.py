@@ -21,9 +21,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.inference_gateway.admission import Admission, APIError, Limits
-from services.inference_gateway.engine import Delta, Engine, EngineClosed, TokenLogprob
+from services.inference_gateway.engine import Delta, TokenLogprob
 from services.inference_gateway.metrics import observe_delta
 from services.inference_gateway.pool import ModelNotFound, ModelPool
+from services.inference_gateway.prompts import Prompt
+from services.inference_gateway.router import NoWorker, Overloaded, Router
 from services.inference_gateway.sampling import InvalidRequest, SamplingParams
 from services.inference_gateway.tools import ToolStream, parse_tool_calls
 
@@ -217,7 +219,7 @@ class _CompletionLp:
 
 def install_openai_api(
     app: FastAPI,
-    pool: ModelPool,
+    pool: ModelPool | Router,
     *,
     api_key: str | None = None,
     default_max_tokens: int = 16,
@@ -228,6 +230,7 @@ def install_openai_api(
     if api_key and api_key not in limits.api_keys:
         limits.api_keys = (*limits.api_keys, api_key)
     admission = Admission(limits)
+    router = pool if isinstance(pool, Router) else Router(pool, max_queue=limits.max_queue)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -238,66 +241,58 @@ def install_openai_api(
         parts = [f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()[:5]]
         return _error(400, "invalid request: " + "; ".join(parts), "invalid_request_error")
 
-    def engine_for(name: str) -> Engine:
+    async def start(
+        name: str, prompt: Prompt, params: SamplingParams, t0: float, whole: bool
+    ) -> AsyncIterator[Delta]:
         try:
-            return pool.resolve(name)
+            return await router.open(name, prompt, params, whole=whole, timeout=admission.time_left(t0))
         except ModelNotFound as exc:
             raise APIError(404, str(exc), "invalid_request_error", "model_not_found") from None
-
-    async def start(
-        name: str, ids_of: Callable[[Engine], list[int]], params: SamplingParams, t0: float
-    ) -> AsyncIterator[Delta]:
-        # a switch may retire the engine between resolve and submit: resolve again (the new one is up)
-        for _ in range(3):
-            engine = engine_for(name)
-            admission.check_queue(engine)
-            try:
-                it = engine.stream(ids_of(engine), params)
-                first = await asyncio.wait_for(it.__anext__(), admission.time_left(t0))
-            except EngineClosed:
-                continue
-            except InvalidRequest as exc:
-                raise APIError(400, str(exc), "invalid_request_error") from None
-            except TimeoutError:  # still queued at the deadline: wait_for cancelled the request
-                await it.aclose()  # type: ignore[attr-defined]
-                admission.rejected("timeout")
-                raise APIError(
-                    504,
-                    f"request timed out after {admission.limits.request_timeout_s:g}s",
-                    "server_error",
-                    "timeout",
-                ) from None
-            return _prepend(first, it)
-        raise APIError(
-            503, f"model {name!r} is switching versions, retry", "server_error", headers={"Retry-After": "1"}
-        )
+        except InvalidRequest as exc:
+            raise APIError(400, str(exc), "invalid_request_error") from None
+        except Overloaded as exc:
+            admission.rejected("queue_full")
+            raise APIError(503, str(exc), "server_error", "queue_full", {"Retry-After": "1"}) from None
+        except NoWorker as exc:
+            raise APIError(503, str(exc), "server_error", headers={"Retry-After": "1"}) from None
+        except TimeoutError:  # still queued at the deadline: the request was cancelled
+            admission.rejected("timeout")
+            raise APIError(
+                504,
+                f"request timed out after {admission.limits.request_timeout_s:g}s",
+                "server_error",
+                "timeout",
+            ) from None
 
     async def start_n(
-        name: str, ids_of: Callable[[Engine], list[int]], params: SamplingParams, n: int, t0: float
-    ) -> list[AsyncIterator[Delta]]:
+        name: str, prompt: Prompt, params: SamplingParams, n: int, t0: float, whole: bool
+    ) -> tuple[list[_Peek], dict[str, str]]:
+        """The n streams of one request, and the response header naming where the first one runs."""
         streams = []
         try:
             for i in range(n):  # distinct seeds, so n seeded samples differ yet reproduce
                 p = params if params.seed is None or i == 0 else _reseed(params, params.seed + i)
-                streams.append(await start(name, ids_of, p, t0))
+                streams.append(_Peek(await start(name, prompt, p, t0, whole)))
+            worker = await streams[0].peek()
         except BaseException:
             for s in streams:
-                await s.aclose()  # type: ignore[attr-defined]
+                await s.aclose()
             raise
-        return streams
+        return streams, {"X-Puyu-Worker": worker}
 
     @app.get("/v1/models", dependencies=[Depends(admission.authorize)])
     async def list_models() -> dict[str, Any]:
+        entries = {e.name: e for e in reversed(router.models())}  # a name once, this process's first
         data = [
             {
-                "id": n,
+                "id": e.name,
                 "object": "model",
                 "created": 0,
                 "owned_by": "puyu",
-                "root": s.model_name,
-                "version": s.version,
+                "root": e.model_name,
+                "version": e.version,
             }
-            for n, s in pool.named()
+            for e in sorted(entries.values(), key=lambda e: e.name)
         ]
         return {"object": "list", "data": data}
 
@@ -314,9 +309,17 @@ def install_openai_api(
                 400, "prompt must be a non-empty string or list of non-empty strings", "invalid_request_error"
             )
         rid, created, t0 = f"cmpl-{uuid.uuid4().hex}", int(time.time()), time.monotonic()
-        streams: list[AsyncIterator[Delta]] = []
-        for p in prompts:
-            streams += await start_n(body.model, _encoder(p), params, body.n, t0)
+        streams: list[_Peek] = []
+        headers: dict[str, str] = {}
+        try:
+            for p in prompts:
+                got, h = await start_n(body.model, Prompt(text=p), params, body.n, t0, not body.stream)
+                streams += got
+                headers = headers or h
+        except BaseException:
+            for st in streams:
+                await st.aclose()
+            raise
         base = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
         prompt_of = [p for p in prompts for _ in range(body.n)]
         lp_acc = [_CompletionLp(len(p) if body.echo else 0) for p in prompt_of]
@@ -328,10 +331,7 @@ def install_openai_api(
             lp = None
             if body.logprobs is not None and d.prompt_logprobs is not None:
                 lp_acc[i].offset = 0
-                first = engine_for(body.model).tokenizer.decode(
-                    engine_for(body.model).encode(prompt_of[i])[:1]
-                )
-                lp = lp_acc[i].add(d.prompt_logprobs, [first])
+                lp = lp_acc[i].add(d.prompt_logprobs, [d.prompt_first_token or ""])
                 lp_acc[i].offset = len(prompt_of[i])
             return prompt_of[i], lp
 
@@ -366,7 +366,7 @@ def install_openai_api(
                     yield _sse({**base, "choices": [], "usage": _usage(lasts, body.n)})
                 yield "data: [DONE]\n\n"
 
-            return StreamingResponse(events(), media_type="text/event-stream")
+            return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
         choices: list[dict[str, Any]] = [{} for _ in streams]
         texts = [""] * len(streams)
@@ -387,7 +387,7 @@ def install_openai_api(
                     logprobs=lp_acc[i].obj if body.logprobs is not None else None,
                     finish_reason=_finish(d.finish_reason),
                 )
-        return {**base, "choices": choices, "usage": _usage(lasts, body.n)}
+        return JSONResponse({**base, "choices": choices, "usage": _usage(lasts, body.n)}, headers=headers)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatRequest, key: str = Depends(admission.admit)) -> Response | dict[str, Any]:
@@ -396,7 +396,8 @@ def install_openai_api(
         params = _params(body.params, default_max_tokens, top, False, schema)
         messages, tools, names = body.plain_messages(), body.tools, body.tool_names()
         t0 = time.monotonic()
-        streams = await start_n(body.model, lambda e: e.render_chat(messages, tools), params, body.n, t0)
+        prompt = Prompt(messages=messages, tools=tools)
+        streams, headers = await start_n(body.model, prompt, params, body.n, t0, not body.stream)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         base = {"id": rid, "created": created, "model": body.model}
 
@@ -443,7 +444,7 @@ def install_openai_api(
                     yield _sse({**chunk, "choices": [], "usage": _usage(lasts, body.n)})
                 yield "data: [DONE]\n\n"
 
-            return StreamingResponse(events(), media_type="text/event-stream")
+            return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
         texts = [""] * len(streams)
         lps: list[list[TokenLogprob]] = [[] for _ in streams]
@@ -467,7 +468,10 @@ def install_openai_api(
                 "logprobs": {"content": _chat_lp(lps[i])} if body.logprobs else None,
                 "finish_reason": "tool_calls" if calls else _finish(d.finish_reason),
             }
-        return {**base, "object": "chat.completion", "choices": choices, "usage": _usage(lasts, body.n)}
+        return JSONResponse(
+            {**base, "object": "chat.completion", "choices": choices, "usage": _usage(lasts, body.n)},
+            headers=headers,
+        )
 
     return admission
 
@@ -478,10 +482,6 @@ def _reseed(params: SamplingParams, seed: int) -> SamplingParams:
     return replace(params, seed=seed)
 
 
-def _encoder(prompt: str) -> Callable[[Engine], list[int]]:
-    return lambda engine: engine.encode(prompt)
-
-
 def _params(make: Callable[..., SamplingParams], *args: Any) -> SamplingParams:
     try:
         return make(*args)
@@ -489,17 +489,35 @@ def _params(make: Callable[..., SamplingParams], *args: Any) -> SamplingParams:
         raise APIError(400, str(exc), "invalid_request_error") from None
 
 
-async def _prepend(first: Delta, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
-    try:
-        yield first
-        if first.finish_reason is None:
-            async for d in rest:
-                yield d
-    finally:
-        await rest.aclose()  # type: ignore[attr-defined]  # cancels the engine request if unfinished
+class _Peek:
+    """A started stream whose first delta can be looked at (for the worker header) before it is consumed."""
+
+    def __init__(self, stream: AsyncIterator[Delta]) -> None:
+        self._stream = stream
+        self._first: Delta | None = None
+
+    async def peek(self) -> str:
+        if self._first is None:
+            self._first = await anext(self._stream)
+        return self._first.worker
+
+    def __aiter__(self) -> AsyncIterator[Delta]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Delta]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+            if first.finish_reason is not None:
+                return
+        async for d in self._stream:
+            yield d
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()  # type: ignore[attr-defined]  # cancels the generation if unfinished
 
 
-async def _merge(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta]]:
+async def _merge(streams: list[_Peek]) -> AsyncIterator[tuple[int, Delta]]:
     """Interleave the choices' streams as their deltas come; closing this closes (cancels) them all."""
     if len(streams) == 1:
         try:
@@ -507,11 +525,11 @@ async def _merge(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int
                 observe_delta(d)
                 yield 0, d
         finally:
-            await streams[0].aclose()  # type: ignore[attr-defined]
+            await streams[0].aclose()
         return
     q: asyncio.Queue[tuple[int, Delta | BaseException | None]] = asyncio.Queue()
 
-    async def pump(i: int, s: AsyncIterator[Delta]) -> None:
+    async def pump(i: int, s: _Peek) -> None:
         try:
             async for d in s:
                 await q.put((i, d))
@@ -536,4 +554,4 @@ async def _merge(streams: list[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int
         for t in tasks:
             t.cancel()
         for s in streams:
-            await s.aclose()  # type: ignore[attr-defined]
+            await s.aclose()

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from services.inference_gateway.engine import Engine
@@ -49,6 +50,7 @@ class ModelPool:
         self._current: dict[str, Served] = {}  # model name -> the version serving it
         self._names: dict[str, Served] = {}
         self._draining: list[Served] = []
+        self._as_of: dict[str, datetime] = {}  # model name -> when the served version was decided
         self._lock = asyncio.Lock()
         self.drain_timeout = drain_timeout
         watch_pool(self)
@@ -76,6 +78,11 @@ class ModelPool:
         out += [(f"{s.model_name}:{s.version}", s) for s in self._draining]
         return out
 
+    def stale(self, model_name: str, as_of: datetime) -> bool:
+        """True when what is served for the model was decided at or after ``as_of``."""
+        decided = self._as_of.get(model_name)
+        return decided is not None and as_of <= decided
+
     def serving(self, model_name: str, version: int) -> bool:
         cur = self._current.get(model_name)
         return cur is not None and cur.version == version
@@ -88,15 +95,23 @@ class ModelPool:
         path: Path,
         *,
         wait_drain: bool = True,
-        only_if_absent: bool = False,
-    ) -> Served:
+        as_of: datetime | None = None,
+    ) -> Served | None:
         """Load, warm and switch to ``model_name`` version ``version``; drain and free the old one.
 
-        ``only_if_absent``: do nothing when some version of the model is served already (a restore at
-        start-up must not replace a version a promotion deployed meanwhile).
+        ``as_of``: when the decision to serve this version was made (the promotion event's time, or
+        when the registry was asked for its champions). A decision older than the one behind what is
+        served is stale and changes nothing (returns None): a worker replaying the promotions of the
+        past after a start-up restore, or a restore finishing after a newer promotion, must not
+        switch back to an old version.
         """
+        as_of = as_of or datetime.now(UTC)
         async with self._lock:  # one switch at a time per pool
-            if self.serving(model_name, version) or (only_if_absent and model_name in self._current):
+            if self.stale(model_name, as_of):
+                log.info("not deploying %s:%d: decided %s, before what is served", model_name, version, as_of)
+                return None
+            if self.serving(model_name, version):
+                self._as_of[model_name] = as_of
                 return self._current[model_name]
             engine = await asyncio.to_thread(self._load_and_warm, path, f"{model_name}:{version}")
             new = Served(model_name, version, engine)
@@ -108,6 +123,7 @@ class ModelPool:
             names.update(dict.fromkeys(new.names(), new))
             # the switch: one assignment each, no await in between, so no request sees a half state
             self._names, self._current[model_name] = names, new
+            self._as_of[model_name] = as_of
             log.info("serving %s:%d", model_name, version)
         if old is not None:
             old.state = "draining"

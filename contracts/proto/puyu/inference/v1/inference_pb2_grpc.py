@@ -27,6 +27,8 @@ if _version_not_supported:
 
 class InferenceStub:
     """Token generation from a served model. Generate streams tokens and stops work when the client goes away.
+    The gateway serves it (routing each request to a worker) and so does every worker process (serving
+    from its own engines); the gateway forwards to workers with local_only set.
     """
 
     def __init__(self, channel):
@@ -49,6 +51,8 @@ class InferenceStub:
 
 class InferenceServicer:
     """Token generation from a served model. Generate streams tokens and stops work when the client goes away.
+    The gateway serves it (routing each request to a worker) and so does every worker process (serving
+    from its own engines); the gateway forwards to workers with local_only set.
     """
 
     def Generate(self, request, context):
@@ -86,6 +90,8 @@ def add_InferenceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Inference:
     """Token generation from a served model. Generate streams tokens and stops work when the client goes away.
+    The gateway serves it (routing each request to a worker) and so does every worker process (serving
+    from its own engines); the gateway forwards to workers with local_only set.
     """
 
     @staticmethod

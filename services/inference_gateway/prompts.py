@@ -1,0 +1,53 @@
+"""What a request asks the model to continue: text, token ids, or chat messages (with tools).
+
+Kept as given until a backend takes it: a local engine tokenizes it (rendering chat with the
+model's template), a remote worker receives it as is and does the same with its own tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.inference_gateway.engine import Engine
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str | None = None
+    ids: tuple[int, ...] | None = None
+    messages: list[dict[str, Any]] | None = field(default=None, hash=False)
+    tools: list[dict[str, Any]] | None = field(default=None, hash=False)
+
+    def __post_init__(self) -> None:
+        given = sum(x is not None for x in (self.text, self.ids, self.messages))
+        if given != 1:
+            raise ValueError("a prompt is exactly one of text, token ids or chat messages")
+
+    def token_ids(self, engine: Engine) -> list[int]:
+        if self.ids is not None:
+            return list(self.ids)
+        if self.messages is not None:
+            return engine.render_chat(self.messages, self.tools)
+        assert self.text is not None
+        return engine.encode(self.text)
+
+    def chat_json(self) -> str:
+        return json.dumps({"messages": self.messages, "tools": self.tools})
+
+    @classmethod
+    def from_chat_json(cls, raw: str) -> Prompt:
+        """Parse ``{"messages": [...], "tools": [...]}``; ValueError naming what is wrong."""
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"chat_json is not JSON: {exc}") from None
+        messages = obj.get("messages") if isinstance(obj, dict) else None
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+            raise ValueError("chat_json needs a non-empty list of message objects under 'messages'")
+        tools = obj.get("tools")
+        if tools is not None and not isinstance(tools, list):
+            raise ValueError("chat_json 'tools' must be a list")
+        return cls(messages=messages, tools=tools)

@@ -1,0 +1,109 @@
+"""The gateway's client of a worker process: ``puyu.inference.v1.Inference/Generate`` over gRPC.
+
+Errors come back as the exceptions the router acts on: ``WorkerGone`` (the worker is unreachable or
+stopped: try another, and stop routing to it), ``WorkerBusy`` (its queue is full, or it no longer
+serves the name: try another), ``InvalidRequest`` (no worker would take it), and a failure during
+generation as a last delta with ``finish_reason="error"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator
+
+import grpc
+
+from contracts.proto.puyu.inference.v1 import inference_pb2 as pb
+from contracts.proto.puyu.inference.v1 import inference_pb2_grpc
+from services.inference_gateway.engine import Delta
+from services.inference_gateway.prompts import Prompt
+from services.inference_gateway.sampling import InvalidRequest, SamplingParams
+from services.inference_gateway.wire import chunk_to_delta, params_to_proto, prompt_into
+
+# statuses after which another worker may well serve the request; any other means the worker is gone
+_BUSY = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
+
+
+class WorkerGone(ConnectionError):
+    def __init__(self, instance: str, detail: str) -> None:
+        super().__init__(f"worker {instance}: {detail}")
+        self.instance = instance
+
+
+class WorkerBusy(RuntimeError):
+    def __init__(self, instance: str, code: grpc.StatusCode, detail: str) -> None:
+        super().__init__(f"worker {instance}: {detail}")
+        self.instance, self.code = instance, code
+
+
+class WorkerClients:
+    """One gRPC channel per worker address, reused by every request to it."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def stub(self, target: str) -> inference_pb2_grpc.InferenceStub:
+        channel = self._channels.get(target)
+        if channel is None:
+            channel = self._channels[target] = grpc.aio.insecure_channel(target)
+        return inference_pb2_grpc.InferenceStub(channel)
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    async def stream(
+        self,
+        instance: str,
+        target: str,
+        model: str,
+        prompt: Prompt,
+        params: SamplingParams,
+        *,
+        whole: bool = False,
+    ) -> AsyncGenerator[Delta, None]:
+        """The request's deltas from one worker; closing the iterator cancels the call (and the generation).
+
+        ``whole``: deliver nothing until the generation is complete, so that a worker dying midway is
+        a ``WorkerGone`` before the first delta and the router can run it again elsewhere (a caller
+        that answers only at the end loses nothing by waiting).
+        """
+        request = pb.GenerateRequest(model=model, params=params_to_proto(params), local_only=True)
+        prompt_into(request, prompt)
+        call = self.stub(target).Generate(request)
+        held: list[Delta] = []
+        sent_any = False
+        failure: Exception | None = None
+        try:
+            async for chunk in call:
+                delta = chunk_to_delta(chunk)
+                if whole:
+                    held.append(delta)
+                    if delta.finish_reason is None:
+                        continue
+                    for d in held:
+                        yield d
+                    return
+                sent_any = True
+                yield delta
+                if delta.finish_reason is not None:
+                    return
+            failure = WorkerGone(instance, "the stream ended without a last chunk")
+        except grpc.aio.AioRpcError as exc:
+            code, detail = exc.code(), exc.details() or exc.code().name
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidRequest(detail) from None
+            if code == grpc.StatusCode.INTERNAL:  # the generation itself failed on the worker
+                yield Delta("", 0, 0, "error", error=detail, worker=instance)
+                return
+            failure = WorkerBusy(instance, code, detail) if code in _BUSY else WorkerGone(instance, detail)
+        finally:
+            if not call.done():
+                call.cancel()  # the worker sees the cancellation and stops generating
+        if sent_any:  # tokens went out already: this stream cannot move elsewhere, it ends in error
+            yield Delta("", 0, 0, "error", error=f"{failure}", worker=instance)
+            return
+        assert failure is not None
+        raise failure
