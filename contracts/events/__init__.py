@@ -3,6 +3,7 @@
 from contracts.events.envelope import EVENT_TYPES, EventEnvelope, EventPayload, InvalidEvent, register
 
 # Each area's own events (importing registers them).
+from contracts.events.dedup import DedupItemRequested
 from contracts.events.evaluation import EvaluateShardRequested
 from contracts.events.payloads import *  # noqa: F403
 from contracts.events.payloads import __all__ as _payload_names  # type: ignore[attr-defined]
@@ -11,6 +12,7 @@ from contracts.events.training import TrainCancelRequested
 
 __all__ = [
     "EVENT_TYPES",
+    "DedupItemRequested",
     "EvaluateShardRequested",
     "EventEnvelope",
     "EventPayload",

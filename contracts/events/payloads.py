@@ -68,7 +68,9 @@ class IngestOptions(_Model):
     blocked_url_substrings: list[str] = Field(default_factory=list)
     safety_keywords: list[str] | None = Field(default=None, description="None: the built-in list.")
     max_safety_keyword_hits: int = Field(default=2, ge=0)
-    output_format: Literal["jsonl.gz", "jsonl.zst"] = "jsonl.gz"
+    output_format: Literal["jsonl.gz", "jsonl.zst", "parquet"] = Field(
+        default="jsonl.gz", description="Format of the output shards (the manifest records it)."
+    )
 
 
 class DedupOptions(_Model):
@@ -87,6 +89,11 @@ class DedupOptions(_Model):
     against_indexes: list[str] = Field(
         default_factory=list,
         description="Folders/URIs of earlier dedup outputs: their persisted index removes matches too.",
+    )
+    output_format: Literal["jsonl.gz", "jsonl.zst", "parquet"] | None = Field(
+        default=None,
+        description="Format of the output shards; None: that of the input (zstd or Parquet when every "
+        "input shard is, else gzip).",
     )
 
 

@@ -1,30 +1,52 @@
-"""Bus adapters: ``CorpusIngested`` (automatic) and ``DedupRequested`` (job) → core → ``CorpusDeduplicated``."""
+"""Bus adapters: ``CorpusIngested`` (automatic) and ``DedupRequested`` (job) → core → ``CorpusDeduplicated``.
+
+With ``dedup_distributed`` (the default) a job becomes work items shared by every dedup replica
+(``items.py``); otherwise the replica that takes the job runs all of it in one call of the core.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
+from pathlib import Path
 
 from contracts.events import (
     CorpusDeduplicated,
     CorpusIngested,
     DatasetRef,
+    DedupItemRequested,
     DedupOptions,
     DedupRequested,
     PipelineSpec,
 )
 from services.dedup.config import DedupSettings
 from services.dedup.core import DedupInputError, run_dedup
+from services.dedup.items import KIND, output_id, run_item, start_job
 from shared.artifacts import ArtifactStore
 from shared.bus import Bus, HandlerContext, JobRejected
 
 log = logging.getLogger(__name__)
-KIND = "dedup"
+
+__all__ = ["KIND", "output_id", "register_handlers"]
 
 
-def output_id(source_id: str) -> str:
-    return f"{source_id}-dedup"
+def _source_folder(store: ArtifactStore, source: DatasetRef) -> Path:
+    """The source dataset's folder, local, after checking its manifest against the digest."""
+    folder_uri = source.manifest_uri.rsplit("/", 1)[0]
+    try:
+        folder = store.fetch(folder_uri)
+    except FileNotFoundError as exc:
+        raise JobRejected(f"dataset {source.dataset_id}: {exc}") from exc
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise JobRejected(f"dataset {source.dataset_id}: no manifest at {source.manifest_uri}")
+    digest = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
+    if digest != source.digest:
+        raise JobRejected(
+            f"dataset {source.dataset_id}: manifest digest {digest} != expected {source.digest}"
+        )
+    return folder
 
 
 async def deduplicate(
@@ -46,19 +68,10 @@ async def deduplicate(
         message=f"deduplicating {source.dataset_id}",
     )
     store = ArtifactStore(settings.artifact_root_uri)
-    folder_uri = source.manifest_uri.rsplit("/", 1)[0]
-    try:
-        folder = await asyncio.to_thread(store.fetch, folder_uri)
-    except FileNotFoundError as exc:
-        raise JobRejected(f"dataset {source.dataset_id}: {exc}") from exc
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise JobRejected(f"dataset {source.dataset_id}: no manifest at {source.manifest_uri}")
-    digest = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
-    if digest != source.digest:
-        raise JobRejected(
-            f"dataset {source.dataset_id}: manifest digest {digest} != expected {source.digest}"
-        )
+    folder = await asyncio.to_thread(_source_folder, store, source)
+    if settings.dedup_distributed:
+        await start_job(ctx, settings, job_id, source, folder, options, pipeline)
+        return
     if options.against_indexes:  # earlier dedup outputs, by URI: local folders for the core
         try:
             local = [str(await asyncio.to_thread(store.fetch, u)) for u in options.against_indexes]
@@ -125,3 +138,8 @@ def register_handlers(bus: Bus, settings: DedupSettings) -> None:
             return
         options = p.pipeline.dedup if p.pipeline else DedupOptions()
         await deduplicate(ctx, settings, f"dedup-{p.job_id}", p.dataset, options, p.pipeline)
+
+    # Work items of distributed jobs: one durable consumer shared by every replica (a work queue).
+    @bus.handle(DedupItemRequested, ack_wait=settings.dedup_item_ack_wait)
+    async def on_item(ctx: HandlerContext[DedupItemRequested]) -> None:
+        await run_item(ctx, settings)

@@ -32,6 +32,7 @@ from contracts.events import (
     TrainRequested,
     TrainSpec,
 )
+from contracts.events.dedup import DedupItemRequested
 from contracts.events.evaluation import EvaluateShardRequested
 from contracts.events.registry import ModelAliasChanged, ModelApprovalRequested
 from contracts.events.training import TrainCancelRequested
@@ -67,6 +68,9 @@ def sample_payloads() -> list[EventPayload]:
             pipeline=PipelineSpec(train=TrainSpec(max_steps=5)),
         ),
         DedupRequested(job_id="j1", dataset=_DS),
+        DedupItemRequested(
+            job_id="j1", work_uri="file:///tmp/artifacts/dedup-work/j1-0123abcd", stage="pairs", index=2
+        ),
         TrainRequested(job_id="j2", datasets=[_DS]),
         FinetuneRequested(job_id="j3", base=_MODEL, base_artifact=_ART, dataset_uri="file:///tmp/chat.jsonl"),
         EvaluateRequested(job_id="j4", model=_MODEL, artifact=_ART),

@@ -5,7 +5,7 @@ Plain Python + numpy: no bus, no gRPC. ``run_dedup`` is what the bus handlers an
 ``stages`` holds the restartable units of work the distributed path hands out.
 """
 
+from services.dedup.core.inputs import DedupInputError
 from services.dedup.core.pipeline import run_dedup
-from services.dedup.core.stages import DedupInputError
 
 __all__ = ["DedupInputError", "run_dedup"]

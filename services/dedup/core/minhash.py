@@ -1,24 +1,31 @@
-"""MinHash signatures and LSH banding, vectorised with numpy over batches of documents.
+"""MinHash signatures, vectorised with numpy over batches of documents.
 
 - Tokens: CJK characters one by one, other text as ``\\w+`` words, NFKC-casefolded; shingles
   are ``k``-grams of tokens (a text shorter than ``k`` is one shingle).
-- Hashes are deterministic across processes (blake2b of each distinct token, memoised, never
-  Python's ``hash``); a shingle's hash is a polynomial of its tokens' hashes, mixed to 32 bits.
-- Permutations are multiply-shift hashes ``((a·x + b) mod 2⁶⁴) >> 32`` (Dietzfelbinger et al.,
-  2-universal): no modulo, so a whole batch (permutations × every shingle of many documents) is
-  three numpy operations, and each document's minimum is one ``minimum.reduceat``. Duplicate
-  shingles need no removal: they cannot change a minimum.
+- Hashes are deterministic across processes (never Python's ``hash``): a token's hash is a
+  polynomial of its code points mixed with a seed; a shingle's hash is a polynomial of its
+  tokens' hashes, mixed to 32 bits.
+- Permutations are multiply-shift hashes ``((a·(x + c)) mod 2⁶⁴) >> 32`` (Dietzfelbinger et al.),
+  ``a`` odd and random per permutation, ``c`` one random offset added to every 32-bit shingle
+  hash ``x`` beforehand (``a·c`` plays the part of multiply-add-shift's ``b``; the estimator's
+  bias and variance match it and the binomial ideal on random sets). No modulo, so a whole batch
+  (permutations × every shingle of many documents) is one multiplication into a reused block,
+  and each document's minimum is one ``minimum.reduceat``. Duplicate shingles need no removal:
+  they cannot change a minimum.
 
 Hand-written rather than datasketch because per-document Python objects and sha1 per shingle
-are what makes datasketch slow (see benchmarks/bench_dedup_near.py).
+are what makes datasketch slow (see benchmarks/bench_dedup_near.py). LSH banding and clustering
+are in ``lsh.py``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
+import threading
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -29,8 +36,14 @@ _TOKEN = re.compile(
 _HAS_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _WORD = re.compile(r"[^\W_]+")
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-_POLY = np.uint64(0x100000001B3)  # FNV prime: the base of the shingle polynomial
+_POLY_INT = 0x100000001B3  # FNV prime: the base of the token and shingle polynomials
+_POLY = np.uint64(_POLY_INT)
+_POLY_INV = np.uint64(pow(_POLY_INT, -1, 1 << 64))  # odd, so invertible mod 2^64
 _SHIFT32 = np.uint64(32)
+# Signatures and exact keys of another version are not comparable (a persisted index records it).
+# 2: token polynomials with exact uint64 powers (1 rounded them through float64, which also made
+# them depend on the platform's float-to-integer conversion), permutations a·(x + c).
+MINHASH_VERSION = 2
 _BATCH_SHINGLES = 1 << 14  # shingles per (perm × shingle) block: ~15 MB, measured fastest
 U64 = npt.NDArray[np.uint64]
 U32 = npt.NDArray[np.uint32]
@@ -40,7 +53,51 @@ def fold(text: str) -> str:
     """NFKC + casefold: the form both exact keys and tokens are taken from."""
     if text.isascii():  # NFKC is the identity on ASCII and casefold is lower: skip the tables
         return text.lower()
+    if unicodedata.is_normalized("NFKC", text):  # a quick check, far cheaper than normalising
+        return text.casefold()
     return unicodedata.normalize("NFKC", text).casefold()
+
+
+_SINGLE_MAP: npt.NDArray[np.uint32] | None = None
+
+
+def _single_map() -> npt.NDArray[np.uint32]:
+    """BMP code point → its full compatibility decomposition, where that is one character.
+
+    Replacing such characters (full-width forms, CJK compatibility ideographs, ...) leaves the
+    NFKD of any text unchanged, hence its NFKC too; what is left is most often already NFKC.
+    """
+    global _SINGLE_MAP
+    if _SINGLE_MAP is None:
+        cps = [c for c in range(0x80, 0x10000) if not 0xD800 <= c < 0xE000]  # no surrogates
+        # One call for every character: NUL is a starter nothing combines with, so the joined
+        # string decomposes exactly character by character.
+        parts = unicodedata.normalize("NFKD", "\x00".join(map(chr, cps))).split("\x00")
+        table = np.arange(0x10000, dtype=np.uint32)
+        for cp, d in zip(cps, parts, strict=True):
+            if len(d) == 1 and ord(d) != cp:  # a full decomposition is its own decomposition
+                table[cp] = ord(d)
+        _SINGLE_MAP = table
+    return _SINGLE_MAP
+
+
+def fold_batch(texts: Sequence[str]) -> list[str]:
+    """``[fold(t) for t in texts]``, with the single-character NFKC mappings done as one array lookup."""
+    out = [t.lower() if t.isascii() else "" for t in texts]
+    rest = [i for i, t in enumerate(texts) if not t.isascii()]
+    if not rest:
+        return out
+    joined = "\x00".join(texts[i] for i in rest)
+    if joined.count("\x00") != len(rest) - 1:  # a text with NUL in it: no safe separator
+        for i in rest:
+            out[i] = fold(texts[i])
+        return out
+    cps = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+    bmp = cps < 0x10000
+    mapped = np.where(bmp, _single_map()[np.where(bmp, cps, 0)], cps)
+    for i, t in zip(rest, mapped.tobytes().decode("utf-32-le").split("\x00"), strict=True):
+        out[i] = t.casefold() if unicodedata.is_normalized("NFKC", t) else fold(t)
+    return out
 
 
 def normalize_for_hash(text: str) -> str:
@@ -82,36 +139,66 @@ def _char_tables() -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
 _WORD_TABLE, _CJK_TABLE = _char_tables()
 
 
+_POWERS = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
+
+
+def _powers(n: int) -> tuple[U64, U64]:
+    """(P^i, P^-i) mod 2^64 for i < at least n; grown by doubling and shared by every hasher
+    (replaced whole, never changed in place: a thread holding the old pair still reads it safely)."""
+    global _POWERS
+    pw, inv = _POWERS
+    while pw.size < n:  # doubling: [P^0..P^(m-1)] then the same times P^m
+        with np.errstate(over="ignore"):
+            pw = np.concatenate((pw, pw * (pw[-1] * _POLY)))
+            inv = np.concatenate((inv, inv * (inv[-1] * _POLY_INV)))
+        _POWERS = pw, inv
+    return pw, inv
+
+
+@functools.lru_cache(maxsize=16)
+def hasher(num_perm: int, shingle_size: int = 5, seed: int = 1) -> MinHasher:
+    """A shared hasher per parameter set (its buffers are per thread)."""
+    return MinHasher(num_perm, shingle_size, seed)
+
+
 class MinHasher:
     def __init__(self, num_perm: int, shingle_size: int = 5, seed: int = 1) -> None:
         self.num_perm, self.k, self.seed = num_perm, shingle_size, seed
         rng = np.random.default_rng(seed)
         self.a = (rng.integers(0, 1 << 63, size=num_perm, dtype=np.uint64) << np.uint64(1)) | np.uint64(1)
-        self.b = rng.integers(0, 1 << 63, size=num_perm, dtype=np.uint64) << np.uint64(1)
+        # One offset for all permutations: a·(x + c) = a·x + a·c, so each permutation gets its own
+        # additive constant without an add over (perms × shingles); x + c is never 0.
+        self.c = np.uint64(int(rng.integers(1 << 32, 1 << 62)))
         # Token hashes do not depend on the seed (the permutations do): exact keys stay comparable.
         self._token_seed = np.uint64(int.from_bytes(blake("tokens", b"puyu-dedup"), "little"))
-        self._pow = np.ones(1, dtype=np.uint64)
+        self._local = threading.local()  # the (perm × shingle) block, reused per thread
 
-    def _powers(self, n: int) -> U64:
-        if self._pow.size < n:
-            with np.errstate(over="ignore"):
-                size = max(n, 2 * self._pow.size)
-                self._pow = np.concatenate(([1], np.cumprod(np.full(size - 1, _POLY, dtype=np.uint64))))
-                self._pow = self._pow.astype(np.uint64)
-        return self._pow
+    def _block(self, n: int) -> U64:
+        """A reused (perm × n) buffer: a fresh 15 MB array per batch costs page faults."""
+        buf: U64 | None = getattr(self._local, "buf", None)
+        if buf is None or buf.shape[1] < n:
+            buf = self._local.buf = np.empty((self.num_perm, max(n, _BATCH_SHINGLES)), dtype=np.uint64)
+        return buf[:, :n]
 
     def token_hashes(self, folded: Sequence[str]) -> tuple[U64, npt.NDArray[np.intp]]:
         """(64-bit hash of every token of every text, index of each text's first token + end).
 
         The whole batch is one code-point array: word characters by table lookup, a token starts
-        at a word character after a non-word one and at every CJK character; a token's hash is a
-        polynomial of its code points (one ``add.reduceat``), mixed and seeded.
+        at a word character after a non-word one and at every CJK character. A token's hash is
+        the polynomial ``Σ c_i·P^i`` of its code points (i from 0 in the token): with every
+        non-word character zeroed, ``Σ c_j·P^j`` over absolute positions j, summed from one token
+        start to the next by one ``add.reduceat`` and shifted back by ``P^-start``, is exactly that.
         """
         joined = "\x00".join(folded) + "\x00"
-        cps = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+        cps: npt.NDArray[np.uint8] | npt.NDArray[np.uint16] | npt.NDArray[np.uint32]
         if joined.isascii():
+            cps = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
             word, cjk = _WORD_TABLE[cps], None
+        elif len(wide := joined.encode("utf-16-le")) == 2 * len(joined):  # no astral characters
+            cps = np.frombuffer(wide, dtype=np.uint16)
+            word, cjk = _WORD_TABLE[cps], _CJK_TABLE[cps]
         else:
+            cps = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
             bmp = np.minimum(cps, 0xFFFF)
             astral = cps > 0xFFFF  # outside the tables: only CJK extensions B-G are tokens there
             ext = astral & (cps >= 0x20000) & (cps < 0x32000)
@@ -122,24 +209,22 @@ class MinHasher:
         if cjk is not None:
             starts |= cjk  # every CJK character is a token, and so is what follows one
             starts[1:] |= word[1:] & cjk[:-1]
-        idx = np.flatnonzero(word)
-        tok_starts = np.flatnonzero(starts[idx])  # token starts, in word-character positions
-        n_tok = tok_starts.size
+        pos = np.flatnonzero(starts)  # token starts, as character positions
         doc_first = np.cumsum([0, *(len(t) + 1 for t in folded)])[:-1]  # char offset of each text
-        if n_tok == 0:
+        if pos.size == 0:
             return np.zeros(0, np.uint64), np.zeros(len(folded) + 1, np.intp)
-        tok_id = np.cumsum(starts[idx]) - 1
-        rel = np.arange(idx.size) - tok_starts[tok_id]
-        pw = self._powers(int(rel.max()) + 1)
+        pw, inv = _powers(cps.size)
         with np.errstate(over="ignore"):
-            h = np.add.reduceat(cps[idx].astype(np.uint64) * pw[rel], tok_starts)
+            v = (cps * word).astype(np.uint64)  # non-word characters count as 0
+            v *= pw[: cps.size]
+            h = np.add.reduceat(v, pos)
+            h *= inv[pos]
             h = _splitmix(h ^ self._token_seed)
-        bounds = np.searchsorted(idx[tok_starts], np.append(doc_first, cps.size))
+        bounds = np.searchsorted(pos, np.append(doc_first, cps.size))
         return h, bounds
 
     def _shingle_batch(self, th: U64, bounds: npt.NDArray[np.intp]) -> tuple[U64, npt.NDArray[np.intp]]:
         """(32-bit shingle hashes as uint64, start of each text's shingles): every text has at least one."""
-        n_docs = bounds.size - 1
         lengths = np.diff(bounds)
         k = self.k
         m = max(th.size - k + 1, 0)
@@ -147,31 +232,35 @@ class MinHasher:
         with np.errstate(over="ignore"):
             for j in range(k):
                 acc = acc * _POLY + th[j : j + m]
-        pos = np.arange(m)
-        doc_of = np.searchsorted(bounds, pos, side="right") - 1
-        valid = pos + k <= bounds[np.minimum(doc_of + 1, n_docs)]
-        sh, sh_doc = acc[valid], doc_of[valid]
+        # A window is a shingle when it ends inside its text: its position in the text <= length - k.
+        in_doc = np.arange(th.size) - np.repeat(bounds[:-1], lengths)
+        valid = (in_doc <= np.repeat(lengths - k, lengths))[:m]
+        counts = np.where(lengths >= k, lengths - k + 1, 1)
+        first = np.concatenate(([0], np.cumsum(counts)[:-1]))
         short = np.flatnonzero(lengths < k)  # texts shorter than k tokens: one shingle of them all
         if short.size:
+            sh = np.empty(int(counts.sum()), dtype=np.uint64)
+            slot = np.zeros(sh.size, dtype=np.bool_)
+            slot[first[short]] = True
+            sh[~slot] = acc[valid]
             extra = np.zeros(short.size, dtype=np.uint64)
             with np.errstate(over="ignore"):
                 for e, d in enumerate(short.tolist()):
                     for t in th[bounds[d] : bounds[d + 1]]:
                         extra[e] = extra[e] * _POLY + t
-            sh = np.concatenate([sh, extra])
-            sh_doc = np.concatenate([sh_doc, short])
-            order = np.argsort(sh_doc, kind="stable")
-            sh, sh_doc = sh[order], sh_doc[order]
+            sh[slot] = extra
+        else:
+            sh = acc[valid]
         with np.errstate(over="ignore"):
-            sh = _splitmix(sh) >> _SHIFT32
-        return sh, np.searchsorted(sh_doc, np.arange(n_docs))
+            sh = (_splitmix(sh) >> _SHIFT32) + self.c  # the permutations' offset (see __init__)
+        return sh, first
 
     def _min_hashes(self, shingles: U64, starts: npt.NDArray[np.intp]) -> U32:
         # The shift to 32 bits is monotone, so it is taken after the minimum, on (docs × perms)
-        # values instead of (perms × shingles); the product is computed in place.
+        # values instead of (perms × shingles); the product is computed in place in a reused block.
+        h = self._block(shingles.size)
         with np.errstate(over="ignore"):
-            h = np.multiply(self.a[:, None], shingles[None, :])
-            h += self.b[:, None]
+            np.multiply(self.a[:, None], shingles[None, :], out=h)
         return (np.minimum.reduceat(h, starts, axis=1).T >> _SHIFT32).astype(np.uint32)
 
     def signatures_and_keys(self, texts: Sequence[str], near: bool = True) -> tuple[U32, list[str]]:
@@ -180,12 +269,12 @@ class MinHasher:
         The exact key hashes the token sequence: NFKC, casefold, whitespace and punctuation do not
         count. With ``near`` False the signature matrix has no columns.
         """
-        folded = [fold(t) for t in texts]
+        folded = fold_batch(texts)
         th, bounds = self.token_hashes(folded)
         raw = th.tobytes()
+        b8 = (8 * bounds).tolist()
         keys = [
-            hashlib.blake2b(raw[8 * bounds[i] : 8 * bounds[i + 1]], digest_size=16).hexdigest()
-            for i in range(len(texts))
+            hashlib.blake2b(raw[b8[i] : b8[i + 1]], digest_size=16).hexdigest() for i in range(len(texts))
         ]
         if not near:
             return np.zeros((len(texts), 0), np.uint32), keys
@@ -212,63 +301,8 @@ def blake(tok: str, key: bytes) -> bytes:
     return hashlib.blake2b(tok.encode(), digest_size=8, key=key).digest()
 
 
-def lsh_candidates(
-    signatures: U32, bands: int, rows: int, max_bucket_pairs: int = 64
-) -> set[tuple[int, int]]:
-    """Pairs (i < j) of rows that share at least one band bucket.
-
-    Within a bucket every pair is a candidate when the bucket is small; a large bucket pairs each
-    member with its first members only (the union-find joins the rest transitively).
-    """
-    pairs: set[tuple[int, int]] = set()
-    for members in bucket_groups(signatures, bands, rows):
-        m = members.tolist()
-        anchors = m if len(m) <= max_bucket_pairs else m[:2]
-        for ai, i in enumerate(anchors):
-            for j in m[ai + 1 :]:
-                pairs.add((i, j) if i < j else (j, i))
-    return pairs
-
-
-def bucket_groups(
-    signatures: U32, bands: int, rows: int, band_range: Iterable[int] | None = None
-) -> list[np.ndarray]:
-    """Row indices sharing a bucket, per band (groups of two or more), for ``band_range`` (all bands)."""
-    groups: list[np.ndarray] = []
-    if signatures.shape[0] < 2:
-        return groups
-    for band in band_range if band_range is not None else range(bands):
-        block = np.ascontiguousarray(signatures[:, band * rows : (band + 1) * rows])
-        keys = block.view(np.dtype((np.void, block.dtype.itemsize * rows))).ravel()
-        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-        shared = np.flatnonzero(counts[inverse] > 1)
-        if shared.size == 0:
-            continue
-        order = shared[np.argsort(inverse[shared], kind="stable")]
-        groups += np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
-    return groups
-
-
 def estimated_jaccard(sig_a: U32, sig_b: U32) -> float:
     return float(np.mean(sig_a == sig_b))
-
-
-class UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, x: int) -> int:
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:  # path compression
-            self.parent[x], x = root, self.parent[x]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
 
 
 _KEY_HASHER = MinHasher(1, 1, seed=0)

@@ -2,10 +2,11 @@
 
 1. ``shard_signatures``: one input shard → ids, exact keys and MinHash signatures (``.npz``).
    Independent per shard: the unit a process pool or a bus worker takes.
-2. ``cluster``: every shard's signatures (+ the persisted indexes of earlier datasets) →
-   which document is removed, why, its cluster and the kept document.
-3. ``rewrite`` (in pipeline.py): input shards → kept shards (with line/paragraph dedup) and
-   removed shards.
+2. ``band_pairs``: every shard's signatures (+ the persisted indexes of earlier datasets) and a
+   range of bands → verified candidate pairs. Independent per band range.
+3. ``cluster``: the band ranges' pairs → connected components → which document is removed,
+   why, its cluster and the kept document; then ``rewrite`` (in pipeline.py): input shards →
+   kept shards (with line/paragraph dedup) and removed shards.
 
 Each stage writes its result atomically (temporary name, then rename), so a killed worker's
 shard is simply redone and a finished one is skipped.
@@ -13,70 +14,22 @@ shard is simply redone and a finished one is skipped.
 
 from __future__ import annotations
 
-import gzip
-import io
-import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from contracts.events import DedupOptions
-from services.dedup.core.minhash import MinHasher, UnionFind, bucket_groups
+from services.dedup.core.inputs import records
+from services.dedup.core.lsh import BandPairs, components
+from services.dedup.core.minhash import hasher
 
 _SIG_BATCH = 2048  # documents per signature batch: bounds the token lists held in memory
-
-
-class DedupInputError(ValueError):
-    """The input can never be deduplicated: missing folder, unreadable manifest or shard, no documents."""
-
-
-def open_binary(path: Path) -> IO[bytes]:
-    name = path.name.lower()
-    if name.endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    if name.endswith(".zst"):
-        import zstandard
-
-        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-        return io.BufferedReader(raw)  # type: ignore[arg-type]
-    return open(path, "rb")
-
-
-def raw_lines(shard: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, line) of every non-blank line: the rewrite copies kept lines as they are."""
-    try:
-        with open_binary(shard) as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    yield lineno, line if line.endswith(b"\n") else line + b"\n"
-    except Exception as exc:  # gzip/zstd errors all mean the same: a damaged shard
-        raise DedupInputError(f"{shard}: unreadable shard ({type(exc).__name__}: {exc})") from exc
-
-
-try:  # orjson parses records ~3x faster; the standard library is the fallback
-    from orjson import loads as _loads
-except ImportError:  # pragma: no cover - orjson is optional
-    _loads = json.loads  # type: ignore[assignment]
-
-
-def parse(shard: Path, lineno: int, line: bytes) -> dict[str, Any]:
-    try:
-        rec = _loads(line)
-    except ValueError as exc:  # JSONDecodeError (both libraries) and UnicodeDecodeError
-        raise DedupInputError(f"{shard}:{lineno}: not a JSON record ({exc})") from exc
-    if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-        raise DedupInputError(f"{shard}:{lineno}: record without a string 'text'")
-    return rec
-
-
-def records(shard: Path) -> Iterator[dict[str, Any]]:
-    for lineno, line in raw_lines(shard):
-        yield parse(shard, lineno, line)
+_SIG_CHARS = 1 << 22  # characters per batch: bounds the code-point arrays (and the cached powers)
 
 
 def tokens_estimate(rec: dict[str, Any]) -> int:
@@ -120,26 +73,31 @@ class ShardSignatures:
 def shard_signatures(shard: Path, options: DedupOptions) -> ShardSignatures:
     """Stage 1 for one shard; a record without an id is named ``<shard file>:<position>``."""
     o = options
-    hasher = MinHasher(o.bands * o.rows, o.shingle_size, o.seed)
+    h = hasher(o.bands * o.rows, o.shingle_size, o.seed)
     ids: list[str] = []
     keys: list[str] = []
     sig_parts: list[npt.NDArray[np.uint32]] = []
     batch: list[str] = []
+    chars = 0
     nbytes: list[int] = []
     toks: list[int] = []
 
     def flush() -> None:
-        sigs, batch_keys = hasher.signatures_and_keys(batch, near=o.near)
+        nonlocal chars
+        sigs, batch_keys = h.signatures_and_keys(batch, near=o.near)
         sig_parts.append(sigs)
         keys.extend(batch_keys if o.exact else [""] * len(batch))
         batch.clear()
+        chars = 0
 
     for i, rec in enumerate(records(shard)):
         ids.append(str(rec["id"]) if rec.get("id") is not None else f"{shard.name}:{i}")
-        batch.append(rec["text"])
-        nbytes.append(len(rec["text"].encode()))
+        text = rec["text"]
+        batch.append(text)
+        chars += len(text)
+        nbytes.append(len(text) if text.isascii() else len(text.encode()))
         toks.append(tokens_estimate(rec))
-        if len(batch) >= _SIG_BATCH:
+        if len(batch) >= _SIG_BATCH or chars >= _SIG_CHARS:
             flush()
     if batch:
         flush()
@@ -156,63 +114,73 @@ class Decision:
     jaccard: float
 
 
-def cluster(
-    parts: list[ShardSignatures], options: DedupOptions, prior: ShardSignatures | None = None
-) -> tuple[dict[int, Decision], dict[str, int]]:
-    """Stage 2: {global document index → decision} and cluster statistics.
+def combined(parts: list[ShardSignatures], prior: ShardSignatures | None) -> ShardSignatures:
+    """The prior index (when given) then every shard, as one table: the global document order."""
+    all_parts = ([prior] if prior else []) + parts
+    width = max((p.sigs.shape[1] for p in all_parts), default=0)
+    sigs = np.concatenate([p.sigs for p in all_parts]) if all_parts else np.zeros((0, width), np.uint32)
+    return ShardSignatures([i for p in all_parts for i in p.ids], [k for p in all_parts for k in p.keys], sigs)
 
+
+def exact_groups(keys: list[str], exact: bool) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(group of every document, first document of every group): one group per distinct exact key."""
+    n = len(keys)
+    if not exact:
+        return np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64)
+    first: dict[str, int] = {}
+    group_of = np.fromiter((first.setdefault(k, len(first)) for k in keys), dtype=np.int64, count=n)
+    _, reps = np.unique(group_of, return_index=True)  # groups are numbered in order of appearance
+    return group_of, reps.astype(np.int64)
+
+
+def band_pairs(
+    table: ShardSignatures,
+    options: DedupOptions,
+    band_range: Iterable[int] | None = None,
+    reps: npt.NDArray[np.int64] | None = None,
+) -> BandPairs:
+    """Stage 2 for a band range: verified candidate pairs between exact groups' representatives
+    (pair indices are positions in ``reps``)."""
+    o = options
+    if reps is None:
+        _, reps = exact_groups(table.keys, o.exact)
+    if not o.near or len(reps) < 2:
+        return BandPairs.merge([])
+    return BandPairs.compute(table.sigs[reps], o.bands, o.rows, o.jaccard_threshold, band_range)
+
+
+def cluster(
+    parts: list[ShardSignatures],
+    options: DedupOptions,
+    prior: ShardSignatures | None = None,
+    pairs: BandPairs | None = None,
+) -> tuple[dict[int, Decision], dict[str, int]]:
+    """Stage 3: {global document index → decision} and cluster statistics.
+
+    ``pairs`` are the band ranges' merged results (computed here for all bands when None).
     Documents of ``prior`` (earlier datasets' persisted index) always win a cluster: a new
     document that matches one is removed with an ``_prior`` reason. Otherwise the kept document
     is the lowest (id, position): the same input always keeps the same documents.
     """
     o = options
     n_prior = len(prior.ids) if prior else 0
-    all_parts = ([prior] if prior else []) + parts
-    ids = [i for p in all_parts for i in p.ids]
-    keys = [k for p in all_parts for k in p.keys]
-    n = len(ids)
-    # Exact groups: one representative (and one signature) per distinct key.
-    group_of = np.empty(n, dtype=np.int64)
-    first: dict[str, int] = {}
-    reps: list[int] = []
-    for i, key in enumerate(keys):
-        g = first.get(key) if o.exact else None
-        if g is None:
-            g = len(reps)
-            reps.append(i)
-            if o.exact:
-                first[key] = g
-        group_of[i] = g
-    uf = UnionFind(len(reps))
-    candidates = verified = 0
-    sigs = np.concatenate([p.sigs for p in all_parts]) if o.near and n else None
-    if sigs is not None and len(reps) > 1:
-        rep_sigs = sigs[reps]
-        seen: set[tuple[int, int]] = set()
-        for members in bucket_groups(rep_sigs, o.bands, o.rows):
-            m = members.tolist()
-            anchors = m if len(m) <= 64 else m[:2]  # huge buckets: star, the union-find does the rest
-            for ai, a in enumerate(anchors):
-                for b in m[ai + 1 :]:
-                    pair = (a, b) if a < b else (b, a)
-                    if pair in seen:
-                        continue
-                    seen.add(pair)
-                    candidates += 1
-                    if (
-                        np.count_nonzero(rep_sigs[a] == rep_sigs[b])
-                        >= o.jaccard_threshold * rep_sigs.shape[1]
-                    ):
-                        uf.union(a, b)
-                        verified += 1
+    table = combined(parts, prior)
+    ids, n = table.ids, len(table.ids)
+    group_of, reps = exact_groups(table.keys, o.exact)
+    if pairs is None:
+        pairs = band_pairs(table, o, reps=reps)
+    edges = pairs.pairs[pairs.verified]
+    root = components(len(reps), edges)[group_of]  # the cluster of every document
+    in_cluster = np.flatnonzero(np.bincount(root, minlength=len(reps))[root] > 1)
     members_of: dict[int, list[int]] = {}
-    for i in range(n):
-        members_of.setdefault(uf.find(int(group_of[i])), []).append(i)
+    for i, r in zip(in_cluster.tolist(), root[in_cluster].tolist(), strict=True):
+        members_of.setdefault(r, []).append(i)
 
     def rank(i: int) -> tuple[int, str, int]:
         return (0 if i < n_prior else 1, ids[i], i)
 
-    clusters = sorted((min(m, key=rank), m) for m in members_of.values() if len(m) > 1)
+    clusters = sorted((min(m, key=rank), m) for m in members_of.values())
+    sigs = table.sigs if o.near and n else None
     decisions: dict[int, Decision] = {}
     near_clusters = 0
     for cid, (keep, docs) in enumerate(clusters):
@@ -234,8 +202,8 @@ def cluster(
         "clusters": len(clusters),
         "near_clusters": near_clusters,
         "distinct_texts": len(reps),
-        "candidate_pairs": candidates,
-        "verified_pairs": verified,
+        "candidate_pairs": len(pairs.pairs),
+        "verified_pairs": len(edges),
         "prior_documents": n_prior,
     }
     return decisions, stats

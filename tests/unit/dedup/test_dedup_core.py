@@ -176,7 +176,7 @@ def test_lsh_scales_vectorised() -> None:
     rng = random.Random(1)
     h = MinHasher(112, 5, seed=1)
     sigs = np.stack([h.signature(doc(rng, 80)) for _ in range(300)])
-    from services.dedup.core.minhash import lsh_candidates
+    from services.dedup.core.lsh import lsh_candidates
 
     assert len(lsh_candidates(sigs, 14, 8)) < 20  # random docs: (almost) no candidates
     dup = np.concatenate([sigs, sigs[:5]])
