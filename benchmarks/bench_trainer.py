@@ -1,7 +1,8 @@
 """Pretraining throughput: puyu's trainer (``run_training``, the code ``puyu train`` and the service
 run) against a plain ``transformers.Trainer`` on the same model (the demo's Llama, same initial
 weights), the same packed sequences and the same batch (16 x 128), both fp32 on the CPU with the
-same threads, in the same run. Steady-state tokens/s is measured the same way for both: wall time
+same threads, in the same run. puyu runs as a long job does (``torch_compile`` on: the compile happens
+in the warm-up steps, which are not timed); its eager figure is reported too. Steady-state tokens/s is measured the same way for both: wall time
 between the ends of optimizer steps, after warm-up steps. The two alternate over ``ROUNDS`` rounds
 (the machine is shared: alternation keeps drifts out of the ratio) and the median per side counts.
 
@@ -40,14 +41,17 @@ def steady_rate(step_ends: list[float], tokens_per_step: int) -> float:
     return tokens_per_step * (len(window) - 1) / (window[-1] - window[0])
 
 
-def bench_puyu(spec: TrainSpec, data: Path, tok_dir: Path, work: Path, doc_attention: bool) -> float:
+def bench_puyu(
+    spec: TrainSpec, data: Path, tok_dir: Path, work: Path, doc_attention: bool, compile_: bool = True
+) -> float:
     ends: list[float] = []
 
     def progress(stage: str, fraction: float, message: str = "", **m: float) -> None:
         if "step" in m:
             ends.append(time.perf_counter())
 
-    spec = spec.model_copy(update={"document_attention": doc_attention})
+    update = {"document_attention": doc_attention, "torch_compile": "on" if compile_ else "off"}
+    spec = spec.model_copy(update=update)
     run_training(
         TrainJob("bench", spec, [str(data)]),
         work,
@@ -111,12 +115,15 @@ def main() -> None:
         ]
         ours = build_model(spec.architecture, tok, spec.seed)
         hf_init = to_hf_state_dict(ours)
-        rates: dict[str, list[float]] = {"hf": [], "puyu": [], "puyu_doc": []}
+        rates: dict[str, list[float]] = {"hf": [], "puyu": [], "puyu_eager": [], "puyu_doc": []}
         for r in range(ROUNDS):
             hf_model = LlamaForCausalLM(ours.config)
             hf_model.load_state_dict(hf_init, strict=False)
             rates["hf"].append(bench_hf(spec, hf_model, sequences, root / f"hf-{r}"))
             rates["puyu"].append(bench_puyu(spec, data, root / "tok", root / f"puyu-{r}", False))
+            rates["puyu_eager"].append(
+                bench_puyu(spec, data, root / "tok", root / f"eager-{r}", False, compile_=False)
+            )
             rates["puyu_doc"].append(bench_puyu(spec, data, root / "tok", root / f"doc-{r}", True))
             print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.0f} tok/s" for k, v in rates.items()), flush=True)
         med = {k: statistics.median(v) for k, v in rates.items()}
@@ -133,6 +140,8 @@ def main() -> None:
                     "baseline_tokens_per_s": round(med["hf"], 1),
                     "puyu_tokens_per_s": round(med["puyu"], 1),
                     "ratio": round(med["puyu"] / med["hf"], 3),
+                    "puyu_eager_tokens_per_s": round(med["puyu_eager"], 1),
+                    "ratio_eager": round(med["puyu_eager"] / med["hf"], 3),
                     "puyu_document_attention_tokens_per_s": round(med["puyu_doc"], 1),
                     "ratio_document_attention": round(med["puyu_doc"] / med["hf"], 3),
                     "cpu_peak_gflops_measured": round(peak / 1e9, 1),

@@ -173,6 +173,13 @@ class TrainSpec(_Model):
         default=0, ge=0, le=3, description="0: plain torch (DDP if distributed); 1-3: ZeRO."
     )
     activation_checkpointing: bool = False
+    torch_compile: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description=(
+            "torch.compile the model (fuses norms, rotary, SwiGLU and the loss; costs a one-off compile). "
+            "auto: on for CPU runs of at least 500 steps without ZeRO when a C++ compiler is present."
+        ),
+    )
     document_attention: bool = Field(
         default=True, description="Packed documents attend only within themselves (position ids restart)."
     )
@@ -222,6 +229,12 @@ class FinetuneSpec(_Model):
     gradient_checkpointing: bool = False
     dpo_beta: float = Field(default=0.1, gt=0, description="DPO: strength of the pull to the reference.")
     checkpoint_interval: int = Field(default=0, ge=0, description="Save resumable state every N steps.")
+    zero_stage: int = Field(
+        default=0,
+        ge=0,
+        le=3,
+        description="0: plain torch; 1-3: DeepSpeed ZeRO (optimizer state, + gradients, + parameters).",
+    )
 
 
 # ----------------------------------------------------------------------------------------- jobs

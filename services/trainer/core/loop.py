@@ -66,7 +66,7 @@ def train_steps(
 @torch.no_grad()
 def evaluate(engine: TorchEngine, sampler: SeededSampler, batches: int, device: torch.device) -> float:
     """Mean loss over the first ``batches`` held-out batches (the same ones at every evaluation)."""
-    model = engine.model
+    model = engine.eval_model
     model.eval()
     sampler.samples_seen = 0
     total = 0.0

@@ -33,7 +33,7 @@ from services.trainer.core.data import (
     split_documents,
     tokenize_to_memmap,
 )
-from services.trainer.core.engine import build_engine, world
+from services.trainer.core.engine import build_engine, has_cxx_compiler, world
 from services.trainer.core.loop import ProgressFn, StepMetrics, evaluate, train_steps
 from services.trainer.core.mfu import device_peak, mfu
 from services.trainer.core.model import build_model, count_parameters, flops_per_token, load_model
@@ -130,6 +130,13 @@ def validate(spec: TrainSpec, world_size: int = 1) -> TrainSpec:
         )
     if spec.precision == "bf16" and not torch.cuda.is_available() and spec.zero_stage:
         raise TrainConfigError("precision bf16 with ZeRO needs a CUDA device")
+    if spec.torch_compile == "on" and spec.zero_stage:
+        raise TrainConfigError("torch_compile 'on' is not supported with ZeRO: use 'auto' or 'off'")
+    if spec.torch_compile == "on" and not torch.cuda.is_available() and not has_cxx_compiler():
+        raise TrainConfigError(
+            "torch_compile 'on' on the CPU needs a C++ compiler (g++ or clang++) on PATH: install one "
+            "or use 'auto'/'off'"
+        )
     if spec.zero_stage and importlib.util.find_spec("deepspeed") is None:
         raise TrainConfigError(f"zero_stage {spec.zero_stage} needs DeepSpeed: pip install 'puyu[train]'")
     return spec

@@ -48,3 +48,5 @@ def test_config_errors_name_the_problem() -> None:
         TrainSpec(seq_len=1024, architecture=ModelArchitecture(max_position_embeddings=512))
     with pytest.raises(TrainConfigError, match="warmup_steps"):
         validate(TrainSpec(max_steps=10, warmup_steps=10))
+    with pytest.raises(TrainConfigError, match="torch_compile 'on' is not supported with ZeRO"):
+        validate(TrainSpec(torch_compile="on", zero_stage=2))

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.trainer.core import CheckpointInfo, TrainingCancelled, TrainJob, run_training
 from services.trainer.core.checkpoint import latest_resume_point
+from services.trainer.core.engine import COMPILE_AUTO_MIN_STEPS, has_cxx_compiler, use_compile
 from shared.artifacts import ArtifactStore
 
 
@@ -81,3 +82,27 @@ def test_cancel_saves_state_and_the_same_run_resumes(corpus_dir: Path, tmp_path:
     again: list[CheckpointInfo] = []
     result = run_training(job, tmp_path / "run", store, on_checkpoint=again.append)
     assert result.resumed_from == 12 and [(c.step, c.final) for c in again] == [(12, True)]
+
+
+@pytest.mark.skipif(not has_cxx_compiler(), reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_training_follows_the_eager_losses(corpus_dir: Path, tmp_path: Path) -> None:
+    """torch_compile 'on' fuses the model's ops: same maths, so the same loss curve (to float noise),
+    with evaluation on the eager module and a checkpoint transformers loads."""
+    store = ArtifactStore((tmp_path / "art").as_uri())
+    runs = {}
+    for mode in ("off", "on"):
+        spec = micro_spec(max_steps=8, torch_compile=mode, eval_interval=4)
+        job = TrainJob(f"run-{mode}", spec, [str(corpus_dir)])
+        runs[mode] = run_training(job, tmp_path / mode, store)
+    eager, compiled = ([m.loss for m in runs[k].history] for k in ("off", "on"))
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    assert runs["on"].metrics["eval_loss"] == pytest.approx(runs["off"].metrics["eval_loss"], rel=1e-4)
+    AutoModelForCausalLM.from_pretrained(runs["on"].checkpoint)
+
+
+def test_compile_auto_is_for_long_cpu_runs_only() -> None:
+    cpu = torch.device("cpu")
+    assert not use_compile(micro_spec(max_steps=40), cpu)
+    assert use_compile(micro_spec(max_steps=COMPILE_AUTO_MIN_STEPS), cpu) == has_cxx_compiler()
+    assert not use_compile(micro_spec(max_steps=COMPILE_AUTO_MIN_STEPS, zero_stage=1), cpu)
+    assert not use_compile(micro_spec(max_steps=COMPILE_AUTO_MIN_STEPS, torch_compile="off"), cpu)
