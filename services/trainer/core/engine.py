@@ -70,7 +70,7 @@ class TorchEngine:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self._module, device_ids=[device.index] if device.type == "cuda" else None
             )
-        self.eval_model = self.model  # evaluation stays eager: no second compile for no-grad mode
+        self.eval_model: torch.nn.Module = self.model  # eager: no second compile for no-grad mode
         self.compiled = use_compile(spec, device)
         if self.compiled:
             self.model = cast(torch.nn.Module, torch.compile(self.model))
