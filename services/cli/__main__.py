@@ -104,14 +104,28 @@ def corpus_extract(files: tuple[str, ...]) -> None:
 @click.option("--options", "options_json", default=None, help="IngestOptions as JSON.")
 @click.option("--dataset-id", default=None)
 @click.option("--workers", default=1, show_default=True, help="Processes for HTML extraction.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl.gz", "jsonl.zst", "parquet"]),
+    default=None,
+    help="Output shard format (default: the options' output_format, jsonl.gz).",
+)
 def corpus_ingest(
-    sources: tuple[str, ...], out_dir: str, options_json: str | None, dataset_id: str | None, workers: int
+    sources: tuple[str, ...],
+    out_dir: str,
+    options_json: str | None,
+    dataset_id: str | None,
+    workers: int,
+    fmt: str | None,
 ) -> None:
     """Extract, normalise, identify languages and filter SOURCES into standardised shards."""
     from contracts.events import IngestOptions
     from services.corpus_ingest.cli import ingest_cmd
 
     options = IngestOptions.model_validate_json(options_json) if options_json else None
+    if fmt:
+        options = (options or IngestOptions()).model_copy(update={"output_format": fmt})
     sys.exit(ingest_cmd(list(sources), out_dir, options, dataset_id, workers=workers))
 
 
@@ -123,14 +137,28 @@ def corpus_ingest(
 @click.option("--options", "options_json", default=None, help="DedupOptions as JSON.")
 @click.option("--dataset-id", default=None)
 @click.option("--workers", default=1, show_default=True, help="Processes for the signature stage.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl.gz", "jsonl.zst", "parquet"]),
+    default=None,
+    help="Output shard format (default: that of the input: zstd or Parquet when all of it is, else gzip).",
+)
 def corpus_dedup(
-    dirs: tuple[str, ...], out_dir: str, options_json: str | None, dataset_id: str | None, workers: int
+    dirs: tuple[str, ...],
+    out_dir: str,
+    options_json: str | None,
+    dataset_id: str | None,
+    workers: int,
+    fmt: str | None,
 ) -> None:
     """Remove exact and near duplicates from the datasets in DIRS."""
     from contracts.events import DedupOptions
     from services.dedup.cli import dedup_cmd
 
     options = DedupOptions.model_validate_json(options_json) if options_json else None
+    if fmt:
+        options = (options or DedupOptions()).model_copy(update={"output_format": fmt})
     sys.exit(dedup_cmd(list(dirs), out_dir, options, dataset_id, workers=workers))
 
 

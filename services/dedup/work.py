@@ -81,7 +81,8 @@ class WorkFolder:
     def record(self, stage: str, index: int, event: str, delivery: int, **info: Any) -> None:
         """One item record (``event``: started | done), never overwriting another."""
         name = f"items/{stage}-{index:05d}/{WORKER_ID}-{delivery}.{event}"
-        self.write_json(name, {"worker": WORKER_ID, "pid": os.getpid(), "time": time.time(), **info})
+        body = {"worker": WORKER_ID, "pid": os.getpid(), "delivery": delivery, "time": time.time(), **info}
+        self.write_json(name, body)
 
     def records(self) -> list[dict[str, Any]]:
         """Every item record: stage, index, event, worker, pid, delivery, time."""
@@ -92,18 +93,10 @@ class WorkFolder:
         for path in sorted(fs.find(root)):
             item, name = path.rstrip("/").split("/")[-2:]
             stage, index = item.rsplit("-", 1)
-            stem, event = name.rsplit(".", 1)
+            event = name.rsplit(".", 1)[1]
             with fs.open(path, "rb") as f:
                 body = f.read()
-            out.append(
-                {
-                    **json.loads(body),
-                    "stage": stage,
-                    "index": int(index),
-                    "event": event,
-                    "delivery": int(stem.rsplit("-", 1)[1]),
-                }
-            )
+            out.append({**json.loads(body), "stage": stage, "index": int(index), "event": event})
         return out
 
     def remove(self, name: str) -> None:

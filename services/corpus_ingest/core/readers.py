@@ -286,6 +286,11 @@ def _read_parquet(path: Path, report: FileReport) -> Iterator[RawDoc]:
                     report.error("missing_text", f"row {row}: 'text' is not a string")
                     continue
                 meta = rec.get("meta")
+                if isinstance(meta, str):  # puyu's own Parquet shards keep objects as JSON text
+                    try:
+                        meta = json.loads(meta)
+                    except ValueError:
+                        meta = {"meta": meta}
                 yield RawDoc(
                     id=str(rec["id"]) if rec.get("id") is not None else f"{path.name}:{row}",
                     text=text,
