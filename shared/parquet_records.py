@@ -27,7 +27,8 @@ def _dumps(value: Any) -> str:
 
 
 def _column_type(values: list[Any]) -> str | None:
-    """'string' | 'bool' | 'int64' | 'float64' for homogeneous non-null values, else None (JSON)."""
+    """'string' | 'bool_' | 'int64' | 'float64' (pyarrow type factories) for homogeneous non-null
+    values, else None (JSON)."""
     present = [v for v in values if v is not None and v is not _MISSING]
     kinds = {type(v) for v in present}
     if not kinds:
@@ -35,7 +36,7 @@ def _column_type(values: list[Any]) -> str | None:
     if kinds == {str}:
         return "string"
     if kinds == {bool}:
-        return "bool"
+        return "bool_"
     if kinds == {int}:
         return "int64" if all(_INT64[0] <= v <= _INT64[1] for v in present) else None
     if kinds == {float}:
