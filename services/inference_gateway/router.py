@@ -155,7 +155,7 @@ class Router:
                     await local.aclose()  # type: ignore[attr-defined]
                     raise
                 ROUTED.labels(self.instance).inc()
-                return _chain(dataclasses.replace(first, worker=self.instance), local, None)
+                return _chain(first, local, None, stamp=self.instance)
             if engine is not None:  # still retiring after three tries
                 errors.append(f"model {name!r} is switching versions, retry")
             if errors:
@@ -169,13 +169,14 @@ class Router:
 
 
 async def _chain(
-    first: Delta, rest: AsyncIterator[Delta], on_end: Callable[[], None] | None
+    first: Delta, rest: AsyncIterator[Delta], on_end: Callable[[], None] | None, stamp: str = ""
 ) -> AsyncIterator[Delta]:
+    """``first``, then the rest; ``stamp``: the worker name for deltas of this process's engines."""
     try:
-        yield first
+        yield dataclasses.replace(first, worker=stamp) if stamp else first
         if first.finish_reason is None:
             async for d in rest:
-                yield d
+                yield dataclasses.replace(d, worker=stamp) if stamp else d
     finally:
         await rest.aclose()  # type: ignore[attr-defined]  # cancels the generation if unfinished
         if on_end is not None:

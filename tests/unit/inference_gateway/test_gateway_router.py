@@ -1,0 +1,213 @@
+"""Routing across worker processes, in one process: gRPC workers on real ports, the view fed by hand.
+
+The integration tests (``tests/integration/test_gateway_workers.py``) do the same with real
+processes, a real nats-server and the KV watch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+
+from contracts.events.inference import ServedLoad, WorkerAnnouncement
+from contracts.proto.puyu.inference.v1 import inference_pb2, inference_pb2_grpc
+from services.inference_gateway.announce import snapshot
+from services.inference_gateway.engine import Delta
+from services.inference_gateway.grpc_api import InferenceServicer
+from services.inference_gateway.pool import ModelNotFound, ModelPool
+from services.inference_gateway.prompts import Prompt
+from services.inference_gateway.router import NoWorker, Router
+from services.inference_gateway.sampling import InvalidRequest, SamplingParams
+from services.inference_gateway.workers import WorkerView
+from shared.natsserver import free_port
+
+GREEDY = SamplingParams(max_tokens=6, temperature=0, stop=("@@@",))
+
+
+def ann(
+    instance: str, running: int = 0, waiting: int = 0, *, age: float = 0.0, target: str = "x:1"
+) -> WorkerAnnouncement:
+    served = ServedLoad(
+        model_name="tiny",
+        version=1,
+        names=["tiny", "tiny:1", "tiny@champion"],
+        state="ready",
+        running=running,
+        waiting=waiting,
+        free_blocks=10,
+        total_blocks=10,
+    )
+    return WorkerAnnouncement(
+        instance=instance,
+        grpc_target=target,
+        served=[served],
+        updated_at=datetime.now(UTC) - timedelta(seconds=age),
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_view_orders_by_load_expires_suspends_and_ignores_itself() -> None:
+    clock = Clock()
+    view = WorkerView(None, own_instance="gw", ttl=5.0, clock=clock)
+    view.update(ann("busy", running=4, waiting=2))
+    view.update(ann("idle", running=1))
+    view.update(ann("gw"))  # this process's own pool: never a remote target
+    view.update(ann("stale", age=60))  # an old value found in the bucket at start-up
+    assert [c.worker.instance for c in view.candidates("tiny@champion")] == ["idle", "busy"]
+    assert view.candidates("other") == []
+    # requests this gateway sent since the last announcement count too
+    tickets = [view.begin("idle") for _ in range(6)]
+    assert [c.worker.instance for c in view.candidates("tiny")] == ["busy", "idle"]
+    for t in tickets:
+        view.end("idle", t)
+    # a worker whose queue is full is skipped; when all are full the view says so
+    assert [c.worker.instance for c in view.candidates("tiny", max_queue=2)] == ["idle"]
+    assert not view.full("tiny", 2)
+    view.update(ann("idle", running=1, waiting=3))
+    assert view.full("tiny", 2)
+    # a failed worker is suspended until it announces again (an announcement made after the failure)
+    view.suspend("idle")
+    assert [c.worker.instance for c in view.candidates("tiny")] == ["busy"]
+    clock.now += 1
+    view.update(ann("idle"))
+    assert {c.worker.instance for c in view.candidates("tiny")} == {"busy", "idle"}
+    # no announcement for longer than the ttl: dropped
+    clock.now += 5.5
+    view.update(ann("busy"))
+    assert [c.worker.instance for c in view.candidates("tiny")] == ["busy"]
+    view.remove("busy")
+    assert view.candidates("tiny") == [] and view.names() == []
+
+
+class _DiesAfterFirstChunk(InferenceServicer):
+    """A worker that goes away in the middle of every generation."""
+
+    async def Generate(  # type: ignore[override]
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.GenerateChunk]:
+        async for chunk in super().Generate(request, context):
+            yield chunk
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "worker killed")
+
+
+@pytest.fixture
+async def workers(tiny_model: Path) -> AsyncIterator[dict[str, tuple[grpc.aio.Server, str, ModelPool]]]:
+    out: dict[str, tuple[grpc.aio.Server, str, ModelPool]] = {}
+    for name in ("a", "b", "flaky"):
+        pool = ModelPool()
+        await pool.deploy("tiny", 1, tiny_model)
+        server = grpc.aio.server()
+        cls = _DiesAfterFirstChunk if name == "flaky" else InferenceServicer
+        inference_pb2_grpc.add_InferenceServicer_to_server(cls(Router(pool, instance=name)), server)
+        port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
+        await server.start()
+        out[name] = (server, f"127.0.0.1:{port}", pool)
+    yield out
+    for server, _, pool in out.values():
+        await server.stop(None)
+        await pool.close()
+
+
+def view_of(workers: dict[str, tuple[grpc.aio.Server, str, ModelPool]], **load: int) -> WorkerView:
+    view = WorkerView(None, own_instance="gw")
+    for name, running in load.items():
+        a = snapshot(workers[name][2], name, None, workers[name][1])
+        a.served[0].running = running
+        view.update(a)
+    return view
+
+
+async def collect(stream: AsyncIterator[Delta]) -> list[Delta]:
+    return [d async for d in stream]
+
+
+async def test_routes_to_the_least_loaded_and_moves_off_a_dead_worker(workers, tiny_model: Path) -> None:
+    local = ModelPool()
+    await local.deploy("tiny", 1, tiny_model)
+    try:
+        want = await collect(await Router(local).open("tiny", Prompt(text="The river"), GREEDY))
+        router = Router(None, view_of(workers, a=3, b=0), instance="gw")
+        got = await collect(await router.open("tiny@champion", Prompt(text="The river"), GREEDY))
+        assert {d.worker for d in got} == {"b"}
+        assert "".join(d.text for d in got) == "".join(d.text for d in want)
+        assert got[-1].finish_reason == want[-1].finish_reason
+        # b stops: the request goes to a, and b is not tried again until it announces
+        await workers["b"][0].stop(None)
+        got = await collect(await router.open("tiny", Prompt(text="The river"), GREEDY))
+        assert {d.worker for d in got} == {"a"}
+        assert router.view is not None and [c.worker.instance for c in router.view.candidates("tiny")] == [
+            "a"
+        ]
+        # invalid requests are not retried elsewhere; unknown names say what is served
+        with pytest.raises(InvalidRequest, match="prompt has 300 tokens"):
+            await router.open("tiny", Prompt(ids=tuple(range(300))), GREEDY)
+        with pytest.raises(ModelNotFound, match="served models: tiny"):
+            await router.open("nope", Prompt(text="x"), GREEDY)
+        await workers["a"][0].stop(None)
+        with pytest.raises(NoWorker, match="no worker could serve 'tiny'"):
+            await router.open("tiny", Prompt(text="x"), GREEDY)
+        # with an in-process pool the gateway falls back to it when no worker is left
+        fallback = Router(local, router.view, instance="gw")
+        got = await collect(await fallback.open("tiny", Prompt(text="The river"), GREEDY))
+        assert {d.worker for d in got} == {"gw"}
+    finally:
+        await local.close()
+
+
+async def test_a_worker_lost_mid_generation(workers) -> None:
+    # streaming: tokens already went out, so the stream ends in an error naming the worker
+    router = Router(None, view_of(workers, flaky=0, a=5), instance="gw")
+    params = SamplingParams(max_tokens=30, temperature=0, stop=("@@@",))
+    got = await collect(await router.open("tiny", Prompt(text="The river"), params))
+    assert got[0].worker == "flaky" and got[-1].finish_reason == "error" and "flaky" in (got[-1].error or "")
+    # whole (non-streaming): nothing went out yet, so the request runs again on the next worker
+    router = Router(None, view_of(workers, flaky=0, a=5), instance="gw")
+    got = await collect(await router.open("tiny", Prompt(text="The river"), params, whole=True))
+    assert {d.worker for d in got} == {"a"} and got[-1].finish_reason in ("stop", "length")
+
+
+async def test_full_options_cross_the_wire(workers, tiny_model: Path) -> None:
+    """Logprobs, prompt logprobs, chat rendering and constrained JSON give the same over gRPC as in-process."""
+    local = ModelPool()
+    await local.deploy("tiny", 1, tiny_model)
+    remote = Router(None, view_of(workers, a=0), instance="gw")
+    try:
+        cases = [
+            (
+                Prompt(text="The river runs"),
+                SamplingParams(max_tokens=4, temperature=0, logprobs=2, prompt_logprobs=True),
+            ),
+            (
+                Prompt(messages=[{"role": "user", "content": "Where is velm?"}]),
+                SamplingParams(max_tokens=5, temperature=0),
+            ),
+            (
+                Prompt(ids=(5, 9, 12)),
+                SamplingParams(max_tokens=5, temperature=0.8, seed=7, repetition_penalty=1.3),
+            ),
+            (
+                Prompt(text="Answer:"),
+                SamplingParams(max_tokens=12, temperature=0, json_schema='{"type": "object"}'),
+            ),
+        ]
+        for prompt, params in cases:
+            want = await collect(await Router(local).open("tiny", prompt, params))
+            got = await collect(await remote.open("tiny", prompt, params))
+            assert [(d.text, d.finish_reason, d.logprobs) for d in got] == [
+                (d.text, d.finish_reason, d.logprobs) for d in want
+            ]
+            assert got[0].prompt_logprobs == want[0].prompt_logprobs
+            assert got[0].prompt_first_token == want[0].prompt_first_token
+    finally:
+        await local.close()
