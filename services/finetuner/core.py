@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from contracts.events import FinetuneSpec
-from services.finetuner.data import dataset_digest, load_dataset
+from services.finetuner.attention import restore_default_attention, use_packed_attention
+from services.finetuner.data import Dataset, dataset_digest, load_dataset
+from services.finetuner.engine import build_engine, check_zero
 from services.finetuner.export import export
 from services.finetuner.methods import check_method, load_base, resolve_device, wrap
 from services.finetuner.packing import build_examples, build_pairs, pack
 from services.finetuner.templates import ensure_chat_template
-from services.finetuner.training import Progress, train
+from services.finetuner.training import Progress, TrainResult, train
 
 log = logging.getLogger(__name__)
 HELD_OUT = 32  # items scored before and after training (loss / DPO pair accuracy)
@@ -34,6 +36,7 @@ class FinetuneOutcome:
     steps: int
     metrics: dict[str, float]
     lineage: dict[str, Any]
+    losses: list[float]  # one per optimizer step
 
 
 def check_base(base_dir: Path) -> None:
@@ -56,6 +59,7 @@ def run_finetune(
     # Cheap checks first: a bad request costs no model load.
     device = resolve_device(device)
     check_method(spec.method, device)
+    check_zero(spec)
     check_base(base_dir)
     data = load_dataset(dataset_path, spec.data_format, spec.method)
     digest = dataset_digest(dataset_path)
@@ -82,22 +86,66 @@ def run_finetune(
         held = examples[:HELD_OUT]
         items = list(pack(examples, spec.seq_len, spec.seed)) if spec.packing else examples
     torch.manual_seed(spec.seed)  # LoRA's initial weights: a rerun (or resume) starts identically
-    model = wrap(load_base(base_dir, spec, device), spec)
+    base = load_base(base_dir, spec, device)
+    packed_attention = use_packed_attention(base)  # per-example attention, no 4-D mask (attention.py)
+    model = wrap(base, spec)
     fingerprint = hashlib.sha256(
         json.dumps([spec.model_dump(mode="json"), digest, str(base_ref or base_dir)]).encode()
     ).hexdigest()
-    result = train(
-        model,
-        items,
-        held,
-        spec,
-        pad_id=tokenizer.pad_token_id,
-        device=device,
-        state_dir=out_dir / "state",
-        fingerprint=fingerprint,
-        progress=progress,
+    engine = build_engine(model, spec, device)
+    try:
+        result = train(
+            model,
+            items,
+            held,
+            spec,
+            pad_id=tokenizer.pad_token_id,
+            device=device,
+            state_dir=out_dir / "state",
+            fingerprint=fingerprint,
+            progress=progress,
+            engine=engine,
+        )
+        if progress:
+            progress("export", 0.95, "saving adapter and merged model")
+        metrics = _metrics(result, data, packed_attention)
+        lineage = {
+            "kind_of_run": "finetune",
+            "method": spec.method,
+            "base": base_ref or {"path": str(base_dir)},
+            "dataset": {
+                "uri": dataset_uri or str(dataset_path),
+                "sha256": digest,
+                "format": data.format,
+                "records": len(data.records),
+            },
+            "hyperparameters": spec.model_dump(mode="json"),
+            "lora_target_modules": _lora_targets(model),
+            "chat_template": template_source,
+            "metrics": metrics,
+            "resumed_from_step": result.resumed_from,
+            "device": device,
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        restore_default_attention(model)  # exported folders load with stock transformers settings
+        with engine.gathered():  # ZeRO-3: the full parameters, for saving and merging
+            exported = export(model, tokenizer, out_dir, lineage, method=spec.method, base_dir=base_dir)
+    finally:
+        engine.close()
+    log.info(
+        "finetune (%s) done: %d steps, eval loss %.4f -> %.4f",
+        spec.method,
+        result.steps,
+        result.eval_loss_before,
+        result.eval_loss_after,
     )
-    metrics = {
+    return FinetuneOutcome(
+        exported.adapter_dir, exported.model_dir, result.steps, metrics, lineage, result.losses
+    )
+
+
+def _metrics(result: TrainResult, data: Dataset, packed_attention: bool) -> dict[str, float]:
+    return {
         "loss": result.final_loss,
         "eval_loss_before": result.eval_loss_before,
         "eval_loss_after": result.eval_loss_after,
@@ -106,37 +154,9 @@ def run_finetune(
         "tokens_seen": float(result.tokens_seen),
         "trainable_params": float(result.trainable_params),
         "train_seconds": result.seconds,
+        "packed_attention": float(packed_attention),
         **result.extra,
     }
-    lineage = {
-        "kind_of_run": "finetune",
-        "method": spec.method,
-        "base": base_ref or {"path": str(base_dir)},
-        "dataset": {
-            "uri": dataset_uri or str(dataset_path),
-            "sha256": digest,
-            "format": data.format,
-            "records": len(data.records),
-        },
-        "hyperparameters": spec.model_dump(mode="json"),
-        "lora_target_modules": _lora_targets(model),
-        "chat_template": template_source,
-        "metrics": metrics,
-        "resumed_from_step": result.resumed_from,
-        "device": device,
-        "created_at": datetime.now(UTC).isoformat(),
-    }
-    if progress:
-        progress("export", 0.95, "saving adapter and merged model")
-    exported = export(model, tokenizer, out_dir, lineage, method=spec.method, base_dir=base_dir)
-    log.info(
-        "finetune (%s) done: %d steps, eval loss %.4f -> %.4f",
-        spec.method,
-        result.steps,
-        result.eval_loss_before,
-        result.eval_loss_after,
-    )
-    return FinetuneOutcome(exported.adapter_dir, exported.model_dir, result.steps, metrics, lineage)
 
 
 def _lora_targets(model: Any) -> list[str]:

@@ -102,7 +102,7 @@ def lora_config(spec: LoraSpec, model: Any) -> Any:
 def wrap(model: Any, spec: FinetuneSpec) -> Any:
     """Attach what is trained: a LoRA adapter (lora, qlora, dpo) or nothing (full: every weight)."""
     if spec.gradient_checkpointing and spec.method != "qlora":  # qlora: done by prepare_model_for_kbit
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if spec.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)

@@ -1,10 +1,12 @@
 """Examples -> training batches: padded batches, or packed sequences with boundary-aware attention.
 
 Packing puts several short examples into one ``seq_len`` row and restarts ``position_ids`` at each
-example. With no 2-D attention mask and no KV cache, transformers (masking_utils) turns restarting
-positions into a block-diagonal causal mask, so an example never attends to its neighbours in the
-row; the first token of each example gets label -100 so no loss crosses a boundary. Rows carry no
-padding except the tail of the last, which is what makes packing faster than padded batches.
+example; the first token of each example gets label -100 so no loss crosses a boundary. With
+puyu's packed attention (``attention.py``) a batch of rows is flattened into one unpadded sequence
+and attention runs per example; on a model that cannot take it, rows stay a padded (B, seq_len)
+batch with no 2-D mask, from which transformers builds a block-diagonal causal mask. Either way no
+example attends to its neighbours, and no token is spent on padding, which is what makes packing
+faster than padded batches.
 """
 
 from __future__ import annotations
@@ -105,8 +107,18 @@ def pack(examples: Sequence[Example], seq_len: int, seed: int = 0) -> list[Packe
     return rows
 
 
-def collate_packed(rows: Sequence[PackedRow], pad_id: int) -> dict[str, torch.Tensor]:
-    """Rows padded to the longest; pads continue as their own 'sequence' with no loss."""
+def collate_packed(
+    rows: Sequence[PackedRow], pad_id: int, *, flatten: bool = False
+) -> dict[str, torch.Tensor]:
+    """The rows as one batch. ``flatten``: concatenated into a single (1, total) sequence with no
+    padding at all (for packed attention, which finds the examples from the restarting positions);
+    else padded to the longest row, the pads continuing as their own 'sequence' with no loss."""
+    if flatten:
+        return {
+            "input_ids": torch.tensor([[t for r in rows for t in r.input_ids]], dtype=torch.long),
+            "labels": torch.tensor([[t for r in rows for t in r.labels]], dtype=torch.long),
+            "position_ids": torch.tensor([[t for r in rows for t in r.position_ids]], dtype=torch.long),
+        }
     width = max(len(r.input_ids) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)

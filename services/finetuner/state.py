@@ -1,5 +1,6 @@
 """Resumable finetune state: the trained weights (adapter only, or all for 'full'), optimizer,
-scheduler, RNG and loss history, in one file written atomically.
+scheduler, RNG and loss history, in one file written atomically. Under ZeRO the weights, optimizer
+and scheduler are DeepSpeed's own checkpoint beside it, which the file names (see ``engine.py``).
 
 The fingerprint (spec + dataset digest + base) guards against resuming a different job in the
 same folder: a mismatch starts afresh, with a warning.
@@ -18,23 +19,12 @@ log = logging.getLogger(__name__)
 STATE_FILE = "finetune_state.pt"
 
 
-def save(
-    state_dir: Path,
-    fingerprint: str,
-    step: int,
-    model: Any,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    **extra: Any,
-) -> Path:
+def save(state_dir: Path, fingerprint: str, step: int, engine: Any, **extra: Any) -> Path:
     state_dir.mkdir(parents=True, exist_ok=True)
-    trained = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
     blob = {
         "fingerprint": fingerprint,
         "step": step,
-        "trained": trained,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        **engine.state(state_dir, step),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         **extra,
@@ -56,16 +46,8 @@ def load(state_dir: Path, fingerprint: str) -> dict[str, Any] | None:
     return blob
 
 
-def restore(blob: dict[str, Any], model: Any, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-    params = dict(model.named_parameters())
-    missing = set(blob["trained"]) - set(params)
-    if missing:
-        raise ValueError(f"saved state has weights this model lacks: {sorted(missing)[:3]}")
-    with torch.no_grad():
-        for name, value in blob["trained"].items():
-            params[name].copy_(value.to(params[name].device))
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
+def restore(blob: dict[str, Any], engine: Any, state_dir: Path) -> None:
+    engine.restore(blob, state_dir)
     torch.set_rng_state(blob["torch_rng"])
     if blob.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(blob["cuda_rng"])

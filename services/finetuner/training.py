@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from contracts.events import FinetuneSpec
 from services.finetuner import state as run_state
+from services.finetuner.attention import packed_attention_active
+from services.finetuner.engine import TorchEngine, build_engine
 from services.finetuner.packing import (
     PackedRow,
     PreferencePair,
@@ -59,27 +61,46 @@ def _to(batch: dict[str, torch.Tensor], device: Any) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def sft_batch(items: Sequence[Example | PackedRow], pad_id: int) -> tuple[dict[str, torch.Tensor], int]:
-    """The batch and its count of real (non-pad) tokens."""
+def sft_batch(
+    items: Sequence[Example | PackedRow], pad_id: int, *, flatten: bool = False
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The batch and its count of real (non-pad) tokens. ``flatten``: packed rows as one unpadded
+    sequence (for a model running packed attention)."""
     if isinstance(items[0], PackedRow):
-        return collate_packed(items, pad_id), sum(len(r.input_ids) for r in items)  # type: ignore[arg-type]
+        rows: Sequence[PackedRow] = items  # type: ignore[assignment]
+        return collate_packed(rows, pad_id, flatten=flatten), sum(len(r.input_ids) for r in rows)
     batch = collate(items, pad_id)  # type: ignore[arg-type]
     return batch, int(batch["attention_mask"].sum())
 
 
+def _next_token_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions whose next token is labelled, as a (B, T) mask; those labels, flattened)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep, labels[:, 1:][keep[:, :-1]]
+
+
+def _logits_at(model: Any, batch: dict[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+    """Logits (K, vocab) at the kept positions only. The vocabulary projection is the largest matmul
+    of a small model and prompt tokens carry no loss, so it runs only where a label follows."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # no cache: packed rows
+    return logits[keep] if logits.dim() == 3 else logits  # 3-D: a model without logits_to_keep
+
+
 def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(**batch, use_cache=False).loss  # no cache: packed rows need the block mask
+    """Mean next-token cross-entropy over labelled tokens: what transformers' own loss computes."""
+    keep, targets = _next_token_targets(batch["labels"])
+    return F.cross_entropy(_logits_at(model, batch, keep).float(), targets)
 
 
 def sequence_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum of log p(label token) over each row's labelled tokens."""
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
-    mask = labels != IGNORE_INDEX
-    logp = torch.gather(logits.float().log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (logp * mask).sum(-1)
+    keep, targets = _next_token_targets(batch["labels"])
+    logits = _logits_at(model, batch, keep)
+    logp = torch.gather(logits.float().log_softmax(-1), 1, targets.unsqueeze(-1)).squeeze(-1)
+    rows = keep.nonzero()[:, 0]
+    return torch.zeros(keep.shape[0], dtype=logp.dtype, device=logp.device).index_add(0, rows, logp)
 
 
 def dpo_loss(
@@ -133,28 +154,31 @@ def train(
     state_dir: Path | None = None,
     fingerprint: str = "",
     progress: Progress | None = None,
+    engine: TorchEngine | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place for ``spec.max_steps`` steps over ``items``; resumes from ``state_dir``."""
+    """Train ``model`` in place for ``spec.max_steps`` steps over ``items``; resumes from ``state_dir``.
+
+    ``engine`` (plain torch or DeepSpeed ZeRO, see ``engine.py``) is built from the spec when not given.
+    """
     started = time.perf_counter()
     torch.manual_seed(spec.seed)
     trainable, total = _count(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
-    warmup = max(1, spec.max_steps // 10)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    engine = engine or build_engine(model, spec, str(device))
+    forward = engine.forward
+    flatten = packed_attention_active(model)
     plan = schedule(len(items), spec.micro_batch_size, spec.max_steps, spec.seed)
 
     point = run_state.load(state_dir, fingerprint) if state_dir else None
     start, losses, tokens_seen, extra_before = 0, [], 0, {}
-    if point is not None:
-        run_state.restore(point, model, optimizer, scheduler)
+    if point is not None and state_dir is not None:
+        run_state.restore(point, engine, state_dir)
         start, losses, tokens_seen = point["step"], list(point["losses"]), int(point["tokens_seen"])
         extra_before = dict(point.get("eval_before", {}))
         log.info("resuming finetune from step %d", start)
     if extra_before:
         before, acc_before = extra_before["loss"], extra_before["acc"]
     else:
-        before, acc_before = evaluate(model, held, spec, pad_id, device)
+        before, acc_before = evaluate(forward, held, spec, pad_id, device)
 
     saved = [start]
 
@@ -166,43 +190,42 @@ def train(
             state_dir,
             fingerprint,
             step,
-            model,
-            optimizer,
-            scheduler,
+            engine,
             losses=losses,
             tokens_seen=tokens_seen,
             eval_before={"loss": before, "acc": acc_before},
         )
 
-    model.train()
+    forward.train()
     train_seconds, done = 0.0, start
+    step_losses: list[torch.Tensor] = []  # read back in one go: no host sync inside the step
     try:
         for step in range(start + 1, spec.max_steps + 1):
             t0 = time.perf_counter()
             chunk = [items[i] for i in plan[step - 1]]
             if spec.method == "dpo":
-                loss, ntok, _ = dpo_loss(model, chunk, pad_id, spec.dpo_beta, device)
+                loss, ntok, _ = dpo_loss(forward, chunk, pad_id, spec.dpo_beta, device)
             else:
-                batch, ntok = sft_batch(chunk, pad_id)
-                loss = sft_loss(model, _to(batch, device))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
+                batch, ntok = sft_batch(chunk, pad_id, flatten=flatten)
+                loss = sft_loss(forward, _to(batch, device))
+            engine.step(loss)
+            step_losses.append(loss.detach())
             tokens_seen += ntok
             train_seconds += time.perf_counter() - t0
             done = step
+            if progress or (spec.checkpoint_interval and step % spec.checkpoint_interval == 0):
+                losses += _drain(step_losses)
             if spec.checkpoint_interval and step % spec.checkpoint_interval == 0:
                 save(step)
             if progress:
                 progress("train", step / spec.max_steps, f"step {step}/{spec.max_steps}", loss=losses[-1])
     except BaseException:
+        losses += _drain(step_losses)
         save(done)  # keep what was learned: a rerun or redelivery resumes here
         raise
+    losses += _drain(step_losses)
     save(spec.max_steps)
-    after, acc_after = evaluate(model, held, spec, pad_id, device)
+    after, acc_after = evaluate(forward, held, spec, pad_id, device)
     extra = {"tokens_per_s": tokens_seen / train_seconds if train_seconds else 0.0}
     if spec.method == "dpo":
         extra |= {"eval_pair_accuracy_before": acc_before, "eval_pair_accuracy_after": acc_after}
@@ -221,6 +244,16 @@ def train(
     )
 
 
+def _drain(pending: list[torch.Tensor]) -> list[float]:
+    values = torch.stack(pending).tolist() if pending else []
+    pending.clear()
+    return values
+
+
 def _count(model: Any) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    # ZeRO-3 leaves each parameter an empty placeholder; its true size is ds_numel.
+    def size(p: torch.nn.Parameter) -> int:
+        return int(getattr(p, "ds_numel", p.numel()))
+
+    trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
+    return trainable, sum(size(p) for p in model.parameters())

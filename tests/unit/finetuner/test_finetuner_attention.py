@@ -1,0 +1,109 @@
+"""Packed attention (per-example SDPA, no 4-D mask) is exact: the same logits as each example run
+alone, the same loss and gradients as transformers' own block-diagonal mask."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from contracts.events import FinetuneSpec, LoraSpec
+from services.finetuner.attention import (
+    PACKED_ATTENTION,
+    restore_default_attention,
+    segment_lengths,
+    use_packed_attention,
+)
+from services.finetuner.data import load_records
+from services.finetuner.methods import wrap
+from services.finetuner.packing import build_examples, collate, collate_packed, pack
+from services.finetuner.training import sft_loss
+
+
+@pytest.fixture
+def examples(tiny_base: Path, chat_file: Path) -> list:  # type: ignore[type-arg]
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    return build_examples(tok, load_records(chat_file), 96)
+
+
+@pytest.fixture
+def packed_model(tiny_base: Path) -> torch.nn.Module:
+    model = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # GQA is covered
+    assert use_packed_attention(model) and model.config._attn_implementation == PACKED_ATTENTION
+    return model
+
+
+def test_segment_lengths_follow_restarting_positions() -> None:
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6, 0, 1]])
+    assert segment_lengths(pos) == [[3, 2, 4], [7, 2]]
+    assert segment_lengths(torch.arange(5)) == [[5]]
+
+
+@pytest.mark.parametrize("flatten", [True, False])
+def test_packed_logits_equal_each_example_alone(
+    packed_model: torch.nn.Module,
+    examples: list,  # type: ignore[type-arg]
+    flatten: bool,
+) -> None:
+    rows = pack(examples[:9], 256, seed=0)
+    assert len(rows) >= 2 and all(r.position_ids.count(0) >= 2 for r in rows[:2])
+    batch = collate_packed(rows[:2], pad_id=0, flatten=flatten)
+    if flatten:
+        assert batch["input_ids"].shape == (1, len(rows[0].input_ids) + len(rows[1].input_ids))
+    with torch.no_grad():
+        logits = packed_model(**batch, use_cache=False).logits.reshape(-1, packed_model.config.vocab_size)
+        width = batch["input_ids"].shape[1]
+        offset = 0
+        for k, row in enumerate(rows[:2]):
+            base = offset if flatten else k * width
+            starts = [i for i, p in enumerate(row.position_ids) if p == 0] + [len(row.input_ids)]
+            for a, b in itertools.pairwise(starts):
+                alone = packed_model(input_ids=torch.tensor([row.input_ids[a:b]])).logits[0]
+                torch.testing.assert_close(logits[base + a : base + b], alone, atol=1e-5, rtol=1e-4)
+            offset += len(row.input_ids)
+
+
+def test_loss_and_gradients_match_transformers_mask(tiny_base: Path, examples: list) -> None:  # type: ignore[type-arg]
+    """LoRA gradients through packed attention + label-only logits equal those of the stock path
+    (transformers' 4-D block-diagonal mask and its own loss over full logits)."""
+    spec = FinetuneSpec(lora=LoraSpec(r=4, alpha=8, dropout=0.0))
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    torch.manual_seed(0)
+    stock = wrap(copy.deepcopy(base), spec)
+    for name, p in stock.named_parameters():  # non-zero B, so gradients reach every LoRA matrix
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    ours = copy.deepcopy(stock)
+    assert use_packed_attention(ours)
+    rows = pack(examples[:12], 256, seed=1)[:3]
+
+    stock_loss = stock(**collate_packed(rows, pad_id=0), use_cache=False).loss
+    stock_loss.backward()
+    our_loss = sft_loss(ours, collate_packed(rows, pad_id=0, flatten=True))
+    our_loss.backward()
+    assert float(our_loss) == pytest.approx(float(stock_loss), rel=1e-5)
+    grads = dict(stock.named_parameters())
+    for name, p in ours.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+            torch.testing.assert_close(p.grad, grads[name].grad, atol=1e-6, rtol=1e-4)
+
+
+def test_padded_batches_and_restore(packed_model: torch.nn.Module, examples: list) -> None:  # type: ignore[type-arg]
+    """A padded batch (evaluation, DPO) goes through the padding mask; the label-only loss equals
+    transformers' own; switching back leaves a stock SDPA model."""
+    batch = collate(examples[:4], pad_id=0)
+    assert int(batch["attention_mask"].sum()) < batch["attention_mask"].numel()  # there is padding
+    with torch.no_grad():
+        ours = sft_loss(packed_model, batch)
+        theirs = packed_model(**batch, use_cache=False).loss
+        restore_default_attention(packed_model)
+        stock = packed_model(**batch, use_cache=False).loss
+    assert packed_model.config._attn_implementation == "sdpa"
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
+    assert float(ours) == pytest.approx(float(stock), rel=1e-5)

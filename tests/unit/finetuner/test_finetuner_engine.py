@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from contracts.events import FinetuneSpec
+from services.finetuner.engine import TorchEngine, build_engine, build_optimizer, check_zero
+from services.finetuner.methods import UnsupportedRequest
+
+
+def test_zero_stage_is_validated_and_refused_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValidationError, match="zero_stage"):
+        FinetuneSpec(zero_stage=4)
+    check_zero(FinetuneSpec(zero_stage=0))  # plain torch needs nothing
+    with pytest.raises(UnsupportedRequest, match="bitsandbytes 4-bit"):
+        check_zero(FinetuneSpec(method="qlora", zero_stage=2))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UnsupportedRequest, match="runs as one process"):
+        check_zero(FinetuneSpec(zero_stage=1))
+    monkeypatch.delenv("WORLD_SIZE")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "deepspeed" else real(name))
+    with pytest.raises(UnsupportedRequest, match="needs DeepSpeed"):
+        check_zero(FinetuneSpec(zero_stage=3))
+
+
+def test_plain_engine_uses_fused_adamw_and_steps() -> None:
+    layer = torch.nn.Linear(4, 4)
+    assert build_optimizer(list(layer.parameters()), FinetuneSpec()).defaults["fused"] is True
+    spec = FinetuneSpec(max_steps=40, learning_rate=0.1)  # warm-up: 4 steps
+    engine = build_engine(layer, spec, "cpu")
+    assert type(engine) is TorchEngine and engine.forward is layer
+    before = layer.weight.detach().clone()
+    engine.step(layer(torch.ones(2, 4)).pow(2).sum())
+    assert not torch.equal(before, layer.weight) and layer.weight.grad is None
+    assert engine.scheduler.get_last_lr()[0] == pytest.approx(0.05)  # 2 of 4 warm-up steps
