@@ -1,5 +1,6 @@
-"""The same job through DeepSpeed ZeRO-1 (single CPU process, gloo) and through plain torch:
-the same loss trajectory, an HF checkpoint either way, DeepSpeed's sharded state beside ours."""
+"""The same job through DeepSpeed ZeRO-1/2/3 (single CPU process, gloo), through DDP on two ranks
+(torchrun, gloo) and through plain torch: the same loss trajectory, an HF checkpoint either way,
+DeepSpeed's sharded state beside ours."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(tmp_path: Path, name: str, zero_stage: int) -> Path:
+def _run(tmp_path: Path, name: str, zero_stage: int, ranks: int = 1) -> Path:
     data = tmp_path / "data.jsonl"
     if not data.exists():
         docs = [
@@ -43,7 +44,7 @@ def _run(tmp_path: Path, name: str, zero_stage: int) -> Path:
         ),
         seq_len=32,
         micro_batch_size=4,
-        gradient_accumulation_steps=2,
+        global_batch_size=8,  # two micro batches per step on one rank, one each on two ranks
         max_steps=6,
         warmup_steps=2,
         learning_rate=1e-2,
@@ -56,8 +57,11 @@ def _run(tmp_path: Path, name: str, zero_stage: int) -> Path:
         yaml.safe_dump({"datasets": [str(data)], "spec": spec.model_dump(mode="json"), "out": name})
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable]
+    if ranks > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
     done = subprocess.run(
-        [sys.executable, "-m", "services.trainer.cli", "--config", str(config)],
+        [*launcher, "-m", "services.trainer.cli", "--config", str(config)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -67,14 +71,27 @@ def _run(tmp_path: Path, name: str, zero_stage: int) -> Path:
     return tmp_path / name
 
 
-def test_zero1_matches_plain_torch(tmp_path: Path) -> None:
-    plain, zero = _run(tmp_path, "plain", 0), _run(tmp_path, "zero1", 1)
-    losses = [
-        [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-        for run in (plain, zero)
-    ]
-    assert len(losses[0]) == len(losses[1]) == 6
-    assert losses[1] == pytest.approx(losses[0], rel=2e-3)
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _run(tmp_path_factory.mktemp("plain"), "plain", 0)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_zero_matches_plain_torch(plain: Path, tmp_path: Path, stage: int) -> None:
+    zero = _run(tmp_path, f"zero{stage}", stage)
+    assert len(_losses(plain)) == len(_losses(zero)) == 6
+    assert _losses(zero) == pytest.approx(_losses(plain), rel=2e-3)
     assert (zero / "state" / "step-6" / "deepspeed").is_dir()
-    model = AutoModelForCausalLM.from_pretrained(zero / "checkpoints" / "step-6")
+    model = AutoModelForCausalLM.from_pretrained(zero / "checkpoints" / "step-6")  # ZeRO-3: gathered
     assert model.config.num_hidden_layers == 2
+
+
+def test_ddp_on_two_ranks_matches_one_process(plain: Path, tmp_path: Path) -> None:
+    """The global batch split over two ranks (torchrun) trains as one process accumulating it."""
+    ddp = _run(tmp_path, "ddp", 0, ranks=2)
+    assert _losses(ddp) == pytest.approx(_losses(plain), rel=2e-3)
+    AutoModelForCausalLM.from_pretrained(ddp / "checkpoints" / "step-6")

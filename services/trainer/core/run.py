@@ -158,6 +158,11 @@ def _tokenizer_for(spec: TrainSpec, store: ArtifactStore, point: ckpt.ResumePoin
         raise TrainConfigError(f"tokenizer {spec.tokenizer_uri}: {exc}") from exc
 
 
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def _init_distributed(dev: torch.device) -> None:
     if world()[2] > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
@@ -174,20 +179,21 @@ def run_training(
     device: str = "auto",
     resume: bool = True,
 ) -> TrainResult:
-    rank, _, world_size = world()
+    rank, local_rank, world_size = world()
     spec, report = validate(job.spec, world_size), progress or _noop_progress
     torch.set_num_threads(spec.num_threads or os.cpu_count() or 1)
     dev = pick_device(device)
     _init_distributed(dev)
     run_dir.mkdir(parents=True, exist_ok=True)
     point = ckpt.latest_resume_point(run_dir) if resume else None
-    if point is None and not resume:
-        shutil.rmtree(run_dir / "data", ignore_errors=True)
 
     # Everything that can be refused is checked before the data is read and any weight exists.
     tokenizer = _tokenizer_for(spec, store, point)
     train_bin, eval_bin = run_dir / "data" / "train.bin", run_dir / "data" / "eval.bin"
-    if point is None or not train_bin.exists():
+    tokenizer_dir = run_dir / "data" / "tokenizer"
+    prepare = point is None or not train_bin.exists()
+    _barrier()  # every rank has decided before the node's first rank rewrites the data
+    if local_rank == 0 and prepare:
         report("data", 0.0, "reading datasets")
         texts, held_out = split_documents(
             load_texts(store, job.sources), spec.eval_fraction if spec.eval_interval else 0.0
@@ -201,8 +207,11 @@ def run_training(
         shutil.rmtree(run_dir / "data", ignore_errors=True)
         tokenize_to_memmap(tokenizer, texts, train_bin)
         tokenize_to_memmap(tokenizer, held_out, eval_bin)
+        tokenizer.save_pretrained(tokenizer_dir)  # the other ranks load the one trained here
         del texts, held_out
-    assert tokenizer is not None
+    _barrier()  # the other ranks read what the node's first rank wrote
+    if tokenizer is None:
+        tokenizer = load_tokenizer(tokenizer_dir)
     eos = tokenizer.eos_token_id if spec.document_attention else None
     dataset = PackedDataset(map_tokens(train_bin), spec.seq_len, tokenizer.pad_token_id, spec.seed)
     sampler = SeededSampler(
