@@ -158,7 +158,11 @@ async def run_item(ctx: HandlerContext[DedupItemRequested], settings: DedupSetti
     finished = sum(result_name(p.stage, i) in done for i in range(total))
     span = {"signatures": 0.6, "pairs": 0.2}[p.stage]
     await ctx.progress(
-        plan.job_id, KIND, p.stage, _PROGRESS[p.stage] + span * finished / total, f"{finished}/{total} {p.stage}"
+        plan.job_id,
+        KIND,
+        p.stage,
+        _PROGRESS[p.stage] + span * finished / total,
+        f"{finished}/{total} {p.stage}",
     )
     nxt = plan.next_stage(p.stage)
     if finished == total and nxt is not None:

@@ -149,5 +149,14 @@ def compute_cluster(
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
     return rewrite(
-        sources, shards, parts, decisions, out_dir, plan.dataset_id, plan.inputs, o, cstats, signature_options(o)
+        sources,
+        shards,
+        parts,
+        decisions,
+        out_dir,
+        plan.dataset_id,
+        plan.inputs,
+        o,
+        cstats,
+        signature_options(o),
     )

@@ -64,9 +64,7 @@ def _bucket_pairs(order: I64, new: npt.NDArray[np.bool_], max_pairs: int) -> I64
     return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
 
 
-def candidate_pairs(
-    signatures: U32, bands: int, rows: int, band_range: Iterable[int] | None = None
-) -> I64:
+def candidate_pairs(signatures: U32, bands: int, rows: int, band_range: Iterable[int] | None = None) -> I64:
     """Unique (a < b) row pairs that share a bucket in at least one band of ``band_range`` (all bands).
 
     Rows are sorted within a bucket, so ``a < b`` for every pair; the pairs are sorted.

@@ -117,11 +117,16 @@ def tokens(text: str, folded: str | None = None) -> list[str]:
 
 
 def _splitmix(x: U64) -> U64:
-    x = x ^ (x >> np.uint64(30))
-    x = x * _MIX1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _MIX2
-    return x ^ (x >> np.uint64(31))
+    """SplitMix64's finaliser, in place on ``x`` (one scratch array instead of one per step)."""
+    t = x >> np.uint64(30)
+    x ^= t
+    x *= _MIX1
+    np.right_shift(x, np.uint64(27), out=t)
+    x ^= t
+    x *= _MIX2
+    np.right_shift(x, np.uint64(31), out=t)
+    x ^= t
+    return x
 
 
 _CJK_RANGES = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF))
@@ -137,6 +142,7 @@ def _char_tables() -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
 
 
 _WORD_TABLE, _CJK_TABLE = _char_tables()
+_CLASS_TABLE = _WORD_TABLE.astype(np.uint8) | (_CJK_TABLE.astype(np.uint8) << 1)  # bit 0 word, 1 CJK
 
 
 _POWERS = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
@@ -196,7 +202,8 @@ class MinHasher:
             word, cjk = _WORD_TABLE[cps], None
         elif len(wide := joined.encode("utf-16-le")) == 2 * len(joined):  # no astral characters
             cps = np.frombuffer(wide, dtype=np.uint16)
-            word, cjk = _WORD_TABLE[cps], _CJK_TABLE[cps]
+            cls = _CLASS_TABLE[cps]  # one lookup for both tables
+            word, cjk = (cls & 1).view(np.bool_), (cls >> 1).view(np.bool_)
         else:
             cps = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
             bmp = np.minimum(cps, 0xFFFF)
@@ -219,7 +226,8 @@ class MinHasher:
             v *= pw[: cps.size]
             h = np.add.reduceat(v, pos)
             h *= inv[pos]
-            h = _splitmix(h ^ self._token_seed)
+            h ^= self._token_seed
+            h = _splitmix(h)
         bounds = np.searchsorted(pos, np.append(doc_first, cps.size))
         return h, bounds
 
@@ -230,8 +238,9 @@ class MinHasher:
         m = max(th.size - k + 1, 0)
         acc = np.zeros(m, dtype=np.uint64)
         with np.errstate(over="ignore"):
-            for j in range(k):
-                acc = acc * _POLY + th[j : j + m]
+            for j in range(k):  # in place: no new 8-byte array per step
+                acc *= _POLY
+                acc += th[j : j + m]
         # A window is a shingle when it ends inside its text: its position in the text <= length - k.
         in_doc = np.arange(th.size) - np.repeat(bounds[:-1], lengths)
         valid = (in_doc <= np.repeat(lengths - k, lengths))[:m]
@@ -252,7 +261,9 @@ class MinHasher:
         else:
             sh = acc[valid]
         with np.errstate(over="ignore"):
-            sh = (_splitmix(sh) >> _SHIFT32) + self.c  # the permutations' offset (see __init__)
+            sh = _splitmix(sh)
+            sh >>= _SHIFT32
+            sh += self.c  # the permutations' offset (see __init__)
         return sh, first
 
     def _min_hashes(self, shingles: U64, starts: npt.NDArray[np.intp]) -> U32:

@@ -119,7 +119,9 @@ def combined(parts: list[ShardSignatures], prior: ShardSignatures | None) -> Sha
     all_parts = ([prior] if prior else []) + parts
     width = max((p.sigs.shape[1] for p in all_parts), default=0)
     sigs = np.concatenate([p.sigs for p in all_parts]) if all_parts else np.zeros((0, width), np.uint32)
-    return ShardSignatures([i for p in all_parts for i in p.ids], [k for p in all_parts for k in p.keys], sigs)
+    return ShardSignatures(
+        [i for p in all_parts for i in p.ids], [k for p in all_parts for k in p.keys], sigs
+    )
 
 
 def exact_groups(keys: list[str], exact: bool) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
