@@ -14,14 +14,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from contracts.events import (
     CorpusDeduplicated,
     DatasetRef,
     DedupItemRequested,
     DedupOptions,
+    JobProgress,
     PipelineSpec,
 )
 from services.dedup.config import DedupSettings
@@ -40,8 +44,8 @@ from services.dedup.core.pipeline import load_prior_index
 from services.dedup.core.stages import ShardSignatures
 from services.dedup.work import WorkFolder, summarize
 from shared.artifacts import ArtifactStore
-from shared.bus import HandlerContext, JobRejected
-from shared.bus.jobs import job_key
+from shared.bus import HandlerContext, JobRejected, JobStatus
+from shared.bus.jobs import TERMINAL_STATES, job_key
 
 KIND = "dedup"
 # Share of the job's progress at the start of each stage.
@@ -126,7 +130,7 @@ async def start_job(
     await asyncio.to_thread(work.write_plan, plan)
     first = plan.next_stage(None)
     assert first is not None  # signatures: make_plan refuses a plan without shards
-    await ctx.progress(job_id, KIND, first, 0.0, f"{plan.count(first)} {first} items for {source.dataset_id}")
+    await _progress(ctx, job_id, first, 0.0, f"{plan.count(first)} {first} items for {source.dataset_id}")
     await _publish_stage(ctx, plan, work, first)
 
 
@@ -157,9 +161,9 @@ async def run_item(ctx: HandlerContext[DedupItemRequested], settings: DedupSetti
     total = plan.count(p.stage)
     finished = sum(result_name(p.stage, i) in done for i in range(total))
     span = {"signatures": 0.6, "pairs": 0.2}[p.stage]
-    await ctx.progress(
+    await _progress(
+        ctx,
         plan.job_id,
-        KIND,
         p.stage,
         _PROGRESS[p.stage] + span * finished / total,
         f"{finished}/{total} {p.stage}",
@@ -167,6 +171,30 @@ async def run_item(ctx: HandlerContext[DedupItemRequested], settings: DedupSetti
     nxt = plan.next_stage(p.stage)
     if finished == total and nxt is not None:
         await _publish_stage(ctx, plan, work, nxt)
+
+
+async def _progress(ctx: HandlerContext[Any], job_id: str, stage: str, fraction: float, message: str) -> None:
+    """Progress on the job board, written only over a running job (compare-and-set): replicas
+    report concurrently, and a late report must not turn a finished or failed job back to running."""
+    kv = ctx.bus.jobs.kv
+    for _ in range(5):
+        try:
+            entry = await kv.get(job_key(job_id))
+        except KeyNotFoundError:
+            return
+        status = JobStatus.model_validate_json(entry.value or b"{}")
+        if status.state in TERMINAL_STATES:
+            return
+        update = status.model_copy(update={"state": "running", "stage": stage, "fraction": fraction})
+        update = update.model_copy(update={"message": message, "updated_at": time.time()})
+        try:
+            await kv.update(job_key(job_id), update.model_dump_json().encode(), last=entry.revision)
+            break
+        except KeyWrongLastSequenceError:  # another replica wrote in between: read again
+            continue
+    await ctx.publish(
+        JobProgress(job_id=job_id, job_kind=KIND, stage=stage, fraction=fraction, message=message)
+    )
 
 
 def _compute(store: ArtifactStore, work: WorkFolder, plan: Plan, stage: str, index: int) -> dict[str, Any]:
