@@ -18,6 +18,7 @@ Reported per system: request throughput, output tokens/s, TTFT and TPOT percenti
 printed is one JSON object with all figures and the ratios.
 
     .venv/bin/python benchmarks/bench_serving.py [--requests 64] [--rate 100] [--threads 1]
+        [--kv-layout auto|rows|paged]
 """
 
 from __future__ import annotations
@@ -218,8 +219,8 @@ async def _run_puyu(engine: Engine, work: list[dict[str, Any]], concurrency: int
     return summarise("puyu", reqs, max(r["last"] for r in reqs))
 
 
-def run_puyu(path: Path, work: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
-    engine = Engine.load(path, max_batch_size=concurrency, name="bench").start()
+def run_puyu(path: Path, work: list[dict[str, Any]], concurrency: int, kv_layout: str) -> dict[str, Any]:
+    engine = Engine.load(path, max_batch_size=concurrency, name="bench", kv_layout=kv_layout).start()
     engine.eos_ids = set()
     try:
         engine.generate_sync(work[0]["prompt"], SamplingParams(max_tokens=2, temperature=0))  # warm
@@ -236,6 +237,12 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: least noise on a shared machine)"
     )
+    ap.add_argument(
+        "--kv-layout",
+        default="auto",
+        choices=["auto", "rows", "paged"],
+        help="puyu's attention layout (auto: rows on the CPU); paged shows the gathering path",
+    )
     args = ap.parse_args()
     if not DATA.exists():
         raise SystemExit(f"benchmark data missing: {DATA} (the ../shared/data folder beside the checkout)")
@@ -248,7 +255,7 @@ def main() -> None:
         # warm the transformers paths once so neither pays first-call costs in the timed run
         with torch.inference_mode():
             model.generate(torch.tensor([work[0]["prompt"]]), max_new_tokens=2, do_sample=False)
-        puyu = run_puyu(Path(tmp), work, args.concurrency)
+        puyu = run_puyu(Path(tmp), work, args.concurrency, args.kv_layout)
         static = run_static(model, tok.pad_token_id, work, args.concurrency)
         single = run_per_request(model, work)
     tps = "output_tokens_per_s"
@@ -261,6 +268,7 @@ def main() -> None:
                 "concurrency": args.concurrency,
                 "arrival_rate": args.rate,
                 "threads": args.threads,
+                "kv_layout": args.kv_layout,
                 "puyu": puyu,
                 "baseline_a_transformers_per_request": single,
                 "baseline_b_transformers_static_batching": static,

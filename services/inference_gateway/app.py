@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import torch
@@ -31,6 +32,8 @@ from shared.artifacts import ArtifactStore
 from shared.natsserver import free_port
 from shared.ports import registry_grpc_target
 from shared.service import ServiceRuntime
+
+log = logging.getLogger(__name__)
 
 
 def engine_loader(settings: GatewaySettings) -> EngineLoader:
@@ -129,4 +132,11 @@ def _serve_pool(
     runtime.on_start(start_restore)
     runtime.on_stop(stop_restore)
     runtime.on_stop(announcer.stop)
+
+    async def drain() -> None:
+        # new requests now fail fast (a gateway moves them to another worker); the ones running finish
+        if not await pool.drain(settings.gateway_stop_drain_timeout):
+            log.warning("stopping with requests still running after %.0fs", settings.gateway_stop_drain_timeout)
+
+    runtime.on_stop(drain)
     runtime.on_stop(pool.close)

@@ -37,6 +37,9 @@ class GatewaySettings(CommonSettings):
         default=16, ge=1, description="max_tokens when a request omits it."
     )
     gateway_drain_timeout: float = Field(default=300.0, gt=0, description="Seconds an old version may drain.")
+    gateway_stop_drain_timeout: float = Field(
+        default=10.0, ge=0, description="Seconds a stopping process lets running requests finish."
+    )
     gateway_api_key: str | None = Field(
         default=None, description="Bearer key the OpenAI API requires, if set."
     )

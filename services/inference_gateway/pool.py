@@ -159,6 +159,12 @@ class ModelPool:
         self._draining.remove(old)
         log.info("retired %s:%d", old.model_name, old.version)
 
+    async def drain(self, limit_s: float) -> bool:
+        """Stop taking requests on every engine and wait for the ones in flight (a stopping worker)."""
+        engines = {id(s.engine): s.engine for s in self.current()}.values()
+        results = await asyncio.gather(*(e.drain(limit_s) for e in engines))
+        return all(results)
+
     async def close(self) -> None:
         engines = {id(s.engine): s.engine for s in [*self._current.values(), *self._draining]}
         self._names, self._current, self._draining = {}, {}, []

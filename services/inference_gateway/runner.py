@@ -3,8 +3,11 @@
 transformers' own forward wants a rectangular cache; paged attention needs the attention call itself
 to read the block tables, so the runner drives the Hugging Face modules of a Llama-family model
 (embeddings, per-layer projections, norms, MLP, rotary embedding, head) and does the attention
-itself: all tokens of a step go through each projection as one matrix, then decode tokens attend
-through ``paged_decode`` in one call and each prefill chunk through ``prefill_attention``.
+itself: all tokens of a step go through each projection as one matrix, then decode tokens attend in
+one call and each prefill chunk in its own. Keys and values always go to the paged cache (blocks,
+prefix caching); where attention reads them depends on ``kv_layout``: ``paged`` reads the blocks
+(``paged_decode``, the Triton kernel in place on CUDA), ``rows`` (the CPU default) reads contiguous
+per-sequence rows (``row_cache``), which saves the per-step gather of every context.
 """
 
 from __future__ import annotations

@@ -203,6 +203,8 @@ async def test_full_options_cross_the_wire(workers, tiny_model: Path) -> None:
         ]
         for prompt, params in cases:
             want = await collect(await Router(local).open("tiny", prompt, params))
+            if params.prompt_logprobs:  # the comparison means something: there are logprobs to compare
+                assert want[0].prompt_logprobs is not None and want[0].logprobs and want[0].prompt_first_token
             got = await collect(await remote.open("tiny", prompt, params))
             assert [(d.text, d.finish_reason, d.logprobs) for d in got] == [
                 (d.text, d.finish_reason, d.logprobs) for d in want
@@ -211,3 +213,20 @@ async def test_full_options_cross_the_wire(workers, tiny_model: Path) -> None:
             assert got[0].prompt_first_token == want[0].prompt_first_token
     finally:
         await local.close()
+
+
+async def test_a_replayed_older_promotion_does_not_switch_back(tiny_model: Path) -> None:
+    """A new worker's consumer replays past promotions after its start-up restore: older ones change nothing."""
+    pool = ModelPool()
+    t0 = datetime.now(UTC)
+    try:
+        assert await pool.deploy("tiny", 2, tiny_model, as_of=t0) is not None  # the restore: v2 is champion
+        assert pool.stale("tiny", t0 - timedelta(minutes=5))
+        assert await pool.deploy("tiny", 1, tiny_model, as_of=t0 - timedelta(minutes=5)) is None
+        assert pool.serving("tiny", 2) and not pool.serving("tiny", 1)
+        # a promotion after the restore (a rollback to v1, say) is newer: it switches
+        assert await pool.deploy("tiny", 1, tiny_model, as_of=t0 + timedelta(seconds=1)) is not None
+        assert pool.serving("tiny", 1)
+        assert await pool.drain(5)  # a stopping worker: nothing in flight, drained at once
+    finally:
+        await pool.close()
