@@ -183,7 +183,7 @@ def cluster(
 
     clusters = sorted((min(m, key=rank), m) for m in members_of.values())
     sigs = table.sigs if o.near and n else None
-    decisions: dict[int, Decision] = {}
+    removed: list[tuple[int, int, bool, int]] = []  # (document, kept document, exact, cluster)
     near_clusters = 0
     for cid, (keep, docs) in enumerate(clusters):
         if len({int(group_of[i]) for i in docs}) > 1:
@@ -197,9 +197,15 @@ def cluster(
                 continue
             # The first document of each distinct text in a cluster is a near duplicate of the
             # kept one; further copies of that text are exact duplicates.
-            jac = 1.0 if exact or sigs is None else float(np.mean(sigs[i] == sigs[keep]))
-            reason = ("exact" if exact else "near") + ("_prior" if keep < n_prior else "")
-            decisions[i - n_prior] = Decision(reason, f"c{cid:06d}", ids[keep], round(jac, 4))
+            removed.append((i, keep, exact, cid))
+    jaccard = np.ones(len(removed))
+    if sigs is not None and sigs.shape[1] and removed:  # estimated Jaccard with the kept one, at once
+        docs_, kept_ = np.array([r[0] for r in removed]), np.array([r[1] for r in removed])
+        jaccard = np.count_nonzero(sigs[docs_] == sigs[kept_], axis=1) / sigs.shape[1]
+    decisions: dict[int, Decision] = {}
+    for (i, keep, exact, cid), jac in zip(removed, jaccard.tolist(), strict=True):
+        reason = ("exact" if exact else "near") + ("_prior" if keep < n_prior else "")
+        decisions[i - n_prior] = Decision(reason, f"c{cid:06d}", ids[keep], 1.0 if exact else round(jac, 4))
     stats = {
         "clusters": len(clusters),
         "near_clusters": near_clusters,
