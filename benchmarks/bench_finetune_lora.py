@@ -1,12 +1,15 @@
-"""LoRA finetuning throughput: puyu's finetuner (packed rows, boundary-aware attention) against a
-plain transformers + peft loop (dynamic padding with DataCollatorForSeq2Seq), same model, same
-LoRA config, same tokenised chat data, in the same run.
+"""LoRA finetuning throughput: puyu's finetuner (packed rows, per-example packed attention, logits
+only where a label follows, fused AdamW) against a plain transformers + peft loop (dynamic padding
+with DataCollatorForSeq2Seq, stock SDPA attention, torch.optim.AdamW), same model, same LoRA
+config, same tokenised chat data, in the same run.
 
-    .venv/bin/python benchmarks/bench_finetune_lora.py [--steps 8] [--rounds 2]
+    .venv/bin/python benchmarks/bench_finetune_lora.py [--steps 24] [--ablate]
 
 Data: GSM8K train as chat (``../shared/data/gsm8k``) when present, else the built-in sample chats.
-Throughput counts real (non-padding) tokens per second of training steps; the two loops run in
-alternating rounds so that load from other processes hits both alike. Prints one JSON line last.
+Throughput counts real (non-padding) tokens per second of training steps. The loops take their
+steps in turn (order alternating), after untimed warm-up steps, so that load from other processes
+on a shared machine hits all alike. ``--ablate`` adds puyu's loop with transformers' own packed
+mask instead of packed attention. Prints one JSON line last.
 """
 
 from __future__ import annotations
@@ -48,50 +51,78 @@ def chat_records(n: int) -> tuple[list[Any], str]:
     return [Conversation.model_validate(r) for r in chat_examples(n)], "sample_chats"
 
 
-def baseline(model: Any, examples: list[Any], pad_id: int, spec: Any, tokenizer: Any) -> tuple[int, float]:
+class Baseline:
     """The loop people write with transformers + peft: padded batches, AdamW, clip, step."""
-    import torch
-    from peft import get_peft_model
-    from transformers import DataCollatorForSeq2Seq
 
-    from services.finetuner.methods import lora_config
-    from services.finetuner.packing import schedule
+    def __init__(self, model: Any, examples: list[Any], spec: Any, tokenizer: Any, steps: int) -> None:
+        import torch
+        from peft import get_peft_model
+        from transformers import DataCollatorForSeq2Seq
 
-    peft_model = get_peft_model(model, lora_config(spec.lora, model))
-    collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
-    peft_model.train()
-    tokens, seconds = 0, 0.0
-    for idx in schedule(len(examples), spec.micro_batch_size, spec.max_steps, spec.seed):
+        from services.finetuner.methods import lora_config
+        from services.finetuner.packing import schedule
+
+        torch.manual_seed(spec.seed)
+        self.model = get_peft_model(model, lora_config(spec.lora, model))
+        self.collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=spec.learning_rate, weight_decay=0.0)
+        self.examples = examples
+        self.plan = schedule(len(examples), spec.micro_batch_size, steps, spec.seed)
+        self.model.train()
+
+    def step(self, i: int) -> tuple[int, float]:
+        import torch
+
         t0 = time.perf_counter()
-        batch = collator([{"input_ids": examples[i].input_ids, "labels": examples[i].labels} for i in idx])
-        loss = peft_model(**batch).loss
+        ex = [self.examples[k] for k in self.plan[i]]
+        batch = self.collator([{"input_ids": e.input_ids, "labels": e.labels} for e in ex])
+        loss = self.model(**batch).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        seconds += time.perf_counter() - t0
-        tokens += int(batch["attention_mask"].sum())
-    return tokens, seconds
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return int(batch["attention_mask"].sum()), time.perf_counter() - t0
 
 
-def ours(model: Any, examples: list[Any], pad_id: int, spec: Any) -> tuple[int, float]:
-    from services.finetuner.methods import wrap
-    from services.finetuner.packing import pack
-    from services.finetuner.training import train
+class Ours:
+    """puyu's finetuner step (``training.train_step``) over packed rows."""
 
-    rows = pack(examples, spec.seq_len, spec.seed)
-    result = train(wrap(model, spec), rows, [], spec, pad_id=pad_id)
-    return result.tokens_seen, result.tokens_seen / result.extra["tokens_per_s"]
+    def __init__(
+        self, model: Any, examples: list[Any], spec: Any, pad_id: int, steps: int, packed: bool
+    ) -> None:
+        import torch
+
+        from services.finetuner.attention import use_packed_attention
+        from services.finetuner.engine import build_engine
+        from services.finetuner.methods import wrap
+        from services.finetuner.packing import pack, schedule
+
+        self.rows = pack(examples, spec.seq_len, spec.seed)
+        if packed and not use_packed_attention(model):
+            raise RuntimeError("packed attention did not apply to the benchmark model")
+        torch.manual_seed(spec.seed)
+        self.engine = build_engine(wrap(model, spec), spec, "cpu")
+        self.engine.forward.train()
+        self.spec, self.pad_id, self.packed = spec, pad_id, packed
+        self.plan = schedule(len(self.rows), spec.micro_batch_size, steps, spec.seed)
+
+    def step(self, i: int) -> tuple[int, float]:
+        from services.finetuner.training import train_step
+
+        t0 = time.perf_counter()
+        chunk = [self.rows[k] for k in self.plan[i]]
+        _, ntok = train_step(self.engine, chunk, self.spec, self.pad_id, "cpu", flatten=self.packed)
+        return ntok, time.perf_counter() - t0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=8, help="optimizer steps per loop per round")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=24, help="timed optimizer steps per loop")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per loop first")
     ap.add_argument("--examples", type=int, default=400)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ablate", action="store_true", help="also: puyu's loop with transformers' packed mask")
     args = ap.parse_args()
 
     import torch
@@ -120,19 +151,30 @@ def main() -> None:
     )
     examples = build_examples(tokenizer, records, spec.seq_len)
     lengths = [len(e.input_ids) for e in examples]
-    totals = {"ours": [0, 0.0], "baseline": [0, 0.0]}
-    for r in range(args.rounds):
-        for name in ("baseline", "ours") if r % 2 == 0 else ("ours", "baseline"):
-            model = copy.deepcopy(base)
-            if name == "ours":
-                tok, sec = ours(model, examples, tokenizer.pad_token_id, spec)
-            else:
-                tok, sec = baseline(model, examples, tokenizer.pad_token_id, spec, tokenizer)
-            totals[name][0] += tok
-            totals[name][1] += sec
-            print(f"round {r} {name}: {tok / sec:.0f} tokens/s", file=sys.stderr)
-    ours_tps = totals["ours"][0] / totals["ours"][1]
-    base_tps = totals["baseline"][0] / totals["baseline"][1]
+    steps = args.warmup + args.steps
+    loops: dict[str, Any] = {
+        "baseline": Baseline(copy.deepcopy(base), examples, spec, tokenizer, steps),
+        "ours": Ours(copy.deepcopy(base), examples, spec, tokenizer.pad_token_id, steps, packed=True),
+    }
+    if args.ablate:
+        loops["ours_stock_attention"] = Ours(
+            copy.deepcopy(base), examples, spec, tokenizer.pad_token_id, steps, packed=False
+        )
+    totals = {name: [0, 0.0] for name in loops}
+    for i in range(steps):
+        names = list(loops) if i % 2 == 0 else list(reversed(loops))
+        for name in names:
+            tok, sec = loops[name].step(i)
+            if i >= args.warmup:
+                totals[name][0] += tok
+                totals[name][1] += sec
+    rates = {name: tok / sec for name, (tok, sec) in totals.items()}
+    for name, rate in rates.items():
+        print(f"{name}: {rate:.0f} tokens/s", file=sys.stderr)
+    ours_tps, base_tps = rates["ours"], rates["baseline"]
+    extra = (
+        {"ours_stock_attention_tokens_per_s": round(rates["ours_stock_attention"], 1)} if args.ablate else {}
+    )
     print(
         json.dumps(
             {
@@ -142,10 +184,12 @@ def main() -> None:
                 "mean_tokens": sum(lengths) / len(lengths),
                 "max_tokens": max(lengths),
                 "ours_tokens_per_s": round(ours_tps, 1),
-                "baseline": "transformers+peft loop, DataCollatorForSeq2Seq padding",
+                "baseline": "transformers+peft loop, DataCollatorForSeq2Seq padding, sdpa, AdamW",
+                "steps_per_loop": args.steps,
                 "baseline_tokens_per_s": round(base_tps, 1),
                 "ratio": round(ours_tps / base_tps, 3),
                 "goal": 1.3,
+                **extra,
             }
         )
     )

@@ -143,6 +143,19 @@ def evaluate(
     return total / max(weight, 1), (acc / max(weight, 1) if spec.method == "dpo" else float("nan"))
 
 
+def train_step(
+    engine: TorchEngine, chunk: Sequence[Any], spec: FinetuneSpec, pad_id: int, device: Any, *, flatten: bool
+) -> tuple[torch.Tensor, int]:
+    """One optimizer step on one micro-batch: (the loss, detached and left on the device; tokens)."""
+    if spec.method == "dpo":
+        loss, ntok, _ = dpo_loss(engine.forward, chunk, pad_id, spec.dpo_beta, device)
+    else:
+        batch, ntok = sft_batch(chunk, pad_id, flatten=flatten)
+        loss = sft_loss(engine.forward, _to(batch, device))
+    engine.step(loss)
+    return loss.detach(), ntok
+
+
 def train(
     model: Any,
     items: Sequence[Any],
@@ -203,13 +216,8 @@ def train(
         for step in range(start + 1, spec.max_steps + 1):
             t0 = time.perf_counter()
             chunk = [items[i] for i in plan[step - 1]]
-            if spec.method == "dpo":
-                loss, ntok, _ = dpo_loss(forward, chunk, pad_id, spec.dpo_beta, device)
-            else:
-                batch, ntok = sft_batch(chunk, pad_id, flatten=flatten)
-                loss = sft_loss(forward, _to(batch, device))
-            engine.step(loss)
-            step_losses.append(loss.detach())
+            loss, ntok = train_step(engine, chunk, spec, pad_id, device, flatten=flatten)
+            step_losses.append(loss)
             tokens_seen += ntok
             train_seconds += time.perf_counter() - t0
             done = step
