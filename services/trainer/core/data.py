@@ -5,7 +5,8 @@ Dataset manifest (written by the dedup service), read tolerantly::
     {"shards": [{"uri": "file:///.../shard-00000.jsonl.gz", "sha256": "..."}, ...], ...}
 
 A shard entry may also be a bare string, and its ``uri`` (or ``path``) may be relative to the
-manifest's folder. Shards are JSON lines (plain, gzip or zstd) whose ``text`` field is a document.
+manifest's folder. Shards are JSON lines (plain, gzip or zstd) or Parquet (``shared.shards``) whose
+``text`` field is a document.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import torch
 from contracts.datasets import DatasetError as ManifestError
 from contracts.datasets import shard_uris
 from shared.artifacts import ArtifactStore, local_path
+from shared.shards import ShardReadError, iter_records, shard_format
 
-TEXT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".txt")
+TEXT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".parquet", ".txt")
 
 
 class DatasetError(ValueError):
@@ -62,9 +64,21 @@ def iter_jsonl_texts(path: Path) -> Iterator[str]:
                 yield text
 
 
+def iter_parquet_texts(path: Path) -> Iterator[str]:
+    try:
+        for record in iter_records(path):
+            text = record.get("text")
+            if isinstance(text, str) and text.strip():
+                yield text
+    except ShardReadError as exc:
+        raise DatasetError(str(exc)) from exc
+
+
 def iter_file_texts(path: Path) -> Iterator[str]:
-    """Documents of one local file: JSON lines, or a whole .txt file as one document."""
-    if path.name.endswith(".txt"):
+    """Documents of one local file: JSON lines, Parquet, or a whole .txt file as one document."""
+    if shard_format(path) == "parquet":
+        yield from iter_parquet_texts(path)
+    elif path.name.endswith(".txt"):
         text = path.read_text(encoding="utf-8", errors="replace")
         if text.strip():
             yield text.strip()
@@ -94,7 +108,7 @@ def iter_source_texts(store: ArtifactStore, source: str) -> Iterator[str]:
             return
         files = sorted(p for p in lp.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES))
         if not files:
-            raise DatasetError(f"{source}: no .jsonl, .jsonl.gz or .txt files in this folder")
+            raise DatasetError(f"{source}: no .jsonl(.gz/.zst), .parquet or .txt files in this folder")
         for f in files:
             yield from iter_file_texts(f)
     elif source.endswith(".json"):

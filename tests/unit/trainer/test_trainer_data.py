@@ -26,6 +26,26 @@ def test_reads_manifest_shards_plain_and_gzip(corpus_dir: Path, tmp_path: Path) 
     assert load_texts(store, [str(corpus_dir)]) == texts
 
 
+def test_reads_parquet_shards_as_the_jsonl_ones(corpus_dir: Path, tmp_path: Path) -> None:
+    """A dataset written as Parquet (``--format parquet``) trains on the same documents."""
+    from shared.shards import ShardWriter
+
+    store = ArtifactStore((tmp_path / "art").as_uri())
+    texts = load_texts(store, [str(corpus_dir)])
+    root = tmp_path / "pq"
+    writer = ShardWriter(root, "shard", 25, root, fmt="parquet")
+    for i, text in enumerate(texts):
+        writer.write({"id": f"d{i}", "text": text, "meta": {"n": i}})
+    shards = writer.close()
+    (root / "manifest.json").write_text(
+        json.dumps({"dataset_id": "pq", "documents": len(texts), "format": "parquet", "shards": shards})
+    )
+    assert load_texts(store, [str(root)]) == texts
+    (root / shards[0]["path"]).write_bytes(b"not parquet")
+    with pytest.raises(DatasetError, match="unreadable Parquet shard"):
+        load_texts(store, [str(root)])
+
+
 def test_empty_or_missing_dataset_is_a_dataset_error(tmp_path: Path) -> None:
     store = ArtifactStore((tmp_path / "art").as_uri())
     (tmp_path / "empty.jsonl").write_text("\n" + json.dumps({"text": "  "}) + "\n")
