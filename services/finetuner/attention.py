@@ -10,6 +10,7 @@ fused CPU/GPU kernels apply. A batch that does carry a padding mask goes to the 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any
@@ -72,39 +73,27 @@ def packed_attention_forward(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:  # grouped-query attention: SDPA's fused CPU kernel wants equal head counts
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
+    sdpa = functools.partial(
+        F.scaled_dot_product_attention,
+        dropout_p=dropout,
+        is_causal=True,
+        scale=scaling,
+        enable_gqa=query.shape[1] != key.shape[1],  # grouped-query heads without copying K and V
+    )
     rows = _segments(position_ids)
     if all(len(lengths) == 1 for lengths in rows):  # nothing packed: one causal call for the batch
-        whole = F.scaled_dot_product_attention(
-            query, key, value, dropout_p=dropout, is_causal=True, scale=scaling
-        )
+        whole = sdpa(query, key, value)
         return whole.transpose(1, 2).contiguous(), None
     if len(rows) == 1 and query.shape[0] > 1:  # one position row broadcast over the batch
         rows = rows * query.shape[0]
     out = []
-    for b, lengths in enumerate(rows):
-        q, k, v = query[b : b + 1], key[b : b + 1], value[b : b + 1]
+    # split, not slicing: split's backward is one concatenation, a slice's a full-size zero fill
+    for q, k, v, lengths in zip(query.split(1), key.split(1), value.split(1), rows, strict=True):
         if len(lengths) == 1:
-            out.append(
-                F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling)
-            )
+            out.append(sdpa(q, k, v))
             continue
-        # split, not slicing: split's backward is one concatenation, a slice's a full-size zero fill
         parts = zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2), strict=True)
-        out.append(
-            torch.cat(
-                [
-                    F.scaled_dot_product_attention(
-                        qs, ks, vs, dropout_p=dropout, is_causal=True, scale=scaling
-                    )
-                    for qs, ks, vs in parts
-                ],
-                dim=2,
-            )
-        )
+        out.append(torch.cat([sdpa(qs, ks, vs) for qs, ks, vs in parts], dim=2))
     merged = out[0] if len(out) == 1 else torch.cat(out, dim=0)
     return merged.transpose(1, 2).contiguous(), None
 
