@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 JSON_COLUMNS = b"puyu.json_columns"
 ABSENT_WHEN_NULL = b"puyu.absent_when_null"
@@ -91,7 +91,7 @@ def write_parquet(records: list[dict[str, Any]], path: Path) -> None:
     pq.write_table(records_to_table(records), path, compression="zstd", row_group_size=max(len(records), 1))
 
 
-def iter_parquet(path: Path, batch_rows: int = 4096) -> Iterator[dict[str, Any]]:
+def iter_parquet(path: Path | IO[bytes], batch_rows: int = 4096) -> Iterator[dict[str, Any]]:
     """Records of a Parquet file, a batch of rows at a time (schema metadata applies to every batch)."""
     import pyarrow as pa
     import pyarrow.parquet as pq

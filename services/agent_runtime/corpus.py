@@ -3,7 +3,7 @@ embeddings (cosine), or by both fused with reciprocal rank fusion (``hybrid``, t
 embedder is configured).
 
 A dataset is read from its manifest (see ``contracts.datasets``), each shard a JSON-lines
-file (gzip/zstd by extension) whose lines carry ``id`` and ``text``. Datasets are kept in the order they
+file (gzip/zstd by extension) or a Parquet file whose records carry ``id`` and ``text``. Datasets are kept in the order they
 were indexed; a document id seen in several datasets (the same corpus deduplicated again) is kept once,
 from the newest. Re-indexing a dataset id replaces it.
 """
@@ -26,6 +26,8 @@ import numpy as np
 from contracts.datasets import DatasetError, shard_uris
 from services.agent_runtime.bm25 import BM25, tokenize
 from services.agent_runtime.embeddings import Embedder, EmbeddingsUnavailable
+from shared.parquet_records import iter_parquet
+from shared.shards import shard_format
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,9 @@ def read_documents(manifest_uri: str) -> Iterator[Document]:
     except DatasetError as exc:
         raise CorpusError(str(exc)) from None
     for uri in uris:
+        if shard_format(uri) == "parquet":
+            yield from _parquet_documents(uri)
+            continue
         try:
             with fsspec.open(uri, "rt", encoding="utf-8", compression="infer") as f:
                 for n, line in enumerate(f, 1):
@@ -85,6 +90,22 @@ def read_documents(manifest_uri: str) -> Iterator[Document]:
             raise CorpusError(f"shard not found: {uri}") from None
         except OSError as exc:
             raise CorpusError(f"cannot read shard {uri}: {exc}") from None
+
+
+def _parquet_documents(uri: str) -> Iterator[Document]:
+    try:
+        with fsspec.open(uri, "rb") as f:
+            for n, record in enumerate(iter_parquet(f), 1):
+                text = record.get("text")
+                if not isinstance(text, str):
+                    raise CorpusError(f"{uri}: row {n} has no 'text'")
+                yield Document(str(record.get("id") or f"{uri}#{n}"), text)
+    except FileNotFoundError:
+        raise CorpusError(f"shard not found: {uri}") from None
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        if isinstance(exc, CorpusError):
+            raise
+        raise CorpusError(f"cannot read Parquet shard {uri}: {exc}") from None
 
 
 def split_passages(text: str, sentences_per_passage: int = 1) -> list[str]:

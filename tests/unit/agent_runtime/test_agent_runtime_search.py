@@ -53,6 +53,25 @@ def test_index_from_manifest_finds_the_right_document(tmp_path: Path) -> None:
         tool.run({"query": "x", "k": 0})
 
 
+def test_parquet_dataset_reads_as_the_jsonl_one(tmp_path: Path) -> None:
+    from shared.shards import ShardWriter
+
+    docs = [
+        {"id": f"doc-{i}", "text": f"Town {i} sells salt number {i}.", "meta": {"i": i}} for i in range(7)
+    ]
+    root = tmp_path / "pq"
+    writer = ShardWriter(root, "shard", 3, root, fmt="parquet")
+    for d in docs:
+        writer.write(d)
+    manifest = root / "manifest.json"
+    manifest.write_text(json.dumps({"dataset_id": "pq", "documents": 7, "shards": writer.close()}))
+    got = [(d.doc_id, d.text) for d in read_documents(manifest.as_uri())]
+    assert got == [(d["id"], d["text"]) for d in docs]
+    (root / "shard-00001.parquet").write_bytes(b"PAR1 broken")
+    with pytest.raises(CorpusError, match="cannot read Parquet shard"):
+        list(read_documents(manifest.as_uri()))
+
+
 def test_newer_dataset_replaces_documents_with_the_same_id(tmp_path: Path) -> None:
     index = CorpusIndex(max_datasets=2)
     index.add_documents("v1", [Document("d1", "Velm is a city of glass."), Document("d2", "Salt mines.")])
