@@ -136,7 +136,9 @@ def _serve_pool(
     async def drain() -> None:
         # new requests now fail fast (a gateway moves them to another worker); the ones running finish
         if not await pool.drain(settings.gateway_stop_drain_timeout):
-            log.warning("stopping with requests still running after %.0fs", settings.gateway_stop_drain_timeout)
+            log.warning(
+                "stopping with requests still running after %.0fs", settings.gateway_stop_drain_timeout
+            )
 
     runtime.on_stop(drain)
     runtime.on_stop(pool.close)

@@ -8,6 +8,7 @@ generation as a last delta with ``finish_reason="error"``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
 
@@ -22,6 +23,9 @@ from services.inference_gateway.wire import chunk_to_delta, params_to_proto, pro
 
 # statuses after which another worker may well serve the request; any other means the worker is gone
 _BUSY = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
+
+
+_CLOSE_GRACE_S = 3600.0  # a dropped channel's running calls may take as long as a request may
 
 
 class WorkerGone(ConnectionError):
@@ -41,6 +45,8 @@ class WorkerClients:
 
     def __init__(self) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._closing: set[asyncio.Future[None]] = set()
+        self._retired: list[grpc.aio.Channel] = []  # dropped, closing once their calls end
 
     def stub(self, target: str) -> inference_pb2_grpc.InferenceStub:
         channel = self._channels.get(target)
@@ -48,8 +54,25 @@ class WorkerClients:
             channel = self._channels[target] = grpc.aio.insecure_channel(target)
         return inference_pb2_grpc.InferenceStub(channel)
 
+    def forget(self, target: str) -> None:
+        """Drop the channel to a worker that failed: a worker back at that address gets a fresh one
+        (a failed channel retries its connection with back-off, and fails calls meanwhile). Calls
+        still running on it (a stopping worker finishing its requests) keep it until they end."""
+        channel = self._channels.pop(target, None)
+        if channel is not None:
+            self._retired.append(channel)
+            task = asyncio.ensure_future(channel.close(grace=_CLOSE_GRACE_S))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            task.add_done_callback(
+                lambda _: self._retired.remove(channel) if channel in self._retired else None
+            )
+
     async def close(self) -> None:
-        channels, self._channels = list(self._channels.values()), {}
+        channels, self._channels = [*self._channels.values(), *self._retired], {}
+        self._retired = []
+        for task in list(self._closing):
+            task.cancel()
         for channel in channels:
             with contextlib.suppress(Exception):
                 await channel.close()

@@ -126,6 +126,7 @@ class Router:
                     view.end(worker, ticket)
                     if isinstance(exc, WorkerGone):
                         view.suspend(worker)
+                        self.clients.forget(found[0].target)
                     errors.append(str(exc))
                     RETRIED.inc()
                     log.info("request for %s moves on from %s: %s", name, worker, exc)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import nats.errors
 from pydantic import ValidationError
 
 from contracts.events.inference import ServedLoad, WorkerAnnouncement
@@ -176,7 +177,13 @@ class WorkerView:
             try:
                 kv = await self.bus.key_value(WORKERS_BUCKET)
                 watcher = await kv.watchall()
-                async for entry in watcher:
+                while True:
+                    # live workers announce every second or so: a watch silent for a whole ttl may
+                    # have lost its subscription (a server restart), so it is made again
+                    try:
+                        entry = await watcher.updates(timeout=self.ttl)
+                    except nats.errors.TimeoutError:
+                        break
                     if entry is None:  # the end of what the bucket held when the watch began
                         self.synced.set()
                     elif entry.operation in ("DEL", "PURGE"):
@@ -184,13 +191,14 @@ class WorkerView:
                     elif entry.value:
                         self._apply(entry.key, entry.value)
             except asyncio.CancelledError:
-                if watcher is not None:
-                    with contextlib.suppress(Exception):
-                        await watcher.stop()
                 raise
             except Exception as exc:  # the bus reconnects by itself: watch again
                 log.warning("watching %s failed: %s: %s", WORKERS_BUCKET, type(exc).__name__, exc)
                 await asyncio.sleep(1.0)
+            finally:
+                if watcher is not None:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()
 
     def _apply(self, key: str, value: bytes) -> None:
         try:

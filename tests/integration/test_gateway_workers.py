@@ -54,7 +54,8 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
     store = ArtifactStore((tmp_path / "artifacts").as_uri())
     refs = {
-        v: store.put_dir(build_tiny_model(tmp_path / f"v{v}", seed=v), f"models/demo/{v}") for v in (1, 2)
+        v: store.put_dir(build_tiny_model(tmp_path / f"v{v}", seed=v, max_positions=2048), f"models/demo/{v}")
+        for v in (1, 2)
     }
     with NatsServer(tmp_path / "nats") as nats:
         base_env = {
@@ -289,7 +290,9 @@ async def test_two_workers_spread_switch_and_survive_a_kill(cluster: dict[str, A
                 if await _announced_load(kv, "worker-a") >= 3:
                     break
                 await asyncio.sleep(0.1)
-            long_body = {"model": "demo", "prompt": "Traders meet", "max_tokens": 200, "temperature": 0}
+            # (greedy v2 runs this prompt to 1500 tokens without an EOS: seconds of work, still
+            # running when worker-b dies; finish_reason "length" below checks it did)
+            long_body = {"model": "demo", "prompt": "Traders meet", "max_tokens": 1500, "temperature": 0}
             held = [asyncio.create_task(http.post("/v1/completions", json=long_body)) for _ in range(3)]
             for _ in range(100):
                 if await _announced_load(kv, "worker-b") >= 3:

@@ -161,6 +161,7 @@ async def test_routes_to_the_least_loaded_and_moves_off_a_dead_worker(workers, t
         fallback = Router(local, router.view, instance="gw")
         got = await collect(await fallback.open("tiny", Prompt(text="The river"), GREEDY))
         assert {d.worker for d in got} == {"gw"}
+        await router.close()
     finally:
         await local.close()
 
@@ -171,10 +172,12 @@ async def test_a_worker_lost_mid_generation(workers) -> None:
     params = SamplingParams(max_tokens=30, temperature=0, stop=("@@@",))
     got = await collect(await router.open("tiny", Prompt(text="The river"), params))
     assert got[0].worker == "flaky" and got[-1].finish_reason == "error" and "flaky" in (got[-1].error or "")
+    await router.close()
     # whole (non-streaming): nothing went out yet, so the request runs again on the next worker
     router = Router(None, view_of(workers, flaky=0, a=5), instance="gw")
     got = await collect(await router.open("tiny", Prompt(text="The river"), params, whole=True))
     assert {d.worker for d in got} == {"a"} and got[-1].finish_reason in ("stop", "length")
+    await router.close()
 
 
 async def test_full_options_cross_the_wire(workers, tiny_model: Path) -> None:
@@ -212,6 +215,7 @@ async def test_full_options_cross_the_wire(workers, tiny_model: Path) -> None:
             assert got[0].prompt_logprobs == want[0].prompt_logprobs
             assert got[0].prompt_first_token == want[0].prompt_first_token
     finally:
+        await remote.close()
         await local.close()
 
 
