@@ -14,6 +14,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ from contracts.events import FinetuneSpec
 from services.finetuner.methods import UnsupportedRequest
 
 GRAD_CLIP = 1.0
+# One ZeRO engine at a time per process: all of them share the one process group, and collectives
+# of two engines in two threads would interleave on it.
+_ZERO_LOCK = threading.Lock()
 DS_DIR = "deepspeed"  # under the state folder: DeepSpeed's own checkpoint, one tag per saved step
 
 
@@ -82,6 +86,9 @@ class TorchEngine:
             "scheduler": self.scheduler.state_dict(),
         }
 
+    def saved(self, state_dir: Path, step: int) -> None:
+        """Called once the state file naming ``step`` is in place: nothing older to drop."""
+
     def restore(self, blob: dict[str, Any], state_dir: Path) -> None:
         params = dict(self.module.named_parameters())
         missing = set(blob["trained"]) - set(params)
@@ -105,10 +112,18 @@ class DeepSpeedEngine(TorchEngine):
     the same AdamW and schedule as the plain engine, handed to DeepSpeed as client objects."""
 
     def __init__(self, model: Any, spec: FinetuneSpec, device: str) -> None:
+        _ZERO_LOCK.acquire()
+        try:
+            self._start(model, spec, device)
+        except BaseException:
+            _ZERO_LOCK.release()
+            raise
+
+    def _start(self, model: Any, spec: FinetuneSpec, device: str) -> None:
         import deepspeed  # the [train] extra; imported only when a job asks for ZeRO
         import torch.distributed as dist
 
-        self.spec = spec
+        self.spec, self._closed = spec, False
         if not dist.is_initialized():
             if "MASTER_ADDR" not in os.environ:  # started without a launcher: a world of one
                 from shared.natsserver import free_port
@@ -148,14 +163,16 @@ class DeepSpeedEngine(TorchEngine):
         self.ds.step()  # clips, steps AdamW and the schedule, zeroes the gradients
 
     def state(self, state_dir: Path, step: int) -> dict[str, Any]:
-        # DeepSpeed's own sharded checkpoint, tagged by step so the blob that names it is never ahead
-        # of it or behind it; older tags are dropped once the new one is written.
+        # DeepSpeed's own sharded checkpoint, tagged by step: the state file names the tag it goes
+        # with, and older tags are dropped only once that file is in place (``saved``).
         tag = f"step-{step}"
         self.ds.save_checkpoint(str(state_dir / DS_DIR), tag=tag, save_latest=False)
-        for old in (state_dir / DS_DIR).glob("step-*"):
-            if old.name != tag:
-                shutil.rmtree(old, ignore_errors=True)
         return {"deepspeed_tag": tag}
+
+    def saved(self, state_dir: Path, step: int) -> None:
+        for old in (state_dir / DS_DIR).glob("step-*"):
+            if old.name != f"step-{step}":
+                shutil.rmtree(old, ignore_errors=True)
 
     def restore(self, blob: dict[str, Any], state_dir: Path) -> None:
         tag = blob.get("deepspeed_tag")
@@ -173,7 +190,13 @@ class DeepSpeedEngine(TorchEngine):
         return deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None)
 
     def close(self) -> None:
-        self.ds.destroy()
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.ds.destroy()
+        finally:
+            _ZERO_LOCK.release()
 
 
 def build_engine(model: Any, spec: FinetuneSpec, device: str) -> TorchEngine:

@@ -13,6 +13,7 @@ from contracts.events import ArtifactRef, CheckpointReady, FinetuneRequested, Mo
 from services.finetuner.config import FinetunerSettings
 from services.finetuner.core import run_finetune
 from services.finetuner.data import DataError, check_data
+from services.finetuner.engine import check_zero
 from services.finetuner.methods import UnsupportedRequest, check_method, resolve_device
 from services.finetuner.registry_client import UnknownModel, resolve_base
 from shared.artifacts import ArtifactStore
@@ -50,6 +51,7 @@ def register_handlers(bus: Bus, settings: FinetunerSettings, store: ArtifactStor
         )
         try:
             check_method(p.spec.method, resolve_device(settings.finetuner_device))
+            check_zero(p.spec)
         except UnsupportedRequest as exc:
             raise JobRejected(str(exc)) from exc
         base = await _base_artifact(settings, p)

@@ -32,6 +32,7 @@ def save(state_dir: Path, fingerprint: str, step: int, engine: Any, **extra: Any
     path = state_dir / STATE_FILE
     torch.save(blob, path.with_suffix(".tmp"))
     os.replace(path.with_suffix(".tmp"), path)
+    engine.saved(state_dir, step)
     return path
 
 
