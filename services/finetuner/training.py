@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from contracts.events import FinetuneSpec
 from services.finetuner import state as run_state
 from services.finetuner.attention import packed_attention_active
-from services.finetuner.engine import TorchEngine, build_engine
+from services.finetuner.engine import TorchEngine
 from services.finetuner.packing import (
     PackedRow,
     PreferencePair,
@@ -167,16 +167,16 @@ def train(
     state_dir: Path | None = None,
     fingerprint: str = "",
     progress: Progress | None = None,
-    engine: TorchEngine | None = None,
+    engine: TorchEngine,
 ) -> TrainResult:
     """Train ``model`` in place for ``spec.max_steps`` steps over ``items``; resumes from ``state_dir``.
 
-    ``engine`` (plain torch or DeepSpeed ZeRO, see ``engine.py``) is built from the spec when not given.
+    ``engine`` (plain torch or DeepSpeed ZeRO, ``engine.build_engine``) takes the steps; the caller
+    owns it (exports through it, then closes it).
     """
     started = time.perf_counter()
     torch.manual_seed(spec.seed)
     trainable, total = _count(model)
-    engine = engine or build_engine(model, spec, str(device))
     forward = engine.forward
     flatten = packed_attention_active(model)
     plan = schedule(len(items), spec.micro_batch_size, spec.max_steps, spec.seed)

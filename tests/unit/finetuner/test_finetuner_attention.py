@@ -21,6 +21,7 @@ from services.finetuner.attention import (
 from services.finetuner.data import load_records
 from services.finetuner.methods import wrap
 from services.finetuner.packing import build_examples, collate, collate_packed, pack
+from services.finetuner.templates import IGNORE_INDEX
 from services.finetuner.training import sft_loss
 
 
@@ -45,7 +46,7 @@ def test_segment_lengths_follow_restarting_positions() -> None:
 
 
 @pytest.mark.parametrize("flatten", [True, False])
-def test_packed_logits_equal_each_example_alone(
+def test_packed_logits_and_loss_equal_each_example_alone(
     packed_model: torch.nn.Module,
     examples: list,  # type: ignore[type-arg]
     flatten: bool,
@@ -53,8 +54,10 @@ def test_packed_logits_equal_each_example_alone(
     rows = pack(examples[:9], 256, seed=0)
     assert len(rows) >= 2 and all(r.position_ids.count(0) >= 2 for r in rows[:2])
     batch = collate_packed(rows[:2], pad_id=0, flatten=flatten)
-    if flatten:
+    if flatten:  # one unpadded sequence; every example start (row starts too) carries no label
         assert batch["input_ids"].shape == (1, len(rows[0].input_ids) + len(rows[1].input_ids))
+        assert (batch["labels"][batch["position_ids"] == 0] == IGNORE_INDEX).all()
+    total, count = 0.0, 0
     with torch.no_grad():
         logits = packed_model(**batch, use_cache=False).logits.reshape(-1, packed_model.config.vocab_size)
         width = batch["input_ids"].shape[1]
@@ -63,9 +66,13 @@ def test_packed_logits_equal_each_example_alone(
             base = offset if flatten else k * width
             starts = [i for i, p in enumerate(row.position_ids) if p == 0] + [len(row.input_ids)]
             for a, b in itertools.pairwise(starts):
-                alone = packed_model(input_ids=torch.tensor([row.input_ids[a:b]])).logits[0]
-                torch.testing.assert_close(logits[base + a : base + b], alone, atol=1e-5, rtol=1e-4)
+                labels = torch.tensor([row.labels[a:b]])
+                alone = packed_model(input_ids=torch.tensor([row.input_ids[a:b]]), labels=labels)
+                torch.testing.assert_close(logits[base + a : base + b], alone.logits[0], atol=1e-5, rtol=1e-4)
+                n = int((labels[0, 1:] != IGNORE_INDEX).sum())
+                total, count = total + float(alone.loss) * n, count + n
             offset += len(row.input_ids)
+        assert float(sft_loss(packed_model, batch)) == pytest.approx(total / count, rel=1e-4)
 
 
 def test_loss_and_gradients_match_transformers_mask(tiny_base: Path, examples: list) -> None:  # type: ignore[type-arg]
