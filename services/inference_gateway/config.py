@@ -33,6 +33,11 @@ class GatewaySettings(CommonSettings):
     gateway_prefix_caching: bool = Field(
         default=True, description="Reuse cached KV blocks of shared prefixes."
     )
+    gateway_kv_layout: Literal["auto", "rows", "paged"] = Field(
+        default="auto",
+        description="Where attention reads keys/values: contiguous rows per sequence (the CPU default) "
+        "or the paged blocks (the CUDA default).",
+    )
     gateway_default_max_tokens: int = Field(
         default=16, ge=1, description="max_tokens when a request omits it."
     )
@@ -91,4 +96,5 @@ class GatewaySettings(CommonSettings):
             "num_blocks": self.gateway_kv_blocks,
             "max_step_tokens": self.gateway_max_step_tokens,
             "prefix_caching": self.gateway_prefix_caching,
+            "kv_layout": self.gateway_kv_layout,
         }

@@ -22,6 +22,7 @@ from services.inference_gateway.pool import ModelNotFound, ModelPool
 from services.inference_gateway.prompts import Prompt
 from services.inference_gateway.router import NoWorker, Router
 from services.inference_gateway.sampling import InvalidRequest, SamplingParams
+from services.inference_gateway.wire import params_from_proto, prompt_from_request
 from services.inference_gateway.workers import WorkerView
 from shared.natsserver import free_port
 
@@ -234,3 +235,22 @@ async def test_a_replayed_older_promotion_does_not_switch_back(tiny_model: Path)
         assert await pool.drain(5)  # a stopping worker: nothing in flight, drained at once
     finally:
         await pool.close()
+
+
+def test_bad_worker_requests_say_what_is_wrong() -> None:
+    def req(**kw: object) -> inference_pb2.GenerateRequest:
+        return inference_pb2.GenerateRequest(model="tiny", **kw)  # type: ignore[arg-type]
+
+    with pytest.raises(InvalidRequest, match="exactly one of prompt, prompt_ids or chat_json"):
+        prompt_from_request(req())
+    with pytest.raises(InvalidRequest, match="exactly one of"):
+        prompt_from_request(req(prompt="a", prompt_ids=[1, 2]))
+    with pytest.raises(InvalidRequest, match="chat_json is not JSON"):
+        prompt_from_request(req(chat_json="{messages"))
+    with pytest.raises(InvalidRequest, match="non-empty list of message objects"):
+        prompt_from_request(req(chat_json='{"messages": []}'))
+    with pytest.raises(InvalidRequest, match="'tools' must be a list"):
+        prompt_from_request(req(chat_json='{"messages": [{"role": "user", "content": "hi"}], "tools": {}}'))
+    assert prompt_from_request(req(prompt_ids=[3, 4])).ids == (3, 4)
+    with pytest.raises(InvalidRequest, match="temperature must be >= 0"):
+        params_from_proto(inference_pb2.SamplingParams(temperature=-1), 16)
