@@ -99,7 +99,7 @@ class Ours:
         from services.finetuner.packing import pack, schedule
 
         self.rows = pack(examples, spec.seq_len, spec.seed)
-        if packed and not use_packed_attention(model):
+        if packed and not use_packed_attention(model, spec.seq_len):
             raise RuntimeError("packed attention did not apply to the benchmark model")
         torch.manual_seed(spec.seed)
         self.engine = build_engine(wrap(model, spec), spec, "cpu")

@@ -20,6 +20,13 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 PACKED_ATTENTION = "puyu_packed"
+# Architectures whose attention is plain causal softmax attention (at most a sliding window, checked
+# below): no logit soft-capping, attention sinks or position biases that per-example SDPA would
+# drop. Others keep transformers' own block-diagonal mask, exact and slower.
+SUPPORTED_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "olmo2", "granite"}
+)
+_UNSUPPORTED_KWARGS = ("softcap", "s_aux", "position_bias")
 _cache = threading.local()  # per thread: (position_ids tensor, its segment lengths per row)
 
 
@@ -80,7 +87,13 @@ def packed_attention_forward(
         scale=scaling,
         enable_gqa=query.shape[1] != key.shape[1],  # grouped-query heads without copying K and V
     )
+    for name in _UNSUPPORTED_KWARGS:
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(f"packed attention does not implement {name!r}")
     rows = _segments(position_ids)
+    window = kwargs.get("sliding_window")
+    if window is not None and max(max(lengths) for lengths in rows) > window:
+        raise ValueError(f"a packed example is longer than the sliding window ({window}) of this model")
     if all(len(lengths) == 1 for lengths in rows):  # nothing packed: one causal call for the batch
         whole = sdpa(query, key, value)
         return whole.transpose(1, 2).contiguous(), None
@@ -116,15 +129,25 @@ def register() -> None:
     AttentionMaskInterface.register(PACKED_ATTENTION, _padding_only_mask)
 
 
-def use_packed_attention(model: Any) -> bool:
-    """Switch ``model`` to packed attention; False (it keeps its own) when its architecture cannot."""
+def use_packed_attention(model: Any, max_len: int | None = None) -> bool:
+    """Switch ``model`` to packed attention; False (it keeps its own) when its architecture is not
+    one known to be exact with it, or a sequence of ``max_len`` could exceed its sliding window."""
+    config = model.config
+    model_type = getattr(config, "model_type", "")
+    window = getattr(config, "sliding_window", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        log.info("packed attention not used for model type %r: keeping transformers' mask", model_type)
+        return False
+    if window is not None and (max_len is None or max_len > window):
+        log.info("packed attention not used: sequences may exceed the sliding window (%s)", window)
+        return False
     register()
     try:
         model.set_attn_implementation(PACKED_ATTENTION)
     except (ValueError, KeyError, AttributeError) as exc:
         log.info("packed attention not available for %s: %s", type(model).__name__, exc)
         return False
-    return bool(getattr(model.config, "_attn_implementation", None) == PACKED_ATTENTION)
+    return bool(getattr(config, "_attn_implementation", None) == PACKED_ATTENTION)
 
 
 def restore_default_attention(model: Any) -> None:

@@ -87,7 +87,9 @@ def run_finetune(
         items = list(pack(examples, spec.seq_len, spec.seed)) if spec.packing else examples
     torch.manual_seed(spec.seed)  # LoRA's initial weights: a rerun (or resume) starts identically
     base = load_base(base_dir, spec, device)
-    packed_attention = use_packed_attention(base)  # per-example attention, no 4-D mask (attention.py)
+    packed_attention = use_packed_attention(
+        base, spec.seq_len
+    )  # per-example attention, no 4-D mask (attention.py)
     model = wrap(base, spec)
     fingerprint = hashlib.sha256(
         json.dumps([spec.model_dump(mode="json"), digest, str(base_ref or base_dir)]).encode()

@@ -114,3 +114,35 @@ def test_padded_batches_and_restore(packed_model: torch.nn.Module, examples: lis
     assert packed_model.config._attn_implementation == "sdpa"
     assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
     assert float(ours) == pytest.approx(float(stock), rel=1e-5)
+
+
+def test_only_known_exact_architectures_switch() -> None:
+    """A sliding window longer than any sequence is no window at all; a shorter one keeps the model
+    on transformers' own mask, and so does an architecture not known to be plain causal attention."""
+    from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=16,
+    )
+    mistral = MistralForCausalLM(config).eval()
+    assert not use_packed_attention(mistral, max_len=64) and mistral.config._attn_implementation == "sdpa"
+    assert use_packed_attention(mistral, max_len=16)
+    ids = torch.randint(0, 64, (1, 26))
+    pos = torch.tensor([list(range(10)) + list(range(16))])
+    with torch.no_grad():
+        packed = mistral(input_ids=ids, position_ids=pos, use_cache=False).logits
+        restore_default_attention(mistral)
+        stock = mistral(input_ids=ids, position_ids=pos, use_cache=False).logits
+        torch.testing.assert_close(packed, stock, atol=1e-5, rtol=1e-4)
+        assert use_packed_attention(mistral, max_len=16)
+        with pytest.raises(ValueError, match="longer than the sliding window"):
+            mistral(input_ids=ids, position_ids=torch.tensor([list(range(26))]), use_cache=False)
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=64))
+    assert not use_packed_attention(gpt2, max_len=16) and gpt2.config._attn_implementation != PACKED_ATTENTION
