@@ -27,6 +27,8 @@ def register_handlers(
         ack_wait=60.0,
         durable=durable if per_instance else None,
         idempotent=not per_instance,
+        # a worker gone for an hour (rescheduled under a new name) leaves no consumer behind
+        inactive_threshold=3600.0 if per_instance else None,
     )
     async def on_model_promoted(ctx: HandlerContext[ModelPromoted]) -> None:
         p = ctx.payload

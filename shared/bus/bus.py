@@ -206,10 +206,14 @@ class Bus:
         ack_wait: float = 30.0,
         backoff: tuple[float, ...] = (1.0, 4.0, 15.0, 30.0),
         idempotent: bool = True,
+        inactive_threshold: float | None = None,
     ) -> Callable[
         [Callable[[HandlerContext[P]], Awaitable[None]]], Callable[[HandlerContext[P]], Awaitable[None]]
     ]:
-        """Register ``handler(ctx)`` for events of type ``cls`` (one durable consumer per service)."""
+        """Register ``handler(ctx)`` for events of type ``cls`` (one durable consumer per service).
+
+        ``inactive_threshold`` (seconds): the server deletes the consumer after that long without a
+        pull (for consumers named per process instance, which would otherwise pile up)."""
         durable = durable or f"{self.service}--{cls.event_type}".replace(".", "_")
 
         def decorator(
@@ -232,6 +236,7 @@ class Bus:
                     # one more than ours: the last delivery is the one that dead-letters
                     max_deliver=max_deliver + 1,
                     filter_subject=cls.subject(),
+                    inactive_threshold=inactive_threshold,
                 ),
                 title=f"{self.service}:{cls.event_type}",
             )(_as_faststream_handler(consumer))

@@ -165,3 +165,32 @@ async def test_handler_crashing_mid_message_gets_it_again(nats_url: str, tmp_pat
         assert got == [2]
     finally:
         await replica.stop()
+
+
+async def test_instance_consumers_expire_when_inactive(nats_url: str) -> None:
+    """A consumer named after a process instance carries an inactivity threshold: the server removes
+    it once that instance is gone, instead of keeping one consumer per past process forever."""
+    bus = Bus(nats_url, "inactive-test")
+
+    @bus.handle(JobProgress, durable="inactive-test-instance-1", inactive_threshold=1.5, idempotent=False)
+    async def handler(ctx: HandlerContext[JobProgress]) -> None:
+        return None
+
+    await bus.start()
+    js = bus.broker.connection.jetstream()
+    stream = "PUYU_EVENTS"
+    info = await js.consumer_info(stream, "inactive-test-instance-1")
+    assert info.config.inactive_threshold == pytest.approx(1.5)
+    await bus.stop()
+    names: list[str] = []
+    for _ in range(40):  # the server sweeps inactive consumers on its own schedule
+        await asyncio.sleep(0.25)
+        probe = Bus(nats_url, "inactive-probe")
+        await probe.start()
+        try:
+            names = [c.name for c in await probe.broker.connection.jetstream().consumers_info(stream)]
+        finally:
+            await probe.stop()
+        if "inactive-test-instance-1" not in names:
+            break
+    assert "inactive-test-instance-1" not in names
