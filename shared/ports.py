@@ -15,6 +15,11 @@ SERVICES = (
     "agent_runtime",
 )
 
+# An inference worker (the gateway's engine process, PUYU_GATEWAY_ROLE=worker) in a container
+# (compose.yaml, deploy/k8s) serves on fixed ports past every service's; elsewhere a worker takes the
+# ports it is given (PUYU_GATEWAY_GRPC_PORT, _HTTP_PORT) or free ones, as several share a host.
+INFERENCE_WORKER_PORT_OFFSET = 17
+
 
 def grpc_port(service: str, settings: CommonSettings) -> int:
     return settings.grpc_port_base + 1 + SERVICES.index(service)
@@ -30,3 +35,11 @@ def registry_grpc_target(settings: CommonSettings) -> str:
 
 def gateway_base_url(settings: CommonSettings) -> str:
     return settings.gateway_url or f"http://{settings.host}:{http_port('inference_gateway', settings)}"
+
+
+def inference_worker_grpc_port(settings: CommonSettings) -> int:
+    return settings.grpc_port_base + INFERENCE_WORKER_PORT_OFFSET
+
+
+def inference_worker_http_port(settings: CommonSettings) -> int:
+    return settings.http_port_base + INFERENCE_WORKER_PORT_OFFSET

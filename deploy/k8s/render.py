@@ -20,7 +20,13 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from shared.ports import SERVICES, grpc_port, http_port  # noqa: E402
+from shared.ports import (  # noqa: E402
+    SERVICES,
+    grpc_port,
+    http_port,
+    inference_worker_grpc_port,
+    inference_worker_http_port,
+)
 from shared.settings import CommonSettings  # noqa: E402
 
 NAMESPACE = "puyu"
@@ -181,23 +187,76 @@ def nats() -> list[dict[str, Any]]:
     return [config, service, headless, statefulset]
 
 
+# More Deployments of a service's package in another role: name -> (package, replicas).
+WORKERS = {"inference-worker": ("inference_gateway", 2)}
+
+
+def _field(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
 def service(pkg: str) -> list[dict[str, Any]]:
     name = dashed(pkg)
+    env: list[dict[str, Any]] = []
+    if pkg == "inference_gateway":
+        # Each replica names itself in deployment.ready / deployment.failed events; the
+        # inference-worker pods hold the models, the gateway routes to them.
+        env.append(_field("PUYU_GATEWAY_INSTANCE", "metadata.name"))
+        env.append({"name": "PUYU_GATEWAY_LOCAL_MODELS", "value": "false"})
+    deployment = _deployment(name, pkg, env, http_port(pkg, DEFAULTS), grpc_port(pkg, DEFAULTS), replicas=1)
+    labels = deployment["spec"]["selector"]["matchLabels"]
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, ROLE[pkg]),
+        "spec": {
+            "selector": labels,
+            "ports": [
+                {
+                    "name": "http",
+                    "port": http_port(pkg, DEFAULTS),
+                    "targetPort": "http",
+                    "appProtocol": "http",
+                },
+                {
+                    "name": "grpc",
+                    "port": grpc_port(pkg, DEFAULTS),
+                    "targetPort": "grpc",
+                    "appProtocol": "grpc",
+                },
+            ],
+        },
+    }
+    return [deployment, svc]
+
+
+def worker(name: str) -> list[dict[str, Any]]:
+    """An inference worker: no Service, as the gateway dials the pod IPs the workers announce."""
+    pkg, replicas = WORKERS[name]
+    http, grpc = inference_worker_http_port(DEFAULTS), inference_worker_grpc_port(DEFAULTS)
+    env = [
+        {"name": "PUYU_GATEWAY_ROLE", "value": "worker"},
+        {"name": "PUYU_GATEWAY_GRPC_PORT", "value": str(grpc)},
+        {"name": "PUYU_GATEWAY_HTTP_PORT", "value": str(http)},
+        _field("PUYU_GATEWAY_INSTANCE", "metadata.name"),  # its announcement key and consumer name
+        _field("PUYU_GATEWAY_ADVERTISE_HOST", "status.podIP"),  # the address it announces
+    ]
+    return [_deployment(name, pkg, env, http, grpc, replicas=replicas)]
+
+
+def _deployment(
+    name: str, pkg: str, env: list[dict[str, Any]], http: int, grpc: int, *, replicas: int
+) -> dict[str, Any]:
     component = ROLE[pkg]
     labels = _labels(name, component)
     heavy = pkg in HEAVY
-    env: list[dict[str, Any]] = []
+    env = list(env)
     if pkg == "model_registry":
         env.append(
             {
                 "name": "PUYU_DATABASE_URL",
                 "valueFrom": {"secretKeyRef": {"name": "puyu-secrets", "key": "PUYU_DATABASE_URL"}},
             }
-        )
-    if pkg == "inference_gateway":
-        # Each replica names itself in deployment.ready / deployment.failed events.
-        env.append(
-            {"name": "PUYU_GATEWAY_INSTANCE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
         )
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": "puyu-secrets", "key": key}}})
@@ -209,8 +268,8 @@ def service(pkg: str) -> list[dict[str, Any]]:
         "envFrom": [{"configMapRef": {"name": "puyu-common"}}],
         "env": env,
         "ports": [
-            {"name": "http", "containerPort": http_port(pkg, DEFAULTS)},
-            {"name": "grpc", "containerPort": grpc_port(pkg, DEFAULTS)},
+            {"name": "http", "containerPort": http},
+            {"name": "grpc", "containerPort": grpc},
         ],
         # Model-loading services import torch and warm up: give them time before liveness counts.
         "startupProbe": _http_probe("/health", "http", 5, 36),
@@ -231,7 +290,7 @@ def service(pkg: str) -> list[dict[str, Any]]:
         "kind": "Deployment",
         "metadata": _meta(name, component),
         "spec": {
-            "replicas": 1,
+            "replicas": replicas,
             "selector": {"matchLabels": labels},
             # Never below the desired count: in-flight messages of a stopping pod are redelivered.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
@@ -254,29 +313,7 @@ def service(pkg: str) -> list[dict[str, Any]]:
             },
         },
     }
-    svc = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _meta(name, component),
-        "spec": {
-            "selector": labels,
-            "ports": [
-                {
-                    "name": "http",
-                    "port": http_port(pkg, DEFAULTS),
-                    "targetPort": "http",
-                    "appProtocol": "http",
-                },
-                {
-                    "name": "grpc",
-                    "port": grpc_port(pkg, DEFAULTS),
-                    "targetPort": "grpc",
-                    "appProtocol": "grpc",
-                },
-            ],
-        },
-    }
-    return [deployment, svc]
+    return deployment
 
 
 def manifests() -> dict[str, list[dict[str, Any]]]:
@@ -285,6 +322,7 @@ def manifests() -> dict[str, list[dict[str, Any]]]:
         "config.yaml": common_config(),
         "nats.yaml": nats(),
         **{f"services/{dashed(pkg)}.yaml": service(pkg) for pkg in SERVICES},
+        **{f"services/{name}.yaml": worker(name) for name in WORKERS},
     }
     files["kustomization.yaml"] = [
         {

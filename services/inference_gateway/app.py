@@ -110,14 +110,13 @@ def _serve_pool(
     """Follow promotions, restore the champions at start-up, announce what is served and the load."""
     store = ArtifactStore(settings.artifact_root_uri)
     register_handlers(runtime.bus, pool, store, instance, per_instance=per_instance)
-    host = settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    announcer = Announcer(
+    announcer = Announcer(  # the addresses a gateway in another container or pod can dial
         runtime.bus,
         pool,
         instance,
         interval=settings.gateway_announce_interval,
-        http_url=f"http://{host}:{runtime.http_port}",
-        grpc_target=f"{host}:{runtime.grpc_port}",
+        http_url=f"http://{settings.advertised_address(runtime.http_port)}",
+        grpc_target=settings.advertised_address(runtime.grpc_port),
     )
     runtime.on_start(announcer.start)
     restore: list[asyncio.Task[int]] = []

@@ -9,6 +9,8 @@ from pydantic import Field
 
 from shared.settings import CommonSettings
 
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
+
 
 class GatewaySettings(CommonSettings):
     gateway_role: Literal["gateway", "worker"] = Field(
@@ -77,6 +79,27 @@ class GatewaySettings(CommonSettings):
     gateway_num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads.")
     gateway_grpc_port: int | None = None
     gateway_http_port: int | None = None
+    gateway_advertise_host: str | None = Field(
+        default=None,
+        description="Host other processes reach this one at, in its announcements (default: PUYU_HOST "
+        "unless a wildcard, else the IP of this machine's hostname: the container or pod IP).",
+    )
+
+    def advertised_host(self) -> str:
+        """The host a gateway on another machine (container, pod) dials to reach this process."""
+        if self.gateway_advertise_host:
+            return self.gateway_advertise_host
+        if self.host not in WILDCARD_HOSTS:
+            return self.host
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return "127.0.0.1"
+
+    def advertised_address(self, port: int) -> str:
+        """``host:port`` of this process for others (an IPv6 literal in brackets)."""
+        host = self.advertised_host()
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def instance(self, grpc_port: int) -> str:
         if self.gateway_instance:

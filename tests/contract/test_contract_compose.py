@@ -12,13 +12,20 @@ import jsonschema
 import pytest
 import yaml
 
-from shared.ports import SERVICES, grpc_port, http_port
+from shared.ports import (
+    SERVICES,
+    grpc_port,
+    http_port,
+    inference_worker_grpc_port,
+    inference_worker_http_port,
+)
 from shared.settings import CommonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = {"nats", "postgres", "minio", "minio-init"}
 ONE_SHOT = {"minio-init"}
 PUBLISHED = {"model_registry", "inference_gateway", "agent_runtime"}
+WORKERS = {"inference-worker": "inference_gateway"}  # more processes of a service, in another role
 DEFAULTS = CommonSettings.model_construct()  # the port bases the images run with (no PUYU_*_PORT_BASE set)
 
 
@@ -54,12 +61,12 @@ def _package(name: str) -> str:
 
 def test_every_service_is_a_real_package(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    app = set(services) - INFRA
+    app = set(services) - INFRA - set(WORKERS)
     assert {_package(n) for n in app} == set(SERVICES), (
         "compose must run exactly the services of shared.ports"
     )
-    for name in app:
-        pkg = _package(name)
+    for name in app | set(WORKERS):
+        pkg = WORKERS.get(name) or _package(name)
         assert (ROOT / "services" / pkg / "__init__.py").is_file(), f"services/{pkg} is not a package"
         assert services[name]["command"] == ["puyu", "run", pkg]
         assert services[name]["build"]["dockerfile"] == "deploy/docker/Dockerfile"
@@ -105,10 +112,30 @@ def test_service_healthchecks_and_ports_follow_shared_ports(compose: dict[str, A
             assert not published, f"{pkg} should not be published"
 
 
+def test_inference_workers_scale_behind_a_routing_gateway(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    worker, gateway = services["inference-worker"], services["inference-gateway"]
+    env = worker["environment"]
+    assert env["PUYU_GATEWAY_ROLE"] == "worker"
+    ports = {int(env["PUYU_GATEWAY_HTTP_PORT"]), int(env["PUYU_GATEWAY_GRPC_PORT"])}
+    assert ports == {inference_worker_http_port(DEFAULTS), inference_worker_grpc_port(DEFAULTS)}
+    taken = {p for pkg in SERVICES for p in (http_port(pkg, DEFAULTS), grpc_port(pkg, DEFAULTS))}
+    assert not ports & (taken | {4222, 8222, 9000, 9001, 5432}), "a worker port clashes with a service's"
+    probe = " ".join(worker["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{env['PUYU_GATEWAY_HTTP_PORT']}/health" in probe
+    # Replicas (--scale) need no host ports, no fixed name and an address of their own (the default
+    # advertise host: the container's IP, as PUYU_HOST is a wildcard).
+    assert "ports" not in worker and "container_name" not in worker and "hostname" not in worker
+    assert "PUYU_GATEWAY_ADVERTISE_HOST" not in env and "PUYU_GATEWAY_INSTANCE" not in env
+    assert worker["depends_on"].keys() >= {"nats", "minio-init", "model-registry"}
+    assert gateway["environment"]["PUYU_GATEWAY_LOCAL_MODELS"] == "false"
+    assert "PUYU_GATEWAY_ROLE" not in gateway["environment"]
+
+
 def test_service_environment(compose: dict[str, Any]) -> None:
     services = compose["services"]
     registry = services["model-registry"]
-    for pkg in SERVICES:
+    for pkg in [*SERVICES, *WORKERS]:
         env = services[pkg.replace("_", "-")]["environment"]
         assert env["PUYU_NATS_URL"] == "nats://nats:4222"
         assert env["PUYU_ARTIFACT_ROOT"].startswith("s3://")
@@ -120,6 +147,7 @@ def test_service_environment(compose: dict[str, Any]) -> None:
             env["PUYU_GATEWAY_URL"] == f"http://inference-gateway:{http_port('inference_gateway', DEFAULTS)}"
         )
         assert ("PUYU_DATABASE_URL" in env) == (pkg == "model_registry")
+        assert ("PUYU_GATEWAY_ROLE" in env) == (pkg in WORKERS)
     assert registry["environment"]["PUYU_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert registry["depends_on"]["postgres"]["condition"] == "service_healthy"
     # The credentials the services use are the ones MinIO and PostgreSQL are set up with.

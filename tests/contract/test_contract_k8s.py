@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.ports import SERVICES, grpc_port, http_port
+from shared.ports import (
+    SERVICES,
+    grpc_port,
+    http_port,
+    inference_worker_grpc_port,
+    inference_worker_http_port,
+)
 from shared.settings import CommonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,6 +26,7 @@ K8S = ROOT / "deploy" / "k8s"
 K8S_VERSION = "1.33"
 DEFAULTS = CommonSettings.model_construct()
 REQUIRED_KINDS = {"Namespace", "ConfigMap", "Secret", "Service", "Deployment", "StatefulSet"}
+WORKERS = {"inference-worker": "inference_gateway"}  # more Deployments of a service, in another role
 
 
 def _render_module() -> ModuleType:
@@ -116,6 +123,45 @@ def test_every_service_has_deployment_service_and_probes(objects: list[dict[str,
             assert _port_number(container, port["targetPort"]) == port["port"]
 
 
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def test_inference_workers_behind_a_routing_gateway(objects: list[dict[str, Any]]) -> None:
+    kustomization = _load("kustomization.yaml")[0]
+    assert "services/inference-worker.yaml" in kustomization["resources"]
+    deployment = _named(objects, "Deployment", "inference-worker")
+    gateway = _named(objects, "Deployment", "inference-gateway")
+    assert deployment["spec"]["replicas"] >= 2
+    pod = deployment["spec"]["template"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "serving"
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["puyu", "run", WORKERS["inference-worker"]]
+    env = _env(container)
+    assert env["PUYU_GATEWAY_ROLE"] == "worker"
+    assert env["PUYU_GATEWAY_INSTANCE"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # The address it announces is the pod's: the gateway dials it there (PUYU_HOST is 0.0.0.0).
+    assert env["PUYU_GATEWAY_ADVERTISE_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    http, grpc = inference_worker_http_port(DEFAULTS), inference_worker_grpc_port(DEFAULTS)
+    assert (int(env["PUYU_GATEWAY_HTTP_PORT"]), int(env["PUYU_GATEWAY_GRPC_PORT"])) == (http, grpc)
+    assert (_port_number(container, "http"), _port_number(container, "grpc")) == (http, grpc)
+    taken = {p for pkg in SERVICES for p in (http_port(pkg, DEFAULTS), grpc_port(pkg, DEFAULTS))}
+    assert not {http, grpc} & taken
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] == "/health" and _port_number(container, get["port"]) == http, probe
+    (gw_container,) = gateway["spec"]["template"]["spec"]["containers"]
+    assert container["resources"] == gw_container["resources"]
+    assert {"configMapRef": {"name": "puyu-common"}} in container["envFrom"]
+    assert _env(gw_container)["PUYU_GATEWAY_LOCAL_MODELS"] == "false"
+    assert "PUYU_GATEWAY_ROLE" not in _env(gw_container)
+    # No Service selects the workers: requests reach them through the gateway only.
+    labels = pod["metadata"]["labels"]
+    for svc in (o for o in objects if o["kind"] == "Service"):
+        assert not svc["spec"]["selector"].items() <= labels.items(), svc["metadata"]["name"]
+
+
 def test_common_config_points_at_cluster_services(objects: list[dict[str, Any]]) -> None:
     data = _named(objects, "ConfigMap", "puyu-common")["data"]
     services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
@@ -148,4 +194,4 @@ def test_kustomize_builds() -> None:
     out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout) if d]
-    assert kinds.count("Deployment") == len(SERVICES)
+    assert kinds.count("Deployment") == len(SERVICES) + len(WORKERS)
