@@ -127,24 +127,26 @@ def test_zero_stages_match_plain_lora_and_export(tmp_path: Path, inputs: tuple[P
         )
 
 
-def test_zero_run_resumes_after_interruption_and_full_zero3(
+def test_zero_runs_resume_after_interruption_and_full_zero3(
     tmp_path: Path, inputs: tuple[Path, Path]
 ) -> None:
     base, data = inputs
-    jobs = [
-        {"name": "whole", "stage": 2, "method": "lora"},
-        {"name": "cut", "stage": 2, "method": "lora", "stop_at": 4},
-        {"name": "cut", "stage": 2, "method": "lora"},  # the same job again: resumes at step 4
-        {"name": "full0", "stage": 0, "method": "full"},
-        {"name": "full3", "stage": 3, "method": "full"},
-    ]
+    jobs = []
+    for stage in (2, 3):
+        jobs += [
+            {"name": f"whole{stage}", "stage": stage, "method": "lora"},
+            {"name": f"cut{stage}", "stage": stage, "method": "lora", "stop_at": 4},
+            {"name": f"cut{stage}", "stage": stage, "method": "lora"},  # the same job again: resumes
+        ]
+    jobs += [{"name": "full0", "stage": 0, "method": "full"}, {"name": "full3", "stage": 3, "method": "full"}]
     res = _run(tmp_path, base, data, jobs)
-    assert res["cut"]["resumed_from"] == 4
-    assert res["cut"]["losses"] == pytest.approx(res["whole"]["losses"], rel=1e-5)
-    whole = _weights(res["whole"]["adapter"], "adapter_model.safetensors")
-    resumed = _weights(res["cut"]["adapter"], "adapter_model.safetensors")
-    for key, ref in whole.items():
-        torch.testing.assert_close(resumed[key], ref, atol=1e-6, rtol=1e-5)
+    for stage in (2, 3):
+        cut, whole = res[f"cut{stage}"], res[f"whole{stage}"]
+        assert cut["resumed_from"] == 4, stage
+        assert cut["losses"] == pytest.approx(whole["losses"], rel=1e-5), stage
+        resumed = _weights(cut["adapter"], "adapter_model.safetensors")
+        for key, ref in _weights(whole["adapter"], "adapter_model.safetensors").items():
+            torch.testing.assert_close(resumed[key], ref, atol=1e-6, rtol=1e-5)
 
     assert res["full3"]["adapter"] is None
     assert res["full3"]["losses"] == pytest.approx(res["full0"]["losses"], rel=1e-4)
