@@ -22,6 +22,7 @@ import torch
 
 from contracts.events import FinetuneSpec
 from services.finetuner.methods import UnsupportedRequest
+from shared.distributed import init_deepspeed_world
 
 GRAD_CLIP = 1.0
 # One ZeRO engine at a time per process: all of them share the one process group, and collectives
@@ -121,21 +122,9 @@ class DeepSpeedEngine(TorchEngine):
 
     def _start(self, model: Any, spec: FinetuneSpec, device: str) -> None:
         import deepspeed  # the [train] extra; imported only when a job asks for ZeRO
-        import torch.distributed as dist
 
         self.spec, self._closed = spec, False
-        if not dist.is_initialized():
-            if "MASTER_ADDR" not in os.environ:  # started without a launcher: a world of one
-                from shared.natsserver import free_port
-
-                os.environ.update(
-                    MASTER_ADDR="127.0.0.1",
-                    MASTER_PORT=str(free_port()),
-                    RANK="0",
-                    LOCAL_RANK="0",
-                    WORLD_SIZE="1",
-                )
-            deepspeed.init_distributed(dist_backend="nccl" if device.startswith("cuda") else "gloo")
+        init_deepspeed_world("cuda" if device.startswith("cuda") else "cpu")
         self.params = [p for p in model.parameters() if p.requires_grad]
         optimizer = build_optimizer(self.params, spec)
         config = {

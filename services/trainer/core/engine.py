@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-import torch.distributed as dist
 
 from contracts.events import TrainSpec
 from services.trainer.core.llama import PuyuLlama
 from services.trainer.core.optim import build_optimizer, build_scheduler, lr_at, param_groups
+from shared.distributed import init_deepspeed_world
 
 
 def world() -> tuple[int, int, int]:
@@ -123,18 +123,7 @@ class DeepSpeedEngine(TorchEngine):
 
         self.spec, self.device, self._module = spec, device, model
         self.bf16 = use_bf16(spec, device)
-        if not dist.is_initialized():
-            if "MASTER_ADDR" not in os.environ:  # started without a launcher: a world of one
-                from shared.natsserver import free_port
-
-                os.environ.update(
-                    MASTER_ADDR="127.0.0.1",
-                    MASTER_PORT=str(free_port()),
-                    RANK="0",
-                    LOCAL_RANK="0",
-                    WORLD_SIZE="1",
-                )
-            deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+        init_deepspeed_world(device.type)
         config = {
             "train_micro_batch_size_per_gpu": spec.micro_batch_size,
             "gradient_accumulation_steps": spec.gradient_accumulation_steps,
