@@ -220,10 +220,13 @@ def demo(settings: CommonSettings, keep: bool = False, timeout: float = 900.0) -
     if demo_home.exists():
         shutil.rmtree(demo_home)
     settings = settings.model_copy(update={"home": demo_home})
-    stack = Stack(settings)
-    console.print(f"home {settings.home.resolve()}  nats {settings.nats_url}")
+    # Its own nats-server too: markers and jobs of an earlier run on a shared server would make this
+    # run's deterministic events (e.g. the evaluation of puyu-demo v1) look already handled.
+    stack = Stack(settings, own_nats=True)
     with console.status("starting nats-server and the eight services..."):
         stack.start()
+    settings = stack.settings
+    console.print(f"home {settings.home.resolve()}  nats {settings.nats_url}")
     try:
         with console.status("waiting for the services to report healthy..."):
             stack.wait_healthy(timeout=240)

@@ -31,8 +31,13 @@ class Stack:
         services: tuple[str, ...] = SERVICES,
         extra_env: dict[str, str] | None = None,
         restart: bool = True,
+        own_nats: bool = False,
     ) -> None:
+        """``own_nats``: always start a nats-server of this stack's own (free port, store under its home)
+        instead of using one that answers at the configured URL, so that no state from earlier runs
+        (processed-event markers, the job board, durable consumers) reaches this one."""
         self.settings = settings
+        self.own_nats = own_nats
         self.services = services
         self.extra_env = extra_env or {}
         self.restart = restart
@@ -47,6 +52,10 @@ class Stack:
 
     # ------------------------------------------------------------------------------ nats
     def ensure_nats(self) -> str:
+        if self.own_nats:
+            self.nats = NatsServer(self.home / "nats", host="127.0.0.1").start()
+            self.settings = self.settings.model_copy(update={"nats_url": self.nats.url})
+            return self.nats.url
         url = self.settings.nats_url
         if answers(url):
             return url

@@ -2,12 +2,12 @@
 
 CUDA peaks come from the vendors' data sheets (dense, no sparsity); ``PUYU_TRAINER_PEAK_TFLOPS``
 overrides. The CPU has no data-sheet figure that means much for one process: its peak is the fp32
-matmul rate measured once (1024² GEMM after a warm-up, best over half a second) with the threads the run uses.
+matmul rate measured with the threads the run uses (best 1024² GEMM over half a second), at the start
+and again before the final checkpoint, the best of the two counting.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 
@@ -24,23 +24,20 @@ _CUDA_PEAKS = (
 )
 
 
-@functools.cache
-def peak_flops(device_type: str, device_name: str, bf16: bool, threads: int) -> float:
-    if env := os.environ.get("PUYU_TRAINER_PEAK_TFLOPS"):
-        return float(env) * 1e12
-    if device_type == "cuda":
-        for fragment, bf, fp in _CUDA_PEAKS:
-            if fragment in device_name:
-                return (bf if bf16 else fp) * 1e12
-        return 0.0  # unknown GPU: no MFU rather than a wrong one
+def _cuda_peak(device_name: str, bf16: bool) -> float:
+    for fragment, bf, fp in _CUDA_PEAKS:
+        if fragment in device_name:
+            return (bf if bf16 else fp) * 1e12
+    return 0.0  # unknown GPU: no MFU rather than a wrong one
+
+
+def measure_cpu_peak() -> float:
+    """fp32 GEMM FLOP/s with the current threads: the best 1024² matmul over at least half a second.
+    A run that another process interrupts is too slow, never too fast."""
     n = 1024
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)  # warm-up: thread pool start and page faults are not the peak
-    best = float("inf")
-    # Best of many, over at least half a second: a measurement that another process interrupts is too
-    # slow, never too fast, and an underestimated peak reports an MFU above 1 (the demo's services
-    # starting beside the trainer once made ten back-to-back runs all slow).
-    started, runs = time.perf_counter(), 0
+    best, started, runs = float("inf"), time.perf_counter(), 0
     while runs < 10 or (time.perf_counter() - started < 0.5 and runs < 500):
         t = time.perf_counter()
         torch.mm(a, b)
@@ -49,9 +46,21 @@ def peak_flops(device_type: str, device_name: str, bf16: bool, threads: int) -> 
     return 2 * n**3 / best
 
 
-def device_peak(device: torch.device, bf16: bool) -> float:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return peak_flops(device.type, name, bf16, torch.get_num_threads())
+_CPU_BEST: dict[int, float] = {}  # threads -> best CPU peak measured in this process
+
+
+def device_peak(device: torch.device, bf16: bool, remeasure: bool = False) -> float:
+    """The device's peak FLOP/s. The CPU's is measured (once, or again with ``remeasure``) and the
+    best measurement counts: other processes busy at the first one (in the demo, the agent runtime
+    embedding the new corpus as training starts) make it low, and a low peak overstates the MFU."""
+    if env := os.environ.get("PUYU_TRAINER_PEAK_TFLOPS"):
+        return float(env) * 1e12
+    if device.type == "cuda":
+        return _cuda_peak(torch.cuda.get_device_name(device), bf16)
+    threads = torch.get_num_threads()
+    if remeasure or threads not in _CPU_BEST:
+        _CPU_BEST[threads] = max(_CPU_BEST.get(threads, 0.0), measure_cpu_peak())
+    return _CPU_BEST[threads]
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak: float) -> float:

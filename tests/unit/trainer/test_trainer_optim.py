@@ -50,3 +50,20 @@ def test_config_errors_name_the_problem() -> None:
         validate(TrainSpec(max_steps=10, warmup_steps=10))
     with pytest.raises(TrainConfigError, match="torch_compile 'on' is not supported with ZeRO"):
         validate(TrainSpec(torch_compile="on", zero_stage=2))
+
+
+def test_cpu_peak_keeps_the_best_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peak measured while other processes were busy is low and would overstate the MFU: a later
+    measurement replaces it only when higher."""
+    from services.trainer.core import mfu
+
+    readings = iter([100e9, 50e9, 200e9])
+    monkeypatch.setattr(mfu, "measure_cpu_peak", lambda: next(readings))
+    monkeypatch.setattr(mfu, "_CPU_BEST", {})
+    monkeypatch.delenv("PUYU_TRAINER_PEAK_TFLOPS", raising=False)
+    cpu = torch.device("cpu")
+    assert mfu.device_peak(cpu, False) == 100e9
+    assert mfu.device_peak(cpu, False) == 100e9  # measured once unless asked again
+    assert mfu.device_peak(cpu, False, remeasure=True) == 100e9  # 50 was contended
+    assert mfu.device_peak(cpu, False, remeasure=True) == 200e9
+    assert mfu.mfu(1000.0, 1e6, 200e9) == pytest.approx(0.005)
