@@ -19,8 +19,8 @@ from urllib.parse import urlparse
 
 import httpx
 
-from shared.natsserver import NatsServer, answers
-from shared.ports import SERVICES, http_port
+from shared.natsserver import NatsServer, answers, free_port
+from shared.ports import SERVICES, grpc_port, http_port
 from shared.settings import CommonSettings
 
 
@@ -53,7 +53,11 @@ class Stack:
     # ------------------------------------------------------------------------------ nats
     def ensure_nats(self) -> str:
         if self.own_nats:
-            self.nats = NatsServer(self.home / "nats", host="127.0.0.1").start()
+            taken = {f(name, self.settings) for name in self.services for f in (grpc_port, http_port)}
+            port = free_port()
+            while port in taken:  # an ephemeral port may be one a service is about to bind
+                port = free_port()
+            self.nats = NatsServer(self.home / "nats", port=port, host="127.0.0.1").start()
             self.settings = self.settings.model_copy(update={"nats_url": self.nats.url})
             return self.nats.url
         url = self.settings.nats_url
