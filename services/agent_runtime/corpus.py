@@ -100,11 +100,11 @@ def _parquet_documents(uri: str) -> Iterator[Document]:
                 if not isinstance(text, str):
                     raise CorpusError(f"{uri}: row {n} has no 'text'")
                 yield Document(str(record.get("id") or f"{uri}#{n}"), text)
+    except CorpusError:
+        raise
     except FileNotFoundError:
         raise CorpusError(f"shard not found: {uri}") from None
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        if isinstance(exc, CorpusError):
-            raise
         raise CorpusError(f"cannot read Parquet shard {uri}: {exc}") from None
 
 

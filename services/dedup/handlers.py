@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 
 from contracts.events import (
-    CorpusDeduplicated,
     CorpusIngested,
     DatasetRef,
     DedupItemRequested,
@@ -22,7 +21,7 @@ from contracts.events import (
 )
 from services.dedup.config import DedupSettings
 from services.dedup.core import DedupInputError, run_dedup
-from services.dedup.items import KIND, output_id, run_item, start_job
+from services.dedup.items import KIND, deduplicated_event, output_id, run_item, start_job
 from shared.artifacts import ArtifactStore
 from shared.bus import Bus, HandlerContext, JobRejected
 
@@ -94,25 +93,9 @@ async def deduplicate(
     except DedupInputError as exc:
         raise JobRejected(str(exc)) from exc
     store.put_dir(staging, key)
-    out = DatasetRef(
-        dataset_id=dataset_id,
-        manifest_uri=store.uri(f"{key}/manifest.json"),
-        digest=hashlib.sha256((staging / "manifest.json").read_bytes()).hexdigest(),
-    )
-    stats = manifest["stats"]
-    await ctx.publish(
-        CorpusDeduplicated(
-            job_id=job_id,
-            source=source,
-            dataset=out,
-            documents_in=stats["documents_in"],
-            documents_out=stats["documents_out"],
-            exact_duplicates=stats["exact_duplicates"],
-            near_duplicates=stats["near_duplicates"],
-            pipeline=pipeline,
-        ),
-        event_id=f"dedup:{source.dataset_id}",
-    )
+    event = deduplicated_event(job_id, source, dataset_id, store, key, staging, manifest, pipeline)
+    await ctx.publish(event, event_id=f"dedup:{source.dataset_id}")
+    out, stats = event.dataset, manifest["stats"]
     await bus.jobs.update(
         job_id,
         KIND,

@@ -52,6 +52,35 @@ KIND = "dedup"
 _PROGRESS = {"signatures": 0.0, "pairs": 0.6, "cluster": 0.8}
 
 
+def deduplicated_event(
+    job_id: str,
+    source: DatasetRef,
+    dataset_id: str,
+    store: ArtifactStore,
+    key: str,
+    staging: Path,
+    manifest: dict[str, Any],
+    pipeline: PipelineSpec | None,
+) -> CorpusDeduplicated:
+    """``corpus.deduplicated`` for an output written under ``key`` (staged in ``staging``)."""
+    out = DatasetRef(
+        dataset_id=dataset_id,
+        manifest_uri=store.uri(f"{key}/manifest.json"),
+        digest=hashlib.sha256((staging / "manifest.json").read_bytes()).hexdigest(),
+    )
+    stats = manifest["stats"]
+    return CorpusDeduplicated(
+        job_id=job_id,
+        source=source,
+        dataset=out,
+        documents_in=stats["documents_in"],
+        documents_out=stats["documents_out"],
+        exact_duplicates=stats["exact_duplicates"],
+        near_duplicates=stats["near_duplicates"],
+        pipeline=pipeline,
+    )
+
+
 def output_id(source_id: str) -> str:
     return f"{source_id}-dedup"
 
@@ -237,24 +266,19 @@ async def _cluster(ctx: HandlerContext[Any], store: ArtifactStore, work: WorkFol
         manifest = await asyncio.to_thread(run)
     except DedupInputError as exc:
         raise JobRejected(str(exc)) from exc
-    source = DatasetRef.model_validate(plan.extra["source"])
-    out = DatasetRef(
-        dataset_id=plan.dataset_id,
-        manifest_uri=store.uri(f"{key}/manifest.json"),
-        digest=hashlib.sha256((staging / "manifest.json").read_bytes()).hexdigest(),
+    pipeline = plan.extra.get("pipeline")
+    event = deduplicated_event(
+        plan.job_id,
+        DatasetRef.model_validate(plan.extra["source"]),
+        plan.dataset_id,
+        store,
+        key,
+        staging,
+        manifest,
+        PipelineSpec.model_validate(pipeline) if pipeline else None,
     )
     stats = manifest["stats"]
-    pipeline = plan.extra.get("pipeline")
-    event = CorpusDeduplicated(
-        job_id=plan.job_id,
-        source=source,
-        dataset=out,
-        documents_in=stats["documents_in"],
-        documents_out=stats["documents_out"],
-        exact_duplicates=stats["exact_duplicates"],
-        near_duplicates=stats["near_duplicates"],
-        pipeline=PipelineSpec.model_validate(pipeline) if pipeline else None,
-    )
+    out = event.dataset
     await asyncio.to_thread(work.record, "cluster", 0, "done", attempt)
     # The end marker holds the event: whoever finds the job over (a late copy of an item, the
     # job asked again) ends it the same way, and the event's id makes the bus keep one copy.

@@ -71,8 +71,7 @@ class TorchEngine:
                 self._module, device_ids=[device.index] if device.type == "cuda" else None
             )
         self.eval_model: torch.nn.Module = self.model  # eager: no second compile for no-grad mode
-        self.compiled = use_compile(spec, device)
-        if self.compiled:
+        if use_compile(spec, device):
             self.model = cast(torch.nn.Module, torch.compile(self.model))
         self.bf16 = use_bf16(spec, device)
 
@@ -143,8 +142,7 @@ class DeepSpeedEngine(TorchEngine):
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
         )
         self.ds: Any = self.model
-        self.eval_model = self.model
-        self.compiled = False  # refused by validate(): DeepSpeed wraps and partitions the module
+        self.eval_model = self.model  # no torch.compile under ZeRO (validate() refuses it)
 
     def forward_backward(self, batch: dict[str, torch.Tensor], accum: int, last: bool) -> torch.Tensor:
         _, loss = self.ds(batch["input_ids"], batch["labels"], batch.get("position_ids"))

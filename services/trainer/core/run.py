@@ -244,7 +244,7 @@ def run_training(
 
     n_params = count_parameters(model)
     fpt = flops_per_token(model, spec.seq_len)
-    peak_box = [device_peak(dev, engine.bf16) * world_size]  # re-measured before the final save
+    peak = device_peak(dev, engine.bf16) * world_size  # re-measured before the final save
     history: list[StepMetrics] = list(point.state.get("history", [])) if point else []
     hyper = spec.model_dump(mode="json")
     totals = {
@@ -261,7 +261,7 @@ def run_training(
             "loss": recent[-1].loss if recent else float("nan"),
             "loss_avg10": sum(m.loss for m in recent) / len(recent) if recent else float("nan"),
             "tokens_per_s": tps,
-            "mfu": mfu(tps, fpt, peak_box[0]),
+            "mfu": mfu(tps, fpt, peak),
             "tokens_seen": totals["tokens"],
             "train_seconds": totals["seconds"],
             "parameters": float(n_params),
@@ -326,7 +326,7 @@ def run_training(
             lr=m.lr,
             grad_norm=m.grad_norm,
             tokens_per_s=m.tokens_per_s * world_size,
-            mfu=mfu(m.tokens_per_s * world_size, fpt, peak_box[0]),
+            mfu=mfu(m.tokens_per_s * world_size, fpt, peak),
             **extra,
         )
         if m.step < spec.max_steps and spec.checkpoint_interval and m.step % spec.checkpoint_interval == 0:
@@ -348,7 +348,7 @@ def run_training(
             if done > start_step:  # keep what was learned: the redelivered job resumes here
                 save(done, final=False, announce=False)
             raise
-        peak_box[0] = device_peak(dev, engine.bf16, remeasure=True) * world_size
+        peak = device_peak(dev, engine.bf16, remeasure=True) * world_size
         final_path = save(spec.max_steps, final=True)
     else:  # finished before (a redelivery): announce the same final checkpoint again
         final_path = point.checkpoint if point else ckpt.checkpoint_dir(run_dir, spec.max_steps)
