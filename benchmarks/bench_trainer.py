@@ -1,21 +1,33 @@
 """Pretraining throughput: puyu's trainer (``run_training``, the code ``puyu train`` and the service
 run) against a plain ``transformers.Trainer`` on the same model (the demo's Llama, same initial
-weights), the same packed sequences and the same batch (16 x 128), both fp32 on the CPU with the
-same threads, in the same run. puyu runs as a long job does (``torch_compile`` on: the compile happens
-in the warm-up steps, which are not timed); its eager figure is reported too. Steady-state tokens/s is measured the same way for both: wall time
-between the ends of optimizer steps, after warm-up steps. The two alternate over ``ROUNDS`` rounds
-(the machine is shared: alternation keeps drifts out of the ratio) and the median per side counts.
+weights), the same packed sequences and the same batch (16 x 128) on the CPU with the same threads,
+in the same run, at the same precision on both sides:
 
-Prints one JSON line last: both rates, their ratio (puyu / baseline) and puyu's MFU.
+- fp32 on both;
+- bf16 mixed precision on both (autocast, fp32 master weights: ``TrainSpec.precision='bf16'`` and
+  ``TrainingArguments(bf16=True)``), on CPUs that multiply bf16 natively (AVX512-BF16 or AMX), where
+  it is puyu's ``precision: auto``.
+
+puyu runs as a long job does (``torch_compile`` on: the compile happens in the warm-up steps, which
+are not timed); its eager figure and its figure with document attention are reported too. Both sides
+are timed the same way: the median wall time between the ends of optimizer steps after the warm-up
+steps. The systems alternate over ``BENCH_ROUNDS`` rounds (the machine is shared: alternation keeps
+drifts out of the ratios) and the median per system counts.
+
+Prints one JSON line last: the rates, the ratios (puyu / baseline at the same precision), the
+headline ratio at puyu's default precision on this machine, and the MFUs.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,6 +37,7 @@ from transformers.utils import logging as hf_logging
 from contracts.events import TrainSpec
 from services.trainer.core import TrainJob, run_training
 from services.trainer.core.data import PackedDataset, tokenize_stream
+from services.trainer.core.engine import use_bf16
 from services.trainer.core.llama import to_hf_state_dict
 from services.trainer.core.mfu import device_peak, mfu
 from services.trainer.core.model import build_model, flops_per_token
@@ -33,25 +46,23 @@ from shared.artifacts import ArtifactStore
 from shared.samples import heldout_texts
 
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
-STEPS, WARMUP, ROUNDS = 10, 3, int(os.environ.get("BENCH_ROUNDS", "2"))
+STEPS, WARMUP, ROUNDS = 16, 4, int(os.environ.get("BENCH_ROUNDS", "2"))
 
 
 def steady_rate(step_ends: list[float], tokens_per_step: int) -> float:
+    """Tokens over the median step time after warm-up (one preempted step does not move it)."""
     window = step_ends[WARMUP:]
-    return tokens_per_step * (len(window) - 1) / (window[-1] - window[0])
+    return tokens_per_step / statistics.median(b - a for a, b in itertools.pairwise(window))
 
 
-def bench_puyu(
-    spec: TrainSpec, data: Path, tok_dir: Path, work: Path, doc_attention: bool, compile_: bool = True
-) -> float:
+def bench_puyu(spec: TrainSpec, data: Path, work: Path, **update: object) -> float:
     ends: list[float] = []
 
     def progress(stage: str, fraction: float, message: str = "", **m: float) -> None:
         if "step" in m:
             ends.append(time.perf_counter())
 
-    update = {"document_attention": doc_attention, "torch_compile": "on" if compile_ else "off"}
-    spec = spec.model_copy(update=update)
+    spec = spec.model_copy(update={"document_attention": False, "torch_compile": "on", **update})
     run_training(
         TrainJob("bench", spec, [str(data)]),
         work,
@@ -71,7 +82,7 @@ class _Clock(TrainerCallback):
 
 
 def bench_hf(
-    spec: TrainSpec, model: LlamaForCausalLM, sequences: list[dict[str, list[int]]], work: Path
+    spec: TrainSpec, model: LlamaForCausalLM, sequences: list[dict[str, list[int]]], work: Path, bf16: bool
 ) -> float:
     args = TrainingArguments(
         output_dir=str(work),
@@ -87,6 +98,7 @@ def bench_hf(
         report_to="none",
         logging_steps=STEPS,
         use_cpu=True,
+        bf16=bf16,
         dataloader_num_workers=0,
         disable_tqdm=True,
         seed=spec.seed,
@@ -100,6 +112,9 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     hf_logging.set_verbosity_error()
     spec = TrainSpec(max_steps=STEPS, num_threads=THREADS, warmup_steps=2)  # the demo's model and batch
+    cpu = torch.device("cpu")
+    default_bf16 = use_bf16(spec, cpu)  # precision 'auto' on this machine
+    precisions = ["fp32", "bf16"] if default_bf16 else ["fp32"]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         texts = heldout_texts(600, seed=5)
@@ -115,42 +130,53 @@ def main() -> None:
         ]
         ours = build_model(spec.architecture, tok, spec.seed)
         hf_init = to_hf_state_dict(ours)
-        rates: dict[str, list[float]] = {"hf": [], "puyu": [], "puyu_eager": [], "puyu_doc": []}
+        default = precisions[-1]
+        rates: dict[str, list[float]] = {}
         for r in range(ROUNDS):
-            hf_model = LlamaForCausalLM(ours.config)
-            hf_model.load_state_dict(hf_init, strict=False)
-            rates["hf"].append(bench_hf(spec, hf_model, sequences, root / f"hf-{r}"))
-            rates["puyu"].append(bench_puyu(spec, data, root / "tok", root / f"puyu-{r}", False))
-            rates["puyu_eager"].append(
-                bench_puyu(spec, data, root / "tok", root / f"eager-{r}", False, compile_=False)
-            )
-            rates["puyu_doc"].append(bench_puyu(spec, data, root / "tok", root / f"doc-{r}", True))
-            print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.0f} tok/s" for k, v in rates.items()), flush=True)
+            for p in precisions:
+                hf_model = LlamaForCausalLM(ours.config)
+                hf_model.load_state_dict(hf_init, strict=False)
+                run: dict[str, Callable[[], float]] = {
+                    f"hf_{p}": partial(bench_hf, spec, hf_model, sequences, root / f"hf-{r}", p == "bf16"),
+                    f"puyu_{p}": partial(bench_puyu, spec, data, root / f"puyu-{r}-{p}", precision=p),
+                }
+                if p == default:
+                    run[f"puyu_{p}_eager"] = partial(
+                        bench_puyu, spec, data, root / f"eager-{r}", precision=p, torch_compile="off"
+                    )
+                    run[f"puyu_{p}_document_attention"] = partial(
+                        bench_puyu, spec, data, root / f"doc-{r}", precision=p, document_attention=True
+                    )
+                for name, fn in run.items():
+                    rates.setdefault(name, []).append(fn())
+            print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()), flush=True)
         med = {k: statistics.median(v) for k, v in rates.items()}
         fpt = flops_per_token(ours, spec.seq_len)
-        peak = device_peak(torch.device("cpu"), bf16=False)
-        print(
-            json.dumps(
-                {
-                    "benchmark": "trainer_tokens_per_s",
-                    "model_parameters": sum(p.numel() for p in ours.parameters()),
-                    "batch": f"{spec.micro_batch_size}x{spec.seq_len}",
-                    "threads": THREADS,
-                    "baseline": "transformers.Trainer (LlamaForCausalLM, sdpa, fused AdamW)",
-                    "baseline_tokens_per_s": round(med["hf"], 1),
-                    "puyu_tokens_per_s": round(med["puyu"], 1),
-                    "ratio": round(med["puyu"] / med["hf"], 3),
-                    "puyu_eager_tokens_per_s": round(med["puyu_eager"], 1),
-                    "ratio_eager": round(med["puyu_eager"] / med["hf"], 3),
-                    "puyu_document_attention_tokens_per_s": round(med["puyu_doc"], 1),
-                    "ratio_document_attention": round(med["puyu_doc"] / med["hf"], 3),
-                    "cpu_peak_gflops_measured": round(peak / 1e9, 1),
-                    "puyu_mfu": round(mfu(med["puyu"], fpt, peak), 4),
-                    "baseline_mfu": round(mfu(med["hf"], fpt, peak), 4),
-                    "rounds": rates,
-                }
+        result: dict[str, object] = {
+            "benchmark": "trainer_tokens_per_s",
+            "model_parameters": sum(p.numel() for p in ours.parameters()),
+            "batch": f"{spec.micro_batch_size}x{spec.seq_len}",
+            "threads": THREADS,
+            "baseline": "transformers.Trainer (LlamaForCausalLM, sdpa, fused AdamW), same precision",
+            "default_precision": default,
+        }
+        for p in precisions:
+            peak = device_peak(cpu, bf16=p == "bf16")
+            result |= {
+                f"baseline_tokens_per_s_{p}": round(med[f"hf_{p}"], 1),
+                f"puyu_tokens_per_s_{p}": round(med[f"puyu_{p}"], 1),
+                f"ratio_{p}": round(med[f"puyu_{p}"] / med[f"hf_{p}"], 3),
+                f"cpu_peak_gflops_{p}": round(peak / 1e9, 1),
+                f"puyu_mfu_{p}": round(mfu(med[f"puyu_{p}"], fpt, peak), 4),
+                f"baseline_mfu_{p}": round(mfu(med[f"hf_{p}"], fpt, peak), 4),
+            }
+        for variant in ("eager", "document_attention"):
+            result[f"ratio_{default}_{variant}"] = round(
+                med[f"puyu_{default}_{variant}"] / med[f"hf_{default}"], 3
             )
-        )
+        result["ratio"] = result[f"ratio_{default}"]  # at puyu's default precision on this machine
+        result["rounds"] = {k: [round(x) for x in v] for k, v in rates.items()}
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -167,7 +167,11 @@ class TrainSpec(_Model):
     )
     eval_fraction: float = Field(default=0.02, ge=0, lt=0.5, description="Share of documents held out.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        default="auto", description="auto: bf16 on CUDA, else fp32."
+        default="auto",
+        description=(
+            "bf16 is autocast with fp32 master weights. auto: bf16 on CUDA and, without ZeRO, on CPUs with "
+            "native bf16 matmul (AVX512-BF16 or AMX); else fp32."
+        ),
     )
     zero_stage: int = Field(
         default=0, ge=0, le=3, description="0: plain torch (DDP if distributed); 1-3: ZeRO."

@@ -1,8 +1,8 @@
 """Model FLOPs utilisation: achieved training FLOP/s over the device's peak.
 
 CUDA peaks come from the vendors' data sheets (dense, no sparsity); ``PUYU_TRAINER_PEAK_TFLOPS``
-overrides. The CPU has no data-sheet figure that means much for one process: its peak is the fp32
-matmul rate measured with the threads the run uses (best 1024² GEMM over half a second), at the start
+overrides. The CPU has no data-sheet figure that means much for one process: its peak is the
+matmul rate in the run's precision (fp32, or bf16 under autocast) measured with the threads the run uses (best 1024² GEMM over half a second), at the start
 and again before the final checkpoint, the best of the two counting.
 """
 
@@ -31,11 +31,11 @@ def _cuda_peak(device_name: str, bf16: bool) -> float:
     return 0.0  # unknown GPU: no MFU rather than a wrong one
 
 
-def measure_cpu_peak() -> float:
-    """fp32 GEMM FLOP/s with the current threads: the best 1024² matmul over at least half a second.
-    A run that another process interrupts is too slow, never too fast."""
+def measure_cpu_peak(dtype: torch.dtype = torch.float32) -> float:
+    """GEMM FLOP/s in ``dtype`` with the current threads: the best 1024² matmul over at least half a
+    second. A run that another process interrupts is too slow, never too fast."""
     n = 1024
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)  # warm-up: thread pool start and page faults are not the peak
     best, started, runs = float("inf"), time.perf_counter(), 0
     while runs < 10 or (time.perf_counter() - started < 0.5 and runs < 500):
@@ -46,7 +46,7 @@ def measure_cpu_peak() -> float:
     return 2 * n**3 / best
 
 
-_CPU_BEST: dict[int, float] = {}  # threads -> best CPU peak measured in this process
+_CPU_BEST: dict[tuple[int, bool], float] = {}  # (threads, bf16) -> best CPU peak measured in this process
 
 
 def device_peak(device: torch.device, bf16: bool, remeasure: bool = False) -> float:
@@ -57,10 +57,11 @@ def device_peak(device: torch.device, bf16: bool, remeasure: bool = False) -> fl
         return float(env) * 1e12
     if device.type == "cuda":
         return _cuda_peak(torch.cuda.get_device_name(device), bf16)
-    threads = torch.get_num_threads()
-    if remeasure or threads not in _CPU_BEST:
-        _CPU_BEST[threads] = max(_CPU_BEST.get(threads, 0.0), measure_cpu_peak())
-    return _CPU_BEST[threads]
+    key = (torch.get_num_threads(), bf16)
+    if remeasure or key not in _CPU_BEST:
+        peak = measure_cpu_peak(torch.bfloat16 if bf16 else torch.float32)
+        _CPU_BEST[key] = max(_CPU_BEST.get(key, 0.0), peak)
+    return _CPU_BEST[key]
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak: float) -> float:

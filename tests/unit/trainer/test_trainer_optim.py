@@ -58,7 +58,7 @@ def test_cpu_peak_keeps_the_best_measurement(monkeypatch: pytest.MonkeyPatch) ->
     from services.trainer.core import mfu
 
     readings = iter([100e9, 50e9, 200e9])
-    monkeypatch.setattr(mfu, "measure_cpu_peak", lambda: next(readings))
+    monkeypatch.setattr(mfu, "measure_cpu_peak", lambda dtype=None: next(readings))
     monkeypatch.setattr(mfu, "_CPU_BEST", {})
     monkeypatch.delenv("PUYU_TRAINER_PEAK_TFLOPS", raising=False)
     cpu = torch.device("cpu")
@@ -67,3 +67,22 @@ def test_cpu_peak_keeps_the_best_measurement(monkeypatch: pytest.MonkeyPatch) ->
     assert mfu.device_peak(cpu, False, remeasure=True) == 100e9  # 50 was contended
     assert mfu.device_peak(cpu, False, remeasure=True) == 200e9
     assert mfu.mfu(1000.0, 1e6, 200e9) == pytest.approx(0.005)
+
+
+def test_precision_auto_is_bf16_where_the_hardware_multiplies_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.trainer.core import engine
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    assert engine.use_bf16(TrainSpec(), cpu) and engine.use_bf16(TrainSpec(), cuda)
+    assert not engine.use_bf16(TrainSpec(zero_stage=1), cpu)  # DeepSpeed's CPU engine: fp32 only
+    assert not engine.use_bf16(TrainSpec(precision="fp32"), cpu)
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+    assert not engine.use_bf16(TrainSpec(), cpu)
+    assert engine.use_bf16(TrainSpec(precision="bf16"), cpu)
+
+
+def test_cpu_peak_is_measured_in_the_run_precision() -> None:
+    from services.trainer.core import mfu
+
+    assert mfu.measure_cpu_peak(torch.bfloat16) > 0 and mfu.measure_cpu_peak(torch.float32) > 0
