@@ -19,6 +19,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from services.trainer.core import kernels
+from services.trainer.core.attention import attention
 
 
 class RMSNorm(nn.Module):
@@ -29,20 +30,6 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kernels.rms_norm(x, self.weight, self.eps)
-
-
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, gqa: bool
-) -> torch.Tensor:
-    """SDPA (flash on CPU and CUDA). Under CPU bf16 autocast it runs in fp32: the CPU flash kernel's
-    bf16 backward is ~3x slower than its fp32 one, while the projections around it gain 2x from bf16."""
-    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-        with torch.autocast("cpu", enabled=False):
-            y = F.scaled_dot_product_attention(
-                q.float(), k.float(), v.float(), attn_mask=mask, is_causal=mask is None, enable_gqa=gqa
-            )
-        return y.to(torch.get_autocast_dtype("cpu"))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
 
 
 class Attention(nn.Module):
