@@ -1,14 +1,14 @@
-"""Causal self-attention for training, by device and precision.
+"""Causal self-attention for training, by device, precision and whether it is being compiled.
 
-- fp32, and CUDA: SDPA (flash on the CPU and on CUDA).
-- CPU bf16 autocast, eager: SDPA in fp32. The CPU flash kernel's bf16 backward is ~3x slower than
-  its fp32 one, while the projections around attention gain 2x from bf16.
-- CPU bf16 autocast under ``torch.compile`` with short sequences: scores, masked softmax and the
-  weighted sum written out as two bf16 batched matmuls with the softmax between them, which Inductor
-  fuses (computing in fp32 inside its kernels). The heads that share a key/value head are stacked as
-  rows of one matmul, so keys and values are never repeated for grouped-query attention. For
-  16 x 128 tokens, 6 heads of 32 (GQA 2) this is 3.8 ms forward and backward per layer against 8.2 ms
-  for fp32 flash; the scores are materialised, hence the length limit.
+- CUDA, and long sequences: SDPA (flash).
+- CPU under ``torch.compile``, sequences up to ``SHORT_ATTENTION_MAX_LEN``: scores, masked softmax and
+  the weighted sum written out as two batched matmuls with the softmax between them, which Inductor
+  fuses (in fp32 inside its kernels, also for bf16). The heads that share a key/value head are stacked
+  as rows of one matmul, so keys and values are never repeated for grouped-query attention. For
+  16 x 128 tokens, 6 heads of 32 (GQA 2), forward and backward per layer: bf16 3.8 ms and fp32 6.8 ms
+  against 8.2-10 ms for fp32 flash. The scores are materialised, hence the length limit.
+- CPU bf16 autocast otherwise (eager): SDPA in fp32. The CPU flash kernel's bf16 backward is ~3x
+  slower than its fp32 one, while the projections around attention gain 2x from bf16.
 """
 
 from __future__ import annotations
@@ -24,10 +24,14 @@ def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, gqa: bool
 ) -> torch.Tensor:
     """q [B, H, T, D], k/v [B, KV, T, D]; ``mask`` [B, 1, T, T] (True: attend) or None for causal."""
-    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
+    autocast = torch.is_autocast_enabled("cpu")
+    if torch.compiler.is_compiling() and q.shape[-2] <= SHORT_ATTENTION_MAX_LEN:
+        dtype = torch.get_autocast_dtype("cpu") if autocast else v.dtype
+        return short_attention(q.to(dtype), k.to(dtype), v.to(dtype), mask)
+    if autocast:
         dtype = torch.get_autocast_dtype("cpu")
-        if torch.compiler.is_compiling() and q.shape[-2] <= SHORT_ATTENTION_MAX_LEN:
-            return short_attention(q.to(dtype), k.to(dtype), v.to(dtype), mask)
         with torch.autocast("cpu", enabled=False):
             y = F.scaled_dot_product_attention(
                 q.float(), k.float(), v.float(), attn_mask=mask, is_causal=mask is None, enable_gqa=gqa
