@@ -82,13 +82,14 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-def document_mask(position_ids: torch.Tensor) -> torch.Tensor | None:
+def document_mask(position_ids: torch.Tensor, always: bool = False) -> torch.Tensor | None:
     """Block-diagonal causal mask [B, 1, T, T] from position ids that restart at each document.
 
-    None when no row holds a second document (then SDPA's own causal path is used).
+    None when no row holds a second document (then SDPA's own causal path is used), unless ``always``:
+    under torch.compile that data-dependent test would split the graph.
     """
     starts = position_ids == 0
-    if not bool(starts[:, 1:].any()):
+    if not always and not bool(starts[:, 1:].any()):
         return None
     doc = starts.cumsum(-1)
     t = position_ids.shape[-1]
@@ -123,11 +124,13 @@ class PuyuLlama(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits or hidden-less loss path, loss). Labels are shifted inside, as in HF."""
         b, t = input_ids.shape
+        mask = None
         if position_ids is None:
             position_ids = torch.arange(t, device=input_ids.device).expand(b, t)
+        else:
+            mask = document_mask(position_ids, always=torch.compiler.is_compiling())
         x = self.embed(input_ids)
         cos, sin = self.rotary(x, position_ids)
-        mask = document_mask(position_ids)
         for block in self.blocks:
             if self.activation_checkpointing and self.training:
                 x = checkpoint(block, x, cos, sin, mask, use_reentrant=False)
