@@ -192,6 +192,8 @@ def ask_gateway(settings: CommonSettings, model: str, question: str) -> str:
             "messages": [{"role": "user", "content": question}],
             "max_tokens": 32,
             "temperature": 0,
+            # The sample chat format's next turn: the tiny model sometimes runs past its </s>.
+            "stop": ["\nUser:"],
         },
         timeout=120,
     )
