@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 
 from services.trainer.core import kernels
-from services.trainer.core.attention import attention, short_attention
+from services.trainer.core.attention import attention, short_attention, use_short_attention
 from services.trainer.core.llama import PuyuLlama, document_mask, to_hf_state_dict
 from services.trainer.core.model import load_model, save_hf
 
@@ -193,3 +193,9 @@ def test_short_attention_is_sdpa(documents: bool) -> None:
     grads_ref = torch.autograd.grad(ref.square().sum(), (q, k, v))
     grads = torch.autograd.grad(ours.square().sum(), (q, k, v))
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads, grads_ref, strict=True))
+
+
+def test_short_attention_only_where_its_scores_stay_small() -> None:
+    assert use_short_attention(torch.empty(16, 6, 128, 32))  # the demo's batch: 1.6M scores
+    assert not use_short_attention(torch.empty(1, 6, 512, 32))  # long sequences: flash
+    assert not use_short_attention(torch.empty(64, 32, 256, 64))  # 134M scores: flash's memory
