@@ -198,3 +198,10 @@ def test_pipeline_rejects_missing_and_unreadable(tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text("{broken\n")
     with pytest.raises(IngestInputError, match="no readable documents"):
         run_ingest([str(tmp_path / "bad.jsonl")], tmp_path / "o2", "x")
+
+
+def test_mean_word_length_ignores_punctuation_at_word_edges_in_any_script() -> None:
+    # «Hello» → Hello (5), world!!! → world (5), ¿Qué? → Qué (3), "don't" keeps its inner
+    # apostrophe (5); a word of punctuation only ("—", "...") is not a word.
+    s = compute_signals("«Hello» world!!! ¿Qué? — don't ...")
+    assert s["mean_word_length"] == 4.5
