@@ -28,6 +28,7 @@ from shared.ports import grpc_port, http_port
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
+DRAINING_HOOK_TIMEOUT = 3.0  # seconds each on_draining hook may take
 
 
 class ServiceRuntime:
@@ -56,6 +57,7 @@ class ServiceRuntime:
         self.http.mount("/metrics", make_asgi_app())
         self.http.add_api_route("/health", self._http_health, methods=["GET"], include_in_schema=False)
         self._on_start: list[Callable[[], Awaitable[Any]]] = []
+        self._on_draining: list[Callable[[], Awaitable[Any]]] = []
         self._on_stop: list[Callable[[], Awaitable[Any]]] = []
         self._stop = asyncio.Event()
 
@@ -68,6 +70,12 @@ class ServiceRuntime:
 
     def on_start(self, fn: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
         self._on_start.append(fn)
+        return fn
+
+    def on_draining(self, fn: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+        """Run when a stop begins, while the bus is still up (e.g. withdraw an announcement); each
+        gets ``DRAINING_HOOK_TIMEOUT`` seconds, so a lost bus cannot hold the stop."""
+        self._on_draining.append(fn)
         return fn
 
     def on_stop(self, fn: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
@@ -127,6 +135,9 @@ class ServiceRuntime:
             log.info("%s stopping", self.name)
             await health_servicer.enter_graceful_shutdown()
             server.should_exit = True
+            for fn in self._on_draining:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(fn(), DRAINING_HOOK_TIMEOUT)
             await self.bus.stop()
             for fn in self._on_stop:
                 with contextlib.suppress(Exception):

@@ -79,3 +79,12 @@ class Announcer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
+
+    async def withdraw(self) -> None:
+        """Stop announcing and delete this worker's entry, so routers drop it now rather than when its
+        last announcement expires; the requests it already runs still finish."""
+        await self.stop()
+        kv = await self.bus.key_value(WORKERS_BUCKET)
+        await kv.delete(self.instance)
+        log.info("%s withdrawn from %s", self.instance, WORKERS_BUCKET)

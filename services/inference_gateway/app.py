@@ -130,6 +130,7 @@ def _serve_pool(
 
     runtime.on_start(start_restore)
     runtime.on_stop(stop_restore)
+    runtime.on_draining(announcer.withdraw)  # while the bus is up: routers stop sending new requests
     runtime.on_stop(announcer.stop)
 
     async def drain() -> None:

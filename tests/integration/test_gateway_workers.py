@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from nats.js.errors import KeyNotFoundError
 
 from contracts.events import DeploymentReady, ModelPromoted, ModelRef
 from contracts.events.inference import WorkerAnnouncement
@@ -336,5 +337,19 @@ async def test_two_workers_spread_switch_and_survive_a_kill(cluster: dict[str, A
                 )
             assert {m.worker for m in listed.models} == {"worker-a"}
             assert {m.name for m in listed.models} == {"demo", "demo:2", "demo@champion"}
+
+            # a graceful stop (SIGTERM) withdraws the announcement at once, well inside its ttl:
+            # routers stop sending new requests there before the process is gone
+            cluster["procs"]["worker-a"].send_signal(signal.SIGTERM)
+            stopped_at = time.monotonic()
+            while time.monotonic() - stopped_at < 5:
+                try:
+                    await kv.get("worker-a")
+                except KeyNotFoundError:
+                    break
+                await asyncio.sleep(0.05)
+            withdrawn_after = time.monotonic() - stopped_at
+            assert withdrawn_after < 1.5, f"announcement still there {withdrawn_after:.1f}s after SIGTERM"
+            assert cluster["procs"]["worker-a"].wait(30) == 0
     finally:
         await bus.stop()
