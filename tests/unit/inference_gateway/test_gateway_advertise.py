@@ -70,6 +70,8 @@ def test_a_worker_announces_its_advertised_addresses(monkeypatch: pytest.MonkeyP
 
         async def stop(self) -> None: ...
 
+        async def withdraw(self) -> None: ...
+
     monkeypatch.setattr(app, "Announcer", Recorder)
     settings = GatewaySettings(
         gateway_role="worker", host="0.0.0.0", gateway_grpc_port=50067, gateway_http_port=8117
