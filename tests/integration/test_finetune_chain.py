@@ -4,6 +4,7 @@ registry and evaluator processes on a real nats-server."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -71,7 +72,17 @@ def test_finetune_request_ends_in_an_evaluated_registry_version(
     assert version["model_name"] == "tiny-chat" and evaluated.payload["model"] == version
 
     registry = f"http://{stack.settings.host}:{http_port('model_registry', stack.settings)}"
-    shown = httpx.get(f"{registry}/v1/models/tiny-chat/versions/{version['version']}", timeout=30).json()
+    url = f"{registry}/v1/models/tiny-chat/versions/{version['version']}"
+    # The registry consumes evaluation.completed concurrently with this watcher: wait until it has
+    # recorded the results and the gate has decided.
+    deadline = time.monotonic() + 30
+    while True:
+        shown = httpx.get(url, timeout=30).json()
+        if (
+            shown["evaluations"] and shown["status"] in ("champion", "rejected")
+        ) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert shown["kind"] == "finetune" and shown["method"] == "lora"
     assert shown["parent"] == {"model_name": "tiny-base", "version": 1}
     assert shown["artifact"]["uri"] == checkpoint.payload["checkpoint"]["uri"]
