@@ -130,8 +130,9 @@ def _serve_pool(
 
     runtime.on_start(start_restore)
     runtime.on_stop(stop_restore)
-    runtime.on_draining(announcer.withdraw)  # while the bus is up: routers stop sending new requests
-    runtime.on_stop(announcer.stop)
+    # While the bus is up (it stops the announcing loop, then deletes the entry): routers stop sending
+    # new requests here at once.
+    runtime.on_draining(announcer.withdraw)
 
     async def drain() -> None:
         # new requests now fail fast (a gateway moves them to another worker); the ones running finish

@@ -2,8 +2,9 @@
 
 CUDA peaks come from the vendors' data sheets (dense, no sparsity); ``PUYU_TRAINER_PEAK_TFLOPS``
 overrides. The CPU has no data-sheet figure that means much for one process: its peak is the
-matmul rate in the run's precision (fp32, or bf16 under autocast) measured with the threads the run uses (best 1024² GEMM over half a second), at the start
-and again before the final checkpoint, the best of the two counting.
+matmul rate in the run's precision (fp32, or bf16 under autocast) measured with the threads the run
+uses (best 1024² GEMM over half a second), at the start and again before the final checkpoint, the
+best of the two counting.
 """
 
 from __future__ import annotations
