@@ -12,7 +12,8 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import grpc
 import uvicorn
@@ -28,6 +29,7 @@ from shared.ports import grpc_port, http_port
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
+C = TypeVar("C")
 DRAINING_HOOK_TIMEOUT = 3.0  # seconds each on_draining hook may take
 
 
@@ -154,3 +156,18 @@ class ServiceRuntime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, self.stop)
+
+
+@dataclass
+class Service(Generic[C]):
+    """What every ``create_service()`` returns: the runtime that runs the process, and the core it
+    serves (typed, so the CLI and tests reach the core without attributes set on the runtime)."""
+
+    runtime: ServiceRuntime
+    core: C
+
+    async def run(self) -> None:
+        await self.runtime.run()
+
+    def stop(self) -> None:
+        self.runtime.stop()

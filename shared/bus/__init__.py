@@ -2,5 +2,6 @@
 
 from shared.bus.bus import Bus, HandlerContext, JobRejected
 from shared.bus.jobs import JobBoard, JobStatus
+from shared.bus.lifecycle import JobRun
 
-__all__ = ["Bus", "HandlerContext", "JobBoard", "JobRejected", "JobStatus"]
+__all__ = ["Bus", "HandlerContext", "JobBoard", "JobRejected", "JobRun", "JobStatus"]

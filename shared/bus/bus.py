@@ -36,7 +36,9 @@ from prometheus_client import Counter, Histogram
 from contracts.events import EventEnvelope, EventPayload, InvalidEvent, JobFailed, JobProgress
 from contracts.events.subjects import JOBS_BUCKET, PROCESSED_BUCKET, dlq_subject, stream_for
 from shared.bus.jobs import JobBoard
+from shared.bus.lifecycle import JobRun
 from shared.bus.streams import ensure_buckets, ensure_streams
+from shared.errors import Refusal
 from shared.logging import correlation_id
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,11 @@ HANDLER_SECONDS = Histogram("puyu_handler_seconds", "Handler wall time", ["servi
 EVENTS_PUBLISHED = Counter("puyu_events_published_total", "Events published", ["service", "type"])
 
 
-class JobRejected(Exception):
-    """The request can never succeed (invalid spec, unknown model...): no retry, straight to dead letter."""
+class JobRejected(Refusal):
+    """The request can never succeed (invalid spec, unknown model...): no retry, straight to dead letter.
+
+    Any ``Refusal`` a handler lets through is treated the same way; this subclass is what the job
+    lifecycle raises for a core's refusal, with the job named in the message."""
 
 
 @dataclass
@@ -84,6 +89,10 @@ class HandlerContext(Generic[P]):
                 job_id=job_id, job_kind=kind, stage=stage, fraction=fraction, message=message, metrics=metrics
             )
         )
+
+    def job(self, job_id: str, kind: str, *, stage: str = "starting", message: str = "") -> JobRun:
+        """The job's lifecycle as an ``async with`` block (see ``shared.bus.lifecycle``)."""
+        return JobRun(self, job_id, kind, stage, message)
 
     def progress_from_thread(self, job_id: str, kind: str, min_interval: float = 1.0) -> ThreadProgress:
         """A progress callback that compute running in a worker thread may call (rate-limited).
@@ -368,7 +377,7 @@ class _Consumer(Generic[P]):
             finally:
                 for reporter in ctx._reporters:
                     await reporter.flush()
-        except JobRejected as exc:
+        except Refusal as exc:
             EVENTS_HANDLED.labels(service, etype, "rejected").inc()
             await self.bus.dead_letter(raw, f"rejected: {exc}", attempt, envelope, payload)
             await raw.term()
