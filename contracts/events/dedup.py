@@ -1,4 +1,6 @@
-"""Dedup work items (issue 3): one dedup job split into units that any dedup replica takes."""
+"""Deduplication: the job request, its work items (one job split into units any dedup replica takes),
+and the fact that a deduplicated dataset exists.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +8,32 @@ from typing import Literal
 
 from pydantic import Field
 
+from contracts.events.common import DatasetRef
 from contracts.events.envelope import EventPayload, register
+from contracts.events.specs import DedupOptions, PipelineSpec
+
+
+@register
+class DedupRequested(EventPayload):
+    event_type = "dedup.requested"
+    kind = "job"
+    job_id: str
+    dataset: DatasetRef
+    options: DedupOptions = Field(default_factory=DedupOptions)
+    pipeline: PipelineSpec | None = None
+
+
+@register
+class CorpusDeduplicated(EventPayload):
+    event_type = "corpus.deduplicated"
+    job_id: str
+    source: DatasetRef
+    dataset: DatasetRef
+    documents_in: int
+    documents_out: int
+    exact_duplicates: int
+    near_duplicates: int
+    pipeline: PipelineSpec | None = None
 
 
 @register
@@ -24,4 +51,4 @@ class DedupItemRequested(EventPayload):
     index: int = Field(ge=0, description="The item's position in its stage.")
 
 
-__all__ = ["DedupItemRequested"]
+__all__ = ["DedupRequested", "CorpusDeduplicated", "DedupItemRequested"]

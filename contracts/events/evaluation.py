@@ -1,11 +1,38 @@
-"""Evaluation sharding events (issue 6): a run split into shards that evaluator replicas take."""
+"""Evaluation: the job request, its shards (work items any evaluator replica takes), and the results."""
 
 from __future__ import annotations
 
 from pydantic import Field
 
+from contracts.events.common import ArtifactRef, ModelRef, StrictModel
 from contracts.events.envelope import EventPayload, register
-from contracts.events.payloads import ArtifactRef, ModelRef
+
+
+@register
+class EvaluateRequested(EventPayload):
+    event_type = "evaluate.requested"
+    kind = "job"
+    job_id: str
+    model: ModelRef
+    artifact: ArtifactRef
+    tasks: list[str] = Field(default_factory=lambda: ["perplexity", "demo_facts"])
+
+
+class TaskResult(StrictModel):
+    task: str
+    metrics: dict[str, float]
+    primary_metric: str
+    higher_is_better: bool = True
+    version_hash: str = Field(description="Hash of the task's prompt and config.")
+    num_samples: int = Field(ge=0)
+
+
+@register
+class EvaluationCompleted(EventPayload):
+    event_type = "evaluation.completed"
+    model: ModelRef
+    results: list[TaskResult]
+    details_uri: str | None = None
 
 
 @register
@@ -28,4 +55,4 @@ class EvaluateShardRequested(EventPayload):
     result_uri: str
 
 
-__all__ = ["EvaluateShardRequested"]
+__all__ = ["EvaluateRequested", "TaskResult", "EvaluationCompleted", "EvaluateShardRequested"]

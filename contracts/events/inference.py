@@ -1,8 +1,4 @@
-"""What an inference worker announces about itself in the JetStream KV bucket ``puyu_workers`` (key: instance).
-
-Not an event: the latest value per worker, refreshed every few seconds and gone with the bucket's TTL
-when the worker stops, so a router or ``puyu status`` reads live load without asking every worker.
-"""
+"""Serving: deployment facts, and what an inference worker announces about itself."""
 
 from __future__ import annotations
 
@@ -10,7 +6,31 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from contracts.events.common import ModelRef
+from contracts.events.envelope import EventPayload, register
 
+
+@register
+class DeploymentReady(EventPayload):
+    event_type = "deployment.ready"
+    model: ModelRef
+    served_name: str
+    instance: str
+
+
+@register
+class DeploymentFailed(EventPayload):
+    event_type = "deployment.failed"
+    model: ModelRef
+    instance: str
+    error: str
+
+
+
+# What an inference worker announces about itself in the JetStream KV bucket ``puyu_workers`` (key:
+# instance). Not an event: the latest value per worker, refreshed every few seconds and gone with the
+# bucket's TTL when the worker stops, so a router or ``puyu status`` reads live load without asking
+# every worker.
 class ServedLoad(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -32,3 +52,6 @@ class WorkerAnnouncement(BaseModel):
     grpc_target: str | None = None
     served: list[ServedLoad]
     updated_at: datetime
+
+
+__all__ = ["DeploymentReady", "DeploymentFailed", "ServedLoad", "WorkerAnnouncement"]

@@ -1,4 +1,4 @@
-"""Registry events beyond the chain's main arrows: alias moves and manual-approval requests.
+"""Registry facts: a version registered, promoted or rejected, an alias moved, an approval asked for.
 
 Automations (a deploy pipeline, a chat notification, an approval bot) subscribe to these, as MLflow
 webhooks and W&B registry automations fire on alias events.
@@ -8,8 +8,36 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from contracts.events.common import ArtifactRef, ModelRef
 from contracts.events.envelope import EventPayload, register
-from contracts.events.payloads import ModelRef
+
+
+@register
+class ModelRegistered(EventPayload):
+    event_type = "model.registered"
+    model: ModelRef
+    artifact: ArtifactRef
+    run_id: str
+    parent: ModelRef | None = None
+    tasks: list[str] = Field(default_factory=lambda: ["perplexity", "demo_facts"])
+
+
+@register
+class ModelPromoted(EventPayload):
+    event_type = "model.promoted"
+    model: ModelRef
+    alias: str = "champion"
+    artifact: ArtifactRef
+    previous: ModelRef | None = None
+    reason: str
+
+
+@register
+class ModelRejected(EventPayload):
+    event_type = "model.rejected"
+    model: ModelRef
+    champion: ModelRef | None = None
+    reason: str
 
 
 @register
@@ -34,4 +62,4 @@ class ModelApprovalRequested(EventPayload):
     reason: str = Field(description="The policy's decision, every check with its numbers.")
 
 
-__all__ = ["ModelAliasChanged", "ModelApprovalRequested"]
+__all__ = ["ModelRegistered", "ModelPromoted", "ModelRejected", "ModelAliasChanged", "ModelApprovalRequested"]

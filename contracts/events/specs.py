@@ -1,44 +1,17 @@
-"""The payloads of the chain. Every arrow of DESIGN.md's chain is one of these.
-
-Events carry URIs and checksums of artifacts, never blobs.
+"""What a request asks for: the options of ingest and dedup, the model and training specs, the pipeline
+that a corpus request carries through ingest, dedup and training.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from contracts.events.envelope import EventPayload, register
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from contracts.events.common import StrictModel
 
 
-class ArtifactRef(_Model):
-    uri: str = Field(description="Artifact store URI (file://..., s3://...) of a file or folder.")
-    sha256: str = Field(
-        description="Checksum: of the file, or of the folder's sorted file list and contents."
-    )
-    size_bytes: int = Field(ge=0)
-
-
-class DatasetRef(_Model):
-    dataset_id: str
-    manifest_uri: str
-    digest: str = Field(description="sha256 of the manifest.")
-
-
-class ModelRef(_Model):
-    model_name: str
-    version: int = Field(ge=1)
-
-
-# ---------------------------------------------------------------------------------------- specs
-
-
-class IngestOptions(_Model):
+class IngestOptions(StrictModel):
     languages: list[str] = Field(default_factory=lambda: ["en", "zh"], description="ISO 639-1 codes to keep.")
     min_language_score: float = Field(default=0.5, ge=0, le=1)
     min_words: int = Field(default=5, ge=0)
@@ -73,7 +46,7 @@ class IngestOptions(_Model):
     )
 
 
-class DedupOptions(_Model):
+class DedupOptions(StrictModel):
     exact: bool = True
     near: bool = True
     shingle_size: int = Field(default=5, ge=1)
@@ -97,7 +70,7 @@ class DedupOptions(_Model):
     )
 
 
-class ModelArchitecture(_Model):
+class ModelArchitecture(StrictModel):
     """A Llama-family decoder (grouped-query attention, RoPE, RMSNorm, SwiGLU)."""
 
     hidden_size: int = Field(default=192, ge=8)
@@ -131,7 +104,7 @@ class ModelArchitecture(_Model):
         return v
 
 
-class TrainSpec(_Model):
+class TrainSpec(StrictModel):
     model_name: str = Field(default="puyu-demo", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
     architecture: ModelArchitecture = Field(default_factory=ModelArchitecture)
     tokenizer_uri: str | None = Field(
@@ -199,14 +172,14 @@ class TrainSpec(_Model):
         return v
 
 
-class PipelineSpec(_Model):
+class PipelineSpec(StrictModel):
     """What to do after the corpus is ready: carried through ingest and dedup (event-driven automation)."""
 
     dedup: DedupOptions = Field(default_factory=DedupOptions)
     train: TrainSpec | None = None
 
 
-class LoraSpec(_Model):
+class LoraSpec(StrictModel):
     r: int = Field(default=8, ge=1)
     alpha: int = Field(default=16, ge=1)
     dropout: float = Field(default=0.05, ge=0, lt=1)
@@ -215,7 +188,7 @@ class LoraSpec(_Model):
     )
 
 
-class FinetuneSpec(_Model):
+class FinetuneSpec(StrictModel):
     method: Literal["lora", "qlora", "full", "dpo"] = Field(
         default="lora",
         description="A service refuses, with the reason, a method its build or machine cannot run.",
@@ -241,205 +214,7 @@ class FinetuneSpec(_Model):
     )
 
 
-# ----------------------------------------------------------------------------------------- jobs
-
-
-@register
-class IngestRequested(EventPayload):
-    event_type = "ingest.requested"
-    kind = "job"
-    job_id: str
-    dataset_name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$")
-    sources: list[str] = Field(min_length=1, description="Paths, globs or URIs of jsonl/txt/html files.")
-    options: IngestOptions = Field(default_factory=IngestOptions)
-    pipeline: PipelineSpec | None = None
-
-
-@register
-class DedupRequested(EventPayload):
-    event_type = "dedup.requested"
-    kind = "job"
-    job_id: str
-    dataset: DatasetRef
-    options: DedupOptions = Field(default_factory=DedupOptions)
-    pipeline: PipelineSpec | None = None
-
-
-@register
-class TrainRequested(EventPayload):
-    event_type = "train.requested"
-    kind = "job"
-    job_id: str
-    datasets: list[DatasetRef] = Field(min_length=1)
-    spec: TrainSpec = Field(default_factory=TrainSpec)
-
-
-@register
-class FinetuneRequested(EventPayload):
-    event_type = "finetune.requested"
-    kind = "job"
-    job_id: str
-    base: ModelRef
-    base_artifact: ArtifactRef | None = Field(
-        default=None, description="Resolved through the registry when absent."
-    )
-    dataset_uri: str = Field(description="OpenAI-messages JSONL of chat examples.")
-    output_model_name: str | None = Field(default=None, description="Defaults to the base model's name.")
-    spec: FinetuneSpec = Field(default_factory=FinetuneSpec)
-
-
-@register
-class EvaluateRequested(EventPayload):
-    event_type = "evaluate.requested"
-    kind = "job"
-    job_id: str
-    model: ModelRef
-    artifact: ArtifactRef
-    tasks: list[str] = Field(default_factory=lambda: ["perplexity", "demo_facts"])
-
-
-# ---------------------------------------------------------------------------------------- facts
-
-
-class StageStats(_Model):
-    stage: str
-    docs_in: int
-    docs_out: int
-
-    @property
-    def retention(self) -> float:
-        return self.docs_out / self.docs_in if self.docs_in else 0.0
-
-
-@register
-class CorpusIngested(EventPayload):
-    event_type = "corpus.ingested"
-    job_id: str
-    dataset: DatasetRef
-    documents: int
-    stages: list[StageStats]
-    pipeline: PipelineSpec | None = None
-
-
-@register
-class CorpusDeduplicated(EventPayload):
-    event_type = "corpus.deduplicated"
-    job_id: str
-    source: DatasetRef
-    dataset: DatasetRef
-    documents_in: int
-    documents_out: int
-    exact_duplicates: int
-    near_duplicates: int
-    pipeline: PipelineSpec | None = None
-
-
-@register
-class CheckpointReady(EventPayload):
-    event_type = "checkpoint.ready"
-    job_id: str
-    run_id: str
-    model_name: str
-    step: int = Field(ge=0)
-    final: bool = True
-    kind_of_run: Literal["pretrain", "finetune"] = "pretrain"
-    method: str = Field(default="full", description="full | lora | ...")
-    checkpoint: ArtifactRef
-    adapter: ArtifactRef | None = None
-    parent: ModelRef | None = None
-    datasets: list[DatasetRef] = Field(default_factory=list)
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    metrics: dict[str, float] = Field(default_factory=dict)
-
-
-@register
-class ModelRegistered(EventPayload):
-    event_type = "model.registered"
-    model: ModelRef
-    artifact: ArtifactRef
-    run_id: str
-    parent: ModelRef | None = None
-    tasks: list[str] = Field(default_factory=lambda: ["perplexity", "demo_facts"])
-
-
-class TaskResult(_Model):
-    task: str
-    metrics: dict[str, float]
-    primary_metric: str
-    higher_is_better: bool = True
-    version_hash: str = Field(description="Hash of the task's prompt and config.")
-    num_samples: int = Field(ge=0)
-
-
-@register
-class EvaluationCompleted(EventPayload):
-    event_type = "evaluation.completed"
-    model: ModelRef
-    results: list[TaskResult]
-    details_uri: str | None = None
-
-
-@register
-class ModelPromoted(EventPayload):
-    event_type = "model.promoted"
-    model: ModelRef
-    alias: str = "champion"
-    artifact: ArtifactRef
-    previous: ModelRef | None = None
-    reason: str
-
-
-@register
-class ModelRejected(EventPayload):
-    event_type = "model.rejected"
-    model: ModelRef
-    champion: ModelRef | None = None
-    reason: str
-
-
-@register
-class DeploymentReady(EventPayload):
-    event_type = "deployment.ready"
-    model: ModelRef
-    served_name: str
-    instance: str
-
-
-@register
-class DeploymentFailed(EventPayload):
-    event_type = "deployment.failed"
-    model: ModelRef
-    instance: str
-    error: str
-
-
-@register
-class JobProgress(EventPayload):
-    event_type = "job.progress"
-    job_id: str
-    job_kind: str
-    stage: str
-    fraction: float = Field(ge=0, le=1)
-    message: str = ""
-    metrics: dict[str, float] = Field(default_factory=dict)
-
-
-@register
-class JobFailed(EventPayload):
-    event_type = "job.failed"
-    job_id: str | None = None
-    service: str
-    source_subject: str = Field(description="The subject the failed message came from.")
-    event_id: str | None = None
-    error: str
-    attempts: int = Field(ge=0)
-    dead_lettered: bool = True
-
-
 __all__ = [
-    "ArtifactRef",
-    "DatasetRef",
-    "ModelRef",
     "IngestOptions",
     "DedupOptions",
     "ModelArchitecture",
@@ -447,22 +222,4 @@ __all__ = [
     "PipelineSpec",
     "LoraSpec",
     "FinetuneSpec",
-    "IngestRequested",
-    "DedupRequested",
-    "TrainRequested",
-    "FinetuneRequested",
-    "EvaluateRequested",
-    "StageStats",
-    "CorpusIngested",
-    "CorpusDeduplicated",
-    "CheckpointReady",
-    "ModelRegistered",
-    "TaskResult",
-    "EvaluationCompleted",
-    "ModelPromoted",
-    "ModelRejected",
-    "DeploymentReady",
-    "DeploymentFailed",
-    "JobProgress",
-    "JobFailed",
 ]
