@@ -47,8 +47,8 @@ from transformers import (
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.inference_gateway.engine import Engine  # noqa: E402
-from services.inference_gateway.sampling import SamplingParams  # noqa: E402
+from services.inference_gateway.core.engine import Engine  # noqa: E402
+from services.inference_gateway.core.sampling import SamplingParams  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import Request
 
-from services.inference_gateway.engine import Delta, Engine
+from services.inference_gateway.core.engine import Delta, Engine
 from services.inference_gateway.metrics import REJECTED, observe_request
 
 

@@ -21,7 +21,7 @@ from services.inference_gateway.admission import Limits
 from services.inference_gateway.announce import Announcer
 from services.inference_gateway.champions import restore_champions
 from services.inference_gateway.config import GatewaySettings
-from services.inference_gateway.engine import Engine
+from services.inference_gateway.core.engine import Engine
 from services.inference_gateway.grpc_api import SERVICE_NAME, InferenceServicer
 from services.inference_gateway.handlers import register_handlers
 from services.inference_gateway.openai_api import install_openai_api

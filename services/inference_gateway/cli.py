@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from prometheus_client import make_asgi_app
 
 from services.inference_gateway.admission import Limits
-from services.inference_gateway.engine import Engine
+from services.inference_gateway.core.engine import Engine
 from services.inference_gateway.openai_api import install_openai_api
 from services.inference_gateway.pool import ModelPool
 

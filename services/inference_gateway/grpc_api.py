@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 import grpc
 
 from contracts.proto.puyu.inference.v1 import inference_pb2, inference_pb2_grpc
-from services.inference_gateway.engine import EngineClosed
+from services.inference_gateway.core.engine import EngineClosed
+from services.inference_gateway.core.sampling import InvalidRequest
 from services.inference_gateway.pool import ModelNotFound, ModelPool
 from services.inference_gateway.router import NoWorker, Overloaded, Router
-from services.inference_gateway.sampling import InvalidRequest
 from services.inference_gateway.wire import delta_to_chunk, params_from_proto, prompt_from_request
 
 SERVICE_NAME = "puyu.inference.v1.Inference"

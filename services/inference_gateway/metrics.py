@@ -11,7 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from services.inference_gateway.engine import Delta
+    from services.inference_gateway.core.engine import Delta
     from services.inference_gateway.pool import ModelPool
 
 REQUESTS = Counter("puyu_gateway_requests", "Finished OpenAI API requests.", ["model", "outcome"])

@@ -21,13 +21,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.inference_gateway.admission import Admission, APIError, Limits
-from services.inference_gateway.engine import Delta, TokenLogprob
+from services.inference_gateway.core.engine import Delta, TokenLogprob
+from services.inference_gateway.core.prompts import Prompt
+from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams
+from services.inference_gateway.core.tools import ToolStream, parse_tool_calls
 from services.inference_gateway.metrics import observe_delta
 from services.inference_gateway.pool import ModelNotFound, ModelPool
-from services.inference_gateway.prompts import Prompt
 from services.inference_gateway.router import NoWorker, Overloaded, Router
-from services.inference_gateway.sampling import InvalidRequest, SamplingParams
-from services.inference_gateway.tools import ToolStream, parse_tool_calls
 
 
 def _error(

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from services.inference_gateway.engine import Engine
+from services.inference_gateway.core.engine import Engine
+from services.inference_gateway.core.sampling import SamplingParams
 from services.inference_gateway.metrics import watch_pool
-from services.inference_gateway.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 

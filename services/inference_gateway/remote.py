@@ -16,9 +16,9 @@ import grpc
 
 from contracts.proto.puyu.inference.v1 import inference_pb2 as pb
 from contracts.proto.puyu.inference.v1 import inference_pb2_grpc
-from services.inference_gateway.engine import Delta
-from services.inference_gateway.prompts import Prompt
-from services.inference_gateway.sampling import InvalidRequest, SamplingParams
+from services.inference_gateway.core.engine import Delta
+from services.inference_gateway.core.prompts import Prompt
+from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams
 from services.inference_gateway.wire import chunk_to_delta, params_to_proto, prompt_into
 
 # statuses after which another worker may well serve the request; any other means the worker is gone

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-from services.inference_gateway.engine import Delta, EngineClosed
+from services.inference_gateway.core.engine import Delta, EngineClosed
+from services.inference_gateway.core.prompts import Prompt
+from services.inference_gateway.core.sampling import SamplingParams
 from services.inference_gateway.pool import ModelNotFound, ModelPool
-from services.inference_gateway.prompts import Prompt
 from services.inference_gateway.remote import WorkerBusy, WorkerClients, WorkerGone
-from services.inference_gateway.sampling import SamplingParams
 from services.inference_gateway.workers import WorkerView
 
 log = logging.getLogger(__name__)

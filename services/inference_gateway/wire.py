@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from contracts.proto.puyu.inference.v1 import inference_pb2 as pb
-from services.inference_gateway.engine import Delta, TokenLogprob
-from services.inference_gateway.prompts import Prompt
-from services.inference_gateway.sampling import InvalidRequest, SamplingParams
+from services.inference_gateway.core.engine import Delta, TokenLogprob
+from services.inference_gateway.core.prompts import Prompt
+from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams
 
 
 def params_to_proto(p: SamplingParams) -> pb.SamplingParams:

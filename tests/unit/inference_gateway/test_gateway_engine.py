@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.inference_gateway.engine import Engine, EngineClosed
-from services.inference_gateway.sampling import InvalidRequest, SamplingParams, StopChecker
+from services.inference_gateway.core.engine import Engine, EngineClosed
+from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams, StopChecker
 
 PROMPTS = [
     "The capital of Aldoria is",

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from services.inference_gateway.attention import (
+from services.inference_gateway.core.attention import (
     causal_mask,
     paged_decode,
     paged_decode_torch,
@@ -10,8 +10,8 @@ from services.inference_gateway.attention import (
     row_decode,
     row_prefill,
 )
-from services.inference_gateway.kv_cache import BlockAllocator, OutOfBlocks, chain_hash
-from services.inference_gateway.row_cache import RowCache
+from services.inference_gateway.core.kv_cache import BlockAllocator, OutOfBlocks, chain_hash
+from services.inference_gateway.core.row_cache import RowCache
 
 
 def _hashes(tokens: list[int], bs: int) -> list[int]:
@@ -105,7 +105,7 @@ def test_prefill_chunk_over_cached_prefix_matches_causal_reference() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel needs CUDA")
 def test_triton_kernel_matches_torch_path() -> None:
     pytest.importorskip("triton", reason="triton is not installed")
-    from services.inference_gateway.triton_attention import paged_decode_triton
+    from services.inference_gateway.core.triton_attention import paged_decode_triton
 
     gen = torch.Generator().manual_seed(2)
     bs, b, hq, hkv, d = 16, 5, 8, 2, 64

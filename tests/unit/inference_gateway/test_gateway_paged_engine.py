@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from services.inference_gateway.engine import Engine
-from services.inference_gateway.sampling import SamplingParams
+from services.inference_gateway.core.engine import Engine
+from services.inference_gateway.core.sampling import SamplingParams
 
 LONG = "The capital of Aldoria is velm and the river runs north past the old mill where traders meet every spring"
 

@@ -16,12 +16,12 @@ import pytest
 from contracts.events.inference import ServedLoad, WorkerAnnouncement
 from contracts.proto.puyu.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.inference_gateway.announce import snapshot
-from services.inference_gateway.engine import Delta
+from services.inference_gateway.core.engine import Delta
+from services.inference_gateway.core.prompts import Prompt
+from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams
 from services.inference_gateway.grpc_api import InferenceServicer
 from services.inference_gateway.pool import ModelNotFound, ModelPool
-from services.inference_gateway.prompts import Prompt
 from services.inference_gateway.router import NoWorker, Router
-from services.inference_gateway.sampling import InvalidRequest, SamplingParams
 from services.inference_gateway.wire import params_from_proto, prompt_from_request
 from services.inference_gateway.workers import WorkerView
 from shared.natsserver import free_port

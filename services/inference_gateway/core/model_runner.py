@@ -19,16 +19,16 @@ from typing import Any
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from services.inference_gateway.attention import (
+from services.inference_gateway.core.attention import (
     causal_mask,
     paged_decode,
     prefill_attention,
     row_decode,
     row_prefill,
 )
-from services.inference_gateway.kv_cache import PagedKVCache
-from services.inference_gateway.row_cache import RowCache
-from services.inference_gateway.sampling import InvalidRequest
+from services.inference_gateway.core.kv_cache import PagedKVCache
+from services.inference_gateway.core.row_cache import RowCache
+from services.inference_gateway.core.sampling import InvalidRequest
 
 # architectures whose decoder layer is Llama's (pre-norm, q/k/v/o projections, rotary, gated MLP)
 SUPPORTED = {"llama", "mistral", "qwen2", "qwen3"}

@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.inference_gateway.guided import Guide, GuideFactory
-from services.inference_gateway.kv_cache import OutOfBlocks, chain_hash
-from services.inference_gateway.runner import Chunk, ModelRunner
-from services.inference_gateway.sampling import (
+from services.inference_gateway.core.guided import Guide, GuideFactory
+from services.inference_gateway.core.kv_cache import OutOfBlocks, chain_hash
+from services.inference_gateway.core.model_runner import Chunk, ModelRunner
+from services.inference_gateway.core.sampling import (
     InvalidRequest,
     SamplingParams,
     StopChecker,

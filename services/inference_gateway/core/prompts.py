@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from services.inference_gateway.engine import Engine
+    from services.inference_gateway.core.engine import Engine
 
 
 @dataclass(frozen=True)

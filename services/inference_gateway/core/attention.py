@@ -130,7 +130,7 @@ def reference_attention(
 @functools.cache
 def _triton_decode():  # type: ignore[no-untyped-def]
     try:
-        from services.inference_gateway.triton_attention import paged_decode_triton
+        from services.inference_gateway.core.triton_attention import paged_decode_triton
     except ImportError:  # no triton: the torch path serves CUDA too
         log.info("triton is not installed: paged decode attention runs on the torch path")
         return None

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from services.inference_gateway.sampling import InvalidRequest
+from services.inference_gateway.core.sampling import InvalidRequest
 
 xgr: Any
 try:
