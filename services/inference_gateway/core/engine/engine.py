@@ -1,0 +1,205 @@
+"""The inference engine: one Llama-family model served by a background thread with continuous batching.
+
+The parts, each usable alone: ``scheduler`` (admission, chunked prefill, paged KV blocks, prefix
+caching, preemption), ``ModelRunner`` (the forward over a step's chunks), ``output`` (detokenizing,
+logprobs, stop conditions, deltas), ``loop`` (the thread that steps) and ``bridge`` (requests in,
+deltas out to event loops or threads). ``Engine`` wires them for one model.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from services.inference_gateway.core.engine.bridge import RequestBridge, Sink
+from services.inference_gateway.core.engine.loop import EngineLoop
+from services.inference_gateway.core.engine.output import Completion, Delta, OutputProcessor, completion_of
+from services.inference_gateway.core.engine.sequence import Request
+from services.inference_gateway.core.guided import GuideFactory
+from services.inference_gateway.core.model_runner import ModelRunner
+from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch_size: int = 16,
+        name: str = "model",
+        block_size: int = 16,
+        num_blocks: int | None = None,
+        max_step_tokens: int = 256,
+        prefix_caching: bool = True,
+        kv_layout: str = "auto",
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
+        if num_blocks is None:  # room for a full batch of sequences at the longest useful length
+            num_blocks = -(-max_batch_size * min(self.max_positions, 2048) // block_size) + max_batch_size
+        self.runner = ModelRunner(
+            model,
+            num_blocks=num_blocks,
+            block_size=block_size,
+            device=next(model.parameters()).device,
+            kv_layout=kv_layout,
+            max_rows=max_batch_size,
+        )
+        self.allocator = self.runner.cache.allocator
+        eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
+        eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        vocab = int(model.get_output_embeddings().weight.shape[0])
+        self.guides = GuideFactory(tokenizer, vocab, eos_ids)
+        self.output = OutputProcessor(tokenizer, eos_ids, self.max_positions)
+        self.bridge = RequestBridge(name)
+        self.loop = EngineLoop(
+            self.runner,
+            self.output,
+            self.bridge,
+            max_batch_size=max_batch_size,
+            max_step_tokens=max(max_step_tokens, max_batch_size),
+            prefix_caching=prefix_caching,
+        )
+
+    @classmethod
+    def load(
+        cls,
+        path: Path | str,
+        *,
+        max_batch_size: int = 16,
+        name: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | None = None,
+        **engine_kw: Any,
+    ) -> Engine:
+        """Load a Hugging Face model folder (weights + tokenizer), on CUDA when there is one."""
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise InvalidRequest(f"{path} is not a Hugging Face model folder (no config.json)")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))  # type: ignore[arg-type]  # transformers types .to oddly
+        return cls(model, tokenizer, max_batch_size=max_batch_size, name=name or path.name, **engine_kw)
+
+    # ------------------------------------------------------------------------------ prompts
+    def encode(self, prompt: str) -> list[int]:
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def render_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidRequest(f"model {self.name!r} has no chat template: use /v1/completions")
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, tools=tools or None, add_generation_prompt=True, tokenize=False
+            )
+        except Exception as exc:  # a template that rejects these messages (roles, order) says why
+            raise InvalidRequest(f"the chat template of {self.name!r} rejected the messages: {exc}") from None
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def start(self) -> Engine:
+        self.loop.start(name=f"engine-{self.name}")
+        return self
+
+    def stop_accepting(self) -> None:
+        self.bridge.accepting = False
+
+    async def drain(self, limit_s: float | None = None) -> bool:
+        """Stop taking requests and wait until the ones in flight finish. True when drained."""
+        return await self.bridge.drain(limit_s)
+
+    def close(self) -> None:
+        """Stop the thread (cancelling what is left) and drop the weights."""
+        self.bridge.accepting = False
+        self.loop.stop()
+        self.model = None
+
+    # ------------------------------------------------------------------------------ state
+    @property
+    def eos_ids(self) -> set[int]:
+        """Token ids that end a sequence (settable: an empty set runs every request to its limit)."""
+        return self.output.eos_ids
+
+    @eos_ids.setter
+    def eos_ids(self, ids: set[int]) -> None:
+        self.output.eos_ids = ids
+
+    @property
+    def in_flight(self) -> int:
+        return self.bridge.in_flight
+
+    @property
+    def accepting(self) -> bool:
+        return self.bridge.accepting
+
+    @property
+    def finished(self) -> collections.Counter[str]:
+        """How many requests ended for each finish reason."""
+        return self.bridge.finished
+
+    @property
+    def steps(self) -> int:
+        return self.loop.steps
+
+    @property
+    def preemptions(self) -> int:
+        return self.loop.scheduler.preemptions
+
+    def load_info(self) -> dict[str, int]:
+        """What a router needs: requests in flight, running, waiting, and free KV blocks."""
+        scheduler = self.loop.scheduler
+        return {
+            "in_flight": self.bridge.in_flight,
+            "running": len(scheduler.running),
+            "waiting": len(scheduler.waiting) + self.bridge.queued,
+            "free_blocks": self.allocator.free_blocks,
+            "total_blocks": self.allocator.num_blocks,
+            "prefix_hit_tokens": self.allocator.prefix_hits,
+        }
+
+    # ------------------------------------------------------------------------------ requests
+    def submit(
+        self, prompt_ids: list[int], params: SamplingParams, sink: Sink, request_id: str | None = None
+    ) -> Request:
+        """Validate and queue a request; ``sink`` gets its deltas on the engine thread."""
+        params.validate()
+        if not prompt_ids:
+            raise InvalidRequest("the prompt is empty")
+        if len(prompt_ids) + 1 > self.max_positions:
+            raise InvalidRequest(
+                f"prompt has {len(prompt_ids)} tokens; model {self.name!r} takes at most {self.max_positions - 1}"
+            )
+        guide = self.guides.guide(params.json_schema) if params.json_schema is not None else None
+        capacity = self.allocator.num_blocks * self.allocator.block_size
+        if len(prompt_ids) + 1 > capacity:
+            raise InvalidRequest(f"prompt has {len(prompt_ids)} tokens; the KV cache holds {capacity}")
+        request = Request(list(prompt_ids), params, sink, guide=guide)
+        if request_id:
+            request.request_id = request_id
+        return self.bridge.put(request)
+
+    def stream(
+        self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None
+    ) -> AsyncIterator[Delta]:
+        """Yield the deltas of one request; closing the iterator (client gone) cancels the request."""
+        return self.bridge.stream(lambda sink: self.submit(prompt_ids, params, sink, request_id))
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
+        return completion_of([d async for d in self.stream(prompt_ids, params)])
+
+    def generate_sync(
+        self, prompt_ids: list[int], params: SamplingParams, timeout: float = 120
+    ) -> Completion:
+        """Blocking generation from a thread without an event loop (warm-up, scripts)."""
+        return completion_of(self.bridge.wait(lambda sink: self.submit(prompt_ids, params, sink), timeout))
