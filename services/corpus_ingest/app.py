@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from contracts.events import IngestRequested
 from services.corpus_ingest.config import IngestSettings
+from services.corpus_ingest.core import Ingestor
 from services.corpus_ingest.handlers import register_handlers
+from shared.artifacts import ArtifactStore
 from shared.jobs_api import add_jobs_api
-from shared.service import ServiceRuntime
+from shared.service import Service, ServiceRuntime
 
 
-def create_service(settings: IngestSettings | None = None) -> ServiceRuntime:
+def create_service(settings: IngestSettings | None = None) -> Service[Ingestor]:
     settings = settings or IngestSettings()
     runtime = ServiceRuntime("corpus_ingest", settings)
-    register_handlers(runtime.bus, settings)
+    core = Ingestor(
+        ArtifactStore(settings.artifact_root_uri),
+        settings.corpus_ingest_detector_languages,
+        settings.corpus_ingest_txt_max_doc_bytes,
+        settings.corpus_ingest_workers,
+    )
+    register_handlers(runtime.bus, core, settings)
     add_jobs_api(runtime, {"ingest": IngestRequested})
-    return runtime
+    return Service(runtime, core)

@@ -1,4 +1,4 @@
-"""The ingest pipeline: sources → documents → normalise → quality → language → shards + manifest.
+"""The ingest pipeline: sources → documents → the blocks (normalise, filters, language) → shards + manifest.
 
 Output folder layout (the dataset)::
 
@@ -15,34 +15,27 @@ import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from contracts.events import IngestOptions
+from services.corpus_ingest.core.blocks import Document, Drop, Pipeline
 from services.corpus_ingest.core.extract import extract_html
+from services.corpus_ingest.core.filters import ingest_blocks
 from services.corpus_ingest.core.langid import DEFAULT_DETECTOR_LANGUAGES, LanguageIdentifier
-from services.corpus_ingest.core.normalize import normalize_text
-from services.corpus_ingest.core.quality import (
-    DEFAULT_SAFETY_KEYWORDS,
-    FILTER_STAGES,
-    compute_signals,
-    quality_failure,
-    safety_failure,
-    token_estimate,
-    url_failure,
-)
 from services.corpus_ingest.core.readers import FileReport, RawDoc, expand_sources, file_format, read_file
+from services.corpus_ingest.core.signals import token_estimate
+from shared.errors import Refusal
 from shared.shards import ShardWriter
 
 Progress = Callable[..., None]  # (stage, fraction, message="", **metrics)
-STAGES = ("read", "normalize", *FILTER_STAGES, "language", "safety")
 MANIFEST = "manifest.json"
-
-
+FIELDS = ("id", "text", "lang", "lang_score", "source", "url", "meta", "signals")
 _WINDOW = 64  # documents read ahead while their HTML is extracted in the pool
 
 
-class IngestInputError(ValueError):
+class IngestInputError(Refusal):
     """The request can never succeed: missing sources, or no readable document in any of them."""
 
 
@@ -73,6 +66,91 @@ def extracted(stream: Iterator[RawDoc], report: FileReport, pool: Executor | Non
     yield from flush()
 
 
+def documents(stream: Iterator[RawDoc], report: FileReport, seen_ids: Counter[str]) -> Iterator[Document]:
+    """The documents of one file, counted in ``report``; an id seen before gets a ``~n`` suffix
+    (ids are unique in the dataset)."""
+    for raw in stream:
+        report.documents += 1
+        seen_ids[raw.id] += 1
+        doc_id = raw.id if seen_ids[raw.id] == 1 else f"{raw.id}~{seen_ids[raw.id] - 1}"
+        yield Document(doc_id, raw.text, raw.source, raw.url, raw.meta)
+
+
+class DatasetWriter:
+    """Kept and excluded shards of one output folder, and what the manifest counts of the kept."""
+
+    def __init__(self, out_dir: Path, options: IngestOptions) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for sub in ("data", "excluded"):  # a rerun overwrites: no stale shard of the last run survives
+            shutil.rmtree(out_dir / sub, ignore_errors=True)
+        fmt, per_shard = options.output_format, options.shard_docs
+        self.kept = ShardWriter(out_dir / "data", "part", per_shard, out_dir, fmt)
+        self.excluded = ShardWriter(out_dir / "excluded", "excluded", per_shard, out_dir, fmt)
+        self.languages: Counter[str] = Counter()
+        self.text_bytes = self.tokens = 0
+        self.shards: list[dict[str, Any]] = []
+        self.excluded_shards: list[dict[str, Any]] = []
+
+    def write(self, doc: Document, drop: Drop | None) -> None:
+        if drop is not None:
+            self.excluded.write(
+                {**doc.record(), "filter": drop.filter, "rule": drop.rule, "reason": drop.reason}
+            )
+            return
+        assert doc.lang is not None and doc.signals is not None  # every block ran
+        self.languages[doc.lang] += 1
+        self.text_bytes += len(doc.text.encode())
+        self.tokens += token_estimate(doc.signals)
+        self.kept.write(doc.record())
+
+    def close(self) -> None:
+        self.shards, self.excluded_shards = self.kept.close(), self.excluded.close()
+
+    def manifest(
+        self,
+        dataset_id: str,
+        sources: list[str],
+        options: IngestOptions,
+        pipeline: Pipeline,
+        reports: list[FileReport],
+    ) -> dict[str, Any]:
+        """The dataset's manifest, once the shards are closed."""
+        return {
+            "dataset_id": dataset_id,
+            "kind": "corpus",
+            "produced_by": "corpus_ingest",
+            "format": options.output_format,
+            "fields": list(FIELDS),
+            "sources": sources,
+            "options": options.model_dump(mode="json"),
+            "shards": self.shards,
+            "excluded_shards": self.excluded_shards,
+            "documents": self.kept.documents,
+            "excluded_documents": self.excluded.documents,
+            "bytes": self.text_bytes,
+            "token_estimate": self.tokens,
+            "languages": dict(sorted(self.languages.items())),
+            "stages": pipeline.retention(),
+            "exclusions_by_filter": dict(sorted(pipeline.drops_by_filter.items())),
+            "exclusions_by_rule": dict(sorted(pipeline.drops_by_rule.items())),
+            "files": [r.as_dict() for r in reports],
+            "file_errors": sum(sum(r.errors.values()) for r in reports),
+        }
+
+
+@contextmanager
+def extraction_pool(workers: int) -> Iterator[Executor | None]:
+    """Processes extracting HTML when ``workers`` > 1 (forkserver: the service runs beside an event loop)."""
+    if workers <= 1:
+        yield None
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("forkserver"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
 def run_ingest(
     sources: list[str],
     out_dir: Path,
@@ -91,126 +169,23 @@ def run_ingest(
     files, missing = expand_sources(sources)
     if missing:
         raise IngestInputError(f"sources not found or empty: {', '.join(missing)}")
-    allowed = {c.lower() for c in options.languages}
-    langid = LanguageIdentifier(tuple(detector_languages) + tuple(allowed))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for sub in ("data", "excluded"):  # a rerun overwrites: no stale shard of the last run survives
-        shutil.rmtree(out_dir / sub, ignore_errors=True)
-    fmt = options.output_format
-    kept = ShardWriter(out_dir / "data", "part", options.shard_docs, out_dir, fmt)
-    excluded = ShardWriter(out_dir / "excluded", "excluded", options.shard_docs, out_dir, fmt)
-    keywords = tuple(
-        options.safety_keywords if options.safety_keywords is not None else DEFAULT_SAFETY_KEYWORDS
-    )
-    passed: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    rules: Counter[str] = Counter()
-    langs: Counter[str] = Counter()
-    reports: list[FileReport] = []
+    identifier = LanguageIdentifier(tuple(detector_languages) + tuple(c.lower() for c in options.languages))
+    pipeline = Pipeline(ingest_blocks(options, identifier), options.filters)
+    out = DatasetWriter(out_dir, options)
+    reports = [FileReport(path=str(path), format=file_format(path) or "unknown") for path in files]
     seen_ids: Counter[str] = Counter()
-    text_bytes = tokens = 0
-
-    def exclude(doc: dict[str, Any], filt: str, reason: str, rule: str | None = None) -> None:
-        reasons[filt] += 1
-        rules[f"{filt}.{rule or filt}"] += 1
-        excluded.write({**doc, "filter": filt, "rule": rule or filt, "reason": reason})
-
-    def process_file(stream: Iterator[RawDoc], report: FileReport) -> None:
-        nonlocal text_bytes, tokens
-        for raw in stream:
-            report.documents += 1
-            passed["read"] += 1
-            seen_ids[raw.id] += 1  # ids must be unique in the dataset: suffix repeats
-            doc_id = raw.id if seen_ids[raw.id] == 1 else f"{raw.id}~{seen_ids[raw.id] - 1}"
-            text = normalize_text(raw.text)
-            doc: dict[str, Any] = {
-                "id": doc_id,
-                "text": text,
-                "source": raw.source,
-                "url": raw.url,
-                "meta": raw.meta,
-            }
-            if not text:
-                exclude(doc, "normalize", "empty after normalisation")
-                continue
-            passed["normalize"] += 1
-            blocked = url_failure(raw.url, options) if "url" in options.filters else None
-            if blocked:
-                exclude(doc, "url", blocked)
-                continue
-            signals = compute_signals(text, keywords)
-            doc["signals"] = signals
-            failure = quality_failure(signals, options)
-            if failure:
-                exclude(doc, failure[0], failure[2], failure[1])
-                continue
-            lang, score = langid.identify(text)
-            doc["lang"], doc["lang_score"] = lang, score
-            if lang not in allowed or score < options.min_language_score:
-                exclude(
-                    doc,
-                    "language",
-                    f"language {lang} (score {score}) not in {sorted(allowed)} "
-                    f"with score >= {options.min_language_score}",
-                )
-                continue
-            unsafe = safety_failure(signals, options)
-            if unsafe:
-                exclude(doc, "safety", unsafe)
-                continue
-            passed["safety"] += 1
-            langs[lang] += 1
-            text_bytes += len(text.encode())
-            tokens += token_estimate(signals)
-            kept.write(doc)
-
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("forkserver")) if workers > 1 else None
-    try:
-        for i, path in enumerate(files):
-            report = FileReport(path=str(path), format=file_format(path) or "unknown")
-            reports.append(report)
+    with extraction_pool(workers) as pool:
+        for i, (path, report) in enumerate(zip(files, reports, strict=True)):
             stream = read_file(path, report, txt_max_doc_bytes, defer_html=pool is not None)
-            process_file(extracted(stream, report, pool), report)
+            for doc in documents(extracted(stream, report, pool), report, seen_ids):
+                out.write(doc, pipeline.check(doc))
             if progress:
-                progress(
-                    "ingest",
-                    (i + 1) / len(files),
-                    f"{i + 1}/{len(files)} files",
-                    documents=float(kept.documents),
-                )
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    shards, excluded_shards = kept.close(), excluded.close()
-    if passed["read"] == 0:
+                done = f"{i + 1}/{len(files)} files"
+                progress("ingest", (i + 1) / len(files), done, documents=float(out.kept.documents))
+    out.close()
+    if pipeline.documents_in == 0:
         errors = "; ".join(f"{r.path}: {dict(r.errors) or 'no documents'}" for r in reports)
         raise IngestInputError(f"no readable documents in {', '.join(sources)} ({errors})")
-    stages, docs_in = [], passed["read"]
-    # Each stage passes its survivors to the next: a stage's output is its input less its exclusions.
-    for stage in STAGES:
-        out = passed[stage] if stage in ("read", "normalize") else docs_in - reasons[stage]
-        stages.append({"stage": stage, "docs_in": docs_in, "docs_out": out})
-        docs_in = out
-    manifest = {
-        "dataset_id": dataset_id,
-        "kind": "corpus",
-        "produced_by": "corpus_ingest",
-        "format": fmt,
-        "fields": ["id", "text", "lang", "lang_score", "source", "url", "meta", "signals"],
-        "sources": sources,
-        "options": options.model_dump(mode="json"),
-        "shards": shards,
-        "excluded_shards": excluded_shards,
-        "documents": kept.documents,
-        "excluded_documents": excluded.documents,
-        "bytes": text_bytes,
-        "token_estimate": tokens,
-        "languages": dict(sorted(langs.items())),
-        "stages": stages,
-        "exclusions_by_filter": dict(sorted(reasons.items())),
-        "exclusions_by_rule": dict(sorted(rules.items())),
-        "files": [r.as_dict() for r in reports],
-        "file_errors": sum(sum(r.errors.values()) for r in reports),
-    }
+    manifest = out.manifest(dataset_id, sources, options, pipeline, reports)
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False))
     return manifest

@@ -5,15 +5,18 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from contracts.events import IngestOptions
 from services.corpus_ingest.core import IngestInputError, run_ingest
+from services.corpus_ingest.core.blocks import Document, Pipeline
+from services.corpus_ingest.core.filters import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
 from services.corpus_ingest.core.langid import LanguageIdentifier
 from services.corpus_ingest.core.normalize import normalize_text
-from services.corpus_ingest.core.quality import compute_signals, quality_failure
 from services.corpus_ingest.core.readers import FileReport, expand_sources, read_file
+from services.corpus_ingest.core.signals import compute_signals
 
 EN = [
     "The northern valley is home to farmers who grow apples and barley on the terraced hills.",
@@ -27,6 +30,19 @@ HTML = """<!doctype html><html><head><title>Valley guide</title>
 <nav><a href="/">Home</a> | <a href="/about">About</a> | <a href="/login">Login</a></nav>
 <article><h1>The valley</h1><p>{p0}</p><p>{p1}</p><p>{p2}</p></article>
 <footer>Copyright 2026 Example. All rights reserved. Cookie settings.</footer></body></html>"""
+
+
+def quality_failure(signals: dict[str, Any], o: IngestOptions) -> tuple[str, str, str] | None:
+    """(filter, rule, reason) of the first chosen text filter that drops a document with ``signals``."""
+    doc = Document("doc", "", "test", None, {}, signals=signals)
+    text_filters = [
+        GopherQuality.from_options(o),
+        GopherRepetition.from_options(o),
+        C4Quality(o.c4_min_sentences),
+        FineWebQuality.from_options(o),
+    ]
+    drop = Pipeline(text_filters, o.filters).check(doc)
+    return (drop.filter, drop.rule, drop.reason) if drop else None
 
 
 def read_all(path: Path) -> tuple[list[str], FileReport]:

@@ -1,16 +1,4 @@
-"""Per-document quality signals and the rule filters that read them, CJK-aware throughout.
-
-Filters follow the published rules, with datatrove's defaults where it has them:
-- ``gopher_quality`` (Rae et al. 2021, Table A1): word count, mean word length, symbol/word ratio,
-  bullet and ellipsis lines, alphabetic words;
-- ``gopher_repetition``: duplicate line/paragraph fractions, top 2-4-gram and duplicated 5-10-gram
-  character fractions;
-- ``c4`` (Raffel et al. 2020, document level): lorem ipsum, javascript/policy lines, curly
-  brackets, too few sentences;
-- ``fineweb`` (Penedo et al. 2024): lines ending in punctuation, short lines, duplicated-line
-  characters, newline/word ratio;
-- ``url``: blocked domains (and their subdomains) and URL substrings;
-- ``safety``: keyword hits from a configurable list.
+"""Per-document quality signals, CJK-aware throughout: what the filter blocks (``filters.py``) read.
 
 Words: each CJK character is one word (CJK text has no spaces), the rest is split on whitespace.
 Sentences end at Latin or CJK terminal punctuation. Signals are computed once per document and
@@ -25,11 +13,8 @@ import sys
 import unicodedata
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
-
-from contracts.events import IngestOptions
 
 # CJK unified ideographs (+ extension A, compatibility), kana, hangul syllables.
 CJK_CHAR = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
@@ -38,12 +23,10 @@ _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？]+")
 _PARAGRAPHS = re.compile(r"\n{2,}")
 _BULLET = ("•", "●", "○", "■", "□", "▪", "▫", "–", "-", "*", "·")
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
-_TOP_NGRAMS = ((2, 0.20), (3, 0.18), (4, 0.16))
-_DUP_NGRAMS = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
+# Gopher's repetition n-grams: the most frequent one (n = 2-4) and every duplicated one (n = 5-10).
+TOP_NGRAM_SIZES = (2, 3, 4)
+DUP_NGRAM_SIZES = (5, 6, 7, 8, 9, 10)
 
-# Stage names in the order they run; each is one row of the retention table.
-FILTER_STAGES = ("url", "gopher_quality", "gopher_repetition", "c4", "fineweb")
-WEB_FILTERS = ("url", "gopher_quality", "gopher_repetition", "c4", "fineweb", "safety")
 # A small default list; deployments pass their own (``IngestOptions.safety_keywords``).
 DEFAULT_SAFETY_KEYWORDS = (
     "porn", "xxx", "hardcore sex", "escort service", "online casino", "viagra",
@@ -98,15 +81,15 @@ def _ngram_stats(words: list[str]) -> tuple[dict[str, int], dict[str, int]]:
     N-grams are hashed from word ids; a duplicated n-gram is any occurrence after the first, and
     its characters are the union of the words such occurrences cover (Gopher's definition).
     """
-    top = {str(n): 0 for n, _ in _TOP_NGRAMS}
-    dup = {str(n): 0 for n, _ in _DUP_NGRAMS}
+    top = {str(n): 0 for n in TOP_NGRAM_SIZES}
+    dup = {str(n): 0 for n in DUP_NGRAM_SIZES}
     if len(words) < 2:
         return top, dup
     vocab: dict[str, int] = {}
     ids = np.fromiter(map(lambda w: vocab.setdefault(w, len(vocab)), words), np.uint64, len(words))
     lengths = np.fromiter(map(len, words), np.int64, len(words))
     with np.errstate(over="ignore"):
-        for n, _ in (*_TOP_NGRAMS, *_DUP_NGRAMS):
+        for n in (*TOP_NGRAM_SIZES, *DUP_NGRAM_SIZES):
             m = len(words) - n + 1
             if m < 2:
                 continue
@@ -178,135 +161,6 @@ def compute_signals(text: str, safety_keywords: Iterable[str] = DEFAULT_SAFETY_K
         "safety_keyword_hits": sum(lower.count(k.casefold()) for k in safety_keywords),
     }
     return s
-
-
-def url_failure(url: str | None, o: IngestOptions) -> str | None:
-    """The reason ``url`` is blocked, or None."""
-    if not url or not (o.blocked_domains or o.blocked_url_substrings):
-        return None
-    host = (urlparse(url).hostname or "").lower().rstrip(".")
-    for domain in o.blocked_domains:
-        d = domain.lower().strip(".")
-        if host == d or host.endswith("." + d):
-            return f"domain {host} is blocked ({d})"
-    low = url.lower()
-    for sub in o.blocked_url_substrings:
-        if sub.lower() in low:
-            return f"url contains blocked {sub!r}"
-    return None
-
-
-def _gopher_quality(s: dict[str, Any], o: IngestOptions) -> tuple[str, str] | None:
-    if s["words"] < o.min_words:
-        return "word_count", f"{s['words']} words < min {o.min_words}"
-    if s["words"] > o.max_words:
-        return "word_count", f"{s['words']} words > max {o.max_words}"
-    mwl = s["mean_word_length"]
-    if mwl is not None and not (o.min_mean_word_length <= mwl <= o.max_mean_word_length):
-        return "mean_word_length", (
-            f"mean word length {mwl} outside [{o.min_mean_word_length}, {o.max_mean_word_length}]"
-        )
-    if s["symbol_ratio"] > o.max_symbol_ratio:
-        return "symbol_ratio", f"symbol ratio {s['symbol_ratio']} > {o.max_symbol_ratio}"
-    if s["bullet_line_fraction"] > o.max_bullet_line_fraction:
-        return (
-            "bullet_lines",
-            f"bullet line fraction {s['bullet_line_fraction']} > {o.max_bullet_line_fraction}",
-        )
-    if s["ellipsis_line_fraction"] > o.max_ellipsis_line_fraction:
-        return "ellipsis_lines", (
-            f"ellipsis line fraction {s['ellipsis_line_fraction']} > {o.max_ellipsis_line_fraction}"
-        )
-    if s["alpha_fraction"] < o.min_alpha_fraction:
-        return "alpha_fraction", f"alphabetic word fraction {s['alpha_fraction']} < {o.min_alpha_fraction}"
-    # Kept here too (Gopher lists it with repetition) so the default stages catch line spam.
-    if s["duplicate_line_fraction"] > o.max_duplicate_line_fraction:
-        return "duplicate_lines", (
-            f"duplicate line fraction {s['duplicate_line_fraction']} > {o.max_duplicate_line_fraction}"
-        )
-    return None
-
-
-def _gopher_repetition(s: dict[str, Any], o: IngestOptions) -> tuple[str, str] | None:
-    for key, limit in (
-        ("duplicate_line_fraction", o.max_duplicate_line_fraction),
-        ("duplicate_paragraph_fraction", o.max_duplicate_paragraph_fraction),
-        ("duplicate_line_char_fraction", o.max_duplicate_line_char_fraction),
-        ("duplicate_paragraph_char_fraction", o.max_duplicate_paragraph_char_fraction),
-    ):
-        if s[key] > limit:
-            return key, f"{key.replace('_', ' ')} {s[key]} > {limit}"
-    for n, limit in _TOP_NGRAMS:
-        v = s["top_ngram_char_fraction"][str(n)]
-        if v > limit:
-            return f"top_{n}_gram", f"top {n}-gram covers {v} of the characters > {limit}"
-    for n, limit in _DUP_NGRAMS:
-        v = s["dup_ngram_char_fraction"][str(n)]
-        if v > limit:
-            return f"duplicated_{n}_grams", f"duplicated {n}-grams cover {v} of the characters > {limit}"
-    return None
-
-
-def _c4(s: dict[str, Any], o: IngestOptions) -> tuple[str, str] | None:
-    if s["lorem_ipsum"]:
-        return "lorem_ipsum", "contains 'lorem ipsum'"
-    if s["curly_bracket"]:
-        return "curly_bracket", "contains '{' (code or template)"
-    if s["javascript_lines"]:
-        return "javascript", f"{s['javascript_lines']} lines mention javascript"
-    if s["policy_lines"]:
-        return "policy", f"{s['policy_lines']} lines of terms/privacy/cookie policy"
-    if s["sentences"] < o.c4_min_sentences:
-        return "min_sentences", f"{s['sentences']} sentences < min {o.c4_min_sentences}"
-    return None
-
-
-def _fineweb(s: dict[str, Any], o: IngestOptions) -> tuple[str, str] | None:
-    if s["line_punct_fraction"] < o.fineweb_min_line_punct_fraction:
-        return "line_punct_ratio", (
-            f"lines ending in punctuation {s['line_punct_fraction']} < {o.fineweb_min_line_punct_fraction}"
-        )
-    if s["short_line_fraction"] > o.fineweb_max_short_line_fraction:
-        return (
-            "short_line_ratio",
-            f"short lines {s['short_line_fraction']} > {o.fineweb_max_short_line_fraction}",
-        )
-    if s["duplicate_line_char_fraction"] > o.fineweb_max_char_dup_fraction:
-        return "char_dup_ratio", (
-            f"characters in duplicated lines {s['duplicate_line_char_fraction']} > {o.fineweb_max_char_dup_fraction}"
-        )
-    if s["newline_word_ratio"] > o.fineweb_max_newline_word_ratio:
-        return (
-            "list_ratio",
-            f"newlines per word {s['newline_word_ratio']} > {o.fineweb_max_newline_word_ratio}",
-        )
-    return None
-
-
-_RULES = {
-    "gopher_quality": _gopher_quality,
-    "gopher_repetition": _gopher_repetition,
-    "c4": _c4,
-    "fineweb": _fineweb,
-}
-
-
-def quality_failure(s: dict[str, Any], o: IngestOptions) -> tuple[str, str, str] | None:
-    """(stage, rule, reason) of the first enabled text filter the document fails, or None."""
-    for stage in FILTER_STAGES:
-        rule = _RULES.get(stage)
-        if rule is None or stage not in o.filters:
-            continue
-        failed = rule(s, o)
-        if failed:
-            return stage, failed[0], failed[1]
-    return None
-
-
-def safety_failure(s: dict[str, Any], o: IngestOptions) -> str | None:
-    if "safety" in o.filters and s["safety_keyword_hits"] > o.max_safety_keyword_hits:
-        return f"{s['safety_keyword_hits']} safety keyword hits > {o.max_safety_keyword_hits}"
-    return None
 
 
 def token_estimate(signals: dict[str, Any]) -> int:
