@@ -6,18 +6,18 @@ import asyncio
 
 from contracts.proto.puyu.registry.v1 import registry_pb2_grpc
 from services.model_registry.config import RegistrySettings
-from services.model_registry.core import Registry
-from services.model_registry.db import make_engine, migrate
+from services.model_registry.core.database import make_engine, migrate
+from services.model_registry.core.registry import Registry
 from services.model_registry.grpc_api import SERVICE_NAME, RegistryServicer
 from services.model_registry.handlers import register_handlers
 from services.model_registry.http_api import make_router
-from services.model_registry.outbox import OutboxRelay
-from shared.service import ServiceRuntime
+from services.model_registry.relay import OutboxRelay
+from shared.service import Service, ServiceRuntime
 
 NAME = "model_registry"
 
 
-def create_service(settings: RegistrySettings | None = None) -> ServiceRuntime:
+def create_service(settings: RegistrySettings | None = None) -> Service[Registry]:
     settings = settings or RegistrySettings()
     runtime = ServiceRuntime(
         NAME,
@@ -28,12 +28,11 @@ def create_service(settings: RegistrySettings | None = None) -> ServiceRuntime:
     engine = make_engine(settings.registry_database_url, schema=settings.registry_db_schema)
     registry = Registry(engine, settings.load_policy(), source=runtime.bus.service, consumer=NAME)
     relay = OutboxRelay(registry, runtime.bus, settings.registry_outbox_interval)
-    register_handlers(runtime.bus, registry, relay)
+    register_handlers(runtime.bus, registry, settings)
     runtime.add_grpc(
-        registry_pb2_grpc.add_ModelRegistryServicer_to_server, RegistryServicer(registry, relay), SERVICE_NAME
+        registry_pb2_grpc.add_ModelRegistryServicer_to_server, RegistryServicer(registry), SERVICE_NAME
     )
-    runtime.http.include_router(make_router(registry, relay))
-    runtime.registry = registry  # type: ignore[attr-defined]  # for tests and the CLI's embedded use
+    runtime.http.include_router(make_router(registry))
 
     @runtime.on_start
     async def _start() -> None:
@@ -45,4 +44,4 @@ def create_service(settings: RegistrySettings | None = None) -> ServiceRuntime:
         await relay.stop()
         engine.dispose()
 
-    return runtime
+    return Service(runtime, registry)

@@ -1,4 +1,8 @@
-"""`puyu models ...`: list, show, promote and roll back models through the registry's REST API."""
+"""`puyu models ...`: list, show, promote and roll back models through the registry's REST API.
+
+The functions return the API's JSON as it came (the commands print it); where they use a value of
+it, they read it through the core's view.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from services.model_registry.core.views import VersionView
 from shared.ports import http_port
 from shared.settings import CommonSettings
 
@@ -66,7 +71,7 @@ def models_promote(name: str, version: int, reason: str = "", url: str | None = 
 def models_promote_ref(ref: str, reason: str = "", url: str | None = None) -> dict[str, Any]:
     """Promote ``NAME:VERSION`` or ``NAME@ALIAS`` (e.g. ``demo@candidate`` in manual-approval mode)."""
     if "@" in ref:
-        name, version = ref.split("@", 1)[0], int(models_show(ref, url)["version"])
+        name, version = ref.split("@", 1)[0], VersionView.model_validate(models_show(ref, url)).version
     else:
         name, _, num = ref.rpartition(":")
         if not name or not num.isdigit():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from services.model_registry.policy import PromotionPolicy
+from services.model_registry.core.policy import PromotionPolicy
 from shared.settings import CommonSettings
 
 

@@ -5,69 +5,81 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import grpc
 
 from contracts.events import ArtifactRef, ModelRef
 from contracts.proto.puyu.registry.v1 import registry_pb2 as pb
 from contracts.proto.puyu.registry.v1 import registry_pb2_grpc
-from services.model_registry.card import model_card
-from services.model_registry.core import InvalidInput, NotFound, Registry
-from services.model_registry.outbox import OutboxRelay
+from services.model_registry.core import AuditView, NotFound, RegistryRefusal, VersionView, model_card
+from services.model_registry.core.registry import Registry
 
+P = ParamSpec("P")
 T = TypeVar("T")
 SERVICE_NAME = "puyu.registry.v1.ModelRegistry"
 
 
-def version_to_proto(v: dict[str, Any]) -> pb.ModelVersion:
-    parent = v.get("parent") or {}
+def version_to_proto(v: VersionView) -> pb.ModelVersion:
     return pb.ModelVersion(
-        model_name=v["model_name"],
-        version=v["version"],
-        artifact=pb.Artifact(**v["artifact"]),
-        format=v["format"],
-        run_id=v["run_id"],
-        parent_model=parent.get("model_name") or "",
-        parent_version=parent.get("version") or 0,
-        aliases=v["aliases"],
-        status=v["status"],
+        model_name=v.model_name,
+        version=v.version,
+        artifact=pb.Artifact(uri=v.artifact.uri, sha256=v.artifact.sha256, size_bytes=v.artifact.size_bytes),
+        format=v.format,
+        run_id=v.run_id,
+        parent_model=v.parent.model_name if v.parent else "",
+        parent_version=v.parent.version if v.parent else 0,
+        aliases=v.aliases,
+        status=v.status.value,
         evaluations=[
             pb.EvaluationResult(
-                task=e["task"],
-                metrics=e["metrics"],
-                primary_metric=e["primary_metric"],
-                version_hash=e["version_hash"],
-                num_samples=e["num_samples"],
+                task=e.task,
+                metrics=e.metrics,
+                primary_metric=e.primary_metric,
+                version_hash=e.version_hash,
+                num_samples=e.num_samples,
             )
-            for e in v["evaluations"]
+            for e in v.evaluations
         ],
-        tags={str(k): str(x) for k, x in v["tags"].items()},
-        created_at=v["created_at"],
+        tags={str(k): str(x) for k, x in v.tags.items()},
+        created_at=v.created_at.isoformat(),
         lineage_json=json.dumps(
             {
-                "kind": v["kind"],
-                "method": v["method"],
-                "datasets": v["datasets"],
-                "hyperparameters": v["hyperparameters"],
-                "adapter": v["adapter"],
+                "kind": v.kind,
+                "method": v.method,
+                "datasets": v.datasets,
+                "hyperparameters": v.hyperparameters,
+                "adapter": v.adapter,
             }
         ),
     )
 
 
+def audit_to_proto(e: AuditView) -> pb.AuditEntry:
+    return pb.AuditEntry(
+        id=e.id,
+        time=e.time.isoformat(),
+        actor=e.actor,
+        action=e.action,
+        model_name=e.model,
+        version=e.version or 0,
+        reason=e.reason,
+        details_json=json.dumps(e.details, default=str),
+    )
+
+
 class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
-    def __init__(self, registry: Registry, relay: OutboxRelay | None = None) -> None:
-        self.registry, self.relay = registry, relay
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
 
     async def _call(
-        self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any, **kw: Any
+        self, context: grpc.aio.ServicerContext, fn: Callable[P, T], *args: P.args, **kw: P.kwargs
     ) -> T:
         try:
             return await asyncio.to_thread(fn, *args, **kw)
         except NotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except (InvalidInput, ValueError) as exc:
+        except RegistryRefusal as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         raise AssertionError("unreachable")  # abort raises
 
@@ -86,7 +98,7 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
                 if request.parent_model
                 else None
             )
-        except ValueError as exc:
+        except ValueError as exc:  # malformed JSON or references: the request itself is bad
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad request: {exc}")
         v = await self._call(
             context,
@@ -102,22 +114,20 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
             tags=dict(request.tags),
             actor="grpc",
         )
-        if self.relay:
-            self.relay.poke()
-        assert v is not None
+        assert v is not None  # no event id: never a duplicate
         return version_to_proto(v)
 
     async def GetVersion(self, request: pb.GetVersionRequest, context: Any) -> pb.ModelVersion:
-        if bool(request.version) == bool(request.alias):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of version or alias")
-        v = await self._call(
+        return version_to_proto(await self._get(request, context))
+
+    async def _get(self, request: pb.GetVersionRequest, context: Any) -> VersionView:
+        return await self._call(
             context,
             self.registry.get_version,
             request.model_name,
             version=request.version or None,
             alias=request.alias or None,
         )
-        return version_to_proto(v)
 
     async def ListVersions(self, request: pb.ListVersionsRequest, context: Any) -> pb.ListVersionsResponse:
         vs = await self._call(context, self.registry.list_versions, request.model_name)
@@ -128,17 +138,15 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
         return pb.ListModelsResponse(
             models=[
                 pb.ModelSummary(
-                    model_name=m["model_name"],
-                    latest_version=m["latest_version"],
-                    champion_version=m["champion_version"],
+                    model_name=m.model_name,
+                    latest_version=m.latest_version,
+                    champion_version=m.champion_version,
                 )
                 for m in ms
             ]
         )
 
     async def SetAlias(self, request: pb.SetAliasRequest, context: Any) -> pb.ModelVersion:
-        if request.version < 1:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "version must be >= 1")
         v = await self._call(
             context,
             self.registry.set_alias,
@@ -148,8 +156,6 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
             actor="grpc",
             reason=request.reason,
         )
-        if self.relay:
-            self.relay.poke()
         return version_to_proto(v)
 
     async def Rollback(self, request: pb.RollbackRequest, context: Any) -> pb.RollbackResponse:
@@ -160,13 +166,8 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
             actor="grpc",
             reason=request.reason or "manual rollback",
         )
-        if self.relay:
-            self.relay.poke()
         return pb.RollbackResponse(
-            restored=out.get("restored") or 0,
-            rolled_back=out.get("rolled_back") or 0,
-            reason=out.get("reason", out.get("note", "")),
-            event_id=out.get("event_id", ""),
+            restored=out.restored, rolled_back=out.rolled_back, reason=out.reason, event_id=out.event_id
         )
 
     async def SetTags(self, request: pb.SetTagsRequest, context: Any) -> pb.SetTagsResponse:
@@ -180,35 +181,12 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
             actor="grpc",
             reason=request.reason,
         )
-        return pb.SetTagsResponse(tags={str(k): str(x) for k, x in out["tags"].items()})
+        return pb.SetTagsResponse(tags={str(k): str(x) for k, x in out.tags.items()})
 
     async def ListAudit(self, request: pb.ListAuditRequest, context: Any) -> pb.ListAuditResponse:
         limit = max(1, min(request.limit or 200, 1000))
         rows = await self._call(context, self.registry.audit, request.model_name or None, limit)
-        return pb.ListAuditResponse(
-            entries=[
-                pb.AuditEntry(
-                    id=e["id"],
-                    time=e["time"],
-                    actor=e["actor"],
-                    action=e["action"],
-                    model_name=e["model"],
-                    version=e["version"] or 0,
-                    reason=e["reason"],
-                    details_json=json.dumps(e["details"], default=str),
-                )
-                for e in rows
-            ]
-        )
+        return pb.ListAuditResponse(entries=[audit_to_proto(e) for e in rows])
 
     async def GetModelCard(self, request: pb.GetVersionRequest, context: Any) -> pb.ModelCard:
-        if bool(request.version) == bool(request.alias):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of version or alias")
-        v = await self._call(
-            context,
-            self.registry.get_version,
-            request.model_name,
-            version=request.version or None,
-            alias=request.alias or None,
-        )
-        return pb.ModelCard(markdown=model_card(v))
+        return pb.ModelCard(markdown=model_card(await self._get(request, context)))

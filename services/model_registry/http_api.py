@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from services.model_registry.card import model_card
-from services.model_registry.core import InvalidInput, NotFound, Registry
-from services.model_registry.outbox import OutboxRelay
+from services.model_registry.core import (
+    AuditView,
+    ModelView,
+    NotFound,
+    RegistryRefusal,
+    RollbackView,
+    TagsView,
+    VersionView,
+    model_card,
+)
+from services.model_registry.core.registry import Registry
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 
@@ -39,33 +48,36 @@ class ModelPatch(TagsBody):
     description: str | None = None
 
 
-def make_router(registry: Registry, relay: OutboxRelay | None = None) -> APIRouter:
+async def call(fn: Callable[P, T], *args: P.args, **kw: P.kwargs) -> T:
+    """Run a core call in a worker thread; its refusals become 404 (unknown) or 400."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kw)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except RegistryRefusal as exc:
+        raise HTTPException(400, str(exc)) from exc
+
+
+def make_router(registry: Registry) -> APIRouter:
     router = APIRouter(prefix="/v1")
 
-    async def call(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        try:
-            return await asyncio.to_thread(fn, *args, **kw)
-        except NotFound as exc:
-            raise HTTPException(404, str(exc)) from exc
-        except InvalidInput as exc:
-            raise HTTPException(400, str(exc)) from exc
-
     @router.get("/models")
-    async def list_models() -> list[dict[str, Any]]:
+    async def list_models() -> list[ModelView]:
         return await call(registry.list_models)
 
     @router.get("/models/{name}")
     async def show_model(name: str) -> dict[str, Any]:
+        """The model's summary with all its versions."""
         versions = await call(registry.list_versions, name)
-        models = {m["model_name"]: m for m in await call(registry.list_models)}
-        return {**models[name], "versions": versions}
+        [model] = [m for m in await call(registry.list_models) if m.model_name == name]
+        return model.model_dump(mode="json") | {"versions": [v.model_dump(mode="json") for v in versions]}
 
     @router.get("/models/{name}/versions/{version}")
-    async def get_version(name: str, version: int) -> dict[str, Any]:
+    async def get_version(name: str, version: int) -> VersionView:
         return await call(registry.get_version, name, version=version)
 
     @router.get("/models/{name}/aliases/{alias}")
-    async def get_alias(name: str, alias: str) -> dict[str, Any]:
+    async def get_alias(name: str, alias: str) -> VersionView:
         return await call(registry.get_version, name, alias=alias)
 
     @router.get("/models/{name}/versions/{version}/card", response_class=PlainTextResponse)
@@ -73,22 +85,16 @@ def make_router(registry: Registry, relay: OutboxRelay | None = None) -> APIRout
         return model_card(await call(registry.get_version, name, version=version))
 
     @router.post("/models/{name}/promote")
-    async def promote(name: str, body: PromoteBody) -> dict[str, Any]:
-        v = await call(registry.promote, name, body.version, actor=body.actor, reason=body.reason)
-        if relay:
-            relay.poke()
-        return v
+    async def promote(name: str, body: PromoteBody) -> VersionView:
+        return await call(registry.promote, name, body.version, actor=body.actor, reason=body.reason)
 
     @router.post("/models/{name}/rollback")
-    async def rollback(name: str, body: RollbackBody | None = None) -> dict[str, Any]:
+    async def rollback(name: str, body: RollbackBody | None = None) -> RollbackView:
         body = body or RollbackBody()
-        out = await call(registry.rollback, name, actor=body.actor, reason=body.reason)
-        if relay:
-            relay.poke()
-        return out
+        return await call(registry.rollback, name, actor=body.actor, reason=body.reason)
 
     @router.patch("/models/{name}")
-    async def patch_model(name: str, body: ModelPatch) -> dict[str, Any]:
+    async def patch_model(name: str, body: ModelPatch) -> TagsView:
         """Model description and model-level tags."""
         return await call(
             registry.set_tags,
@@ -102,7 +108,7 @@ def make_router(registry: Registry, relay: OutboxRelay | None = None) -> APIRout
         )
 
     @router.patch("/models/{name}/versions/{version}/tags")
-    async def patch_version_tags(name: str, version: int, body: TagsBody) -> dict[str, Any]:
+    async def patch_version_tags(name: str, version: int, body: TagsBody) -> dict[str, dict[str, str]]:
         out = await call(
             registry.set_tags,
             name,
@@ -112,10 +118,10 @@ def make_router(registry: Registry, relay: OutboxRelay | None = None) -> APIRout
             actor=body.actor,
             reason=body.reason,
         )
-        return {"tags": out["tags"]}
+        return {"tags": out.tags}
 
     @router.get("/audit")
-    async def audit(model: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    async def audit(model: str | None = None, limit: int = 200) -> list[AuditView]:
         return await call(registry.audit, model, max(1, min(limit, 1000)))
 
     return router

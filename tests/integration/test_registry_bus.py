@@ -34,7 +34,7 @@ from services.model_registry.cli import (
     models_tag,
 )
 from services.model_registry.config import RegistrySettings
-from services.model_registry.policy import PromotionPolicy
+from services.model_registry.core import PromotionPolicy
 from shared.bus import Bus
 from shared.natsserver import NatsServer, free_port
 
@@ -53,8 +53,8 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
         registry_outbox_interval=0.2,
         registry_policy=getattr(request, "param", None) or PromotionPolicy(),
     )
-    runtime = create_service(settings)
-    task = asyncio.create_task(runtime.run())
+    service = create_service(settings)
+    task = asyncio.create_task(service.run())
     base = f"http://127.0.0.1:{settings.registry_http_port}"
     async with httpx.AsyncClient() as client:
         for _ in range(100):
@@ -76,7 +76,7 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
     finally:
         await nc.close()
         await client_bus.stop()
-        runtime.stop()
+        service.stop()
         await asyncio.wait_for(task, 30)
         server.stop()
 
@@ -253,8 +253,8 @@ async def test_manual_mode_deployment_failure_and_tags(stack: dict[str, Any]) ->
 
 
 async def test_unpublished_outbox_is_relayed_at_start_up(tmp_path: Path) -> None:
-    from services.model_registry.core import Registry
-    from services.model_registry.db import make_engine, migrate
+    from services.model_registry.core.database import make_engine, migrate
+    from services.model_registry.core.registry import Registry
 
     settings = RegistrySettings(
         home=tmp_path, registry_grpc_port=free_port(), registry_http_port=free_port(), log_json=False
@@ -265,8 +265,8 @@ async def test_unpublished_outbox_is_relayed_at_start_up(tmp_path: Path) -> None
     engine.dispose()  # committed while no bus was up: the row waits in the outbox
     with NatsServer(tmp_path / "nats") as server:
         settings.nats_url = server.url
-        runtime = create_service(settings)
-        task = asyncio.create_task(runtime.run())
+        service = create_service(settings)
+        task = asyncio.create_task(service.run())
         nc = await nats.connect(server.url)
         try:
             for _ in range(100):  # the stream exists once the service's bus is up
@@ -277,5 +277,5 @@ async def test_unpublished_outbox_is_relayed_at_start_up(tmp_path: Path) -> None
             assert (await next_event(sub)).id == "registered:early:1"
         finally:
             await nc.close()
-            runtime.stop()
+            service.stop()
             await asyncio.wait_for(task, 30)

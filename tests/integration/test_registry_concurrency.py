@@ -20,8 +20,9 @@ import pytest
 from sqlalchemy import Engine, text
 
 from contracts.events import ArtifactRef, EventEnvelope
-from services.model_registry.core import Registry
-from services.model_registry.db import make_engine, migrate
+from services.model_registry.core import VersionStatus
+from services.model_registry.core.database import make_engine, migrate
+from services.model_registry.core.registry import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -33,8 +34,9 @@ WORKER = textwrap.dedent(
     """
     import json, random, sys, time
     from contracts.events import ModelRef, TaskResult
-    from services.model_registry.core import InvalidInput, Registry
-    from services.model_registry.db import make_engine
+    from services.model_registry.core import InvalidInput
+    from services.model_registry.core.database import make_engine
+    from services.model_registry.core.registry import Registry
 
     url, schema, role, start, plan = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5]
     reg = Registry(make_engine(url, schema=schema), consumer="model_registry")
@@ -119,8 +121,8 @@ def champion_state(reg: Registry, engine: Engine, model: str) -> tuple[int, list
             {"m": model},
         ).scalar_one()
     assert aliases == 1, f"{aliases} champion aliases"
-    champions = [v["version"] for v in reg.list_versions(model) if v["status"] == "champion"]
-    return reg.get_version(model, alias="champion")["version"], champions
+    champions = [v.version for v in reg.list_versions(model) if v.status == VersionStatus.CHAMPION]
+    return reg.get_version(model, alias="champion").version, champions
 
 
 def test_replicas_racing_keep_one_champion_lose_no_move_and_gate_against_the_current_champion(
@@ -154,13 +156,13 @@ def check_manual_race(reg: Registry, engine: Engine, rollbacks: int) -> None:
     assert champions == [champion], f"alias says {champion}, statuses say {champions}"
 
     # The alias history is one chain: each move starts at the version the previous move left.
-    moves = [e for e in reversed(reg.audit("race", 1000)) if e["action"] in MOVES]
+    moves = [e for e in reversed(reg.audit("race", 1000)) if e.action in MOVES]
     assert len(moves) >= 10 + rollbacks
     at: int | None = None
     for e in moves:
-        start = e["details"]["rolled_back"] if e["action"] == "rollback" else e["details"]["previous"]
+        start = e.details["rolled_back"] if e.action == "rollback" else e.details["previous"]
         assert start == at, f"lost alias move before audit entry {e}"
-        at = e["version"]
+        at = e.version
     assert at == champion
 
     # One model.promoted per move, in the same order, each from where the last one left.
@@ -169,7 +171,7 @@ def check_manual_race(reg: Registry, engine: Engine, rollbacks: int) -> None:
         for _, env in reg.pending_outbox(1000)
         if env["type"] == "model.promoted" and env["payload"]["model"]["model_name"] == "race"
     ]
-    assert [p["model"]["version"] for p in promoted] == [e["version"] for e in moves]
+    assert [p["model"]["version"] for p in promoted] == [e.version for e in moves]
     for before, after in itertools.pairwise(promoted):
         assert after["previous"]["version"] == before["model"]["version"]
 
@@ -178,13 +180,13 @@ def check_automatic_race(reg: Registry, engine: Engine) -> None:
     champion, champions = champion_state(reg, engine, "auto")
     assert champion == 16 and champions == [16], f"champion {champion}, statuses say {champions}"
     # Each promotion beat the champion it replaced: versions along the chain only go up.
-    chain = [e for e in reversed(reg.audit("auto", 1000)) if e["action"] == "promote"]
-    assert [e["version"] for e in chain] == sorted(e["version"] for e in chain)
+    chain = [e for e in reversed(reg.audit("auto", 1000)) if e.action == "promote"]
+    assert [e.version for e in chain] == sorted(e.version for e in chain)
     for e in chain:
-        prev = e["details"]["previous"]
-        assert prev is None or prev < e["version"]
-    rejected = [e for e in reg.audit("auto", 1000) if e["action"] == "reject"]
+        prev = e.details["previous"]
+        assert prev is None or prev < e.version
+    rejected = [e for e in reg.audit("auto", 1000) if e.action == "reject"]
     assert len(chain) + len(rejected) == 16
     for e in rejected:  # rejected against a champion that was better at that moment
-        assert e["details"]["champion"] > e["version"]
-    assert {v["status"] for v in reg.list_versions("auto")} <= {"champion", "archived", "rejected"}
+        assert e.details["champion"] > e.version
+    assert {v.status for v in reg.list_versions("auto")} <= {"champion", "archived", "rejected"}

@@ -23,8 +23,8 @@ import pytest
 from sqlalchemy import text
 
 from contracts.events import ArtifactRef, CheckpointReady, EventEnvelope
-from services.model_registry.core import Registry
-from services.model_registry.db import make_engine
+from services.model_registry.core.database import make_engine
+from services.model_registry.core.registry import Registry
 from shared.bus import Bus
 from shared.natsserver import NatsServer, free_port
 
@@ -38,8 +38,8 @@ DOOMED = textwrap.dedent(
     from services.model_registry.app import create_service
 
     when = sys.argv[1]
-    runtime = create_service()
-    real = runtime.bus.publish_envelope
+    service = create_service()
+    real = service.runtime.bus.publish_envelope
 
     async def doomed(env, cls):
         if env.type.startswith("model."):
@@ -48,8 +48,8 @@ DOOMED = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
         await real(env, cls)
 
-    runtime.bus.publish_envelope = doomed
-    asyncio.run(runtime.run())
+    service.runtime.bus.publish_envelope = doomed
+    asyncio.run(service.run())
     """
 )
 
@@ -155,7 +155,7 @@ async def test_kill_between_commit_and_publish_loses_no_event(
 
         # The state change is committed; its event is in the outbox, not yet marked as sent.
         reg = registry_engine(db)
-        assert [v["version"] for v in reg.list_versions("crashy")] == [1]
+        assert [v.version for v in reg.list_versions("crashy")] == [1]
         pending = [EventEnvelope.model_validate(e).id for _, e in reg.pending_outbox()]
         assert pending == ["registered:crashy:1"]
         on_wire = await registered_events(server.url, 0.5)
@@ -175,7 +175,7 @@ async def test_kill_between_commit_and_publish_loses_no_event(
             assert [e.id for e in events] == ["registered:crashy:1"]
             assert events[0].payload["run_id"] == "run-1"
             # the checkpoint event, redelivered or not, registered one version only
-            assert [v["version"] for v in reg.list_versions("crashy")] == [1]
+            assert [v.version for v in reg.list_versions("crashy")] == [1]
         finally:
             proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(proc.wait, 30)

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import Engine, inspect, text
 
 from contracts.events import ArtifactRef, DatasetRef, EventEnvelope, ModelRef, TaskResult
-from services.model_registry.card import model_card
-from services.model_registry.core import InvalidInput, NotFound, Registry
-from services.model_registry.db import make_engine, migrate
-from services.model_registry.policy import PromotionPolicy
+from services.model_registry.core import InvalidInput, NotFound, PromotionPolicy, VersionStatus, model_card
+from services.model_registry.core.database import make_engine, migrate
+from services.model_registry.core.registry import Registry
+from shared.errors import Refusal
 
 PG_URL = os.environ.get("PUYU_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -103,17 +103,18 @@ def test_alembic_upgrade_from_empty(engine: Engine) -> None:
 def test_register_is_idempotent_per_event(reg: Registry) -> None:
     ds = [DatasetRef(dataset_id="d1", manifest_uri="file:///m", digest="x").model_dump()]
     v = reg.register_version("demo", art(1), run_id="r1", datasets=ds, event_id="ckpt:r1:10")
-    assert v is not None and v["version"] == 1 and v["status"] == "candidate"
+    assert v is not None and v.version == 1 and v.status == VersionStatus.CANDIDATE == "candidate"
     assert reg.register_version("demo", art(1), run_id="r1", event_id="ckpt:r1:10") is None
-    assert [x["version"] for x in reg.list_versions("demo")] == [1]
+    assert [x.version for x in reg.list_versions("demo")] == [1]
     assert outbox_ids(reg) == ["registered:demo:1"]
-    assert reg.register_version("demo", art(2), run_id="r2", event_id="ckpt:r2:10")["version"] == 2  # type: ignore[index]
+    second = reg.register_version("demo", art(2), run_id="r2", event_id="ckpt:r2:10")
+    assert second is not None and second.version == 2
 
 
 def test_concurrent_registration_numbers_are_unique(reg: Registry) -> None:
     with ThreadPoolExecutor(6) as pool:
         out = list(pool.map(lambda i: reg.register_version("race", art(i), run_id=f"r{i}"), range(12)))
-    assert sorted(v["version"] for v in out if v) == list(range(1, 13))
+    assert sorted(v.version for v in out if v) == list(range(1, 13))
 
 
 def test_bad_input_and_not_found(reg: Registry) -> None:
@@ -136,34 +137,34 @@ def test_promotion_rejection_rollback_and_deployment_failure(reg: Registry) -> N
     for i in (1, 2, 3, 4):
         reg.register_version("m", art(i), run_id=f"r{i}")
     out = reg.record_evaluation(ModelRef(model_name="m", version=1), results(40, 0.3), event_id="e1")
-    assert out is not None and out["outcome"] == "promoted"
+    assert out is not None and out.outcome == "promoted"
     assert reg.record_evaluation(ModelRef(model_name="m", version=1), results(40, 0.3), event_id="e1") is None
-    assert reg.get_version("m", alias="champion")["version"] == 1
+    assert reg.get_version("m", alias="champion").version == 1
     out = reg.record_evaluation(ModelRef(model_name="m", version=2), results(60, 0.3), event_id="e2")
-    assert out is not None and out["outcome"] == "rejected" and "perplexity" in out["reason"]
-    assert reg.get_version("m", version=2)["status"] == "rejected"
+    assert out is not None and out.outcome == "rejected" and "perplexity" in out.reason
+    assert reg.get_version("m", version=2).status == "rejected"
     out = reg.record_evaluation(ModelRef(model_name="m", version=3), results(30, 0.4))
-    assert out is not None and out["outcome"] == "promoted"
-    assert reg.get_version("m", version=1)["status"] == "archived"
+    assert out is not None and out.outcome == "promoted"
+    assert reg.get_version("m", version=1).status == "archived"
     ids = outbox_ids(reg)
     assert {"promoted:m:1", "rejected:m:2", "promoted:m:3"} <= set(ids)
 
     back = reg.rollback("m", reason="bad answers")
-    assert back["restored"] == 1 and back["rolled_back"] == 3
-    assert reg.get_version("m", alias="champion")["version"] == 1
+    assert back.restored == 1 and back.rolled_back == 3
+    assert reg.get_version("m", alias="champion").version == 1
     with pytest.raises(InvalidInput):
         reg.rollback("m")  # version 1 had no predecessor
 
     reg.promote("m", 4, reason="operator says so")
-    assert reg.get_version("m", alias="champion")["status"] == "champion"
+    assert reg.get_version("m", alias="champion").status == "champion"
     failed = reg.record_deployment(
         ModelRef(model_name="m", version=4), "w1", ok=False, error="OOM", event_id="d1"
     )
-    assert failed is not None and failed["restored"] == 1
-    assert reg.get_version("m", alias="champion")["version"] == 1
-    actions = [a["action"] for a in reg.audit("m")]
+    assert failed is not None and failed.restored == 1
+    assert reg.get_version("m", alias="champion").version == 1
+    actions = [a.action for a in reg.audit("m")]
     assert actions.count("rollback") == 2 and "deployment_failed" in actions and "manual_promote" in actions
-    reasons = " ".join(a["reason"] for a in reg.audit("m"))
+    reasons = " ".join(a.reason for a in reg.audit("m"))
     assert "deployment of version 4 failed on w1: OOM" in reasons
     card = model_card(reg.get_version("m", version=3))
     assert card.startswith("---\n") and "model-index" in card and "perplexity" in card
@@ -173,7 +174,7 @@ def test_failed_first_deployment_removes_alias(reg: Registry) -> None:
     reg.register_version("solo", art(1))
     reg.record_evaluation(ModelRef(model_name="solo", version=1), results(40, 0.3))
     out = reg.record_deployment(ModelRef(model_name="solo", version=1), "w", ok=False, error="boom")
-    assert out is not None and out["restored"] is None
+    assert out is not None and out.restored is None
     with pytest.raises(NotFound):
         reg.get_version("solo", alias="champion")
 
@@ -222,15 +223,15 @@ def test_outbox_relay_crash_leaves_rows_for_the_next_sweep(reg: Registry) -> Non
 def test_tags_on_versions_and_models_are_audited(reg: Registry) -> None:
     reg.register_version("t", art(1), tags={"origin": "run-1"})
     out = reg.set_tags("t", 1, set_={"reviewed": "yes", "team/owner": "nlp"}, reason="review done")
-    assert out["tags"] == {"origin": "run-1", "reviewed": "yes", "team/owner": "nlp"}
-    assert reg.set_tags("t", 1, delete=["origin"])["tags"] == {"reviewed": "yes", "team/owner": "nlp"}
-    assert reg.get_version("t", version=1)["tags"] == {"reviewed": "yes", "team/owner": "nlp"}
+    assert out.tags == {"origin": "run-1", "reviewed": "yes", "team/owner": "nlp"}
+    assert reg.set_tags("t", 1, delete=["origin"]).tags == {"reviewed": "yes", "team/owner": "nlp"}
+    assert reg.get_version("t", version=1).tags == {"reviewed": "yes", "team/owner": "nlp"}
     reg.set_tags("t", set_={"domain": "aldoria"}, description="the demo model")
     [m] = reg.list_models()
-    assert m["tags"] == {"domain": "aldoria"} and m["description"] == "the demo model"
-    tag_entries = [a for a in reg.audit("t") if a["action"] == "tag"]
+    assert m.tags == {"domain": "aldoria"} and m.description == "the demo model"
+    tag_entries = [a for a in reg.audit("t") if a.action == "tag"]
     assert len(tag_entries) == 3
-    assert tag_entries[-1]["reason"] == "review done" and tag_entries[-1]["details"]["before"] == {
+    assert tag_entries[-1].reason == "review done" and tag_entries[-1].details["before"] == {
         "origin": "run-1"
     }
     with pytest.raises(InvalidInput, match="invalid tag key"):
@@ -248,23 +249,23 @@ def test_manual_mode_waits_for_a_person(engine: Engine) -> None:
     reg = Registry(engine, PromotionPolicy(mode="manual"))
     reg.register_version("mm", art(1))
     out = reg.record_evaluation(ModelRef(model_name="mm", version=1), results(40, 0.3))
-    assert out is not None and out["outcome"] == "pending"
+    assert out is not None and out.outcome == "pending"
     with pytest.raises(NotFound):
         reg.get_version("mm", alias="champion")
     assert [e for e in outbox_ids(reg) if e.startswith("promoted")] == []
     assert "approval:mm:1" in outbox_ids(reg)  # automations hear that a person is needed
-    assert reg.get_version("mm", alias="candidate")["version"] == 1
+    assert reg.get_version("mm", alias="candidate").version == 1
     reg.promote("mm", 1, actor="alice", reason="approved after review")
-    assert reg.get_version("mm", alias="champion")["version"] == 1
+    assert reg.get_version("mm", alias="champion").version == 1
     last = reg.audit("mm")[0]
-    assert (last["action"], last["actor"], last["reason"]) == (
+    assert (last.action, last.actor, last.reason) == (
         "manual_promote",
         "alice",
         "approved after review",
     )
     assert any(i.startswith("promoted:mm:1") for i in outbox_ids(reg))
-    assert reg.get_version("mm", version=1)["aliases"] == ["champion"]  # no longer the candidate
-    assert "remove_alias" in [a["action"] for a in reg.audit("mm")]
+    assert reg.get_version("mm", version=1).aliases == ("champion",)  # no longer the candidate
+    assert "remove_alias" in [a.action for a in reg.audit("mm")]
 
 
 def test_user_alias_moves_are_audited_and_announced(reg: Registry) -> None:
@@ -273,7 +274,7 @@ def test_user_alias_moves_are_audited_and_announced(reg: Registry) -> None:
     reg.set_alias("al", "staging", 1, actor="bob")
     reg.set_alias("al", "staging", 2, actor="bob", reason="next release")
     reg.set_alias("al", "staging", 2, actor="bob")  # no move: audited, not announced
-    assert reg.get_version("al", alias="staging")["version"] == 2
+    assert reg.get_version("al", alias="staging").version == 2
     moves = [
         EventEnvelope.model_validate(e).payload
         for _, e in reg.pending_outbox()
@@ -286,6 +287,44 @@ def test_user_alias_moves_are_audited_and_announced(reg: Registry) -> None:
     assert moves[1]["reason"] == "next release"
     with pytest.raises(InvalidInput, match="invalid alias"):
         reg.set_alias("al", "9bad alias", 1)
+
+
+def test_refusals_are_the_shared_refusal() -> None:
+    # the bus rejects them without retries; no adapter maps them by hand
+    assert issubclass(NotFound, Refusal) and issubclass(InvalidInput, Refusal)
+
+
+def test_commits_that_wrote_events_wake_the_listeners(reg: Registry) -> None:
+    woken: list[str] = []
+    reg.on_commit(lambda: woken.append("wake"))
+    reg.register_version("w", art(1), event_id="ckpt:w:1")
+    assert woken == ["wake"]
+    assert reg.register_version("w", art(1), event_id="ckpt:w:1") is None  # a duplicate writes nothing
+    reg.set_tags("w", 1, set_={"k": "v"})  # audited, no event
+    assert reg.get_version("w", version=1).version == 1
+    assert woken == ["wake"]
+    reg.promote("w", 1)
+    assert woken == ["wake", "wake"]
+    with pytest.raises(InvalidInput):
+        reg.rollback("w")  # refused: rolled back, nothing committed, nobody woken
+    assert woken == ["wake", "wake"]
+
+
+def test_rollbacks_walk_back_the_chain_of_champions(reg: Registry) -> None:
+    for i in (1, 2, 3, 4, 5):
+        reg.register_version("ch", art(i))
+    for i in (1, 2, 3, 4):
+        reg.promote("ch", i)
+    assert [reg.rollback("ch").restored for _ in range(3)] == [3, 2, 1]  # each one what it replaced
+    with pytest.raises(InvalidInput, match="no previous champion"):
+        reg.rollback("ch")
+    assert [v.status for v in reg.list_versions("ch")] == [
+        VersionStatus.CHAMPION,
+        VersionStatus.REJECTED,
+        VersionStatus.REJECTED,
+        VersionStatus.REJECTED,
+        VersionStatus.CANDIDATE,
+    ]
 
 
 def test_one_relay_at_a_time_on_postgres(reg: Registry, engine: Engine) -> None:

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from services.model_registry.policy import Gate, PromotionPolicy, Result, decide
+from services.model_registry.core.policy import Gate, PromotionPolicy, Result, decide
 
 
 def ppl(v: float, h: str = "h1") -> Result:

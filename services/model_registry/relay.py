@@ -3,6 +3,7 @@
 At-least-once: a crash between publish and commit re-publishes on the next sweep, and JetStream drops
 the copy because ``Nats-Msg-Id`` is the event id. The database work (claim, mark) runs in a worker
 thread inside one transaction (``Registry.relay_outbox``); each publish hops back to the event loop.
+It sweeps every ``interval`` seconds and at once when the core reports a commit that wrote events.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import logging
 
 from contracts.events import EVENT_TYPES, EventEnvelope
-from services.model_registry.core import Registry
+from services.model_registry.core.registry import Registry
 from shared.bus import Bus
 
 log = logging.getLogger(__name__)
@@ -26,11 +27,16 @@ class OutboxRelay:
         self.publish_timeout = publish_timeout
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
+        registry.on_commit(self._wake_from_any_thread)
 
-    def poke(self) -> None:
-        """Ask for a sweep now (after a commit that wrote outbox rows)."""
-        self._wake.set()
+    def _wake_from_any_thread(self) -> None:
+        """The core commits in worker threads: the event is set on the relay's own loop."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to wake
+                loop.call_soon_threadsafe(self._wake.set)
 
     async def flush(self) -> int:
         """Publish every unpublished row in order; returns how many went out. Stops at the first failure
@@ -52,12 +58,12 @@ class OutboxRelay:
                 if res.error or res.busy or not res.more:
                     return sent
 
-    async def _loop(self) -> None:
+    async def _loop_forever(self) -> None:
         while True:
             if self.bus.started:
                 try:
                     await self.flush()
-                except Exception:
+                except Exception:  # a sweep's failure must not end the relay: the next one retries
                     log.exception("outbox relay sweep failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
@@ -65,9 +71,11 @@ class OutboxRelay:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="registry-outbox-relay")
+            self._loop = asyncio.get_running_loop()
+            self._task = asyncio.create_task(self._loop_forever(), name="registry-outbox-relay")
 
     async def stop(self) -> None:
+        self._loop = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,40 +1,44 @@
-"""The registry's relational schema (SQLAlchemy 2 ORM) and engine / migration helpers.
-
-SQLite by default, PostgreSQL by URL. The schema is owned by Alembic (``migrations/``);
-``migrate(engine)`` runs ``upgrade head`` with a Config built in code, so it works from an
-installed package with no alembic.ini on disk.
-"""
+"""The registry's relational schema (SQLAlchemy 2 ORM). Alembic owns it (``migrations/``): a change
+here needs a revision, and a test fails when the two disagree."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
     DateTime,
-    Engine,
+    Dialect,
     ForeignKey,
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
-    create_engine,
-    event,
-    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+from services.model_registry.core.views import VersionStatus
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class StatusColumn(TypeDecorator[VersionStatus]):
+    """A version's status: stored as the enum's string value, read back as the enum."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def process_bind_param(self, value: VersionStatus | None, dialect: Dialect) -> str | None:
+        return None if value is None else VersionStatus(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> VersionStatus | None:
+        return None if value is None else VersionStatus(value)
 
 
 class Base(DeclarativeBase):
@@ -78,9 +82,10 @@ class ModelVersion(Base):
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     train_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(
-        String(16), default="candidate"
-    )  # candidate|champion|rejected|archived
+    status: Mapped[VersionStatus] = mapped_column(StatusColumn(), default=VersionStatus.CANDIDATE)
+    # The champion this version replaced when it last became champion: what a rollback from it
+    # restores (revision 0003; before, it was read back from the audit log).
+    previous_champion: Mapped[int | None] = mapped_column(Integer, nullable=True)
     source_event_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -173,84 +178,3 @@ class OutboxMessage(Base):
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-
-
-# ------------------------------------------------------------------------------------ engine
-
-
-def make_engine(url: str, *, schema: str | None = None) -> Engine:
-    """An engine for ``url``; ``schema`` (PostgreSQL) sets the search path, e.g. one schema per test run."""
-    kwargs: dict[str, Any] = {"future": True, "pool_pre_ping": True}
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
-    elif schema:
-        kwargs["connect_args"] = {"options": f"-csearch_path={schema}"}
-    engine = create_engine(url, **kwargs)
-    if url.startswith("sqlite"):
-        event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
-    cur.close()
-
-
-def alembic_config(engine: Engine | None = None) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    if engine is not None:
-        cfg.set_main_option(
-            "sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%")
-        )
-    return cfg
-
-
-def migrate(engine: Engine, revision: str = "head") -> None:
-    """``alembic upgrade <revision>`` on ``engine`` (its connection, so a schema search path applies).
-
-    On PostgreSQL, replicas starting together take turns (a transaction-scoped advisory lock per
-    schema): the first upgrades, the others then find the schema at head.
-    """
-    _alembic(engine, command.upgrade, revision)
-
-
-def downgrade(engine: Engine, revision: str) -> None:
-    """``alembic downgrade <revision>`` on ``engine``."""
-    _alembic(engine, command.downgrade, revision)
-
-
-def _alembic(engine: Engine, fn: Any, revision: str) -> None:
-    cfg = alembic_config(engine)
-    with engine.connect() as conn:
-        sqlite = conn.dialect.name == "sqlite"
-        if sqlite:
-            # SQLite alters tables by copy-and-rename (batch mode); dropping the old table would
-            # trip the foreign keys of rows pointing at it. The pragma only works outside a transaction.
-            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
-            conn.commit()
-        try:
-            with conn.begin():
-                if conn.dialect.name == "postgresql":
-                    conn.execute(
-                        text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.puyu-migrate'))")
-                    )
-                cfg.attributes["connection"] = conn
-                fn(cfg, revision)
-        finally:
-            if sqlite:
-                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
-                conn.commit()
-
-
-def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
-        try:
-            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        except Exception:
-            return None
