@@ -95,6 +95,16 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
+@dataclass
+class _Tally:
+    """What the gates found so far, task by task."""
+
+    checks: list[Check] = field(default_factory=list)
+    gated_seen: bool = False  # some gated task was evaluated with its metric
+    compared: bool = False  # some gate compared against the champion's numbers
+    improved: bool = False  # some compared metric is strictly better than the champion's
+
+
 def decide(
     policy: PromotionPolicy,
     candidate: dict[str, Result],
@@ -102,88 +112,16 @@ def decide(
     champion_label: str | None = None,
 ) -> Decision:
     """Apply ``policy`` to the candidate's results (by task) against the champion's (None: no champion)."""
-    checks: list[Check] = []
-    improved = False
-    compared = False
-    gated_seen = False
+    tally = _Tally()
     for task, gate in sorted(policy.gates.items()):
-        res = candidate.get(task)
-        if res is None:
-            if gate.required:
-                checks.append(Check(task, gate.metric or "?", False, f"{task}: required but not evaluated"))
-            continue
-        metric = gate.metric or res.primary_metric
-        if metric not in res.metrics:
-            checks.append(Check(task, metric, False, f"{task}: metric {metric!r} missing from results"))
-            continue
-        gated_seen = True
-        value, hib = res.metrics[metric], res.higher_is_better
-        if gate.min_value is not None:
-            ok = value >= gate.min_value
-            checks.append(
-                Check(
-                    task,
-                    metric,
-                    ok,
-                    f"{task}.{metric} {_fmt(value)} {'>=' if ok else '<'} floor {_fmt(gate.min_value)}",
-                )
-            )
-        if gate.max_value is not None:
-            ok = value <= gate.max_value
-            checks.append(
-                Check(
-                    task,
-                    metric,
-                    ok,
-                    f"{task}.{metric} {_fmt(value)} {'<=' if ok else '>'} ceiling {_fmt(gate.max_value)}",
-                )
-            )
-        champ = champion.get(task) if champion else None
-        if champ is None or metric not in champ.metrics:
-            if gate.min_value is None and gate.max_value is None:  # still say what was seen
-                against = "no champion" if champion is None else f"{champion_label or 'champion'} lacks it"
-                checks.append(
-                    Check(task, metric, True, f"{task}.{metric} {_fmt(value)} ({against}, no bound set)")
-                )
-            continue
-        if champ.version_hash != res.version_hash:
-            # Different prompts/config: numbers are not comparable, only the absolute bounds apply.
-            checks.append(
-                Check(
-                    task,
-                    metric,
-                    True,
-                    f"{task}: champion evaluated with task version "
-                    f"{champ.version_hash[:12]}, candidate with "
-                    f"{res.version_hash[:12]}; relative gate skipped",
-                )
-            )
-            continue
-        compared = True
-        ref = champ.metrics[metric]
-        if gate.tolerance_kind == "relative":
-            limit = ref * (1 - gate.tolerance) if hib else ref * (1 + gate.tolerance)
-            how = f"champion {_fmt(ref)} × (1 {'−' if hib else '+'} {gate.tolerance:g})"
-        else:
-            limit = ref - gate.tolerance if hib else ref + gate.tolerance
-            how = f"champion {_fmt(ref)} {'−' if hib else '+'} {gate.tolerance:g}"
-        ok = value >= limit if hib else value <= limit
-        if (value > ref) if hib else (value < ref):
-            improved = True
-        checks.append(
-            Check(
-                task,
-                metric,
-                ok,
-                f"{task}.{metric} {_fmt(value)} {'ok' if ok else 'worse than'} limit {_fmt(limit)} = {how}",
-            )
-        )
+        _apply_gate(tally, task, gate, candidate.get(task), champion, champion_label)
+    checks = tally.checks
     failed = [c for c in checks if not c.passed]
     who = champion_label or "champion"
     if failed:
         summary = f"rejected ({len(failed)} gate(s) failed)"
         return Decision(False, checks, summary)
-    if not gated_seen:
+    if not tally.gated_seen:
         return Decision(
             False,
             checks,
@@ -191,7 +129,83 @@ def decide(
         )
     if champion is None:
         return Decision(True, checks, "promoted: first version, passes the floors")
-    if policy.require_improvement and compared and not improved:
+    if policy.require_improvement and tally.compared and not tally.improved:
         checks.append(Check("*", "*", False, f"no gated metric strictly better than {who}"))
         return Decision(False, checks, "rejected (no improvement)")
     return Decision(True, checks, f"promoted: passes every gate against {who}")
+
+
+def _apply_gate(
+    tally: _Tally,
+    task: str,
+    gate: Gate,
+    res: Result | None,
+    champion: dict[str, Result] | None,
+    champion_label: str | None,
+) -> None:
+    """Check one task's result against its gate: bounds first, then the champion's number."""
+    checks = tally.checks
+    if res is None:
+        if gate.required:
+            checks.append(Check(task, gate.metric or "?", False, f"{task}: required but not evaluated"))
+        return
+    metric = gate.metric or res.primary_metric
+    if metric not in res.metrics:
+        checks.append(Check(task, metric, False, f"{task}: metric {metric!r} missing from results"))
+        return
+    tally.gated_seen = True
+    value = res.metrics[metric]
+    checks += _bound_checks(task, metric, value, gate)
+    champ = champion.get(task) if champion else None
+    if champ is None or metric not in champ.metrics:
+        if gate.min_value is None and gate.max_value is None:  # still say what was seen
+            against = "no champion" if champion is None else f"{champion_label or 'champion'} lacks it"
+            checks.append(
+                Check(task, metric, True, f"{task}.{metric} {_fmt(value)} ({against}, no bound set)")
+            )
+        return
+    if champ.version_hash != res.version_hash:
+        # Different prompts/config: numbers are not comparable, only the absolute bounds apply.
+        checks.append(
+            Check(
+                task,
+                metric,
+                True,
+                f"{task}: champion evaluated with task version "
+                f"{champ.version_hash[:12]}, candidate with "
+                f"{res.version_hash[:12]}; relative gate skipped",
+            )
+        )
+        return
+    tally.compared = True
+    ref, hib = champ.metrics[metric], res.higher_is_better
+    if (value > ref) if hib else (value < ref):
+        tally.improved = True
+    checks.append(_relative_check(task, metric, value, ref, gate, hib))
+
+
+def _bound_checks(task: str, metric: str, value: float, gate: Gate) -> list[Check]:
+    """The absolute floor and ceiling, checked whether or not there is a champion."""
+    out = []
+    if gate.min_value is not None:
+        ok = value >= gate.min_value
+        detail = f"{task}.{metric} {_fmt(value)} {'>=' if ok else '<'} floor {_fmt(gate.min_value)}"
+        out.append(Check(task, metric, ok, detail))
+    if gate.max_value is not None:
+        ok = value <= gate.max_value
+        detail = f"{task}.{metric} {_fmt(value)} {'<=' if ok else '>'} ceiling {_fmt(gate.max_value)}"
+        out.append(Check(task, metric, ok, detail))
+    return out
+
+
+def _relative_check(task: str, metric: str, value: float, ref: float, gate: Gate, hib: bool) -> Check:
+    """The candidate may be worse than the champion's ``ref`` by at most the gate's tolerance."""
+    if gate.tolerance_kind == "relative":
+        limit = ref * (1 - gate.tolerance) if hib else ref * (1 + gate.tolerance)
+        how = f"champion {_fmt(ref)} × (1 {'−' if hib else '+'} {gate.tolerance:g})"
+    else:
+        limit = ref - gate.tolerance if hib else ref + gate.tolerance
+        how = f"champion {_fmt(ref)} {'−' if hib else '+'} {gate.tolerance:g}"
+    ok = value >= limit if hib else value <= limit
+    detail = f"{task}.{metric} {_fmt(value)} {'ok' if ok else 'worse than'} limit {_fmt(limit)} = {how}"
+    return Check(task, metric, ok, detail)
