@@ -122,3 +122,19 @@ async def test_repetition_penalty_matches_transformers(tiny_model: Path, hf, lay
         assert plain.text != out.text
     finally:
         eng.close()
+
+
+async def test_prompt_logprobs_survive_a_request_that_ends_on_its_first_token(tiny_model: Path, hf) -> None:
+    # echo + logprobs with max_tokens=1 (how loglikelihood scoring asks): the only delta is the last
+    eng = make(tiny_model)
+    try:
+        ids = eng.encode("The river runs")
+        out = await eng.generate(ids, SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=True))
+        with torch.no_grad():
+            ref = torch.log_softmax(hf(torch.tensor([ids])).logits[0].float(), -1)
+        assert out.completion_tokens == 1
+        assert out.prompt_logprobs is not None and len(out.prompt_logprobs) == len(ids)
+        for p in range(1, len(ids)):
+            assert out.prompt_logprobs[p].logprob == pytest.approx(float(ref[p - 1, ids[p]]), abs=1e-4)
+    finally:
+        eng.close()

@@ -168,6 +168,8 @@ class Scheduler:
         for victim in reversed(self.running):
             if victim is not seq and not victim.finished and victim.block_table:
                 self._free(victim)
+                if victim.prompt_logprobs is not None and not victim.sent_first_delta:
+                    victim.prompt_logprobs = [None]  # its prompt is computed again from the start
                 self.running.remove(victim)
                 self.waiting.appendleft(victim)
                 self.preemptions += 1
@@ -180,5 +182,3 @@ class Scheduler:
             self.rows.release(seq.kv_row)
             seq.kv_row = None
         seq.block_table, seq.block_hashes, seq.num_computed, seq.prefix_matched = [], [], 0, False
-        if seq.prompt_logprobs is not None and not seq.sent_first_delta:  # recomputed from the start
-            seq.prompt_logprobs = [None]
