@@ -152,7 +152,7 @@ def test_0003_fills_the_previous_champion_from_the_audit_log(engine: Engine) -> 
     migrate(engine)
     assert current_revision(engine) == "0003"
     with engine.connect() as c:
-        stored = dict(
+        stored: dict[int, int | None] = dict(
             c.execute(text("SELECT version, previous_champion FROM model_versions ORDER BY version")).all()
         )
     assert stored == {1: None, 2: 1, 3: 2, 4: None}
