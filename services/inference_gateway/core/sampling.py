@@ -6,9 +6,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from shared.errors import Refusal
 
-class InvalidRequest(ValueError):
-    """A generation request that can never be served as asked (bad parameter, prompt too long)."""
+
+class InvalidRequest(Refusal, ValueError):
+    """A generation request that can never be served as asked (bad parameter, prompt too long).
+
+    Still a ``ValueError`` for callers that catch it as one.
+    """
 
 
 @dataclass(frozen=True)
