@@ -1,15 +1,21 @@
 """Bus adapters: ``CorpusIngested`` (automatic) and ``DedupRequested`` (job) → core → ``CorpusDeduplicated``.
 
-With ``dedup_distributed`` (the default) a job becomes work items shared by every dedup replica
-(``items.py``); otherwise the replica that takes the job runs all of it in one call of the core.
+With ``dedup_distributed`` (the default) a job becomes work items (``DedupItemRequested``, a work
+queue every dedup replica shares); the worker that finishes a stage's last item publishes the next
+stage's items (every replica may try: the deterministic event ids make the bus keep one copy), and
+the cluster item ends the job. A replica that dies holding an item stops its heartbeats; after
+``dedup_item_ack_wait`` the bus gives the item to another replica. Otherwise the replica that
+takes the job runs all of it in one call of the core.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-from pathlib import Path
+import time
+from typing import Any
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from contracts.events import (
     CorpusIngested,
@@ -17,101 +23,51 @@ from contracts.events import (
     DedupItemRequested,
     DedupOptions,
     DedupRequested,
+    JobProgress,
     PipelineSpec,
 )
 from services.dedup.config import DedupSettings
-from services.dedup.core import DedupInputError, run_dedup
-from services.dedup.items import KIND, deduplicated_event, output_id, run_item, start_job
-from shared.artifacts import ArtifactStore
-from shared.bus import Bus, HandlerContext, JobRejected
+from services.dedup.core import Deduplicator, FinishedJob, ItemDone, StageItems
+from shared.bus import Bus, HandlerContext, JobStatus
+from shared.bus.jobs import TERMINAL_STATES, job_key
 
 log = logging.getLogger(__name__)
-
-__all__ = ["KIND", "output_id", "register_handlers"]
-
-
-def _source_folder(store: ArtifactStore, source: DatasetRef) -> Path:
-    """The source dataset's folder, local, after checking its manifest against the digest."""
-    folder_uri = source.manifest_uri.rsplit("/", 1)[0]
-    try:
-        folder = store.fetch(folder_uri)
-    except FileNotFoundError as exc:
-        raise JobRejected(f"dataset {source.dataset_id}: {exc}") from exc
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise JobRejected(f"dataset {source.dataset_id}: no manifest at {source.manifest_uri}")
-    digest = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
-    if digest != source.digest:
-        raise JobRejected(
-            f"dataset {source.dataset_id}: manifest digest {digest} != expected {source.digest}"
-        )
-    return folder
+KIND = "dedup"
 
 
-async def deduplicate(
-    ctx: HandlerContext[CorpusIngested] | HandlerContext[DedupRequested],
-    settings: DedupSettings,
-    job_id: str,
-    source: DatasetRef,
-    options: DedupOptions,
-    pipeline: PipelineSpec | None,
-) -> None:
-    bus = ctx.bus
-    await bus.jobs.update(
-        job_id,
-        KIND,
-        state="running",
-        stage="dedup",
-        fraction=0.0,
-        correlation_id=ctx.envelope.correlation_id,
-        message=f"deduplicating {source.dataset_id}",
-    )
-    store = ArtifactStore(settings.artifact_root_uri)
-    folder = await asyncio.to_thread(_source_folder, store, source)
-    if settings.dedup_distributed:
-        await start_job(ctx, settings, job_id, source, folder, options, pipeline)
-        return
-    if options.against_indexes:  # earlier dedup outputs, by URI: local folders for the core
-        try:
-            local = [str(await asyncio.to_thread(store.fetch, u)) for u in options.against_indexes]
-        except FileNotFoundError as exc:
-            raise JobRejected(f"dedup index: {exc}") from exc
-        options = options.model_copy(update={"against_indexes": local})
-    dataset_id = output_id(source.dataset_id)
-    key = f"datasets/{dataset_id}"
-    staging = store.local_staging(key)
-    try:
-        manifest = await asyncio.to_thread(
-            run_dedup,
-            [folder],
-            staging,
-            dataset_id,
-            options,
-            ctx.progress_from_thread(job_id, KIND),
-            settings.dedup_workers,
-        )
-    except DedupInputError as exc:
-        raise JobRejected(str(exc)) from exc
-    store.put_dir(staging, key)
-    event = deduplicated_event(job_id, source, dataset_id, store, key, staging, manifest, pipeline)
-    await ctx.publish(event, event_id=f"dedup:{source.dataset_id}")
-    out, stats = event.dataset, manifest["stats"]
-    await bus.jobs.update(
-        job_id,
-        KIND,
-        state="succeeded",
-        stage="done",
-        fraction=1.0,
-        message=f"{stats['documents_out']}/{stats['documents_in']} documents kept",
-        result={"dataset": out.model_dump(), **stats},
-    )
+def register_handlers(bus: Bus, core: Deduplicator, settings: DedupSettings) -> None:
+    async def deduplicate(
+        ctx: HandlerContext[CorpusIngested] | HandlerContext[DedupRequested],
+        job_id: str,
+        source: DatasetRef,
+        options: DedupOptions,
+        pipeline: PipelineSpec | None,
+    ) -> None:
+        async with ctx.job(job_id, KIND, stage="dedup", message=f"deduplicating {source.dataset_id}") as job:
+            if settings.dedup_distributed:
+                correlation_id = ctx.envelope.correlation_id
+                started = await asyncio.to_thread(
+                    core.start, job_id, source, options, pipeline, correlation_id
+                )
+                if isinstance(started, StageItems):
+                    message = f"{started.count} {started.stage} items for {source.dataset_id}"
+                    await job.progress(started.stage, 0.0, message)
+                    await _publish_items(ctx, started)
+                    job.continues_elsewhere()
+                    return
+                finished = started  # asked again after it finished
+            else:
+                progress = job.thread_progress()
+                finished = await asyncio.to_thread(
+                    core.deduplicate, job_id, source, options, pipeline, progress
+                )
+            job.succeed(finished.message, finished.result)
+        await _announce(ctx, finished)
 
-
-def register_handlers(bus: Bus, settings: DedupSettings) -> None:
     @bus.handle(DedupRequested, ack_wait=60.0)
     async def on_dedup_requested(ctx: HandlerContext[DedupRequested]) -> None:
         p = ctx.payload
-        await deduplicate(ctx, settings, p.job_id, p.dataset, p.options, p.pipeline)
+        await deduplicate(ctx, p.job_id, p.dataset, p.options, p.pipeline)
 
     @bus.handle(CorpusIngested, ack_wait=60.0)
     async def on_corpus_ingested(ctx: HandlerContext[CorpusIngested]) -> None:
@@ -120,9 +76,68 @@ def register_handlers(bus: Bus, settings: DedupSettings) -> None:
             log.info("automatic dedup off: %s left as ingested", p.dataset.dataset_id)
             return
         options = p.pipeline.dedup if p.pipeline else DedupOptions()
-        await deduplicate(ctx, settings, f"dedup-{p.job_id}", p.dataset, options, p.pipeline)
+        await deduplicate(ctx, f"dedup-{p.job_id}", p.dataset, options, p.pipeline)
 
     # Work items of distributed jobs: one durable consumer shared by every replica (a work queue).
     @bus.handle(DedupItemRequested, ack_wait=settings.dedup_item_ack_wait)
     async def on_item(ctx: HandlerContext[DedupItemRequested]) -> None:
-        await run_item(ctx, settings)
+        p = ctx.payload
+        item = await asyncio.to_thread(core.open_item, p.work_uri, p.stage, p.index)
+        if await asyncio.to_thread(core.ends_job, item):
+            async with ctx.job(item.job_id, KIND, stage="cluster", message="clustering") as job:
+                await job.progress("cluster", 0.8, "clustering")  # where the pairs left it, not back at 0
+                finished = await asyncio.to_thread(core.end_job, item, ctx.attempt)
+                job.succeed(finished.message, finished.result)
+            await _announce(ctx, finished)
+            return
+        done = await asyncio.to_thread(core.run_item, item, ctx.attempt)
+        await _progress_while_running(ctx, done)
+        if done.next is not None:
+            await _publish_items(ctx, done.next)
+
+
+async def _announce(ctx: HandlerContext[Any], finished: FinishedJob) -> None:
+    """``corpus.deduplicated``, after the board says succeeded; its id makes the bus keep one copy."""
+    await ctx.publish(finished.event, event_id=f"dedup:{finished.event.source.dataset_id}")
+
+
+async def _publish_items(ctx: HandlerContext[Any], items: StageItems) -> None:
+    run = items.work_uri.rsplit("/", 1)[-1]
+    for index in range(items.count):
+        await ctx.publish(
+            DedupItemRequested(job_id=items.job_id, work_uri=items.work_uri, stage=items.stage, index=index),  # type: ignore[arg-type]
+            event_id=f"dedup-item:{run}:{items.stage}:{index}",
+        )
+
+
+async def _progress_while_running(ctx: HandlerContext[Any], done: ItemDone) -> None:
+    """Progress on the job board, written only over a running job (compare-and-set): replicas
+    report concurrently, and a late report must not turn a finished or failed job back to running."""
+    kv = ctx.bus.jobs.kv
+    for _ in range(5):
+        try:
+            entry = await kv.get(job_key(done.job_id))
+        except KeyNotFoundError:
+            return
+        status = JobStatus.model_validate_json(entry.value or b"{}")
+        if status.state in TERMINAL_STATES:
+            return
+        update = status.model_copy(
+            update={
+                "state": "running",
+                "stage": done.stage,
+                "fraction": done.fraction,
+                "message": done.message,
+                "updated_at": time.time(),
+            }
+        )
+        try:
+            await kv.update(job_key(done.job_id), update.model_dump_json().encode(), last=entry.revision)
+            break
+        except KeyWrongLastSequenceError:  # another replica wrote in between: read again
+            continue
+    await ctx.publish(
+        JobProgress(
+            job_id=done.job_id, job_kind=KIND, stage=done.stage, fraction=done.fraction, message=done.message
+        )
+    )

@@ -47,7 +47,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[DedupSettings, Bus, async
             grpc_port_base=free_port() - idx,
             http_port_base=free_port() - idx,
         )
-        runtime = create_service(settings)
+        runtime = create_service(settings).runtime
         task = asyncio.create_task(runtime.run())
         client = Bus(nats.url, "test-client")
         events: asyncio.Queue[object] = asyncio.Queue()

@@ -37,7 +37,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[DedupSettings, Bus, async
             http_port_base=free_port() - idx,
             dedup_item_ack_wait=5.0,
         )
-        runtime = create_service(settings)
+        runtime = create_service(settings).runtime
         task = asyncio.create_task(runtime.run())
         client = Bus(nats.url, "test-client")
         events: asyncio.Queue[object] = asyncio.Queue()

@@ -80,7 +80,7 @@ def write_dataset(root: Path, dataset_id: str) -> tuple[Path, DatasetRef]:
 
 
 def item_records(artifacts: Path) -> list[dict[str, object]]:
-    """Every item record of every dedup job under the artifact root (see services/dedup/work.py)."""
+    """Every item record of every dedup job under the artifact root (see services/dedup/core/work.py)."""
     out = []
     for path in sorted(artifacts.glob("dedup-work/*/items/*/*")):
         if path.name.endswith(".tmp"):

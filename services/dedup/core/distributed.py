@@ -10,7 +10,7 @@ An item reads the plan and the results of earlier stages only, and writes its ow
 a name the plan fixes, atomically: an item whose result exists is finished (a second delivery
 skips it) and an item whose worker died has no result and is done again. The items use the same
 functions as ``run_dedup`` in the same order, so the output is the single-process output. This
-module works on local paths; the adapter moves files to and from the artifact store.
+module works on local paths; ``Deduplicator`` moves files to and from the artifact store.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from shared.errors import Refusal
 from shared.parquet_records import iter_parquet
 from shared.shards import open_shard, shard_format
 
@@ -18,7 +19,7 @@ SHARD_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
 _CHUNK = 1 << 20
 
 
-class DedupInputError(ValueError):
+class DedupInputError(Refusal):
     """The input can never be deduplicated: missing folder, unreadable manifest or shard, no documents."""
 
 
@@ -68,8 +69,6 @@ def parquet_records(shard: Path) -> Iterator[dict[str, Any]]:
                 raise DedupInputError(f"{shard}: row {row}: record without a string 'text'")
             yield rec
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        if isinstance(exc, DedupInputError):
-            raise
         raise DedupInputError(f"{shard}: unreadable Parquet shard ({type(exc).__name__}: {exc})") from exc
 
 

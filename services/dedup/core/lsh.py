@@ -152,17 +152,3 @@ def components(n: int, edges: I64) -> I64:
             if (grand == parent).all():
                 break
             parent = grand
-
-
-def lsh_candidates(
-    signatures: U32, bands: int, rows: int, max_bucket_pairs: int = MAX_BUCKET_PAIRS
-) -> set[tuple[int, int]]:
-    """Pairs (i < j) of rows that share at least one band bucket (as a set, for inspection)."""
-    parts = [
-        _bucket_pairs(
-            *_band_order(np.ascontiguousarray(signatures[:, b * rows : (b + 1) * rows])), max_bucket_pairs
-        )
-        for b in range(bands)
-        if signatures.shape[0] >= 2
-    ]
-    return {(int(a), int(b)) for p in parts for a, b in p.tolist()}

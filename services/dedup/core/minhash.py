@@ -100,16 +100,6 @@ def fold_batch(texts: Sequence[str]) -> list[str]:
     return out
 
 
-def normalize_for_hash(text: str) -> str:
-    """The text exact dedup compares: NFKC, casefolded, whitespace collapsed."""
-    return " ".join(fold(text).split())
-
-
-def exact_key(text: str) -> str:
-    """The exact-dedup key of one text (batches use ``MinHasher.signatures_and_keys``)."""
-    return _KEY_HASHER.signatures_and_keys([text], near=False)[1][0]
-
-
 def tokens(text: str, folded: str | None = None) -> list[str]:
     t = folded if folded is not None else fold(text)
     # The CJK alternative slows every character down: only texts that have CJK pay for it.
@@ -310,10 +300,3 @@ class MinHasher:
 
 def blake(tok: str, key: bytes) -> bytes:
     return hashlib.blake2b(tok.encode(), digest_size=8, key=key).digest()
-
-
-def estimated_jaccard(sig_a: U32, sig_b: U32) -> float:
-    return float(np.mean(sig_a == sig_b))
-
-
-_KEY_HASHER = MinHasher(1, 1, seed=0)
