@@ -14,7 +14,8 @@ import pytest
 
 from contracts.events import DedupOptions
 from services.dedup.core import DedupInputError, run_dedup
-from services.dedup.core.minhash import MinHasher, estimated_jaccard, exact_key, tokens
+from services.dedup.core.lsh import candidate_pairs
+from services.dedup.core.minhash import MinHasher, tokens
 
 WORDS = (
     "river mountain harbour market library festival valley winter summer railway copper silk apples "
@@ -41,6 +42,16 @@ def true_jaccard(a: str, b: str, k: int = 5) -> float:
 
     sa, sb = sh(a), sh(b)
     return len(sa & sb) / len(sa | sb)
+
+
+def exact_key(text: str) -> str:
+    """The exact-dedup key of one text, as a batch of one computes it."""
+    return MinHasher(1, 1, seed=0).signatures_and_keys([text], near=False)[1][0]
+
+
+def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
+    """The share of equal MinHash values: what the signatures estimate the Jaccard similarity by."""
+    return float(np.mean(sig_a == sig_b))
 
 
 def test_signature_is_deterministic_across_processes() -> None:
@@ -176,9 +187,11 @@ def test_lsh_scales_vectorised() -> None:
     rng = random.Random(1)
     h = MinHasher(112, 5, seed=1)
     sigs = np.stack([h.signature(doc(rng, 80)) for _ in range(300)])
-    from services.dedup.core.lsh import lsh_candidates
 
-    assert len(lsh_candidates(sigs, 14, 8)) < 20  # random docs: (almost) no candidates
+    def lsh_candidates(signatures: np.ndarray) -> set[tuple[int, int]]:
+        return {(a, b) for a, b in candidate_pairs(signatures, 14, 8).tolist()}
+
+    assert len(lsh_candidates(sigs)) < 20  # random docs: (almost) no candidates
     dup = np.concatenate([sigs, sigs[:5]])
-    pairs = lsh_candidates(dup, 14, 8)
+    pairs = lsh_candidates(dup)
     assert {(i, 300 + i) for i in range(5)} <= pairs

@@ -12,10 +12,15 @@ import pytest
 
 from contracts.events import DedupOptions
 from services.dedup.core import DedupInputError, run_dedup
-from services.dedup.core.minhash import MinHasher, exact_key, tokens
+from services.dedup.core.minhash import MinHasher, tokens
 from services.dedup.core.stages import ShardSignatures, shard_signatures
 
 WORDS = "river mountain harbour market library festival valley winter summer railway copper silk".split()
+
+
+def exact_key(text: str) -> str:
+    """The exact-dedup key of one text, as a batch of one computes it."""
+    return MinHasher(1, 1, seed=0).signatures_and_keys([text], near=False)[1][0]
 
 
 def text(rng: random.Random, n: int = 80) -> str:
