@@ -25,6 +25,12 @@ from services.inference_gateway.core.model_runner import ModelRunner
 from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams
 
 
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The tokens that end a sequence: the generation config's (one or several), else the tokenizer's."""
+    eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+
 class Engine:
     def __init__(
         self,
@@ -55,8 +61,7 @@ class Engine:
             max_rows=max_batch_size,
         )
         self.allocator = self.runner.cache.allocator
-        eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
-        eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        eos_ids = eos_token_ids(model, tokenizer)
         vocab = int(model.get_output_embeddings().weight.shape[0])
         self.guides = GuideFactory(tokenizer, vocab, eos_ids)
         self.output = OutputProcessor(tokenizer, eos_ids, self.max_positions)
