@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 
 from rich.console import Console
 from rich.markup import escape
 
-from services.agent_runtime.agents.base import AgentStep
-from services.agent_runtime.app import build_core
-from services.agent_runtime.catalog import InvalidRun, UnknownAgent
 from services.agent_runtime.config import AgentRuntimeSettings
-from services.agent_runtime.corpus import CorpusError
-from services.agent_runtime.sandbox import SandboxError
-from services.agent_runtime.sessions import InvalidSession
-from services.agent_runtime.tools.custom import ToolConfigError
+from services.agent_runtime.core import AgentRefusal, AgentStep, build_runtime
+from services.agent_runtime.core.sandbox import SandboxError
+from services.agent_runtime.core.tools.custom import ToolConfigError
 
 _STYLE = {
     "plan": "magenta",
@@ -46,22 +41,19 @@ async def _run(
     session: str | None,
     console: Console,
 ) -> int:
-    settings = AgentRuntimeSettings()
-    core = build_core(settings, gateway_url)
+    core = build_runtime(AgentRuntimeSettings(), gateway_url)
     try:
         if manifest:
             docs = await asyncio.to_thread(core.index.add_manifest, manifest, manifest)
             console.print(f"[dim]indexed {docs} documents from {escape(manifest)}[/]")
-        answer = None
-        steps = core.catalog.run(agent, question, model=model, max_steps=max_steps, session_id=session)
-        async for step in steps:
+        run = core.start(agent, question, model=model, max_steps=max_steps, session_id=session)
+        async for step in run:
             render(console, step)
             if step.fatal:
                 return 1
-            answer = step.content if step.kind == "answer" else answer
-        return 0 if answer is not None else 1
+        return 0 if run.answer is not None else 1
     finally:
-        await core.llm.aclose()
+        await core.aclose()
 
 
 def agent_run_cmd(
@@ -80,22 +72,6 @@ def agent_run_cmd(
     console = Console()
     try:
         return asyncio.run(_run(agent, question, gateway_url, model, manifest, max_steps, session, console))
-    except (UnknownAgent, InvalidRun, CorpusError, InvalidSession, ToolConfigError, SandboxError) as exc:
+    except (AgentRefusal, ToolConfigError, SandboxError) as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}")
         return 2
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("question")
-    parser.add_argument("--agent", default="react")
-    parser.add_argument("--gateway-url", default=None, help="default: PUYU_GATEWAY_URL or the local gateway")
-    parser.add_argument("--model", default=None, help="served model name (default: PUYU_AGENT_DEFAULT_MODEL)")
-    parser.add_argument("--manifest", default=None, help="dataset manifest to index for search_corpus")
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--session", default=None, help="session id: continue (and record) a conversation")
-
-
-def main(args: argparse.Namespace) -> int:
-    return agent_run_cmd(
-        args.agent, args.question, args.gateway_url, args.model, args.manifest, args.max_steps, args.session
-    )

@@ -3,41 +3,28 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 
 import grpc
 
 from contracts.proto.puyu.agent.v1 import agent_pb2, agent_pb2_grpc
-from services.agent_runtime.catalog import AgentCatalog, InvalidRun, UnknownAgent
-from services.agent_runtime.sessions import InvalidSession
+from services.agent_runtime.core import AgentRefusal, AgentRun, AgentRuntime, NotFound
 
 SERVICE_NAME = "puyu.agent.v1.Agents"
+DEFAULT_AGENT = "react"  # what a request naming no agent gets
 
 
 class AgentsServicer(agent_pb2_grpc.AgentsServicer):
-    def __init__(self, catalog: AgentCatalog) -> None:
-        self.catalog = catalog
+    def __init__(self, core: AgentRuntime) -> None:
+        self.core = core
 
     async def Run(
         self, request: agent_pb2.RunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.AgentStep]:
-        session_id = request.session_id or uuid.uuid4().hex
-        try:
-            steps = self.catalog.run(
-                request.agent or "react",
-                request.question,
-                model=request.model or None,
-                max_steps=request.max_steps or None,
-                session_id=session_id,
-            )
-        except UnknownAgent as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except (InvalidRun, InvalidSession) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        run = await self._start(request, context)
         # grpc.aio cancels this coroutine when the client cancels or disconnects; the cancellation
         # reaches the agent's pending gateway request, so no work continues for nobody
-        async for step in steps:
+        async for step in run:
             if step.fatal:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, step.content)
             yield agent_pb2.AgentStep(
@@ -46,8 +33,23 @@ class AgentsServicer(agent_pb2_grpc.AgentsServicer):
                 tool=step.tool,
                 arguments_json=json.dumps(step.arguments) if step.arguments else "",
                 index=step.index,
-                session_id=session_id,
+                session_id=run.session_id or "",
             )
+
+    async def _start(self, request: agent_pb2.RunRequest, context: grpc.aio.ServicerContext) -> AgentRun:
+        try:
+            return self.core.start_in_session(
+                request.agent or DEFAULT_AGENT,
+                request.question,
+                session_id=request.session_id or None,
+                model=request.model or None,
+                max_steps=request.max_steps or None,
+            )
+        except NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except AgentRefusal as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        raise AssertionError("unreachable: context.abort raises")
 
     async def ListAgents(
         self, request: agent_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
@@ -55,7 +57,7 @@ class AgentsServicer(agent_pb2_grpc.AgentsServicer):
         return agent_pb2.ListAgentsResponse(
             agents=[
                 agent_pb2.AgentInfo(name=a.name, description=a.description, tools=[t.name for t in a.tools])
-                for a in self.catalog.list()
+                for a in self.core.agents()
             ]
         )
 

@@ -15,9 +15,10 @@ from contracts.events import CorpusDeduplicated, DatasetRef
 from contracts.events.subjects import DLQ_STREAM, dlq_subject
 from services.agent_runtime.app import create_service
 from services.agent_runtime.config import AgentRuntimeSettings
+from services.agent_runtime.core import AgentRuntime
 from shared.bus import Bus
 from shared.natsserver import NatsServer, free_port
-from shared.service import ServiceRuntime
+from shared.service import Service
 
 pytestmark = pytest.mark.integration
 
@@ -57,16 +58,16 @@ def dedup_event(dataset_id: str, manifest_uri: str) -> CorpusDeduplicated:
     )
 
 
-async def start(settings: AgentRuntimeSettings) -> tuple[ServiceRuntime, asyncio.Task[None]]:
-    runtime = create_service(settings)
-    task = asyncio.create_task(runtime.run())
+async def start(settings: AgentRuntimeSettings) -> tuple[Service[AgentRuntime], asyncio.Task[None]]:
+    service = create_service(settings)
+    task = asyncio.create_task(service.run())
     async with httpx.AsyncClient() as client:
         for _ in range(200):
             try:
                 if (
                     await client.get(f"http://127.0.0.1:{settings.agent_http_port}/health")
                 ).status_code == 200:
-                    return runtime, task
+                    return service, task
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(0.05)
@@ -107,7 +108,7 @@ async def test_deduplicated_corpus_becomes_searchable_and_survives_a_restart(
         agent_http_port=free_port(),
         agent_embeddings="off",  # BM25 answers these; the dense path is tested in the unit tests
     )
-    runtime, task = await start(settings)
+    service, task = await start(settings)
     port = settings.agent_http_port
     assert port is not None
     try:
@@ -127,16 +128,16 @@ async def test_deduplicated_corpus_becomes_searchable_and_survives_a_restart(
         dead = await js.get_last_msg(DLQ_STREAM, dlq_subject(CorpusDeduplicated.subject()))
         assert dead.headers is not None and "manifest not found" in dead.headers["Puyu-Error"]
     finally:
-        runtime.stop()
+        service.stop()
         await task
 
     # a new process rebuilds the index from the recorded datasets, with no event replayed
     settings.agent_http_port, settings.agent_grpc_port = free_port(), free_port()
-    runtime, task = await start(settings)
+    service, task = await start(settings)
     try:
         assert await search(settings.agent_http_port, "Brenmark", wait=0) == (
             "[article-2] The capital of Brenmark is Holmport."
         )
     finally:
-        runtime.stop()
+        service.stop()
         await task

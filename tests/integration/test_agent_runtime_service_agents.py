@@ -22,9 +22,10 @@ from contracts.events import CorpusDeduplicated, DatasetRef
 from contracts.proto.puyu.agent.v1 import agent_pb2, agent_pb2_grpc
 from services.agent_runtime.app import create_service
 from services.agent_runtime.config import AgentRuntimeSettings
+from services.agent_runtime.core import AgentRuntime
 from shared.bus import Bus
 from shared.natsserver import NatsServer, free_port
-from shared.service import ServiceRuntime
+from shared.service import Service
 
 pytestmark = pytest.mark.integration
 
@@ -71,16 +72,16 @@ async def gateway_url() -> AsyncIterator[str]:
     await task
 
 
-async def start(settings: AgentRuntimeSettings) -> tuple[ServiceRuntime, asyncio.Task[None]]:
-    runtime = create_service(settings)
-    task = asyncio.create_task(runtime.run())
+async def start(settings: AgentRuntimeSettings) -> tuple[Service[AgentRuntime], asyncio.Task[None]]:
+    service = create_service(settings)
+    task = asyncio.create_task(service.run())
     async with httpx.AsyncClient() as client:
         for _ in range(200):
             try:
                 if (
                     await client.get(f"http://127.0.0.1:{settings.agent_http_port}/health")
                 ).status_code == 200:
-                    return runtime, task
+                    return service, task
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(0.05)
@@ -123,7 +124,7 @@ async def test_agents_in_the_running_service(tmp_path: Path, gateway_url: str) -
             agent_embeddings="off",
             agent_tools_file=tools_file,
         )
-        runtime, task = await start(settings)
+        service, task = await start(settings)
         http = f"http://127.0.0.1:{settings.agent_http_port}"
         try:
             bus = Bus(nats.url, "test-publisher")
@@ -187,12 +188,12 @@ async def test_agents_in_the_running_service(tmp_path: Path, gateway_url: str) -
             assert sources in ("[1] atlas-1; [2] atlas-2", "[1] atlas-2; [2] atlas-1")
             assert sum(s.kind == "tool_call" for s in planned) == 2
         finally:
-            runtime.stop()
+            service.stop()
             await task
 
         # the session outlives the process
         settings.agent_http_port, settings.agent_grpc_port = free_port(), free_port()
-        runtime, task = await start(settings)
+        service, task = await start(settings)
         try:
             async with httpx.AsyncClient(timeout=30) as client:
                 r = await client.post(
@@ -201,5 +202,5 @@ async def test_agents_in_the_running_service(tmp_path: Path, gateway_url: str) -
                 )
                 assert r.json()["answer"] == "earlier 3"
         finally:
-            runtime.stop()
+            service.stop()
             await task

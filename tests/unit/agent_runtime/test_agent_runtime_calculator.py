@@ -1,7 +1,7 @@
 import pytest
 
-from services.agent_runtime.tools import Calculator, ToolError, coerce_arguments
-from services.agent_runtime.tools.calculator import evaluate
+from services.agent_runtime.core.tools import Calculator, ToolError, coerce_arguments
+from services.agent_runtime.core.tools.calculator import evaluate
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,10 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from services.agent_runtime.agents.base import Turn
-from services.agent_runtime.agents.function_calling import FunctionCallingAgent
-from services.agent_runtime.llm import LLMClient
-from services.agent_runtime.tools import Calculator
+from services.agent_runtime.core.agents.base import Turn
+from services.agent_runtime.core.agents.function_calling import FunctionCallingAgent
+from services.agent_runtime.core.llm import LLMClient
+from services.agent_runtime.core.tools import Calculator
 from shared.natsserver import free_port
 
 

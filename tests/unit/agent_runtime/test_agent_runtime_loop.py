@@ -16,13 +16,14 @@ import uvicorn
 from fastapi import FastAPI
 
 from contracts.proto.puyu.agent.v1 import agent_pb2, agent_pb2_grpc
-from services.agent_runtime.agents import ReActAgent
-from services.agent_runtime.catalog import AgentCatalog, RunOptions, react_agent
-from services.agent_runtime.corpus import CorpusIndex, Document
+from services.agent_runtime.core import AgentRuntime
+from services.agent_runtime.core.agents import ReActAgent
+from services.agent_runtime.core.catalog import AgentCatalog, RunOptions, react_agent
+from services.agent_runtime.core.corpus import CorpusIndex, Document
+from services.agent_runtime.core.llm import LLMClient
+from services.agent_runtime.core.tools import Calculator, SearchCorpus, Tool
 from services.agent_runtime.grpc_api import AgentsServicer, add_to_server
 from services.agent_runtime.http_api import mount
-from services.agent_runtime.llm import LLMClient
-from services.agent_runtime.tools import Calculator, SearchCorpus, Tool
 from shared.natsserver import free_port
 
 _WORDS = {"plus": "+", "minus": "-", "times": "*"}
@@ -179,7 +180,7 @@ async def test_gateway_error_ends_the_run_with_a_fatal_error(gateway: Gateway) -
 async def test_http_api(gateway: Gateway) -> None:
     catalog, llm = make_catalog(gateway)
     app = FastAPI()
-    mount(app, catalog)
+    mount(app, AgentRuntime(catalog, CorpusIndex()))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://agent") as client:
         agents = (await client.get("/v1/agents")).json()["agents"]
         assert agents[0]["name"] == "react"
@@ -236,7 +237,7 @@ async def test_http_api(gateway: Gateway) -> None:
 async def test_grpc_run_streams_steps_and_stops_when_the_client_leaves(gateway: Gateway) -> None:
     catalog, llm = make_catalog(gateway)
     server = grpc.aio.server()
-    add_to_server(AgentsServicer(catalog), server)
+    add_to_server(AgentsServicer(AgentRuntime(catalog, CorpusIndex())), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

@@ -13,13 +13,14 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from services.agent_runtime.agents.planner import PlannerAgent, parse_plan
-from services.agent_runtime.catalog import AgentCatalog, RunOptions, planner_agent
-from services.agent_runtime.corpus import CorpusIndex, Document
+from services.agent_runtime.core import AgentRuntime
+from services.agent_runtime.core.agents.planner import PlannerAgent, parse_plan
+from services.agent_runtime.core.catalog import AgentCatalog, RunOptions, planner_agent
+from services.agent_runtime.core.corpus import CorpusIndex, Document
+from services.agent_runtime.core.llm import LLMClient
+from services.agent_runtime.core.searchers import CorpusSearcher
+from services.agent_runtime.core.tools import SearchCorpus
 from services.agent_runtime.http_api import mount
-from services.agent_runtime.llm import LLMClient
-from services.agent_runtime.searchers import CorpusSearcher
-from services.agent_runtime.tools import SearchCorpus
 from shared.natsserver import free_port
 
 CORPUS = [
@@ -181,7 +182,7 @@ async def test_planner_over_http_sse(gateway: Gateway) -> None:
         catalog = AgentCatalog(llm, RunOptions(model="m", max_steps=6))
         catalog.register(*planner_agent([CorpusSearcher(search)], [search], top_k=1))
         app = FastAPI()
-        mount(app, catalog)
+        mount(app, AgentRuntime(catalog, index))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://a") as client:
             async with client.stream(

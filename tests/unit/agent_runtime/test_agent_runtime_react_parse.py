@@ -1,4 +1,4 @@
-from services.agent_runtime.agents.react import parse_turn
+from services.agent_runtime.core.agents.react import parse_turn
 
 
 def test_parse_action_with_json_input() -> None:

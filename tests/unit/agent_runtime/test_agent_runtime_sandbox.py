@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from services.agent_runtime.sandbox import Sandbox, SandboxLimits
-from services.agent_runtime.tools import PythonInterpreter, ToolError
+from services.agent_runtime.core.sandbox import Sandbox, SandboxLimits
+from services.agent_runtime.core.tools import PythonInterpreter, ToolError
 
 
 @pytest.fixture(scope="module")

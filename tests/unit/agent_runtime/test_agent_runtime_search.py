@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from services.agent_runtime.bm25 import BM25, tokenize
-from services.agent_runtime.corpus import CorpusError, CorpusIndex, Document, read_documents
-from services.agent_runtime.tools import SearchCorpus, ToolError
+from services.agent_runtime.core import CorpusError
+from services.agent_runtime.core.corpus import CorpusIndex, Document, read_documents
+from services.agent_runtime.core.corpus.bm25 import BM25, tokenize
+from services.agent_runtime.core.tools import SearchCorpus, ToolError
 from shared.samples import WORLD, write_sample_corpus
 
 

@@ -13,11 +13,13 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from services.agent_runtime.catalog import AgentCatalog, RunOptions, react_agent
+from services.agent_runtime.core import AgentRuntime, InvalidSession
+from services.agent_runtime.core.catalog import AgentCatalog, RunOptions, react_agent
+from services.agent_runtime.core.corpus import CorpusIndex
+from services.agent_runtime.core.llm import LLMClient
+from services.agent_runtime.core.sessions import SessionStore
+from services.agent_runtime.core.tools import Calculator
 from services.agent_runtime.http_api import mount
-from services.agent_runtime.llm import LLMClient
-from services.agent_runtime.sessions import InvalidSession, SessionStore
-from services.agent_runtime.tools import Calculator
 from shared.artifacts import ArtifactStore
 from shared.natsserver import free_port
 
@@ -96,7 +98,7 @@ async def test_session_ids_are_checked_and_sessions_served_over_http(
             store.turns(bad)
     async with LLMClient(gateway_url) as llm:
         app = FastAPI()
-        mount(app, catalog_on(llm, tmp_path))
+        mount(app, AgentRuntime(catalog_on(llm, tmp_path), CorpusIndex()))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a") as client:
             r = await client.post(
                 "/v1/agents/react/run", json={"question": "My name is Bo", "session_id": "web1"}

@@ -9,12 +9,12 @@ from typing import Any
 import httpx
 import pytest
 
-from services.agent_runtime.corpus import CorpusIndex, Document
-from services.agent_runtime.embeddings import Embedder, embeddings_installed
-from services.agent_runtime.sandbox import Sandbox, SandboxLimits
-from services.agent_runtime.tools import SearchCorpus, ToolError, coerce_arguments
-from services.agent_runtime.tools.custom import HttpTool, ToolConfigError, load_tools
-from services.agent_runtime.tools.web_search import NOT_CONFIGURED, SearxngProvider, WebSearch
+from services.agent_runtime.core.corpus import CorpusIndex, Document
+from services.agent_runtime.core.corpus.embeddings import Embedder, embeddings_installed
+from services.agent_runtime.core.sandbox import Sandbox, SandboxLimits
+from services.agent_runtime.core.tools import SearchCorpus, ToolError, coerce_arguments
+from services.agent_runtime.core.tools.custom import HttpTool, ToolConfigError, load_tools
+from services.agent_runtime.core.tools.web_search import NOT_CONFIGURED, SearxngProvider, WebSearch
 
 
 def searxng(request: httpx.Request) -> httpx.Response:

@@ -6,24 +6,16 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from services.agent_runtime.agents.base import Agent, AgentStep, Turn
-from services.agent_runtime.agents.function_calling import FunctionCallingAgent
-from services.agent_runtime.agents.planner import PlannerAgent, Searcher
-from services.agent_runtime.agents.react import ReActAgent
-from services.agent_runtime.llm import LLMClient
-from services.agent_runtime.sessions import SessionStore, check_session_id
-from services.agent_runtime.tools.base import Tool
+from services.agent_runtime.core.agents.base import Agent, AgentStep, Turn
+from services.agent_runtime.core.agents.function_calling import FunctionCallingAgent
+from services.agent_runtime.core.agents.planner import PlannerAgent, Searcher
+from services.agent_runtime.core.agents.react import ReActAgent
+from services.agent_runtime.core.errors import InvalidRun, UnknownAgent
+from services.agent_runtime.core.llm import LLMClient
+from services.agent_runtime.core.sessions import SessionStore, check_session_id
+from services.agent_runtime.core.tools.base import Tool
 
 MAX_STEPS_LIMIT = 50
-
-
-class UnknownAgent(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class InvalidRun(ValueError):
-    """A run request that cannot be served (empty question, bad max_steps)."""
 
 
 @dataclass(frozen=True)

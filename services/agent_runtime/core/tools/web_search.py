@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Protocol
 
 import httpx
 
-from services.agent_runtime.tools.base import ToolError
+from services.agent_runtime.core.errors import ToolError
 
 NOT_CONFIGURED = (
     "web search is not configured on this runtime: set PUYU_AGENT_WEB_SEARCH_URL to a SearXNG "

@@ -21,8 +21,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from services.agent_runtime.agents.base import AgentStep, StepKind, Turn
-from services.agent_runtime.llm import LLMClient, LLMError
+from services.agent_runtime.core.agents.base import AgentStep, StepKind, Turn
+from services.agent_runtime.core.llm import LLMClient, LLMError
 
 _PLAN_LINE = re.compile(
     r"^\s*(?:[-*]\s*)?(\d{1,2})[.):]\s*(.+?)\s*(?:\[\s*(?:after|depends on|needs)\s*:?\s*([\d,\s and]+)\])?\s*$",

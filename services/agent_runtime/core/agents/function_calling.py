@@ -12,9 +12,10 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from services.agent_runtime.agents.base import AgentStep, StepKind, Turn
-from services.agent_runtime.llm import LLMClient, LLMError
-from services.agent_runtime.tools.base import Tool, ToolError, coerce_arguments, tool_schema
+from services.agent_runtime.core.agents.base import AgentStep, StepKind, Turn
+from services.agent_runtime.core.errors import ToolError
+from services.agent_runtime.core.llm import LLMClient, LLMError
+from services.agent_runtime.core.tools.base import Tool, coerce_arguments, tool_schema
 
 SYSTEM = "Answer the user's question. Call the tools when they help; reply with the answer when done."
 

@@ -13,15 +13,12 @@ import time
 import weakref
 from dataclasses import asdict, dataclass
 
-from services.agent_runtime.agents.base import Turn
+from services.agent_runtime.core.agents.base import Turn
+from services.agent_runtime.core.errors import InvalidSession
 from shared.artifacts import ArtifactStore
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 PREFIX = "agent_runtime/sessions"
-
-
-class InvalidSession(ValueError):
-    """A session id that cannot name a session, or a session that belongs to another agent."""
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from services.agent_runtime.sandbox import Sandbox, SandboxError
-from services.agent_runtime.tools.base import ToolError
+from services.agent_runtime.core.errors import ToolError
+from services.agent_runtime.core.sandbox import Sandbox, SandboxError
 
 MAX_HTTP_OUTPUT = 4_000
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol, runtime_checkable
 
-
-class ToolError(ValueError):
-    """A tool call that cannot be done (bad arguments, bad expression): the message is shown to the model."""
+from services.agent_runtime.core.errors import ToolError
 
 
 @runtime_checkable

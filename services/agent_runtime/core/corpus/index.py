@@ -2,50 +2,31 @@
 embeddings (cosine), or by both fused with reciprocal rank fusion (``hybrid``, the default when an
 embedder is configured).
 
-A dataset is read from its manifest (see ``contracts.datasets``), each shard a JSON-lines
-file (gzip/zstd by extension) or a Parquet file whose records carry ``id`` and ``text``. Datasets are kept in the order they
-were indexed; a document id seen in several datasets (the same corpus deduplicated again) is kept once,
-from the newest. Re-indexing a dataset id replaces it.
+Datasets are kept in the order they were indexed; a document id seen in several datasets (the same
+corpus deduplicated again) is kept once, from the newest. Re-indexing a dataset id replaces it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-import fsspec
 import numpy as np
 
-from contracts.datasets import DatasetError, shard_uris
-from services.agent_runtime.bm25 import BM25, tokenize
-from services.agent_runtime.embeddings import Embedder, EmbeddingsUnavailable
-from shared.parquet_records import iter_parquet
-from shared.shards import shard_format
+from services.agent_runtime.core.corpus.bm25 import BM25, tokenize
+from services.agent_runtime.core.corpus.documents import Document, read_documents, split_passages
+from services.agent_runtime.core.corpus.embeddings import Embedder, EmbeddingsUnavailable
 
 log = logging.getLogger(__name__)
 
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
-MAX_PASSAGE_CHARS = 600
 RRF_K = 60  # the constant of Cormack et al.'s reciprocal rank fusion
 SearchMode = Literal["bm25", "embedding", "hybrid"]
 SEARCH_MODES: tuple[SearchMode, ...] = ("bm25", "embedding", "hybrid")
-
-
-class CorpusError(ValueError):
-    """A manifest or shard that cannot be read: the dataset cannot be indexed."""
-
-
-@dataclass(frozen=True)
-class Document:
-    doc_id: str
-    text: str
 
 
 @dataclass(frozen=True)
@@ -61,60 +42,6 @@ class SearchHit:
     dataset_id: str
     text: str
     score: float
-
-
-def read_documents(manifest_uri: str) -> Iterator[Document]:
-    """Every document of the dataset a manifest describes."""
-    try:
-        uris = shard_uris(manifest_uri)
-    except DatasetError as exc:
-        raise CorpusError(str(exc)) from None
-    for uri in uris:
-        if shard_format(uri) == "parquet":
-            yield from _parquet_documents(uri)
-            continue
-        try:
-            with fsspec.open(uri, "rt", encoding="utf-8", compression="infer") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        raise CorpusError(f"{uri}: line {n} is not JSON") from None
-                    text = record.get("text") if isinstance(record, dict) else None
-                    if not isinstance(text, str):
-                        raise CorpusError(f"{uri}: line {n} has no 'text'")
-                    yield Document(str(record.get("id") or f"{uri}#{n}"), text)
-        except FileNotFoundError:
-            raise CorpusError(f"shard not found: {uri}") from None
-        except OSError as exc:
-            raise CorpusError(f"cannot read shard {uri}: {exc}") from None
-
-
-def _parquet_documents(uri: str) -> Iterator[Document]:
-    try:
-        with fsspec.open(uri, "rb") as f:
-            for n, record in enumerate(iter_parquet(f), 1):
-                text = record.get("text")
-                if not isinstance(text, str):
-                    raise CorpusError(f"{uri}: row {n} has no 'text'")
-                yield Document(str(record.get("id") or f"{uri}#{n}"), text)
-    except CorpusError:
-        raise
-    except FileNotFoundError:
-        raise CorpusError(f"shard not found: {uri}") from None
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise CorpusError(f"cannot read Parquet shard {uri}: {exc}") from None
-
-
-def split_passages(text: str, sentences_per_passage: int = 1) -> list[str]:
-    sentences = [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
-    passages = []
-    for i in range(0, len(sentences), sentences_per_passage):
-        passage = " ".join(sentences[i : i + sentences_per_passage])
-        passages.append(passage[:MAX_PASSAGE_CHARS])
-    return passages
 
 
 @dataclass(frozen=True)

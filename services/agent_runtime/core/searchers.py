@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from services.agent_runtime.agents.planner import Source
-from services.agent_runtime.tools.search import SearchCorpus
-from services.agent_runtime.tools.web_search import WebSearch
+from services.agent_runtime.core.agents.planner import Source
+from services.agent_runtime.core.tools.search import SearchCorpus
+from services.agent_runtime.core.tools.web_search import WebSearch
 
 
 class CorpusSearcher:

@@ -8,7 +8,7 @@ import operator
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from services.agent_runtime.tools.base import ToolError
+from services.agent_runtime.core.errors import ToolError
 
 MAX_EXPRESSION_CHARS = 500
 MAX_EXPONENT = 10_000

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from services.agent_runtime.corpus import SEARCH_MODES, CorpusIndex
-from services.agent_runtime.embeddings import EmbeddingsUnavailable
-from services.agent_runtime.tools.base import ToolError
+from services.agent_runtime.core.corpus.embeddings import EmbeddingsUnavailable
+from services.agent_runtime.core.corpus.index import SEARCH_MODES, CorpusIndex
+from services.agent_runtime.core.errors import ToolError
 
 
 class SearchCorpus:

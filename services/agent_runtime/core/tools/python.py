@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from services.agent_runtime.sandbox import Sandbox, SandboxError
-from services.agent_runtime.tools.base import ToolError
+from services.agent_runtime.core.errors import ToolError
+from services.agent_runtime.core.sandbox import Sandbox, SandboxError
 
 MAX_CODE_CHARS = 20_000
 _FENCE = re.compile(r"^\s*```(?:python|py)?\s*\n(.*?)\n?\s*```\s*$", re.DOTALL)

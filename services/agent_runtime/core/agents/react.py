@@ -22,9 +22,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.agent_runtime.agents.base import AgentStep, StepKind, Turn
-from services.agent_runtime.llm import LLMClient, LLMError
-from services.agent_runtime.tools.base import Tool, ToolError, coerce_arguments
+from services.agent_runtime.core.agents.base import AgentStep, StepKind, Turn
+from services.agent_runtime.core.errors import ToolError
+from services.agent_runtime.core.llm import LLMClient, LLMError
+from services.agent_runtime.core.tools.base import Tool, coerce_arguments
 
 STOP = ["Observation:", "\nQuestion:"]
 _LABEL = r"(?im)^[ \t]*{}[ \t]*:"
