@@ -1,7 +1,9 @@
 """Tool calls in model output → OpenAI ``tool_calls``, for whole answers and for streams.
 
-Models trained on the Hermes / Qwen / InternLM2 convention write ``<tool_call>{"name": ..., "arguments":
-{...}}</tool_call>``; many others write the bare JSON object. A stream is split so that ordinary text is
+Models trained on the Hermes / Qwen convention write ``<tool_call>{"name": ..., "arguments":
+{...}}</tool_call>``; many others write the bare JSON object (``arguments`` or ``parameters``). InternLM2
+has markers of its own (``<|action_start|><|plugin|>{"name": ..., "parameters": {...}}<|action_end|>``),
+which are not among the forms read here. A stream is split so that ordinary text is
 streamed as it comes while anything that may be a tool call is held back until the answer ends and
 parsed as a whole: a call is never sent half-formed, the common failure of streamed tool calls.
 Text that does not parse as a call of an offered tool is returned as content, never dropped.
