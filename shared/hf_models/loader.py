@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,10 @@ from shared.hf_models.formats import (
     resolve_dtype,
 )
 from shared.hf_models.weights import iter_tensors, write_safetensors
+
+# Building a model patches process-wide state (transformers' and accelerate's meta-device
+# initialisation): one load at a time in a process, whichever service thread asks.
+_LOAD_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -87,17 +92,16 @@ def load_causal_lm(
     fmt = detect_format(path)
     torch_dtype = resolve_dtype(dtype, device, fmt.source_config)
     model: PreTrainedModel
-    if fmt.converted and trust_remote_code:
-        model = _load_remote_code(fmt, torch_dtype)
-        fmt = ModelFormat(
-            fmt.model_type, fmt.source_dir, fmt.source_config, converted=False, remote_code=True
-        )
-    elif fmt.converted:
-        model = _load_converted(fmt, _CONVERSIONS[fmt.model_type], torch_dtype)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(
-            fmt.source_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code
-        )
+    with _LOAD_LOCK:
+        if fmt.converted and trust_remote_code:
+            model = _load_remote_code(fmt, torch_dtype)
+            fmt = ModelFormat(fmt.model_type, fmt.source_dir, fmt.source_config, remote_code=True)
+        elif fmt.converted:
+            model = _load_converted(fmt, _CONVERSIONS[fmt.model_type], torch_dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                fmt.source_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            )
     torch.nn.Module.to(model, torch.device(device))
     model.eval()
     return model, fmt
@@ -165,7 +169,7 @@ def save_in_format(model: PreTrainedModel, tokenizer: Any, out_dir: str | Path, 
         _copy_code(fmt.source_dir, out)
     elif fmt.remote_code:
         # The folder's own classes may not save under transformers 5; their tensor names are the format.
-        _write_config(out, {**fmt.source_config, **_structural(model)}, model.dtype)
+        _write_config(out, {**fmt.source_config, "vocab_size": model.config.vocab_size}, model.dtype)
         write_safetensors(model.state_dict(), out)
         _copy_code(fmt.source_dir, out)
     else:
@@ -173,13 +177,6 @@ def save_in_format(model: PreTrainedModel, tokenizer: Any, out_dir: str | Path, 
     if tokenizer is not None:
         save_tokenizer(tokenizer, out, fmt)
     return out
-
-
-def _structural(model: PreTrainedModel) -> dict[str, Any]:
-    config = model.config.to_dict()
-    return {
-        k: v for k, v in config.items() if k in ("vocab_size", "num_hidden_layers", "tie_word_embeddings")
-    }
 
 
 def _write_config(out: Path, config: dict[str, Any], dtype: torch.dtype) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def iter_tensors(folder: Path, dtype: torch.dtype | None = None) -> Iterator[tup
                 for name in handle.keys():
                     yield name, _cast(handle.get_tensor(name), dtype)
         else:
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            # Memory-mapped where the file is torch's zip format; older pickles are read whole.
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
             for name, tensor in state.items():
                 yield name, _cast(tensor, dtype)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from conftest import build_original, internlm_tokenizer_config, load_original
 from safetensors.torch import load_file
 
 from shared.errors import Refusal
-from shared.hf_models import UnsupportedModel, load_causal_lm, load_tokenizer, save_in_format
+from shared.hf_models import UnsupportedModel, load_causal_lm, load_tokenizer, save_in_format, weights
 
 ATOL = 2e-5  # fp32; observed differences are ~5e-6 on logits of magnitude ~6
 
@@ -191,12 +192,37 @@ def test_opt_in_remote_code_runs_the_folders_own_classes(
     )
     ids = torch.randint(3, 512, (1, 12), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
+        expected = load_original(folder)(ids, use_cache=False).logits
+        torch.testing.assert_close(model(ids, use_cache=False).logits, expected, atol=ATOL, rtol=0)
+        out = save_in_format(model, None, tmp_path / "saved", fmt)
         torch.testing.assert_close(
-            model(ids, use_cache=False).logits,
-            load_original(folder)(ids, use_cache=False).logits,
-            atol=ATOL,
-            rtol=0,
+            load_original(out)(ids, use_cache=False).logits, expected, atol=ATOL, rtol=0
         )
+
+
+def test_sharded_and_pickled_checkpoints_load_alike(
+    original_folder: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, _ = original_folder
+    state = load_file(str(folder / "model.safetensors"))
+    sharded, pickled = tmp_path / "sharded", tmp_path / "pickled"
+    for target in (sharded, pickled):
+        shutil.copytree(folder, target)
+        (target / "model.safetensors").unlink()
+    monkeypatch.setattr(weights, "MAX_SHARD_BYTES", 40_000)
+    assert len(weights.write_safetensors(state, sharded)) > 2
+    names = sorted(state)
+    halves = {"pytorch_model-00001-of-00002.bin": names[::2], "pytorch_model-00002-of-00002.bin": names[1::2]}
+    for file_name, part in halves.items():
+        torch.save({name: state[name] for name in part}, pickled / file_name)
+    weight_map = {name: file_name for file_name, part in halves.items() for name in part}
+    (pickled / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+    ids = torch.randint(3, 512, (1, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = load_causal_lm(folder, dtype=torch.float32)[0](ids).logits
+        for target in (sharded, pickled):
+            assert torch.equal(load_causal_lm(target, dtype=torch.float32)[0](ids).logits, expected)
 
 
 def test_internlm3_with_different_bias_switches_is_refused(tmp_path: Path) -> None:
