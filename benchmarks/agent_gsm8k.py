@@ -30,10 +30,10 @@ from typing import Any
 
 import httpx
 
-from services.evaluator.loaders import DataUnavailable, load
-from services.evaluator.metrics import normalize_number
-from services.evaluator.runner import run_task
-from services.evaluator.tasks import GenerationConfig, TaskConfig, get_task
+from services.evaluator.core.loaders import DataUnavailable, load
+from services.evaluator.core.metrics import normalize_number
+from services.evaluator.core.runner import run_task
+from services.evaluator.core.tasks import GenerationConfig, TaskConfig, get_task
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")

@@ -29,9 +29,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from services.evaluator.hf_backend import HFBackend
-from services.evaluator.runner import evaluate
-from services.evaluator.tasks import LoaderConfig, get_task
+from services.evaluator.core.hf_backend import HFBackend
+from services.evaluator.core.runner import evaluate
+from services.evaluator.core.tasks import LoaderConfig, get_task
 from services.evaluator.testing import build_tiny_model
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

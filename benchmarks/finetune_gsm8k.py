@@ -109,7 +109,7 @@ def chat_task(model_dir: Path, max_new_tokens: int) -> Any:
     """The evaluator's GSM8K task with the model's own chat prompt, zero-shot."""
     from transformers import AutoTokenizer
 
-    from services.evaluator.tasks import GenerationConfig, LoaderConfig, TaskConfig
+    from services.evaluator.core.tasks import GenerationConfig, LoaderConfig, TaskConfig
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     rendered = tok.apply_chat_template(
@@ -130,9 +130,9 @@ def chat_task(model_dir: Path, max_new_tokens: int) -> Any:
 
 
 def score(model_dir: Path, n_eval: int, threads: int, max_new_tokens: int) -> dict[str, Any]:
-    from services.evaluator.hf_backend import HFBackend
-    from services.evaluator.loaders import load
-    from services.evaluator.runner import run_task
+    from services.evaluator.core.hf_backend import HFBackend
+    from services.evaluator.core.loaders import load
+    from services.evaluator.core.runner import run_task
 
     task = chat_task(model_dir, max_new_tokens)
     dataset = load(task.loader, DATA.parent)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from services.evaluator.config import EvaluatorSettings
+from services.evaluator.core import Evaluator
 from services.evaluator.grpc_api import add_jobs_api
-from services.evaluator.handlers import EvaluationRunner, register_handlers
+from services.evaluator.handlers import register_handlers
 from shared.artifacts import ArtifactStore
-from shared.service import ServiceRuntime
+from shared.service import Service, ServiceRuntime
 
 
-def create_service(settings: EvaluatorSettings | None = None) -> ServiceRuntime:
+def create_service(settings: EvaluatorSettings | None = None) -> Service[Evaluator]:
     settings = settings or EvaluatorSettings()
     runtime = ServiceRuntime("evaluator", settings)
-    store = ArtifactStore(settings.artifact_root_uri)
-    register_handlers(runtime.bus, EvaluationRunner(settings, store))
-    add_jobs_api(runtime, settings)
-    return runtime
+    core = Evaluator(settings, ArtifactStore(settings.artifact_root_uri))
+    register_handlers(runtime.bus, core, settings)
+    add_jobs_api(runtime, core)
+    return Service(runtime, core)

@@ -12,8 +12,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from services.evaluator.config import EvaluatorSettings
-from services.evaluator.core import ModelSpec, evaluate_model
-from services.evaluator.runner import EvalReport, write_report
+from services.evaluator.core import EvalReport, Evaluator, ModelSpec, write_report
 
 _MODES = {"perplexity": "ppl", "multiple_choice": "ppl", "generation": "gen", "code_execution": "gen"}
 
@@ -47,19 +46,7 @@ def eval_cmd(
         def progress(stage: str, fraction: float, message: str) -> None:
             bar.update(tid, completed=fraction, description=message or stage)
 
-        report = evaluate_model(
-            spec,
-            tasks,
-            data_root=s.evaluator_data_dir,
-            perplexity_path=s.evaluator_perplexity_path,
-            tasks_dir=s.evaluator_tasks_dir,
-            limit=limit or s.evaluator_limit,
-            batch_size=s.evaluator_batch_size,
-            num_threads=s.evaluator_num_threads,
-            device=s.evaluator_device,
-            progress=progress,
-            cache_path=s.cache_file(),
-        )
+        report = Evaluator(s).evaluate(spec, tasks, limit=limit, progress=progress)
     model = (
         {"model_path": str(model_path)} if model_path else {"endpoint": endpoint, "model_name": model_name}
     )

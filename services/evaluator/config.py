@@ -43,9 +43,6 @@ class EvaluatorSettings(CommonSettings):
         description="Split each run into shards of this many samples per task, taken from the bus by any "
         "evaluator replica (None: the replica that gets the request runs it whole).",
     )
-    evaluator_shard_timeout_s: float = Field(
-        default=6 * 3600, gt=0, description="Wait for all shards of a run."
-    )
 
     def cache_file(self) -> Path | None:
         if self.evaluator_no_cache:

@@ -1,21 +1,22 @@
 """Bus adapters: ModelRegistered (fact) and EvaluateRequested (job) -> EvaluationCompleted, and
 EvaluateShardRequested (work item) when runs are sharded across replicas.
 
-Each handler resolves the tasks and fetches the model on the loop (cheap, and bad input becomes a
-JobRejected at once), then runs the evaluation in a worker thread so the message keep-alive runs.
-With ``PUYU_EVALUATOR_SHARD_SIZE`` set, the handler of a run publishes its shards as work items,
-waits for their result files (any replica, itself included, scores them) and assembles the report;
-a redelivered or restarted run re-publishes only what is missing and finds the rest done.
+Whole runs: the replica that takes the request evaluates in a worker thread (the message keep-alive
+runs meanwhile), publishes ``evaluation.completed`` and ends the job.
+
+Sharded runs (``PUYU_EVALUATOR_SHARD_SIZE``): the request's replica stores the job's plan and
+publishes the shards not stored yet as work items, then leaves the job running. Every replica takes
+items: it scores a shard unless its result is already stored, then counts the stored results; the
+one that finds all of them stored (its own was the last) assembles the report, publishes
+``evaluation.completed`` and ends the job. Shard items and the completion event have ids fixed by
+the job, so a redelivery, a re-planned request or two replicas finishing at once store one copy on
+the bus.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import threading
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from contracts.events import (
@@ -27,20 +28,15 @@ from contracts.events import (
     ModelRegistered,
     TaskResult,
 )
-from services.evaluator.backends import Backend, ModelLoadError
-from services.evaluator.cache import ResultCache
 from services.evaluator.config import EvaluatorSettings
-from services.evaluator.core import ModelSpec, evaluate_model, make_backend, results_key
-from services.evaluator.loaders import DataUnavailable, load
-from services.evaluator.runner import EvalReport, run_task, write_report
-from services.evaluator.sharding import Shard, assemble, plan_shards, write_shard
-from services.evaluator.tasks import TaskConfig, UnknownTask, resolve_tasks
-from shared.artifacts import ArtifactStore
-from shared.bus import Bus, HandlerContext, JobRejected
+from services.evaluator.core import EvalReport, Evaluator, ShardPlan, ShardWork, StoredEvaluation
+from shared.bus import Bus, HandlerContext, JobRun
+from shared.bus.jobs import TERMINAL_STATES
 
 JOB_KIND = "evaluate"
 # A tiny model on the CPU takes seconds; a real suite minutes: the keep-alive extends the deadline.
 ACK_WAIT = 60.0
+COMPLETION_EVENT = "completion_event_id"  # in a plan's extra: the id of the event that ends the job
 
 
 def registered_job_id(model: ModelRef) -> str:
@@ -63,225 +59,110 @@ def task_results(report: EvalReport) -> list[TaskResult]:
     ]
 
 
-class EvaluationRunner:
-    """Runs one model version's evaluation (whole, or one shard of it) and stores the results."""
+def shard_request(plan: ShardPlan, work: ShardWork) -> EvaluateShardRequested:
+    return EvaluateShardRequested(
+        job_id=plan.job_id,
+        model=plan.model,
+        artifact=plan.artifact,
+        task=work.task,
+        task_version=work.task_version,
+        start=work.start,
+        stop=work.stop,
+        limit=work.limit,
+        result_uri=work.result_uri,
+    )
 
-    def __init__(self, settings: EvaluatorSettings, store: ArtifactStore) -> None:
-        self.settings = settings
-        self.store = store
-        self._backend: tuple[str, Backend, str] | None = None  # (artifact uri, backend, cache key)
-        self._backend_lock = threading.Lock()
 
-    def resolve(self, tasks: list[str]) -> list[TaskConfig]:
-        try:
-            return resolve_tasks(
-                tasks,
-                perplexity_path=self.settings.evaluator_perplexity_path,
-                tasks_dir=self.settings.evaluator_tasks_dir,
-            )
-        except UnknownTask as exc:
-            raise JobRejected(str(exc)) from exc
+def register_handlers(bus: Bus, core: Evaluator, settings: EvaluatorSettings) -> None:
+    async def complete(
+        ctx: HandlerContext[Any], job: JobRun, model: ModelRef, stored: StoredEvaluation, event_id: str
+    ) -> None:
+        event = EvaluationCompleted(
+            model=model, results=task_results(stored.report), details_uri=stored.details_uri
+        )
+        await ctx.publish(event, event_id=event_id)
+        job.succeed(f"{len(event.results)} task(s) evaluated", result=stored.job_result)
 
-    def check_tasks(self, tasks: list[str]) -> None:
-        self.resolve(tasks)
-
-    def _fetch(self, model: ModelRef, artifact: ArtifactRef) -> Path:
-        try:
-            return self.store.fetch(artifact.uri)
-        except FileNotFoundError as exc:
-            raise JobRejected(f"model {model.model_name} v{model.version}: {exc}") from exc
-
-    def run(
-        self,
+    async def hand_out_shards(
+        ctx: HandlerContext[Any],
+        job: JobRun,
         model: ModelRef,
         artifact: ArtifactRef,
         tasks: list[str],
-        progress: Callable[[str, float, str], None] | None,
-    ) -> tuple[EvaluationCompleted, dict[str, Any]]:
-        """Blocking: fetch, evaluate, write results. Returns the event and the job result."""
-        s = self.settings
-        model_dir = self._fetch(model, artifact)
-        try:
-            report = evaluate_model(
-                ModelSpec(path=model_dir, sha256=artifact.sha256 or None),
-                tasks,
-                data_root=s.evaluator_data_dir,
-                perplexity_path=s.evaluator_perplexity_path,
-                tasks_dir=s.evaluator_tasks_dir,
-                cache_path=s.cache_file(),
-                limit=s.evaluator_limit,
-                batch_size=s.evaluator_batch_size,
-                num_threads=s.evaluator_num_threads,
-                device=s.evaluator_device,
-                progress=progress,
-            )
-        except (ModelLoadError, UnknownTask, DataUnavailable) as exc:
-            raise JobRejected(f"model {model.model_name} v{model.version}: {exc}") from exc
-        return self.publishable(model, artifact, report)
-
-    def publishable(
-        self, model: ModelRef, artifact: ArtifactRef, report: EvalReport
-    ) -> tuple[EvaluationCompleted, dict[str, Any]]:
-        """Store the report under the version's results key; the event and the job result."""
-        if not report.outcomes:
-            raise JobRejected(f"no task could run: {report.skipped}")
-        key = results_key(model.model_name, model.version)
-        staging = self.store.local_staging(key)
-        write_report(report, staging, extra={"model": model.model_dump(), "artifact_sha256": artifact.sha256})
-        self.store.put_dir(staging, key)
-        details_uri = self.store.uri(key)
-        event = EvaluationCompleted(model=model, results=task_results(report), details_uri=details_uri)
-        result = {"summary": report.summary(), "skipped": report.skipped, "details_uri": details_uri}
-        return event, result
-
-    # ------------------------------------------------------------------------------ shards
-    def plan(self, model: ModelRef, tasks: list[str]) -> tuple[list[Shard], dict[str, str]]:
-        assert self.settings.evaluator_shard_size
-        configs = self.resolve(tasks)
-        return plan_shards(
-            configs,
-            self.settings.evaluator_shard_size,
-            self.settings.evaluator_data_dir,
-            self.settings.evaluator_limit,
+        event_id: str,
+    ) -> None:
+        plan = await asyncio.to_thread(
+            core.plan, job.job_id, model, artifact, tasks, {COMPLETION_EVENT: event_id}
         )
-
-    def shard_done(self, uri: str) -> bool:
-        return self.store.exists(uri)
-
-    def run_shard(self, req: EvaluateShardRequested) -> None:
-        """Blocking: score one shard (the model stays loaded for the next shard of the same version)."""
-        s = self.settings
-        (task,) = self.resolve([req.task])
-        if task.version_hash != req.task_version:
-            raise JobRejected(
-                f"task {req.task}: this replica's definition differs ({task.version_hash[:12]})"
-            )
-        backend, model_key = self._backend_for(req.model, req.artifact)
-        try:
-            dataset = load(task.loader, s.evaluator_data_dir)
-        except DataUnavailable as exc:
-            raise JobRejected(f"shard {req.task}[{req.start}:{req.stop}]: {exc}") from exc
-        cache_file = s.cache_file()
-        cache = ResultCache(cache_file) if cache_file else None
-        try:
-            outcome = run_task(
-                task,
-                backend,
-                dataset,
-                limit=req.limit,
-                shard=(req.start, req.stop),
-                cache=cache,
-                model_key=model_key,
-            )
-        finally:
-            if cache is not None:
-                cache.close()
-        key = req.result_uri.removeprefix(self.store.root_uri).strip("/")
-        write_shard(self.store, key, outcome.details)
-
-    def _backend_for(self, model: ModelRef, artifact: ArtifactRef) -> tuple[Backend, str]:
-        with self._backend_lock:
-            if self._backend is None or self._backend[0] != artifact.uri:
-                model_dir = self._fetch(model, artifact)
-                s = self.settings
-                try:
-                    backend, key = make_backend(
-                        ModelSpec(path=model_dir, sha256=artifact.sha256 or None),
-                        batch_size=s.evaluator_batch_size,
-                        num_threads=s.evaluator_num_threads,
-                        device=s.evaluator_device,
-                    )
-                except ModelLoadError as exc:
-                    raise JobRejected(f"model {model.model_name} v{model.version}: {exc}") from exc
-                self._backend = (artifact.uri, backend, key)
-            return self._backend[1], self._backend[2]
-
-
-def register_handlers(bus: Bus, runner: EvaluationRunner) -> None:
-    settings = runner.settings
-
-    async def evaluate_sharded(
-        ctx: HandlerContext[Any], job_id: str, model: ModelRef, artifact: ArtifactRef, tasks: list[str]
-    ) -> tuple[EvaluationCompleted, dict[str, Any]]:
-        shards, skipped = await asyncio.to_thread(runner.plan, model, tasks)
-        if not shards:
-            raise JobRejected(f"no task could run: {skipped}")
-        key = results_key(model.model_name, model.version)
-        uris = [runner.store.uri(s.key(key)) for s in shards]
-        pending = [(s, u) for s, u in zip(shards, uris, strict=True) if not runner.shard_done(u)]
-        for shard, uri in pending:
+        items = core.work_items(plan)
+        pending = [w for w in items if not await asyncio.to_thread(core.is_stored, w)]
+        if not pending:  # all scored before (a repeated run): this replica ends the job
+            await complete(ctx, job, model, await asyncio.to_thread(core.finish, plan), event_id)
+            return
+        done = len(items) - len(pending)
+        # before the items go out: a late "running" must not follow the last shard's success
+        await job.progress("shards", done / len(items) * 0.99, f"{done}/{len(items)} shards")
+        for work in pending:
             await ctx.publish(
-                EvaluateShardRequested(
-                    job_id=job_id,
-                    model=model,
-                    artifact=artifact,
-                    task=shard.task.name,
-                    task_version=shard.task.version_hash,
-                    start=shard.start,
-                    stop=shard.stop,
-                    limit=settings.evaluator_limit,
-                    result_uri=uri,
-                ),
-                event_id=f"shard:{job_id}:{shard.task.version_hash[:12]}:{shard.start}",
+                shard_request(plan, work),
+                event_id=f"shard:{plan.job_id}:{work.task_version[:12]}:{work.start}",
             )
-        deadline = time.monotonic() + settings.evaluator_shard_timeout_s
-        while True:
-            done = sum(await asyncio.to_thread(lambda: [runner.shard_done(u) for u in uris]))
-            await bus.jobs.update(
-                job_id,
-                JOB_KIND,
-                state="running",
-                stage="shards",
-                fraction=done / len(uris) * 0.99,
-                message=f"{done}/{len(uris)} shards",
-                correlation_id=ctx.envelope.correlation_id,
-            )
-            if done == len(uris):
-                break
-            if time.monotonic() > deadline:
-                # retried by the bus (back-off, then dead-letter): finished shards are kept
-                raise TimeoutError(f"{len(uris) - done} of {len(uris)} shards unfinished")
-            await asyncio.sleep(1.0)
-        report = await asyncio.to_thread(assemble, runner.store, shards, key, skipped)
-        return await asyncio.to_thread(runner.publishable, model, artifact, report)
+        job.continues_elsewhere()
 
     async def evaluate(
-        ctx: HandlerContext[Any], job_id: str, model: ModelRef, artifact: ArtifactRef, tasks: list[str]
-    ) -> tuple[EvaluationCompleted, dict[str, Any]]:
-        runner.check_tasks(tasks)
-        await bus.jobs.update(
-            job_id, JOB_KIND, state="running", stage="evaluate", correlation_id=ctx.envelope.correlation_id
-        )
-        if settings.evaluator_shard_size:
-            return await evaluate_sharded(ctx, job_id, model, artifact, tasks)
-        progress = ctx.progress_from_thread(job_id, JOB_KIND)
-        try:
-            return await asyncio.to_thread(runner.run, model, artifact, tasks, progress)
-        finally:
-            await progress.flush()
+        ctx: HandlerContext[Any],
+        job_id: str,
+        model: ModelRef,
+        artifact: ArtifactRef,
+        tasks: list[str],
+        event_id: str,
+    ) -> None:
+        # an unknown task is refused before the job starts (a registration's job has no request
+        # event that the bus could mark failed)
+        await asyncio.to_thread(core.check_tasks, tasks)
+        async with ctx.job(job_id, JOB_KIND, stage="evaluate") as job:
+            if job.cancelled:
+                return
+            if core.sharded:
+                await hand_out_shards(ctx, job, model, artifact, tasks, event_id)
+                return
+            stored = await asyncio.to_thread(
+                core.evaluate_version, model, artifact, tasks, job.thread_progress()
+            )
+            await complete(ctx, job, model, stored, event_id)
 
     @bus.handle(ModelRegistered, ack_wait=ACK_WAIT)
     async def on_model_registered(ctx: HandlerContext[ModelRegistered]) -> None:
         p = ctx.payload
-        job_id = registered_job_id(p.model)
-        event, result = await evaluate(ctx, job_id, p.model, p.artifact, p.tasks)
-        await ctx.publish(event, event_id=f"eval:{p.model.model_name}:{p.model.version}")
-        await bus.jobs.update(job_id, JOB_KIND, state="succeeded", fraction=1.0, result=result)
+        event_id = f"eval:{p.model.model_name}:{p.model.version}"
+        await evaluate(ctx, registered_job_id(p.model), p.model, p.artifact, p.tasks, event_id)
 
     @bus.handle(EvaluateRequested, ack_wait=ACK_WAIT)
     async def on_evaluate_requested(ctx: HandlerContext[EvaluateRequested]) -> None:
         p = ctx.payload
-        event, result = await evaluate(ctx, p.job_id, p.model, p.artifact, p.tasks)
         # Keyed by job too: an explicit re-evaluation (other tasks) must not be swallowed as a duplicate
         # of the registration's evaluation by the stream's Msg-Id window.
-        await ctx.publish(event, event_id=f"eval:{p.model.model_name}:{p.model.version}:{p.job_id}")
-        await bus.jobs.update(p.job_id, JOB_KIND, state="succeeded", fraction=1.0, result=result)
+        event_id = f"eval:{p.model.model_name}:{p.model.version}:{p.job_id}"
+        await evaluate(ctx, p.job_id, p.model, p.artifact, p.tasks, event_id)
 
     @bus.handle(EvaluateShardRequested, ack_wait=ACK_WAIT)
     async def on_shard(ctx: HandlerContext[EvaluateShardRequested]) -> None:
         p = ctx.payload
-        if p.start >= p.stop:
-            raise JobRejected(f"empty shard {p.task}[{p.start}:{p.stop}]")
-        if await asyncio.to_thread(runner.shard_done, p.result_uri):
-            return  # another replica, or an earlier delivery, finished it
-        await asyncio.to_thread(runner.run_shard, p)
+        work = ShardWork(p.task, p.task_version, p.start, p.stop, p.limit, p.result_uri)
+        status = await bus.jobs.get(p.job_id)
+        if status is not None and status.state in TERMINAL_STATES:
+            return  # a late copy (the job ended), or a shard of a failed or cancelled job
+        plan = await asyncio.to_thread(core.read_plan, p.model, p.job_id)
+        total = len(plan.shards)
+        if not await asyncio.to_thread(core.is_stored, work):  # else: an earlier delivery stored it
+            done = await asyncio.to_thread(core.stored_count, plan)
+            # before this shard is stored: no "running" can land after the job's success
+            await ctx.progress(p.job_id, JOB_KIND, "shards", done / total * 0.99, f"{done}/{total} shards")
+            await asyncio.to_thread(core.run_shard, p.model, p.artifact, work)
+        if await asyncio.to_thread(core.stored_count, plan) < total:
+            return
+        async with ctx.job(p.job_id, JOB_KIND, stage="assemble", message=f"{total} shards") as job:
+            if job.cancelled:
+                return
+            stored = await asyncio.to_thread(core.finish, plan)
+            await complete(ctx, job, plan.model, stored, plan.extra[COMPLETION_EVENT])

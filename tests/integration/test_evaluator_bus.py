@@ -45,7 +45,7 @@ async def test_evaluator_service_end_to_end(tmp_path: Path) -> None:
             evaluator_num_threads=1,
             evaluator_data_dir=tmp_path / "nodata",
         )
-        runtime = create_service(settings)
+        runtime = create_service(settings).runtime
         assert runtime.grpc_port == grpc_port
         service = asyncio.create_task(runtime.run())
 

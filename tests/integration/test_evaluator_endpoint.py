@@ -29,9 +29,9 @@ from rich.console import Console
 
 from services.evaluator.cli import eval_cmd
 from services.evaluator.config import EvaluatorSettings
-from services.evaluator.hf_backend import HFBackend
-from services.evaluator.openai_backend import EndpointError, OpenAIBackend
-from services.evaluator.tasks import GenerationConfig
+from services.evaluator.core.hf_backend import HFBackend
+from services.evaluator.core.openai_backend import EndpointError, OpenAIBackend
+from services.evaluator.core.tasks import GenerationConfig
 from services.evaluator.testing import build_tiny_model
 from shared import samples
 from shared.natsserver import free_port

@@ -11,11 +11,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from services.evaluator.backends import ModelLoadError
 from services.evaluator.cli import eval_cmd
 from services.evaluator.config import EvaluatorSettings
-from services.evaluator.hf_backend import HFBackend
-from services.evaluator.tasks import GenerationConfig, UnknownTask
+from services.evaluator.core.backends import ModelLoadError
+from services.evaluator.core.hf_backend import HFBackend
+from services.evaluator.core.tasks import GenerationConfig, UnknownTask
 from services.evaluator.testing import build_tiny_model
 from shared import samples
 
@@ -110,7 +110,7 @@ def test_grouping_and_prefix_reuse_match_one_request_at_a_time(tiny_model: Path)
 def test_batches_bound_padding_and_size(tiny_model: Path) -> None:
     """Longest-first batches hold at most batch_size rows and close before a row much shorter than
     the batch's longest one (padding is computed work)."""
-    from services.evaluator.hf_backend import _PAD_BOUND, _Row
+    from services.evaluator.core.hf_backend import _PAD_BOUND, _Row
 
     backend = HFBackend(tiny_model, batch_size=4, prefix_reuse=False)
     lengths = [100, 99, 98, 97, 96, 95, 40, 39, 12, 11, 10, 3]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from services.evaluator.loaders import gsm8k_answer
-from services.evaluator.metrics import (
+from services.evaluator.core.loaders import gsm8k_answer
+from services.evaluator.core.metrics import (
     extract_choice_letter,
     extract_gsm8k_flexible,
     extract_gsm8k_strict,

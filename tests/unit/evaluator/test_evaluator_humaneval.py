@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from services.evaluator.backends import Loglikelihood, Progress, RollingLoglikelihood
-from services.evaluator.loaders import load
-from services.evaluator.runner import humaneval_program, run_task
-from services.evaluator.sandbox import network_namespace_available, run_program, run_programs
-from services.evaluator.tasks import GenerationConfig, get_task
+from services.evaluator.core.backends import Loglikelihood, Progress, RollingLoglikelihood
+from services.evaluator.core.loaders import load
+from services.evaluator.core.runner import humaneval_program, run_task
+from services.evaluator.core.sandbox import network_namespace_available, run_program, run_programs
+from services.evaluator.core.tasks import GenerationConfig, get_task
 
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 needs_humaneval = pytest.mark.skipif(

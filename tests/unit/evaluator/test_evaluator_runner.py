@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from services.evaluator.backends import Loglikelihood, Progress, RollingLoglikelihood
-from services.evaluator.loaders import DataUnavailable, load
-from services.evaluator.runner import build_prompt, evaluate, run_task, write_report
-from services.evaluator.tasks import GenerationConfig, LoaderConfig, TaskConfig, get_task
+from services.evaluator.core.backends import Loglikelihood, Progress, RollingLoglikelihood
+from services.evaluator.core.loaders import DataUnavailable, load
+from services.evaluator.core.runner import build_prompt, evaluate, run_task, write_report
+from services.evaluator.core.tasks import GenerationConfig, LoaderConfig, TaskConfig, get_task
 
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 needs_gsm8k = pytest.mark.skipif(not (DATA / "gsm8k" / "test.jsonl").exists(), reason=f"no gsm8k in {DATA}")

@@ -9,11 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from services.evaluator.backends import Loglikelihood, Progress, RollingLoglikelihood
-from services.evaluator.cache import ResultCache
-from services.evaluator.loaders import DataUnavailable, load
-from services.evaluator.runner import build_prompt, evaluate, run_task
-from services.evaluator.tasks import GenerationConfig, UnknownTask, get_task, load_task_file, resolve_tasks
+from services.evaluator.core.backends import Loglikelihood, Progress, RollingLoglikelihood
+from services.evaluator.core.cache import ResultCache
+from services.evaluator.core.loaders import DataUnavailable, load
+from services.evaluator.core.runner import build_prompt, evaluate, run_task
+from services.evaluator.core.tasks import (
+    GenerationConfig,
+    UnknownTask,
+    get_task,
+    load_task_file,
+    resolve_tasks,
+)
 
 ROWS = [
     {"qid": "q1", "q": "2+2", "a": "4", "label": "B"},

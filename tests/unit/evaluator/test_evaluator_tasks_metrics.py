@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from services.evaluator.metrics import (
+from services.evaluator.core.metrics import (
     extract_first_word,
     extract_gsm8k_strict,
     perplexity_metrics,
     truncate_at_stop,
 )
-from services.evaluator.tasks import BUILTIN_TASK_NAMES, UnknownTask, get_task, resolve_tasks
+from services.evaluator.core.tasks import BUILTIN_TASK_NAMES, UnknownTask, get_task, resolve_tasks
 
 GSM8K_TEST = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 

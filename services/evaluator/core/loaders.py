@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.evaluator.tasks import LoaderConfig
+from services.evaluator.core.errors import EvaluatorRefusal
+from services.evaluator.core.tasks import LoaderConfig
 
 Sample = dict[str, Any]
 
 
-class DataUnavailable(RuntimeError):
-    """The task's data is not on this machine: the task is skipped with this reason."""
+class DataUnavailable(EvaluatorRefusal):
+    """The task's data is not on this machine: a whole run skips the task with this reason; a shard
+    of it cannot be scored here."""
 
 
 @dataclass

@@ -10,15 +10,16 @@ import json
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.evaluator.backends import Backend
-from services.evaluator.cache import ResultCache
-from services.evaluator.loaders import Dataset, DataUnavailable, Sample, load
-from services.evaluator.metrics import (
+from services.evaluator.core.backends import Backend
+from services.evaluator.core.cache import ResultCache
+from services.evaluator.core.loaders import Dataset, DataUnavailable, Sample, load
+from services.evaluator.core.metrics import (
     EXTRACTORS,
     NUMERIC_EXTRACTORS,
     mean,
@@ -26,8 +27,8 @@ from services.evaluator.metrics import (
     pass_at_k,
     perplexity_metrics,
 )
-from services.evaluator.sandbox import run_programs
-from services.evaluator.tasks import TaskConfig
+from services.evaluator.core.sandbox import run_programs
+from services.evaluator.core.tasks import TaskConfig
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +314,7 @@ def write_report(report: EvalReport, out_dir: Path, *, extra: dict[str, Any] | N
     details_dir = out_dir / "details"
     details_dir.mkdir(exist_ok=True)
     for outcome in report.outcomes:
-        tmp = details_dir / f"{outcome.task.name}.jsonl.tmp"
+        tmp = details_dir / f"{outcome.task.name}.jsonl.{uuid.uuid4().hex}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             for row in outcome.details:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -334,6 +335,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    # a temporary name of its own: two replicas that finish the same sharded run may write at once
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=True))
     tmp.replace(path)

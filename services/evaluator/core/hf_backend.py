@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.evaluator.backends import Loglikelihood, ModelLoadError, Progress, RollingLoglikelihood
-from services.evaluator.tasks import GenerationConfig
+from services.evaluator.core.backends import Loglikelihood, ModelLoadError, Progress, RollingLoglikelihood
+from services.evaluator.core.tasks import GenerationConfig
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ class HFBackend:
         self, prompts: Sequence[str], config: GenerationConfig, progress: Progress | None = None
     ) -> list[str]:
         """Greedy decoding in left-padded batches (longest first), cut at the stop strings."""
-        from services.evaluator.metrics import truncate_at_stop
+        from services.evaluator.core.metrics import truncate_at_stop
 
         torch = self.torch
         tok = self.tokenizer

@@ -16,6 +16,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.evaluator.core.errors import EvaluatorRefusal
+
 OutputType = Literal["perplexity", "multiple_choice", "generation", "code_execution"]
 LoaderKind = Literal[
     "sample_heldout", "sample_facts", "text_file", "gsm8k", "cmmlu", "humaneval", "jsonl", "csv", "parquet"
@@ -88,8 +90,9 @@ _LATER_FIELDS = ("extra_extractors", "execution")
 _LATER_LOADER_FIELDS = ("id_field", "fewshot_path")
 
 
-class UnknownTask(ValueError):
-    """A task name that is not defined."""
+class UnknownTask(EvaluatorRefusal, ValueError):
+    """A task name that is not defined, or a task file that cannot be read (a ValueError too: the
+    shared Jobs API answers ValueErrors of a submit check with INVALID_ARGUMENT)."""
 
 
 def _builtin_tasks(perplexity_path: str | None = None) -> dict[str, TaskConfig]:

@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 import httpx
 
-from services.evaluator.backends import Loglikelihood, Progress, RollingLoglikelihood
-from services.evaluator.metrics import truncate_at_stop
-from services.evaluator.tasks import GenerationConfig
+from services.evaluator.core.backends import Loglikelihood, Progress, RollingLoglikelihood
+from services.evaluator.core.metrics import truncate_at_stop
+from services.evaluator.core.tasks import GenerationConfig
 
 log = logging.getLogger(__name__)
 
