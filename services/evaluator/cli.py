@@ -39,6 +39,7 @@ def eval_cmd(
         endpoint=endpoint,
         model_name=model_name,
         api_key=api_key,
+        generation_api=generation_api,
     )
     with Progress(console=console, transient=True) as bar:
         tid = bar.add_task("evaluating", total=1.0)

@@ -77,7 +77,11 @@ def make_backend(
         from services.evaluator.core.openai_backend import OpenAIBackend
 
         remote = OpenAIBackend(
-            spec.endpoint, str(spec.model_name), api_key=spec.api_key, batch_size=batch_size
+            spec.endpoint,
+            str(spec.model_name),
+            api_key=spec.api_key,
+            batch_size=batch_size,
+            generation_api=spec.generation_api,
         )
         return remote, remote.cache_key
     from services.evaluator.core.hf_backend import HFBackend
