@@ -161,6 +161,8 @@ def register_handlers(bus: Bus, core: Evaluator, settings: EvaluatorSettings) ->
             await asyncio.to_thread(core.run_shard, p.model, p.artifact, work)
         if await asyncio.to_thread(core.stored_count, plan) < total:
             return
+        # The job's last shard is stored: this replica ends the job. Two that get here at once write
+        # the same report and publish one event (its id is fixed by the job).
         async with ctx.job(p.job_id, JOB_KIND, stage="assemble", message=f"{total} shards") as job:
             if job.cancelled:
                 return
