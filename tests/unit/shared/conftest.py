@@ -73,8 +73,9 @@ def sentencepiece() -> ModuleType:
     name, version = SENTENCEPIECE
     target = cache_root() / f"{name}-{version}-{sys.implementation.cache_tag}"
     if not (target / name).is_dir():
+        wheel = download_wheel(name, version)
         unpacked = tempfile.mkdtemp(dir=cache_root())
-        zipfile.ZipFile(download_wheel(name, version)).extractall(unpacked)
+        zipfile.ZipFile(wheel).extractall(unpacked)
         try:
             os.replace(unpacked, target)  # atomic; a concurrent session may have won the race
         except OSError:
@@ -251,6 +252,10 @@ def corpus(seed: int = 0) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def internlm_sentencepiece_model(sentencepiece: ModuleType) -> bytes:
+    return train_sentencepiece(sentencepiece)
+
+
+def train_sentencepiece(sentencepiece: ModuleType, add_dummy_prefix: bool = True) -> bytes:
     """A SentencePiece model trained like InternLM's: BPE, byte fallback, digits split, whitespace kept,
     the special tokens as user-defined pieces right after <unk> <s> </s>."""
     model = io.BytesIO()
@@ -263,7 +268,7 @@ def internlm_sentencepiece_model(sentencepiece: ModuleType) -> bytes:
         user_defined_symbols=INTERNLM_SPECIAL,
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,
-        add_dummy_prefix=True,
+        add_dummy_prefix=add_dummy_prefix,
         split_digits=True,
         allow_whitespace_only_pieces=True,
         character_coverage=0.99,

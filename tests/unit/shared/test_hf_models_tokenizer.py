@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 import torch
-from conftest import INTERNLM_SPECIAL, internlm_tokenizer_config
+from conftest import INTERNLM_SPECIAL, internlm_tokenizer_config, train_sentencepiece
 
 from shared.hf_models import UnsupportedModel, load_tokenizer
 from shared.hf_models.formats import ModelFormat
@@ -59,6 +59,12 @@ def write_folder(folder: Path, model: bytes, tokenizer_config: dict, model_type:
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config), encoding="utf-8")
     (folder / "config.json").write_text(json.dumps({"model_type": model_type}), encoding="utf-8")
     return folder
+
+
+@pytest.fixture(params=[True, False], ids=["dummy-prefix", "no-dummy-prefix"])
+def internlm_sentencepiece_model(request: pytest.FixtureRequest, sentencepiece: ModuleType) -> bytes:
+    """Both settings of SentencePiece's dummy prefix (a space before each text), which the conversion follows."""
+    return train_sentencepiece(sentencepiece, add_dummy_prefix=request.param)
 
 
 @pytest.fixture
