@@ -1,30 +1,26 @@
-"""Wiring: trainer core + bus handlers + gRPC Jobs servicer on a ServiceRuntime."""
+"""Wiring: the trainer core, its bus handlers and the gRPC Jobs servicer on a ServiceRuntime."""
 
 from __future__ import annotations
 
 from services.trainer.config import TrainerSettings
+from services.trainer.core import Trainer
 from services.trainer.grpc_api import add_train_jobs_api
-from services.trainer.handlers import TrainHandlers
+from services.trainer.handlers import register_handlers
 from shared.artifacts import ArtifactStore
-from shared.service import ServiceRuntime
+from shared.service import Service, ServiceRuntime
 
 
-def create_service(settings: TrainerSettings | None = None) -> ServiceRuntime:
+def create_service(settings: TrainerSettings | None = None) -> Service[Trainer]:
     settings = settings or TrainerSettings()
     runtime = ServiceRuntime("trainer", settings)
-    store = ArtifactStore(settings.artifact_root_uri)
-    handlers = TrainHandlers(runtime.bus, store, settings)
-    handlers.register()
+    core = Trainer(ArtifactStore(settings.artifact_root_uri), settings.trainer_device)
+    register_handlers(runtime.bus, core, settings)
     add_train_jobs_api(runtime)
 
-    # Stop a run in progress before the bus drains (on_stop hooks run after it): the run saves its
+    # A stop begins: a run in progress stops at its next step while the bus is still up, saves its
     # state and fails this attempt; the redelivered job resumes it on this or another replica.
-    stop = runtime.stop
+    async def stop_runs() -> None:
+        core.stop_all()
 
-    def stop_training_then_runtime() -> None:
-        handlers.stop_all()
-        stop()
-
-    runtime.stop = stop_training_then_runtime  # type: ignore[method-assign]
-
-    return runtime
+    runtime.on_draining(stop_runs)
+    return Service(runtime, core)

@@ -73,8 +73,8 @@ async def test_train_job_to_checkpoint_ready(tmp_path: Path) -> None:
             grpc_port_base=free_port() - 1 - SERVICES.index("trainer"),
             http_port_base=free_port() - 1 - SERVICES.index("trainer"),
         )
-        runtime = create_service(settings)
-        service = asyncio.create_task(runtime.run())
+        service = create_service(settings)
+        running = asyncio.create_task(service.run())
         observer = Bus(nats.url, "test-observer")
         ready: asyncio.Queue[CheckpointReady] = asyncio.Queue()
         failed: asyncio.Queue[JobFailed] = asyncio.Queue()
@@ -88,7 +88,7 @@ async def test_train_job_to_checkpoint_ready(tmp_path: Path) -> None:
             await failed.put(ctx.payload)
 
         # Start one after the other: concurrent first starts on a fresh server race to create the streams.
-        while not runtime.bus.started:  # noqa: ASYNC110 - the runtime offers no started event
+        while not service.runtime.bus.started:  # noqa: ASYNC110 - the runtime offers no started event
             await asyncio.sleep(0.05)
         await observer.start()
         try:
@@ -125,7 +125,7 @@ async def test_train_job_to_checkpoint_ready(tmp_path: Path) -> None:
             assert event2.job_id == "train-ds-2" and event2.step == 3
 
             # gRPC Jobs: bad requests are INVALID_ARGUMENT; Get reads the board.
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}") as channel:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{service.runtime.grpc_port}") as channel:
                 stub = jobs_pb2_grpc.JobsStub(channel)
                 got = await stub.Get(jobs_pb2.GetJobRequest(job_id="job-1"))
                 assert got.state == "succeeded" and json.loads(got.result_json)["step"] == 15
@@ -167,8 +167,8 @@ async def test_train_job_to_checkpoint_ready(tmp_path: Path) -> None:
                 assert states[-1] == "failed"
         finally:
             await observer.stop()
-            runtime.stop()
-            await asyncio.wait_for(service, 30)
+            service.stop()
+            await asyncio.wait_for(running, 30)
 
 
 async def _wait_state(bus: Bus, job_id: str, state: str, timeout: float = 30):  # type: ignore[no-untyped-def]

@@ -59,8 +59,8 @@ async def test_cancel_stops_a_running_job(tmp_path: Path) -> None:
             http_port_base=free_port() - 1 - SERVICES.index("trainer"),
             trainer_progress_interval=0.1,
         )
-        runtime = create_service(settings)
-        service = asyncio.create_task(runtime.run())
+        service = create_service(settings)
+        running = asyncio.create_task(service.run())
         observer = Bus(nats.url, "test-observer")
         training: asyncio.Event = asyncio.Event()
 
@@ -69,7 +69,7 @@ async def test_cancel_stops_a_running_job(tmp_path: Path) -> None:
             if ctx.payload.job_id == "long" and ctx.payload.stage == "train" and "mfu" in ctx.payload.metrics:
                 training.set()
 
-        while not runtime.bus.started:  # noqa: ASYNC110 - the runtime offers no started event
+        while not service.runtime.bus.started:  # noqa: ASYNC110 - the runtime offers no started event
             await asyncio.sleep(0.05)
         await observer.start()
         try:
@@ -89,5 +89,5 @@ async def test_cancel_stops_a_running_job(tmp_path: Path) -> None:
             assert final is not None and final.state == "cancelled"  # no late "running" overwrote it
         finally:
             await observer.stop()
-            runtime.stop()
-            await asyncio.wait_for(service, 30)
+            service.stop()
+            await asyncio.wait_for(running, 30)

@@ -25,12 +25,13 @@ import torch
 from contracts.datasets import DatasetError as ManifestError
 from contracts.datasets import shard_uris
 from shared.artifacts import ArtifactStore, local_path
+from shared.errors import Refusal
 from shared.shards import ShardReadError, iter_records, shard_format
 
 TEXT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".parquet", ".txt")
 
 
-class DatasetError(ValueError):
+class DatasetError(Refusal, ValueError):
     """The training data cannot be used (missing, unreadable or empty): retrying will not help."""
 
 

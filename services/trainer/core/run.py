@@ -39,12 +39,15 @@ from services.trainer.core.mfu import device_peak, mfu
 from services.trainer.core.model import build_model, count_parameters, flops_per_token, load_model
 from services.trainer.core.tokenizer import load_tokenizer, train_bpe
 from shared.artifacts import ArtifactStore
+from shared.errors import Refusal
 
 log = logging.getLogger(__name__)
 
 
-class TrainConfigError(ValueError):
-    """The request can never succeed as given (bad spec, unusable tokenizer or data)."""
+class TrainConfigError(Refusal, ValueError):
+    """The request can never succeed as given (bad spec, unusable tokenizer or data).
+
+    Still a ValueError: the gRPC submit check and the command line report ValueErrors as bad input."""
 
 
 @dataclass
