@@ -30,6 +30,7 @@ from shared.hf_models.formats import (
     read_config,
     resolve_dtype,
 )
+from shared.hf_models.tokenizer import save_tokenizer
 from shared.hf_models.weights import iter_tensors, write_safetensors
 
 # Building a model patches process-wide state (transformers' and accelerate's meta-device
@@ -152,8 +153,6 @@ def save_in_format(model: PreTrainedModel, tokenizer: Any, out_dir: str | Path, 
     """Save ``model`` (and ``tokenizer`` unless None) as a folder of ``fmt``'s layout, loadable by
     the code that reads the original: transformers for its own families; InternLM's own modeling
     code (copied along) for InternLM folders."""
-    from shared.hf_models.tokenizer import save_tokenizer
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if fmt.converted:
