@@ -64,6 +64,7 @@ class HandlerContext(Generic[P]):
     envelope: EventEnvelope
     payload: P
     attempt: int
+    max_deliver: int = 1  # the attempt that dead-letters: the lifecycle marks its job failed
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     _reporters: list[ThreadProgress] = field(default_factory=list)  # flushed by the handler wrapper
 
@@ -370,7 +371,7 @@ class _Consumer(Generic[P]):
             return
         keepalive = asyncio.create_task(self._keep_alive(raw))
         started = time.perf_counter()
-        ctx = HandlerContext(self.bus, envelope, payload, attempt)
+        ctx = HandlerContext(self.bus, envelope, payload, attempt, self.max_deliver)
         try:
             try:
                 await self.handler(ctx)

@@ -11,7 +11,9 @@
   recorded the job succeeded;
 - a ``Refusal`` raised inside (a core's own exception type) becomes ``JobRejected``: no retry, the
   job is failed with the reason; any other exception is a failure the bus retries with back-off, and
-  the board says which attempt failed and why (the last attempt marks the job failed).
+  the board says which attempt failed and why; the last attempt marks the job failed. The lifecycle
+  writes the failure itself, so a job started by a fact (e.g. an evaluation that a registration
+  triggers), which the dead letter does not know as a job, ends failed too.
 """
 
 from __future__ import annotations
@@ -88,11 +90,17 @@ class JobRun:
         if isinstance(exc, Refusal):
             from shared.bus.bus import JobRejected  # the bus imports this module
 
-            if isinstance(exc, JobRejected):
+            rejected = exc if isinstance(exc, JobRejected) else None
+            reason = str(exc) if rejected else f"{self.kind} job {self.job_id}: {exc}"
+            await self._write_failed(f"rejected: {reason}")
+            if rejected:
                 return False
-            raise JobRejected(f"{self.kind} job {self.job_id}: {exc}") from exc
+            raise JobRejected(reason) from exc
         if isinstance(exc, Exception):
-            await self._note_failed_attempt(exc)
+            if self.ctx.attempt >= self.ctx.max_deliver:
+                await self._write_failed(f"{type(exc).__name__}: {exc}")
+            else:
+                await self._note_failed_attempt(exc)
         return False
 
     async def _write_outcome(self) -> None:
@@ -113,6 +121,12 @@ class JobRun:
             message=self._final_message,
             result=self._result,
         )
+
+    async def _write_failed(self, message: str) -> None:
+        try:
+            await self.ctx.bus.jobs.update(self.job_id, self.kind, state="failed", message=message[:500])
+        except Exception:  # best effort: the dead letter still says why
+            log.warning("could not mark %s failed", self.job_id, exc_info=True)
 
     async def _note_failed_attempt(self, exc: Exception) -> None:
         try:

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from contracts.events import EventEnvelope, IngestRequested, JobFailed
+from contracts.events import EventEnvelope, IngestRequested, JobFailed, JobProgress
 from shared.bus import Bus, HandlerContext, JobStatus
 from shared.errors import Refusal
 
@@ -131,5 +131,28 @@ async def test_a_failed_attempt_is_on_the_board_while_it_waits_for_its_retry(nat
         release.set()
         final = await _final(bus, "retry")
         assert (final.state, final.message) == ("succeeded", "recovered")
+    finally:
+        await bus.stop()
+
+
+async def test_a_job_started_by_a_fact_ends_failed_when_refused(nats_url: str) -> None:
+    """The dead letter only knows job requests; the lifecycle itself marks such a job failed."""
+    bus = Bus(nats_url, "lifecycle-fact-test")
+
+    @bus.handle(JobProgress, max_deliver=2, backoff=(0.1,))
+    async def handler(ctx: HandlerContext[JobProgress]) -> None:
+        async with ctx.job(f"job-for-{ctx.payload.stage}", KIND):
+            if ctx.payload.stage == "refused":
+                raise UnknownSource("the model folder has no config.json")
+            raise RuntimeError("always broken")
+
+    await bus.start()
+    try:
+        for stage in ("refused", "broken"):
+            await bus.publish(JobProgress(job_id="a-fact", job_kind="x", stage=stage, fraction=0.0))
+        refused = await _final(bus, "job-for-refused")
+        assert refused.state == "failed" and "no config.json" in refused.message
+        broken = await _final(bus, "job-for-broken")
+        assert broken.state == "failed" and "RuntimeError: always broken" in broken.message
     finally:
         await bus.stop()
