@@ -32,7 +32,7 @@ GSM8K = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 
 
 def chat_records(n: int) -> tuple[list[Any], str]:
-    from services.finetuner.formats import Conversation
+    from services.finetuner.core.formats import Conversation
 
     if GSM8K.exists():
         rows = [json.loads(line) for line in GSM8K.open(encoding="utf-8")][:n]
@@ -61,8 +61,8 @@ class Baseline:
         from peft import get_peft_model
         from transformers import DataCollatorForSeq2Seq
 
-        from services.finetuner.methods import lora_config
-        from services.finetuner.packing import schedule
+        from services.finetuner.core.methods import lora_config
+        from services.finetuner.core.packing import schedule
 
         torch.manual_seed(spec.seed)
         self.model = get_peft_model(model, lora_config(spec.lora, model))
@@ -95,10 +95,10 @@ class Ours:
     ) -> None:
         import torch
 
-        from services.finetuner.attention import use_packed_attention
-        from services.finetuner.engine import build_engine
-        from services.finetuner.methods import wrap
-        from services.finetuner.packing import pack, schedule
+        from services.finetuner.core.attention import use_packed_attention
+        from services.finetuner.core.engine import build_engine
+        from services.finetuner.core.methods import wrap
+        from services.finetuner.core.packing import pack, schedule
 
         self.rows = pack(examples, spec.seq_len, spec.seed)
         if packed and not use_packed_attention(model, spec.seq_len):
@@ -110,7 +110,7 @@ class Ours:
         self.plan = schedule(len(self.rows), spec.micro_batch_size, steps, spec.seed)
 
     def step(self, i: int) -> tuple[int, float]:
-        from services.finetuner.training import train_step
+        from services.finetuner.core.training import train_step
 
         t0 = time.perf_counter()
         chunk = [self.rows[k] for k in self.plan[i]]
@@ -132,8 +132,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from contracts.events import FinetuneSpec, LoraSpec
-    from services.finetuner.packing import build_examples
-    from services.finetuner.templates import ensure_chat_template
+    from services.finetuner.core.packing import build_examples
+    from services.finetuner.core.templates import ensure_chat_template
     from services.finetuner.tiny import build_tiny_base
 
     torch.set_num_threads(args.threads)

@@ -295,9 +295,3 @@ def chat_examples(n: int = 200, seed: int = 3) -> list[dict[str, object]]:
             ]
         out.append({"messages": messages})
     return out
-
-
-def write_chat_dataset(path: Path, n: int = 200, seed: int = 3) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in chat_examples(n, seed)))
-    return path

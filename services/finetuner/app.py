@@ -1,19 +1,21 @@
-"""Wires the finetuner: bus handler + gRPC Jobs onto a ServiceRuntime."""
+"""Wiring: the finetuner core, its bus handler and the gRPC Jobs servicer on a ServiceRuntime."""
 
 from __future__ import annotations
 
 from services.finetuner.config import FinetunerSettings
+from services.finetuner.core import Finetuner
 from services.finetuner.grpc_api import add_finetune_jobs_api
 from services.finetuner.handlers import register_handlers
 from shared.artifacts import ArtifactStore
-from shared.service import ServiceRuntime
+from shared.service import Service, ServiceRuntime
 
 
-def create_service(settings: FinetunerSettings | None = None) -> ServiceRuntime:
+def create_service(settings: FinetunerSettings | None = None) -> Service[Finetuner]:
     settings = settings or FinetunerSettings()
     runtime = ServiceRuntime("finetuner", settings)
-    store = ArtifactStore(settings.artifact_root_uri)
-    register_handlers(runtime.bus, settings, store)
+    core = Finetuner(
+        ArtifactStore(settings.artifact_root_uri), settings.finetuner_device, settings.finetuner_num_threads
+    )
+    register_handlers(runtime.bus, core, settings)
     add_finetune_jobs_api(runtime)
-
-    return runtime
+    return Service(runtime, core)

@@ -6,10 +6,11 @@ import grpc
 
 from contracts.events import ArtifactRef, ModelRef
 from contracts.proto.puyu.registry.v1 import registry_pb2, registry_pb2_grpc
+from shared.errors import Refusal
 
 
-class UnknownModel(LookupError):
-    """The registry does not know the model or version (permanent)."""
+class UnknownModel(Refusal, LookupError):
+    """The registry does not know the model or version (permanent: the job is refused)."""
 
 
 async def resolve_base(target: str, ref: ModelRef, timeout: float = 10.0) -> ArtifactRef:

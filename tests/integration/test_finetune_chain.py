@@ -4,6 +4,7 @@ registry and evaluator processes on a real nats-server."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -26,9 +27,15 @@ from services.finetuner.tiny import build_tiny_base
 from shared.artifacts import ArtifactStore
 from shared.bus import Bus
 from shared.ports import http_port
-from shared.samples import CHAT_TEMPLATE, chat_examples, heldout_texts, write_chat_dataset
+from shared.samples import CHAT_TEMPLATE, chat_examples, heldout_texts
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def write_chat_dataset(path: Path, n: int) -> Path:
+    """The demo's chat examples as an OpenAI-messages JSONL file."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in chat_examples(n)))
+    return path
 
 
 async def _finetune(stack: Stack, base: Path, data: Path, store: ArtifactStore) -> ChainWatcher:

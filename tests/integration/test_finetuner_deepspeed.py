@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from services.finetuner.tiny import build_tiny_base
-from shared.samples import CHAT_TEMPLATE, chat_examples, heldout_texts, write_chat_dataset
+from shared.samples import CHAT_TEMPLATE, chat_examples, heldout_texts
 
 pytestmark = [
     pytest.mark.integration,
@@ -31,6 +31,13 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed"),
 ]
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_chat_dataset(path: Path, n: int) -> Path:
+    """The demo's chat examples as an OpenAI-messages JSONL file."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in chat_examples(n)))
+    return path
+
 
 # Runs each job {name, stage, method, stop_at?} with run_finetune; prints {name: outcome} as JSON.
 DRIVER = """

@@ -29,10 +29,16 @@ from services.finetuner.config import FinetunerSettings
 from services.finetuner.tiny import build_tiny_base
 from shared.artifacts import ArtifactStore
 from shared.natsserver import NatsServer, free_port
-from shared.samples import CHAT_TEMPLATE, chat_examples, heldout_texts, write_chat_dataset
+from shared.samples import CHAT_TEMPLATE, chat_examples, heldout_texts
 
 pytestmark = pytest.mark.integration
 torch.set_num_threads(2)
+
+
+def write_chat_dataset(path: Path, n: int) -> Path:
+    """The demo's chat examples as an OpenAI-messages JSONL file."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in chat_examples(n)))
+    return path
 
 
 class _Registry(registry_pb2_grpc.ModelRegistryServicer):
@@ -79,16 +85,17 @@ async def stack(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         http_port_base=http_port - 4,
         log_json=False,
     )
-    runtime = create_service(settings)
-    task = asyncio.create_task(runtime.run())
+    service = create_service(settings)
+    task = asyncio.create_task(service.run())
     for _ in range(100):
-        if runtime.bus.started:
+        if service.runtime.bus.started:
             break
         await asyncio.sleep(0.1)
     nc = await nats.connect(server.url)
     try:
         yield {
-            "runtime": runtime,
+            "runtime": service.runtime,
+            "core": service.core,
             "nc": nc,
             "grpc": f"127.0.0.1:{grpc_port}",
             "store": store,
@@ -97,7 +104,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         }
     finally:
         await nc.close()
-        runtime.stop()
+        service.stop()
         await asyncio.wait_for(task, 30)
         await registry.stop(None)
         server.stop()
@@ -170,3 +177,22 @@ async def test_unknown_model_is_rejected(stack: dict[str, Any]) -> None:
             break
         await asyncio.sleep(0.1)
     assert status is not None and status.state == "failed" and "unknown model" in status.message
+
+
+async def test_a_bug_in_the_core_is_retried_then_dead_lettered(
+    stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def bug(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("a bug, not a bad request")
+
+    monkeypatch.setattr(stack["core"], "finetune", bug)
+    js = stack["nc"].jetstream()
+    failed = await js.subscribe(JobFailed.subject(), stream="PUYU_EVENTS")
+    await stack["runtime"].bus.publish(
+        FinetuneRequested(
+            job_id="ft-bug", base=ModelRef(model_name="tiny", version=1), dataset_uri=str(stack["data"])
+        )
+    )
+    event = await _next_event(failed, JobFailed, timeout=60)
+    assert event.job_id == "ft-bug" and "a bug, not a bad request" in event.error
+    assert event.attempts == FinetunerSettings().finetuner_max_deliver  # retried, never rejected

@@ -1,14 +1,28 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from services.finetuner.core import load_dataset
+from services.finetuner.core.formats import Record
 from services.finetuner.tiny import build_tiny_base
-from shared.samples import CHAT_TEMPLATE, chat_examples, heldout_texts, write_chat_dataset
+from shared.samples import CHAT_TEMPLATE, chat_examples, heldout_texts
 
 torch.set_num_threads(2)
+
+
+def write_chat_dataset(path: Path, n: int = 200, seed: int = 3) -> Path:
+    """The demo's chat examples as an OpenAI-messages JSONL file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in chat_examples(n, seed)))
+    return path
+
+
+def load_records(path: Path, data_format: str = "auto") -> list[Record]:
+    return load_dataset(path, data_format).records
 
 
 def _tokenizer_texts() -> list[str]:

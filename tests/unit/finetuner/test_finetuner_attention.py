@@ -9,20 +9,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_records
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from contracts.events import FinetuneSpec, LoraSpec
-from services.finetuner.attention import (
+from services.finetuner.core.attention import (
     PACKED_ATTENTION,
     restore_default_attention,
     segment_lengths,
     use_packed_attention,
 )
-from services.finetuner.data import load_records
-from services.finetuner.methods import wrap
-from services.finetuner.packing import build_examples, collate, collate_packed, pack
-from services.finetuner.templates import IGNORE_INDEX
-from services.finetuner.training import sft_loss
+from services.finetuner.core.methods import wrap
+from services.finetuner.core.packing import build_examples, collate, collate_packed, pack
+from services.finetuner.core.templates import IGNORE_INDEX
+from services.finetuner.core.training import sft_loss
 
 
 @pytest.fixture

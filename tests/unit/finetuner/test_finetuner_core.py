@@ -9,9 +9,14 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from contracts.events import FinetuneSpec, LoraSpec
-from services.finetuner.core import run_finetune
-from services.finetuner.data import DataError, dataset_digest
-from services.finetuner.methods import UnsupportedRequest, check_method, resolve_device
+from services.finetuner.core import (
+    DataError,
+    InvalidInput,
+    UnsupportedRequest,
+    dataset_digest,
+    run_finetune,
+    validate,
+)
 
 SPEC = FinetuneSpec(
     max_steps=30, micro_batch_size=8, seq_len=96, learning_rate=1e-2, lora=LoraSpec(r=8, alpha=16)
@@ -64,13 +69,13 @@ def test_lora_lowers_loss_and_outputs_load(tiny_base: Path, chat_file: Path, tmp
 
 def test_refusals_happen_before_loading(tmp_path: Path, chat_file: Path) -> None:
     with pytest.raises(UnsupportedRequest, match="QLoRA needs a CUDA GPU"):
-        check_method("qlora")
+        validate(FinetuneSpec(method="qlora"))
     with pytest.raises(UnsupportedRequest, match="unknown finetuning method"):
-        check_method("magic")
+        validate(FinetuneSpec.model_construct(method="magic"))  # past the contract's own check
     if not torch.cuda.is_available():
         with pytest.raises(UnsupportedRequest, match="no CUDA GPU"):
-            resolve_device("cuda")
-    with pytest.raises(ValueError, match="not a Hugging Face model folder"):
+            validate(SPEC, device="cuda")
+    with pytest.raises(InvalidInput, match="not a Hugging Face model folder"):
         run_finetune(tmp_path, chat_file, SPEC, tmp_path / "out", device="cpu")
 
 

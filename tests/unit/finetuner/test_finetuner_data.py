@@ -4,8 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import load_records
 
-from services.finetuner.data import DataError, check_data, dataset_digest, load_records
+from services.finetuner.core import DataError, check_data, dataset_digest
 
 
 def _write(path: Path, lines: list[str]) -> Path:

@@ -8,8 +8,9 @@ from pydantic import ValidationError
 
 from contracts.events import FinetuneRequested, FinetuneSpec, ModelRef
 from services.finetuner import grpc_api
-from services.finetuner.engine import TorchEngine, build_engine, build_optimizer, check_zero
-from services.finetuner.methods import UnsupportedRequest
+from services.finetuner.core import UnsupportedRequest
+from services.finetuner.core.engine import TorchEngine, build_engine, build_optimizer
+from services.finetuner.core.validation import check_zero
 
 
 def test_zero_stage_is_validated_and_refused_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -24,9 +25,9 @@ def test_zero_stage_is_validated_and_refused_with_the_reason(monkeypatch: pytest
     request = FinetuneRequested(
         job_id="j", base=ModelRef(model_name="m", version=1), dataset_uri="d.jsonl", output_model_name="o"
     )
-    grpc_api._check(request)  # zero_stage 0: nothing to refuse
+    grpc_api.check_request(request)  # zero_stage 0: nothing to refuse
     with pytest.raises(UnsupportedRequest, match="runs as one process"):  # refused at submit time
-        grpc_api._check(request.model_copy(update={"spec": FinetuneSpec(zero_stage=2)}))
+        grpc_api.check_request(request.model_copy(update={"spec": FinetuneSpec(zero_stage=2)}))
     monkeypatch.delenv("WORLD_SIZE")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "deepspeed" else real(name))

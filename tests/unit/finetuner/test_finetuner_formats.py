@@ -7,9 +7,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from services.finetuner.cli import check_data_cmd
-from services.finetuner.data import DataError, check_data, load_dataset
-from services.finetuner.formats import Conversation, PreferenceRecord, TextRecord
-from services.finetuner.templates import IGNORE_INDEX, tokenize_conversation
+from services.finetuner.core import DataError, check_data, load_dataset
+from services.finetuner.core.formats import Conversation, PreferenceRecord, TextRecord
+from services.finetuner.core.templates import IGNORE_INDEX, tokenize_conversation
 
 
 def _jsonl(path: Path, rows: list[object]) -> Path:

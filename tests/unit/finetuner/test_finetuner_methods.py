@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from contracts.events import FinetuneSpec, LoraSpec
-from services.finetuner.core import run_finetune
-from services.finetuner.methods import UnsupportedRequest, check_method
-from services.finetuner.state import STATE_FILE
+from services.finetuner.core import UnsupportedRequest, run_finetune
+from services.finetuner.core.state import STATE_FILE
+from services.finetuner.core.validation import check_method
 from shared.samples import chat_examples
 
 

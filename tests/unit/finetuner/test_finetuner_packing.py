@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_records
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.finetuner.data import load_records
-from services.finetuner.packing import build_examples, collate, collate_packed, pack, schedule
-from services.finetuner.templates import IGNORE_INDEX
+from services.finetuner.core.packing import build_examples, collate, collate_packed, pack, schedule
+from services.finetuner.core.templates import IGNORE_INDEX
 
 
 @pytest.fixture

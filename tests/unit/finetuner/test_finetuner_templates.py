@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from services.finetuner.templates import (
+from services.finetuner.core.templates import (
     IGNORE_INDEX,
     INTERNLM2_CHAT_TEMPLATE,
     ensure_chat_template,

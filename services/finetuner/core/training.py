@@ -20,17 +20,17 @@ import torch
 import torch.nn.functional as F
 
 from contracts.events import FinetuneSpec
-from services.finetuner import state as run_state
-from services.finetuner.attention import packed_attention_active
-from services.finetuner.engine import TorchEngine
-from services.finetuner.packing import (
+from services.finetuner.core import state as run_state
+from services.finetuner.core.attention import packed_attention_active
+from services.finetuner.core.engine import TorchEngine
+from services.finetuner.core.packing import (
     PackedRow,
     PreferencePair,
     collate,
     collate_packed,
     schedule,
 )
-from services.finetuner.templates import IGNORE_INDEX, Example
+from services.finetuner.core.templates import IGNORE_INDEX, Example
 
 log = logging.getLogger(__name__)
 Progress = Callable[..., None]

@@ -11,8 +11,6 @@ back for the export and for evaluation-free reads.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import os
 import shutil
 import threading
 from pathlib import Path
@@ -21,7 +19,6 @@ from typing import Any
 import torch
 
 from contracts.events import FinetuneSpec
-from services.finetuner.methods import UnsupportedRequest
 from shared.distributed import init_deepspeed_world
 
 GRAD_CLIP = 1.0
@@ -41,24 +38,6 @@ def build_optimizer(params: list[torch.nn.Parameter], spec: FinetuneSpec) -> tor
 def build_scheduler(optimizer: torch.optim.Optimizer, spec: FinetuneSpec) -> Any:
     warmup = max(1, spec.max_steps // 10)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-
-
-def check_zero(spec: FinetuneSpec) -> None:
-    """Refuse, before loading anything, what ZeRO cannot do here."""
-    if not spec.zero_stage:
-        return
-    if importlib.util.find_spec("deepspeed") is None:
-        raise UnsupportedRequest(f"zero_stage {spec.zero_stage} needs DeepSpeed: pip install 'puyu[train]'")
-    if spec.method == "qlora":
-        raise UnsupportedRequest(
-            "zero_stage > 0 with method 'qlora' is not supported: DeepSpeed cannot shard bitsandbytes "
-            "4-bit weights; use zero_stage 0"
-        )
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UnsupportedRequest(
-            "the finetuner runs as one process (WORLD_SIZE=1); ZeRO here shards optimizer state and "
-            "gradients of that process, not data across launched ranks"
-        )
 
 
 class TorchEngine:

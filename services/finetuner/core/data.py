@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from services.finetuner.formats import (
+from services.finetuner.core.formats import (
     FORMATS,
     Conversation,
     PreferenceRecord,
@@ -24,6 +24,7 @@ from services.finetuner.formats import (
     detect_format,
     parse_record,
 )
+from services.finetuner.core.refusals import DataError
 
 # Which record shapes each method can learn from.
 _METHOD_SHAPES: dict[str, tuple[type, ...]] = {
@@ -32,15 +33,6 @@ _METHOD_SHAPES: dict[str, tuple[type, ...]] = {
     "full": (Conversation, TextRecord),
     "dpo": (PreferenceRecord,),
 }
-
-
-class DataError(ValueError):
-    """The data file is unusable; ``errors`` lists every problem found."""
-
-    def __init__(self, path: Path, errors: list[str]) -> None:
-        self.errors = errors
-        shown = "; ".join(errors[:5]) + (f" (+{len(errors) - 5} more)" if len(errors) > 5 else "")
-        super().__init__(f"{path}: {shown}")
 
 
 @dataclass
@@ -98,15 +90,14 @@ def _scan(path: Path, fmt: str) -> tuple[str, list[Record], list[str]]:
     return fmt, records, errors
 
 
-def check_data(path: str | Path, data_format: str = "auto", method: str | None = None) -> list[str]:
-    """Every problem of the file as 'line N: reason' strings; empty when the file is usable."""
-    path = Path(path)
+def _inspect(path: Path, data_format: str, method: str | None) -> tuple[Dataset, list[str]]:
+    """The file's records and every problem of it, read once."""
     if not path.is_file():
-        return [f"{path}: no such file"]
+        return Dataset(data_format, []), [f"{path}: no such file"]
     try:
         fmt, records, errors = _scan(path, data_format)
     except (OSError, UnicodeDecodeError) as exc:
-        return [f"{path}: unreadable: {exc}"]
+        return Dataset(data_format, []), [f"{path}: unreadable: {exc}"]
     if not records and not errors:
         errors.append(f"{path}: no records")
     if method is not None and records and not errors:
@@ -114,21 +105,21 @@ def check_data(path: str | Path, data_format: str = "auto", method: str | None =
         if not isinstance(records[0], shapes):
             need = "preference pairs" if method == "dpo" else "chat or text records"
             errors.append(f"{path}: method {method!r} needs {need}, the file holds {fmt} records")
-    return errors
+    return Dataset(fmt, records), errors
+
+
+def check_data(path: str | Path, data_format: str = "auto", method: str | None = None) -> list[str]:
+    """Every problem of the file as 'line N: reason' strings; empty when the file is usable."""
+    return _inspect(Path(path), data_format, method)[1]
 
 
 def load_dataset(path: str | Path, data_format: str = "auto", method: str | None = None) -> Dataset:
     """All records of the file; raises DataError listing every bad line (no silent skipping)."""
     path = Path(path)
-    errors = check_data(path, data_format, method)
+    dataset, errors = _inspect(path, data_format, method)
     if errors:
         raise DataError(path, errors)
-    fmt, records, _ = _scan(path, data_format)
-    return Dataset(fmt, records)
-
-
-def load_records(path: str | Path, data_format: str = "auto") -> list[Record]:
-    return load_dataset(path, data_format).records
+    return dataset
 
 
 def dataset_digest(path: str | Path) -> str:

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from services.finetuner.formats import Conversation, PreferenceRecord, Record, TextRecord
-from services.finetuner.templates import IGNORE_INDEX, Example, tokenize_conversation, tokenize_text
+from services.finetuner.core.formats import Conversation, PreferenceRecord, Record, TextRecord
+from services.finetuner.core.templates import IGNORE_INDEX, Example, tokenize_conversation, tokenize_text
 
 
 @dataclass

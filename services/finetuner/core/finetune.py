@@ -1,8 +1,9 @@
-"""The finetuner's core: base model folder + data file + spec -> adapter, merged model, lineage.
+"""One finetune: base model folder + data file + spec -> adapter, merged model, lineage.
 
-Plain Python, no bus or gRPC: the bus handler and the ``puyu finetune`` command both call
-``run_finetune``. Requests that can never succeed (method, device, data) are refused before the
-model is loaded. A run lives in ``out_dir``; calling again with the same folder and job resumes.
+The service (through ``Finetuner``) and the ``puyu finetune`` command both call ``run_finetune``.
+The request is checked first (``validate``: device, method, ZeRO, base folder, data), so one that
+can never succeed is refused before the model is loaded. A run lives in ``out_dir``; calling again
+with the same folder and job resumes.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from contracts.events import FinetuneSpec
-from services.finetuner.attention import restore_default_attention, use_packed_attention
-from services.finetuner.data import Dataset, dataset_digest, load_dataset
-from services.finetuner.engine import build_engine, check_zero
-from services.finetuner.export import export
-from services.finetuner.methods import check_method, load_base, resolve_device, wrap
-from services.finetuner.packing import build_examples, build_pairs, pack
-from services.finetuner.templates import ensure_chat_template
-from services.finetuner.training import Progress, TrainResult, train
+from services.finetuner.core.attention import restore_default_attention, use_packed_attention
+from services.finetuner.core.data import Dataset, dataset_digest
+from services.finetuner.core.engine import build_engine
+from services.finetuner.core.export import export
+from services.finetuner.core.methods import load_base, wrap
+from services.finetuner.core.packing import build_examples, build_pairs, pack
+from services.finetuner.core.templates import ensure_chat_template
+from services.finetuner.core.training import Progress, TrainResult, train
+from services.finetuner.core.validation import validate
 
 log = logging.getLogger(__name__)
 HELD_OUT = 32  # items scored before and after training (loss / DPO pair accuracy)
@@ -39,11 +41,6 @@ class FinetuneOutcome:
     losses: list[float]  # one per optimizer step
 
 
-def check_base(base_dir: Path) -> None:
-    if not (base_dir / "config.json").is_file():
-        raise ValueError(f"{base_dir} is not a Hugging Face model folder (no config.json)")
-
-
 def run_finetune(
     base_dir: Path,
     dataset_path: Path,
@@ -56,12 +53,9 @@ def run_finetune(
     num_threads: int | None = None,
     progress: Progress | None = None,
 ) -> FinetuneOutcome:
-    # Cheap checks first: a bad request costs no model load.
-    device = resolve_device(device)
-    check_method(spec.method, device)
-    check_zero(spec)
-    check_base(base_dir)
-    data = load_dataset(dataset_path, spec.data_format, spec.method)
+    valid = validate(spec, device=device, base_dir=base_dir, dataset=dataset_path)
+    assert valid.data is not None  # a data file was given
+    device, data = valid.device, valid.data
     digest = dataset_digest(dataset_path)
 
     import torch

@@ -1,56 +1,12 @@
-"""Which finetuning methods this build and machine can run, checked before anything heavy is loaded,
-and how each one loads and wraps the base model."""
+"""How each finetuning method loads and wraps the base model (which methods this build and machine
+can run is checked before, in ``validation.py``)."""
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from contracts.events import FinetuneSpec, LoraSpec
-
-SUPPORTED_METHODS = ("lora", "qlora", "full", "dpo")
-ADAPTER_METHODS = ("lora", "qlora", "dpo")  # methods whose output includes a PEFT adapter
-
-
-class UnsupportedRequest(ValueError):
-    """The request asks for something this build or machine cannot do (never succeeds on retry)."""
-
-
-def check_method(method: str, device: str | None = None) -> None:
-    """Refuse, with the reason, a method this build or machine cannot run.
-
-    ``device`` is the resolved device when known; QLoRA's 4-bit NF4 base weights come from
-    bitsandbytes, whose kernels need CUDA, so on a CPU-only machine it is refused here, before
-    any model is loaded.
-    """
-    if method not in SUPPORTED_METHODS:
-        raise UnsupportedRequest(
-            f"unknown finetuning method {method!r}; this build supports: {', '.join(SUPPORTED_METHODS)}"
-        )
-    if method != "qlora":
-        return
-    import torch
-
-    if not torch.cuda.is_available() or (device is not None and not device.startswith("cuda")):
-        raise UnsupportedRequest(
-            "QLoRA needs a CUDA GPU (bitsandbytes 4-bit NF4 base weights) and this machine has "
-            "none; use method 'lora' on CPU"
-        )
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise UnsupportedRequest("QLoRA needs the bitsandbytes package: pip install 'bitsandbytes>=0.45'")
-
-
-def resolve_device(requested: str) -> str:
-    """'auto' picks CUDA when present; an explicit 'cuda' on a machine without one is refused."""
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UnsupportedRequest(f"device {requested!r} requested but no CUDA GPU is available")
-    if requested not in ("cpu",) and not requested.startswith("cuda"):
-        raise UnsupportedRequest(f"unknown device {requested!r} (use cpu, cuda or auto)")
-    return requested
+from services.finetuner.core.refusals import UnsupportedRequest
 
 
 def load_base(base_dir: Any, spec: FinetuneSpec, device: str) -> Any:
@@ -86,7 +42,7 @@ def lora_config(spec: LoraSpec, model: Any) -> Any:
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     present = [m for m in spec.target_modules if m in names]
     if not present:
-        raise ValueError(f"none of the LoRA target modules {spec.target_modules} exist in this model")
+        raise UnsupportedRequest(f"none of the LoRA target modules {spec.target_modules} exist in this model")
     missing = sorted(set(spec.target_modules) - set(present))
     if missing:
         logging.getLogger(__name__).warning("LoRA target modules not in this model, skipped: %s", missing)
