@@ -8,7 +8,14 @@ import torch
 from conftest import micro_spec
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.trainer.core import CheckpointInfo, TrainingCancelled, TrainJob, run_training
+from services.trainer.core import (
+    CheckpointInfo,
+    Trainer,
+    TrainingCancelled,
+    TrainJob,
+    run_id_for,
+    run_training,
+)
 from services.trainer.core.checkpoint import latest_resume_point
 from services.trainer.core.engine import COMPILE_AUTO_MIN_STEPS, has_cxx_compiler, use_compile
 from shared.artifacts import ArtifactStore
@@ -108,3 +115,16 @@ def test_compile_auto_is_for_long_cpu_runs_only() -> None:
     assert use_compile(micro_spec(max_steps=COMPILE_AUTO_MIN_STEPS), cpu) == has_cxx_compiler()
     assert not use_compile(micro_spec(max_steps=COMPILE_AUTO_MIN_STEPS, zero_stage=1), cpu)
     assert not use_compile(micro_spec(max_steps=COMPILE_AUTO_MIN_STEPS, torch_compile="off"), cpu)
+
+
+def test_cancel_flags_stop_this_replicas_runs(tmp_path: Path) -> None:
+    core = Trainer(ArtifactStore(tmp_path.as_uri()))
+    core.cancel("not-here")  # a job this replica does not run: nothing to stop
+    with core.cancel_flag("a") as a, core.cancel_flag("b") as b:
+        core.cancel("a")
+        assert a.is_set() and not b.is_set() and not core.stopping
+        core.stop_all()
+        assert b.is_set() and core.stopping
+    with core.cancel_flag("c") as c:  # a run that starts while the process stops stops at once
+        assert c.is_set()
+    assert run_id_for("train/a b") == "pretrain-train_a_b"
