@@ -6,8 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.finetuner.core import load_dataset
-from services.finetuner.core.formats import Record
 from services.finetuner.tiny import build_tiny_base
 from shared.samples import CHAT_TEMPLATE, chat_examples, heldout_texts
 
@@ -19,10 +17,6 @@ def write_chat_dataset(path: Path, n: int = 200, seed: int = 3) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in chat_examples(n, seed)))
     return path
-
-
-def load_records(path: Path, data_format: str = "auto") -> list[Record]:
-    return load_dataset(path, data_format).records
 
 
 def _tokenizer_texts() -> list[str]:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_records
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from contracts.events import FinetuneSpec, LoraSpec
+from services.finetuner.core import load_dataset
 from services.finetuner.core.attention import (
     PACKED_ATTENTION,
     restore_default_attention,
@@ -28,7 +28,7 @@ from services.finetuner.core.training import sft_loss
 @pytest.fixture
 def examples(tiny_base: Path, chat_file: Path) -> list:  # type: ignore[type-arg]
     tok = AutoTokenizer.from_pretrained(tiny_base)
-    return build_examples(tok, load_records(chat_file), 96)
+    return build_examples(tok, load_dataset(chat_file).records, 96)
 
 
 @pytest.fixture

@@ -4,9 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import load_records
 
-from services.finetuner.core import DataError, check_data, dataset_digest
+from services.finetuner.core import DataError, check_data, dataset_digest, load_dataset
 
 
 def _write(path: Path, lines: list[str]) -> Path:
@@ -16,7 +15,7 @@ def _write(path: Path, lines: list[str]) -> Path:
 
 def test_good_file_has_no_errors(chat_file: Path) -> None:
     assert check_data(chat_file) == []
-    records = load_records(chat_file)
+    records = load_dataset(chat_file).records
     assert len(records) == 64
     assert records[0].messages[-1].role == "assistant"
 
@@ -60,7 +59,7 @@ def test_bad_lines_are_named(tmp_path: Path) -> None:
     assert "messages" in errors[4]
     assert "system message may only come first" in errors[5]
     with pytest.raises(DataError, match="line 2"):
-        load_records(path)
+        load_dataset(path)
 
 
 def test_missing_and_empty_files(tmp_path: Path) -> None:

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_records
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from services.finetuner.core import load_dataset
 from services.finetuner.core.packing import build_examples, collate, collate_packed, pack, schedule
 from services.finetuner.core.templates import IGNORE_INDEX
 
@@ -15,7 +15,7 @@ from services.finetuner.core.templates import IGNORE_INDEX
 @pytest.fixture
 def examples(tiny_base: Path, chat_file: Path) -> list:  # type: ignore[type-arg]
     tok = AutoTokenizer.from_pretrained(tiny_base)
-    return build_examples(tok, load_records(chat_file), 96)
+    return build_examples(tok, load_dataset(chat_file).records, 96)
 
 
 def test_pack_keeps_every_token_and_cuts_labels_at_boundaries(examples: list) -> None:  # type: ignore[type-arg]

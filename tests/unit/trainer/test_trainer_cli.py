@@ -1,7 +1,7 @@
 from pathlib import Path
 
 import yaml
-from conftest import micro_spec
+from trainer_specs import micro_spec
 from transformers import AutoModelForCausalLM
 
 from contracts.events import CorpusDeduplicated, DatasetRef, PipelineSpec

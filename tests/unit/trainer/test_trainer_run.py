@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import micro_spec
+from trainer_specs import micro_spec
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.trainer.core import (
