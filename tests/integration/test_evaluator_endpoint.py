@@ -1,8 +1,8 @@
 """The OpenAI-compatible backend over real HTTP servers.
 
 - ``puyu serve`` (the inference gateway's standalone server) in a subprocess: generation through
-  chat completions, and the CLI's ``--endpoint`` path writing summary.json; loglikelihood tasks get
-  a clear error when the server has no echo + logprobs.
+  chat completions, the CLI's ``--endpoint`` path writing summary.json, and loglikelihoods (echo +
+  logprobs) equal to the in-process backend's.
 - A reference completions server (vLLM's echo/logprobs response shape, scored with transformers)
   on uvicorn in this process: the endpoint backend's loglikelihoods and multiple-choice answers
   must equal the in-process backend's on the same model.
@@ -116,10 +116,36 @@ def test_generation_through_puyu_serve_and_the_cli(puyu_serve: str, tiny_model: 
         )
 
 
-def test_loglikelihood_needs_echo_logprobs(puyu_serve: str) -> None:
-    backend = OpenAIBackend(puyu_serve, "tiny", retries=0)
-    with pytest.raises(EndpointError, match=r"echo|logprobs|rejected"):
-        backend.loglikelihood([("The capital of Velm is", " Arn")])
+def test_echo_logprobs_through_puyu_serve_equal_transformers(puyu_serve: str, tiny_model: Path) -> None:
+    """lm-evaluation-harness's loglikelihood request (echo, logprobs=1, max_tokens=1) through ``puyu
+    serve``: the logprob of every prompt token, also when the request ends on its first generated
+    token, equal to transformers' forward over the same token ids (the server's own tokenisation)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model)).eval()
+    texts = [f"{p} {t}" for p, t in samples.fact_prompts()[:3]] + [t[:300] for t in samples.heldout_texts(2)]
+    references = []
+    for text in texts:
+        ids = tok(text)["input_ids"]
+        with torch.no_grad():
+            lp = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+        reference = [float(lp[i - 1, ids[i]]) for i in range(1, len(ids))]
+        references.append(reference)
+        for max_tokens in (1, 2):
+            body = {"model": "tiny", "prompt": text, "echo": True, "logprobs": 1, "max_tokens": max_tokens}
+            r = httpx.post(f"{puyu_serve}/v1/completions", json={**body, "temperature": 0.0}, timeout=60)
+            r.raise_for_status()
+            got = r.json()["choices"][0]["logprobs"]["token_logprobs"]
+            assert len(got) == len(ids) + max_tokens
+            assert got[0] is None  # the first token has no context
+            assert got[1 : len(ids)] == pytest.approx(reference, abs=1e-4)
+
+    # The evaluator's endpoint backend over it: a rolling loglikelihood over every token, not 0 over 0.
+    rolling = OpenAIBackend(puyu_serve, "tiny", retries=0).loglikelihood_rolling(texts)
+    for got_rolling, reference in zip(rolling, references, strict=True):
+        assert got_rolling.num_tokens == len(reference) > 0
+        assert got_rolling.logprob == pytest.approx(sum(reference), abs=1e-3)
 
 
 # ------------------------------------------------------------------ reference echo/logprobs server
