@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -241,6 +242,13 @@ def finetune_merge(base: str, adapter: str, out_dir: str) -> None:
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--limit", type=int, default=None, help="At most N samples per task.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+    default=None,
+    help="Precision of the --model folder: auto = the checkpoint's on CUDA; on the CPU bf16 where the "
+    "processor multiplies it natively, else fp32 (default: PUYU_EVALUATOR_DTYPE, else auto).",
+)
 def evaluate(
     tasks: str,
     model_path: str | None,
@@ -250,6 +258,7 @@ def evaluate(
     generation_api: str,
     out_dir: str,
     limit: int | None,
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] | None,
 ) -> None:
     """Evaluate a model folder or an endpoint; writes OUT/summary.json and per-sample details."""
     from services.evaluator.cli import eval_cmd
@@ -267,6 +276,7 @@ def evaluate(
         model_name=model_name,
         api_key=api_key,
         generation_api="completions" if generation_api == "completions" else "chat",
+        dtype=dtype,
     )
 
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from services.evaluator.config import EvaluatorSettings
+from services.evaluator.config import EvaluatorSettings, ModelDType
 from services.evaluator.core import EvalReport, Evaluator, ModelSpec, write_report
 
 _MODES = {"perplexity": "ppl", "multiple_choice": "ppl", "generation": "gen", "code_execution": "gen"}
@@ -27,12 +27,16 @@ def eval_cmd(
     model_name: str | None = None,
     api_key: str | None = None,
     generation_api: Literal["chat", "completions"] = "chat",
+    dtype: ModelDType | None = None,
     settings: EvaluatorSettings | None = None,
     console: Console | None = None,
 ) -> EvalReport:
     """Evaluate ``model_path`` (a Hugging Face folder) or ``endpoint`` + ``model_name`` on ``tasks``;
-    write ``out_dir/summary.json``, ``results.json`` and ``details/<task>.jsonl``; print a table."""
+    write ``out_dir/summary.json``, ``results.json`` and ``details/<task>.jsonl``; print a table.
+    ``dtype``: the folder's precision (None: the settings', ``PUYU_EVALUATOR_DTYPE``, default auto)."""
     s = settings or EvaluatorSettings()
+    if dtype is not None:
+        s = s.model_copy(update={"evaluator_dtype": dtype})
     console = console or Console()
     spec = ModelSpec(
         path=Path(model_path) if model_path else None,

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
 from shared.settings import CommonSettings
+
+# The precisions a model folder can be evaluated in (shared.hf_models.resolve_dtype's names).
+ModelDType = Literal["auto", "bfloat16", "float16", "float32"]
 
 
 def default_data_dir() -> Path:
@@ -27,6 +31,11 @@ class EvaluatorSettings(CommonSettings):
         default=None, ge=1, description="torch threads; None: torch's default."
     )
     evaluator_device: str = "cpu"
+    evaluator_dtype: ModelDType = Field(
+        default="auto",
+        description="Precision of in-process models: auto = the checkpoint's dtype on CUDA; on the CPU "
+        "bf16 where the processor multiplies it natively, else fp32.",
+    )
     evaluator_limit: int | None = Field(default=None, ge=1, description="Samples per task (None: all).")
     evaluator_tasks_dir: Path | None = Field(
         default=None, description="Folder of YAML task files, usable by name beside the built-in tasks."

@@ -43,6 +43,7 @@ async def test_two_replicas_share_the_shards_of_a_run(tmp_path: Path) -> None:
                 evaluator_num_threads=1,
                 evaluator_data_dir=tmp_path / "nodata",
                 evaluator_shard_size=2,
+                evaluator_dtype="float32",  # shards and the whole run batch differently: compared in fp32
             )
 
         replicas = [create_service(settings(n)) for n in (1, 2)]
@@ -70,7 +71,12 @@ async def test_two_replicas_share_the_shards_of_a_run(tmp_path: Path) -> None:
             )
             assert len(shard_files) == 6  # 2 tasks x 6 samples / 2 per shard
             whole = evaluate_model(
-                Path(store.fetch(artifact.uri)), tasks, limit=6, batch_size=4, data_root=tmp_path / "nodata"
+                Path(store.fetch(artifact.uri)),
+                tasks,
+                limit=6,
+                batch_size=4,
+                dtype="float32",
+                data_root=tmp_path / "nodata",
             )
             for result in done.results:
                 expected = whole.summary()[result.task]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from services.evaluator.config import ModelDType
 from services.evaluator.core.cache import fingerprint_model_dir
 from services.evaluator.core.errors import EvaluatorRefusal, InvalidModelSpec
 from services.evaluator.core.tasks import GenerationConfig
@@ -70,9 +71,16 @@ class ModelSpec:
 
 
 def make_backend(
-    spec: ModelSpec, *, batch_size: int = 8, num_threads: int | None = None, device: str = "cpu"
+    spec: ModelSpec,
+    *,
+    batch_size: int = 8,
+    num_threads: int | None = None,
+    device: str = "cpu",
+    dtype: ModelDType = "auto",
 ) -> tuple[Backend, str]:
-    """The backend and its cache key (what identifies the model's scores)."""
+    """The backend and its cache key (what identifies the model's scores). A folder's key holds the
+    dtype the model was loaded in (``auto`` resolved), so scores of one precision are never served
+    for another; ``dtype`` is the served model's business behind an endpoint."""
     if spec.endpoint is not None:
         from services.evaluator.core.openai_backend import OpenAIBackend
 
@@ -87,6 +95,6 @@ def make_backend(
     from services.evaluator.core.hf_backend import HFBackend
 
     assert spec.path is not None
-    local = HFBackend(spec.path, batch_size=batch_size, num_threads=num_threads, device=device)
+    local = HFBackend(spec.path, batch_size=batch_size, num_threads=num_threads, device=device, dtype=dtype)
     content = spec.sha256 or fingerprint_model_dir(spec.path)
     return local, f"hf:{content}:{local.max_length}:{local.model.dtype}"

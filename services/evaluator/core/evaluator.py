@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.events import ArtifactRef, ModelRef
-from services.evaluator.config import EvaluatorSettings
+from services.evaluator.config import EvaluatorSettings, ModelDType
 from services.evaluator.core.backends import Backend, ModelSpec, make_backend
 from services.evaluator.core.cache import ResultCache
 from services.evaluator.core.errors import ModelUnavailable, NothingToEvaluate, ShardRefused
@@ -41,13 +41,16 @@ def evaluate_model(
     batch_size: int = 8,
     num_threads: int | None = None,
     device: str = "cpu",
+    dtype: ModelDType = "auto",
     progress: RunProgress | None = None,
     cache_path: Path | None = None,
 ) -> EvalReport:
     """Resolve the tasks first (unknown names fail before the model is loaded), then run them."""
     spec = model if isinstance(model, ModelSpec) else ModelSpec(path=model)
     tasks = resolve_tasks(task_names, perplexity_path=perplexity_path, tasks_dir=tasks_dir)
-    backend, model_key = make_backend(spec, batch_size=batch_size, num_threads=num_threads, device=device)
+    backend, model_key = make_backend(
+        spec, batch_size=batch_size, num_threads=num_threads, device=device, dtype=dtype
+    )
     cache = ResultCache(cache_path) if cache_path else None
     try:
         return evaluate(
@@ -86,7 +89,7 @@ class StoredEvaluation:
 
 
 class Evaluator:
-    """Evaluations as the settings configure them (data, tasks folder, cache, batch, device)."""
+    """Evaluations as the settings configure them (data, tasks folder, cache, batch, device, dtype)."""
 
     def __init__(self, settings: EvaluatorSettings, store: ArtifactStore | None = None) -> None:
         self.settings = settings
@@ -135,6 +138,7 @@ class Evaluator:
             batch_size=s.evaluator_batch_size,
             num_threads=s.evaluator_num_threads,
             device=s.evaluator_device,
+            dtype=s.evaluator_dtype,
             progress=progress,
             cache_path=s.cache_file(),
         )
@@ -252,6 +256,7 @@ class Evaluator:
                     batch_size=s.evaluator_batch_size,
                     num_threads=s.evaluator_num_threads,
                     device=s.evaluator_device,
+                    dtype=s.evaluator_dtype,
                 )
                 self._backend = (artifact.uri, backend, key)
             return self._backend[1], self._backend[2]

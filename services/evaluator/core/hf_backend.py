@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+from services.evaluator.config import ModelDType
 from services.evaluator.core.backends import Loglikelihood, ModelLoadError, Progress, RollingLoglikelihood
 from services.evaluator.core.tasks import GenerationConfig
+from shared.hf_models import load_causal_lm, load_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin
 
 log = logging.getLogger(__name__)
-
-# from_pretrained is not thread-safe (its meta-device init is process-global): one load at a time.
-_LOAD_LOCK = threading.Lock()
 
 # Prefix reuse pays when adjacent (sorted) rows share at least this fraction of their tokens.
 _PREFIX_SHARE_MIN = 0.5
@@ -50,7 +51,12 @@ class _Row:
 
 
 class HFBackend:
-    """A Hugging Face causal LM in this process: eval mode, inference_mode, sorted static batches."""
+    """A Hugging Face causal LM in this process: eval mode, inference_mode, sorted static batches.
+
+    The folder is opened by ``shared.hf_models`` (every supported family, InternLM's without running
+    its code); ``dtype`` as there: ``auto`` is the checkpoint's dtype on CUDA and, on the CPU, bf16
+    where the processor multiplies it natively, else fp32.
+    """
 
     def __init__(
         self,
@@ -59,11 +65,11 @@ class HFBackend:
         batch_size: int = 8,
         num_threads: int | None = None,
         device: str = "cpu",
+        dtype: ModelDType = "auto",
         max_length: int | None = None,
         prefix_reuse: bool = True,
     ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -75,16 +81,12 @@ class HFBackend:
             self.device = torch.device(device)
             if self.device.type == "cuda" and not torch.cuda.is_available():
                 raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
-            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-            with _LOAD_LOCK:
-                self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-                self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype)
-            self.model.to(self.device)  # type: ignore[arg-type]
+            self.tokenizer = load_tokenizer(model_path)
+            self.model, _ = load_causal_lm(model_path, dtype=dtype, device=self.device)
         except ModelLoadError:
             raise
-        except Exception as exc:  # transformers raises OSError/ValueError/KeyError/RuntimeError
+        except Exception as exc:  # UnsupportedModel; OSError/ValueError/KeyError/RuntimeError
             raise ModelLoadError(f"cannot load model from {model_path}: {type(exc).__name__}: {exc}") from exc
-        self.model.eval()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.max_length = max_length or int(getattr(self.model.config, "max_position_embeddings", 2048))
@@ -294,7 +296,8 @@ class HFBackend:
             if config.stop:
                 kwargs.update(stop_strings=config.stop, tokenizer=tok)
             with torch.inference_mode():
-                generated = self.model.generate(**kwargs)
+                # every causal LM generates; PreTrainedModel's annotations do not say so
+                generated = cast("GenerationMixin", self.model).generate(**kwargs)
             for row, i in enumerate(idx):
                 text = str(tok.decode(generated[row, width:], skip_special_tokens=True))
                 out[i] = truncate_at_stop(text, config.stop)

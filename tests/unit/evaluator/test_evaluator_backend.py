@@ -38,7 +38,7 @@ def test_random_model_perplexity_is_about_vocab_size(tiny_model: Path) -> None:
 
 
 def test_rolling_matches_loglikelihood_and_windows_cover_long_texts(tiny_model: Path) -> None:
-    backend = HFBackend(tiny_model, batch_size=3, max_length=32)
+    backend = HFBackend(tiny_model, batch_size=3, max_length=32, dtype="float32")
     text = samples.heldout_texts(1)[0]
     n_tokens = len(backend.tokenizer(text, add_special_tokens=False)["input_ids"])
     assert n_tokens > 64  # several windows
@@ -52,7 +52,8 @@ def test_rolling_matches_loglikelihood_and_windows_cover_long_texts(tiny_model: 
 
 def test_batching_and_padding_do_not_change_results(tiny_model: Path) -> None:
     prompts = [p for p, _ in samples.fact_prompts()[:5]] + ["A much longer prompt about the old market " * 3]
-    one, many = HFBackend(tiny_model, batch_size=1), HFBackend(tiny_model, batch_size=6)
+    one = HFBackend(tiny_model, batch_size=1, dtype="float32")
+    many = HFBackend(tiny_model, batch_size=6, dtype="float32")
     reqs = [(p, " Velm") for p in prompts]
     for a, b in zip(one.loglikelihood(reqs), many.loglikelihood(reqs), strict=True):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
@@ -93,8 +94,8 @@ def test_grouping_and_prefix_reuse_match_one_request_at_a_time(tiny_model: Path)
     shots = "\n\n".join(f"{p} {t}." for p, t in samples.fact_prompts()[:4])
     prompts = [f"{shots}\n\n{p}" for p, _ in samples.fact_prompts()[4:10]]
     reqs = [(p, c) for p in prompts for c in (" A", " B", " Velm was", "\n")]
-    plain = HFBackend(tiny_model, batch_size=1, prefix_reuse=False)
-    fast = HFBackend(tiny_model, batch_size=8)
+    plain = HFBackend(tiny_model, batch_size=1, prefix_reuse=False, dtype="float32")
+    fast = HFBackend(tiny_model, batch_size=8, dtype="float32")
     for a, b in zip(plain.loglikelihood(reqs), fast.loglikelihood(reqs), strict=True):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
         assert a.is_greedy == b.is_greedy

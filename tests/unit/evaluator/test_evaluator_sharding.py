@@ -34,6 +34,7 @@ def setup(tmp_path: Path) -> tuple[Evaluator, ModelRef, ArtifactRef]:
         evaluator_data_dir=tmp_path / "nodata",
         evaluator_shard_size=2,
         evaluator_no_cache=True,
+        evaluator_dtype="float32",  # shards and the whole run batch differently: compared in fp32
     )
     return Evaluator(settings, store), ModelRef(model_name="m", version=1), artifact
 
@@ -57,6 +58,7 @@ def test_shards_assemble_to_the_whole_run(setup: tuple[Evaluator, ModelRef, Arti
         TASKS,
         limit=5,
         batch_size=4,
+        dtype="float32",
         data_root=core.settings.evaluator_data_dir,
     )
     for outcome in stored.report.outcomes:
