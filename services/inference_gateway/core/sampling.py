@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -16,10 +17,23 @@ class InvalidRequest(Refusal, ValueError):
     """
 
 
+# Below this a positive temperature samples as greedy: logits divided by it would overflow float32
+# (5e-324 is 0 in float32, and x / 0 makes the probabilities NaN); at 1e-2 a logit gap of 0.5
+# already weighs e^50, so the choice is the argmax in all but exact ties.
+MIN_TEMPERATURE = 1e-2
+# Above this the distribution is uniform for any real logits; far below float32's range, where the
+# division would turn masked (-inf) logits into NaN.
+MAX_TEMPERATURE = 100.0
+# Seen logits are divided or multiplied by the penalty: within these bounds float32 logits stay finite.
+MIN_REPETITION_PENALTY = 1e-2
+MAX_REPETITION_PENALTY = 100.0
+MAX_PENALTY = 2.0  # presence / frequency, as OpenAI
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int = 16
-    temperature: float = 1.0  # 0: greedy
+    temperature: float = 1.0  # 0 (or below MIN_TEMPERATURE): greedy
     top_p: float = 1.0  # 1 (or 0): off
     top_k: int = 0  # 0: off
     stop: tuple[str, ...] = ()
@@ -32,21 +46,20 @@ class SamplingParams:
     json_schema: str | None = None  # constrain the output to JSON matching this schema (response_format)
 
     def validate(self) -> SamplingParams:
+        """This, or InvalidRequest naming the first parameter out of bounds (NaN and infinities too)."""
         if self.max_tokens < 1:
             raise InvalidRequest(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise InvalidRequest(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 <= self.top_p <= 1:
-            raise InvalidRequest(f"top_p must be in [0, 1], got {self.top_p}")
+        _check_range("temperature", self.temperature, 0, MAX_TEMPERATURE)
+        _check_range("top_p", self.top_p, 0, 1)
         if self.top_k < 0:
             raise InvalidRequest(f"top_k must be >= 0, got {self.top_k}")
         if any(not s for s in self.stop):
             raise InvalidRequest("stop sequences must be non-empty strings")
-        if self.repetition_penalty <= 0:
-            raise InvalidRequest(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if not -2 <= getattr(self, name) <= 2:
-                raise InvalidRequest(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        _check_range(
+            "repetition_penalty", self.repetition_penalty, MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY
+        )
+        _check_range("presence_penalty", self.presence_penalty, -MAX_PENALTY, MAX_PENALTY)
+        _check_range("frequency_penalty", self.frequency_penalty, -MAX_PENALTY, MAX_PENALTY)
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise InvalidRequest(f"logprobs must be in [0, 20], got {self.logprobs}")
         return self
@@ -57,7 +70,16 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < MIN_TEMPERATURE
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not math.isfinite(value):  # NaN passes every "not below / not above" test: refuse it first
+        raise InvalidRequest(f"{name} must be a finite number in [{low:g}, {high:g}], got {value!r}")
+    if value < low:
+        raise InvalidRequest(f"{name} must be >= {low:g}, got {value!r}")
+    if value > high:
+        raise InvalidRequest(f"{name} must be <= {high:g}, got {value!r}")
 
 
 def make_generator(seed: int | None) -> torch.Generator:
@@ -92,6 +114,11 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generat
     """One token id from a row of logits ``[vocab]`` following ``params``."""
     if params.greedy:
         return int(torch.argmax(logits).item())
+    return int(torch.multinomial(token_probs(logits, params), 1, generator=gen).item())
+
+
+def token_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The distribution a non-greedy ``sample_next`` draws from: temperature, then top-k, then top-p."""
     scores = logits.float() / params.temperature
     if params.top_k and params.top_k < scores.numel():
         kth = torch.topk(scores, params.top_k).values[-1]
@@ -99,11 +126,12 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generat
     if 0 < params.top_p < 1:
         sorted_scores, order = torch.sort(scores, descending=True)
         cum = torch.softmax(sorted_scores, dim=-1).cumsum(-1)
-        # drop a token when the mass before it already reaches top_p (the first token always stays)
+        # drop a token when the mass before it already reaches top_p; the first token always stays
+        # (a top_p that is 0 in float32, such as 5e-324, would otherwise drop every token)
         drop = (cum - torch.softmax(sorted_scores, dim=-1)) >= params.top_p
+        drop[0] = False
         scores = scores.scatter(0, order, sorted_scores.masked_fill(drop, float("-inf")))
-    probs = torch.softmax(scores, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=gen).item())
+    return torch.softmax(scores, dim=-1)
 
 
 @dataclass
