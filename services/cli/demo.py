@@ -7,6 +7,7 @@ import json
 import shutil
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -212,18 +213,24 @@ def ask_agent(settings: CommonSettings, model: str, question: str) -> dict[str, 
     return dict(resp.json())
 
 
+def demo_home(home: Path) -> Path:
+    """Where a demo keeps its state (registry, artifacts, logs, its nats-server) under the user's HOME."""
+    return home / "demo"
+
+
 def demo(settings: CommonSettings, keep: bool = False, timeout: float = 900.0) -> int:
     console = Console()
     started = time.monotonic()
     console.rule("[bold]puyu demo: corpus → dedup → train → register → evaluate → promote → serve → agent")
     # Each demo starts from a clean state of its own (registry, artifacts, logs), so the model it
     # serves is the one trained in this run; the user's own state under HOME is left alone.
-    demo_home = settings.home / "demo"
-    if demo_home.exists():
-        shutil.rmtree(demo_home)
-    settings = settings.model_copy(update={"home": demo_home})
+    home = demo_home(settings.home)
+    if home.exists():
+        shutil.rmtree(home)
+    settings = settings.model_copy(update={"home": home})
     # Its own nats-server too: markers and jobs of an earlier run on a shared server would make this
-    # run's deterministic events (e.g. the evaluation of puyu-demo v1) look already handled.
+    # run's deterministic events (e.g. the evaluation of puyu-demo v1) look already handled. The stack
+    # records its URL in the demo's home, where `puyu status` looks for it.
     stack = Stack(settings, own_nats=True)
     with console.status("starting nats-server and the eight services..."):
         stack.start()

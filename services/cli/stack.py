@@ -23,6 +23,18 @@ from shared.natsserver import NatsServer, answers, free_port
 from shared.ports import SERVICES, grpc_port, http_port
 from shared.settings import CommonSettings
 
+NATS_URL_FILE = "nats.url"  # in a stack's home while the stack's own nats-server runs
+
+
+def recorded_nats_url(home: Path) -> str | None:
+    """The URL of the nats-server a running stack with its own NATS (``puyu demo``) started under
+    ``home``: None when none is recorded or the recorded one no longer answers (a killed stack)."""
+    path = home / NATS_URL_FILE
+    if not path.is_file():
+        return None
+    url = path.read_text(encoding="utf-8").strip()
+    return url if url and answers(url) else None
+
 
 class Stack:
     def __init__(
@@ -59,6 +71,8 @@ class Stack:
                 port = free_port()
             self.nats = NatsServer(self.home / "nats", port=port, host="127.0.0.1").start()
             self.settings = self.settings.model_copy(update={"nats_url": self.nats.url})
+            # on a free port nobody can guess: recorded so that `puyu status` finds this stack's jobs
+            (self.home / NATS_URL_FILE).write_text(self.nats.url, encoding="utf-8")
             return self.nats.url
         url = self.settings.nats_url
         if answers(url):
@@ -167,6 +181,7 @@ class Stack:
                 proc.kill()
                 proc.wait(5)
         if self.nats:
+            (self.home / NATS_URL_FILE).unlink(missing_ok=True)
             self.nats.stop()
 
     def log_tail(self, name: str, lines: int = 30) -> str:

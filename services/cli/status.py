@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts.events.subjects import JOBS_BUCKET
+from services.cli.demo import demo_home
+from services.cli.stack import recorded_nats_url
 from shared.bus.jobs import JobBoard, JobStatus
 from shared.ports import SERVICES, http_port
 from shared.settings import CommonSettings
@@ -24,8 +26,20 @@ def _health(settings: CommonSettings, name: str) -> str:
         return "down"
 
 
-async def _jobs(settings: CommonSettings) -> list[JobStatus]:
-    nc = await nats.connect(settings.nats_url, connect_timeout=2, max_reconnect_attempts=0)
+def jobs_nats_url(settings: CommonSettings) -> str:
+    """The NATS of a running ``puyu demo`` (its own server, on a free port) when there is one, else the
+    configured one: the services answering on the ports are the demo's while it runs."""
+    return recorded_nats_url(demo_home(settings.home)) or settings.nats_url
+
+
+async def _jobs(nats_url: str) -> list[JobStatus]:
+    async def quiet(exc: Exception) -> None:  # a NATS that is down is reported once, in the output
+        return None
+
+    # two quick attempts: with max_reconnect_attempts=0 nats-py retries the first connect forever
+    nc = await nats.connect(
+        nats_url, connect_timeout=2, max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet
+    )
     try:
         kv = await nc.jetstream().key_value(JOBS_BUCKET)
         return list(await JobBoard(kv).all())
@@ -43,10 +57,11 @@ def status(settings: CommonSettings) -> int:
         services.add_row(name, str(http_port(name, settings)), _health(settings, name))
     console.print(services)
 
+    nats_url = jobs_nats_url(settings)
     try:
-        jobs = asyncio.run(_jobs(settings))
+        jobs = asyncio.run(_jobs(nats_url))
     except Exception as exc:
-        console.print(f"[yellow]jobs: NATS at {settings.nats_url} unavailable ({type(exc).__name__})")
+        console.print(f"[yellow]jobs: NATS at {nats_url} unavailable ({type(exc).__name__})")
         jobs = []
     if jobs:
         table = Table(title="jobs")
