@@ -124,7 +124,7 @@ class CorpusIndex:
         return hits
 
     def wait_embeddings(self, timeout: float | None = None) -> bool:
-        """True once the passages of the current snapshot have their vectors (tests, benchmarks)."""
+        """True once the passages of the current snapshot have their vectors (dense search is ready)."""
         return self._embedded.wait(timeout)
 
     def _dense(self, snap: _Snapshot, query: str, n: int) -> list[tuple[int, float]]:
