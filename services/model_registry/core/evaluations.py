@@ -12,7 +12,7 @@ from services.model_registry.core.outbox import Outbox
 from services.model_registry.core.policy import Decision, PromotionPolicy, Result, decide
 from services.model_registry.core.promotion import Promotion
 from services.model_registry.core.schema import Deployment, Evaluation, ModelVersion, RegisteredModel, utcnow
-from services.model_registry.core.store import Store
+from services.model_registry.core.store import Store, check_version
 from services.model_registry.core.views import (
     CANDIDATE,
     CHAMPION,
@@ -46,6 +46,7 @@ class Evaluations:
         """Store results and apply the policy. None when ``event_id`` was already processed."""
         if not results:
             raise InvalidInput("evaluation has no results")
+        check_version(model.version, "model version")
 
         def work(s: Session) -> EvaluationOutcome | None:
             if self.store.already(s, event_id):
@@ -195,6 +196,7 @@ class Evaluations:
         causation: EventEnvelope | None = None,
     ) -> DeploymentOutcome | None:
         """Record a deployment's outcome; a champion that failed is rolled back. None: already processed."""
+        check_version(model.version, "model version")
 
         def work(s: Session) -> DeploymentOutcome | None:
             if self.store.already(s, event_id):

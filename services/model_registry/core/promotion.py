@@ -16,7 +16,7 @@ from contracts.events import ArtifactRef, EventEnvelope, ModelAliasChanged, Mode
 from services.model_registry.core.errors import InvalidInput
 from services.model_registry.core.outbox import Outbox
 from services.model_registry.core.schema import Alias, ModelVersion, RegisteredModel, utcnow
-from services.model_registry.core.store import Store
+from services.model_registry.core.store import Store, check_version
 from services.model_registry.core.versions import version_view
 from services.model_registry.core.views import (
     CANDIDATE,
@@ -42,8 +42,7 @@ class Promotion:
     def set_alias(
         self, model_name: str, alias: str, version: int, *, actor: str = "api", reason: str = ""
     ) -> VersionView:
-        if version < 1:
-            raise InvalidInput("version must be >= 1")
+        check_version(version)
         if not ALIAS_RE.match(alias or ""):
             raise InvalidInput(f"invalid alias {alias!r}")
 

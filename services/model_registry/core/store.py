@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.model_registry.core.errors import NotFound
+from services.model_registry.core.errors import InvalidInput, NotFound
 from services.model_registry.core.schema import (
     Alias,
     AuditEntry,
@@ -27,6 +27,19 @@ from services.model_registry.core.schema import (
     RegisteredModel,
     utcnow,
 )
+
+# Version numbers live in INTEGER columns (32-bit in PostgreSQL; SQLite cannot even bind a number
+# above 2**63 - 1): a larger number names no version and would fail in the driver, so it is refused.
+MAX_VERSION = 2**31 - 1
+MAX_BIGINT = 2**63 - 1  # BIGINT columns (artifact sizes)
+
+
+def check_version(version: int, field: str = "version") -> int:
+    """``version``, or InvalidInput naming ``field`` when no stored version can have that number."""
+    if not 1 <= version <= MAX_VERSION:
+        raise InvalidInput(f"{field} must be an integer from 1 to {MAX_VERSION}, got {version}")
+    return version
+
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -20,7 +20,7 @@ from services.model_registry.core.schema import (
     RegisteredModel,
     utcnow,
 )
-from services.model_registry.core.store import Store
+from services.model_registry.core.store import MAX_BIGINT, Store, check_version
 from services.model_registry.core.views import (
     CHAMPION,
     AuditView,
@@ -96,9 +96,13 @@ def _audit_view(e: AuditEntry) -> AuditView:
     )
 
 
-def _check_registration(model_name: str, artifact: ArtifactRef) -> None:
+def _check_registration(model_name: str, artifact: ArtifactRef, parent: ModelRef | None) -> None:
     if not NAME_RE.match(model_name or ""):
         raise InvalidInput(f"invalid model name {model_name!r} (letters, digits, '.', '_', '-'; max 128)")
+    if parent is not None:
+        check_version(parent.version, "parent_version")
+    if not 0 <= artifact.size_bytes <= MAX_BIGINT:
+        raise InvalidInput(f"artifact size_bytes must be from 0 to {MAX_BIGINT}, got {artifact.size_bytes}")
     if not artifact.uri:
         raise InvalidInput("artifact uri is required")
     if not SHA256_RE.fullmatch(artifact.sha256 or ""):
@@ -146,7 +150,7 @@ class Versions:
         tasks: list[str] | None = None,
     ) -> VersionView | None:
         """Register the next version of ``model_name``; None when ``event_id`` was already processed."""
-        _check_registration(model_name, artifact)
+        _check_registration(model_name, artifact, parent)
 
         def work(s: Session) -> VersionView | None:
             if self.store.already(s, event_id):
@@ -237,6 +241,8 @@ class Versions:
     def get(self, model_name: str, version: int | None = None, alias: str | None = None) -> VersionView:
         if (version is None) == (alias is None):
             raise InvalidInput("give exactly one of version or alias")
+        if version is not None:
+            check_version(version)
         with self.store.transaction() as s:
             model = self.store.model(s, model_name)
             if alias is not None:
@@ -313,6 +319,8 @@ class Versions:
         """
         set_, delete = dict(set_ or {}), list(delete or [])
         _check_tag_change(version, set_, delete, description)
+        if version is not None:
+            check_version(version)
 
         def work(s: Session) -> TagsView:
             model = self.store.model(s, model_name)
