@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -15,9 +15,11 @@ from sse_starlette import EventSourceResponse
 
 from services.agent_runtime.core import AgentFailed, AgentRefusal, AgentRun, AgentRuntime, Message, NotFound
 from services.agent_runtime.core.catalog import MAX_STEPS_LIMIT
-from services.agent_runtime.core.tools.base import tool_schema
+from services.agent_runtime.core.sessions import StoredTurn
+from services.agent_runtime.core.tools.base import Tool, tool_schema
 
 
+# ---------------------------------------------------------------------------------------------- requests
 class RunBody(BaseModel):
     question: str = Field(min_length=1)
     session_id: str | None = None
@@ -42,88 +44,147 @@ class ChatBody(BaseModel):
     max_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS_LIMIT)
 
 
+# ---------------------------------------------------------------------------------------------- responses
+class AgentOut(BaseModel):
+    name: str
+    description: str
+    tools: list[dict[str, Any]] = Field(description="The OpenAI function declarations of its tools.")
+
+
+class AgentList(BaseModel):
+    agents: list[AgentOut]
+
+
+class ModelOut(BaseModel):
+    id: str
+    object: str = "model"
+    owned_by: str = "puyu"
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelOut]
+
+
+class ToolList(BaseModel):
+    tools: list[dict[str, Any]]
+
+
+class ToolOutput(BaseModel):
+    tool: str
+    output: str
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    turns: list[StoredTurn]
+
+
+class SessionDeleted(BaseModel):
+    session_id: str
+    deleted: bool
+
+
+class RunOut(BaseModel):
+    agent: str
+    session_id: str | None
+    model: str
+    steps: list[dict[str, Any]]
+    answer: str | None
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    finish_reason: str = "stop"
+    message: ChatMessage
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    puyu_steps: list[dict[str, Any]]
+
+
+# ---------------------------------------------------------------------------------------------- routes
 def make_router(core: AgentRuntime) -> APIRouter:
     router = APIRouter()
+    for add_routes in (_listings, _tools, _sessions, _runs):
+        add_routes(router, core)
+    return router
 
+
+def _listings(router: APIRouter, core: AgentRuntime) -> None:
     @router.get("/v1/agents")
-    async def list_agents() -> dict[str, Any]:
-        return {
-            "agents": [
-                {
-                    "name": a.name,
-                    "description": a.description,
-                    "tools": [tool_schema(t)["function"] for t in a.tools],
-                }
+    async def list_agents() -> AgentList:
+        return AgentList(
+            agents=[
+                AgentOut(name=a.name, description=a.description, tools=_declared(a.tools))
                 for a in core.agents()
             ]
-        }
+        )
 
     @router.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
+    async def list_models() -> ModelList:
         # OpenAI clients list models first: here the models are the agents
-        return {
-            "object": "list",
-            "data": [{"id": a.name, "object": "model", "owned_by": "puyu"} for a in core.agents()],
-        }
+        return ModelList(data=[ModelOut(id=a.name) for a in core.agents()])
 
+
+def _tools(router: APIRouter, core: AgentRuntime) -> None:
     @router.get("/v1/tools")
-    async def list_tools() -> dict[str, Any]:
-        return {"tools": [tool_schema(t)["function"] for t in core.tools().values()]}
+    async def list_tools() -> ToolList:
+        return ToolList(tools=_declared(core.tools().values()))
 
     @router.post("/v1/tools/{name}/run")
-    async def run_tool(name: str, body: ToolBody) -> dict[str, Any]:
+    async def run_tool(name: str, body: ToolBody) -> ToolOutput:
         """Call one tool directly (what an agent's tool call does), e.g. to check the corpus index."""
-        return {"tool": name, "output": await core.run_tool(name, body.arguments)}
+        return ToolOutput(tool=name, output=await core.run_tool(name, body.arguments))
 
+
+def _sessions(router: APIRouter, core: AgentRuntime) -> None:
     @router.get("/v1/sessions/{session_id}")
-    async def get_session(session_id: str) -> dict[str, Any]:
-        turns = await core.session_turns(session_id)
-        return {"session_id": session_id, "turns": [t.__dict__ for t in turns]}
+    async def get_session(session_id: str) -> SessionOut:
+        return SessionOut(session_id=session_id, turns=await core.session_turns(session_id))
 
     @router.delete("/v1/sessions/{session_id}")
-    async def delete_session(session_id: str) -> dict[str, Any]:
-        return {"session_id": session_id, "deleted": await core.delete_session(session_id)}
+    async def delete_session(session_id: str) -> SessionDeleted:
+        return SessionDeleted(session_id=session_id, deleted=await core.delete_session(session_id))
 
+
+def _runs(router: APIRouter, core: AgentRuntime) -> None:
     @router.post("/v1/agents/{name}/run", response_model=None)
-    async def run_agent(name: str, body: RunBody) -> dict[str, Any] | EventSourceResponse:
+    async def run_agent(name: str, body: RunBody) -> RunOut | EventSourceResponse:
         run = core.start_in_session(
             name, body.question, session_id=body.session_id, model=body.model, max_steps=body.max_steps
         )
         if body.stream:
             return EventSourceResponse(_step_events(run))
         result = await run.result()
-        return {
-            "agent": name,
-            "session_id": run.session_id,
-            "model": run.model,
-            "steps": [s.to_dict() for s in result.steps],
-            "answer": result.answer,
-        }
+        steps = [s.to_dict() for s in result.steps]
+        return RunOut(
+            agent=name, session_id=run.session_id, model=run.model, steps=steps, answer=result.answer
+        )
 
     @router.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatBody) -> dict[str, Any] | EventSourceResponse:
-        messages = [Message(m.role, m.content) for m in body.messages]
-        run = core.start_chat(body.model, messages, body.max_steps)
+    async def chat_completions(body: ChatBody) -> ChatCompletion | EventSourceResponse:
+        run = core.start_chat(body.model, [Message(m.role, m.content) for m in body.messages], body.max_steps)
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
             return EventSourceResponse(_chat_chunks(run, completion_id, created, body.model))
         result = await run.result()
-        return {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": body.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": result.answer or ""},
-                }
-            ],
-            "puyu_steps": [s.to_dict() for s in result.steps],
-        }
+        return ChatCompletion(
+            id=completion_id,
+            created=created,
+            model=body.model,
+            choices=[ChatChoice(message=ChatMessage(role="assistant", content=result.answer or ""))],
+            puyu_steps=[s.to_dict() for s in result.steps],
+        )
 
-    return router
+
+def _declared(tools: Iterable[Tool]) -> list[dict[str, Any]]:
+    return [tool_schema(t)["function"] for t in tools]
 
 
 async def _step_events(run: AgentRun) -> AsyncIterator[dict[str, str]]:
