@@ -1,8 +1,9 @@
 """The tool-calling agent on the OpenAI function-calling API: tools are declared with their JSON schemas
 in ``tools``; the model answers with ``tool_calls``; each result goes back as a ``tool`` message.
 
-For endpoints that implement tool calls (vLLM, LMDeploy, hosted APIs behind ``PUYU_GATEWAY_URL``). A
-model that replies with text and no tool call has answered.
+For any endpoint that implements tool calls: puyu's gateway (it parses the calls the served model writes
+into ``tool_calls``), vLLM, LMDeploy, hosted APIs behind ``PUYU_GATEWAY_URL``. A model that replies with
+text and no tool call has answered.
 """
 
 from __future__ import annotations
