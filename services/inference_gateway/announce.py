@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from contracts.events.inference import ServedLoad, WorkerAnnouncement
 from contracts.events.subjects import WORKERS_BUCKET
-from services.inference_gateway.pool import ModelPool
+from services.inference_gateway.core.pool import ModelPool
 from shared.bus import Bus
 
 log = logging.getLogger(__name__)

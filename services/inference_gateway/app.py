@@ -17,21 +17,25 @@ from pathlib import Path
 import torch
 
 from contracts.proto.puyu.inference.v1 import inference_pb2_grpc
-from services.inference_gateway.admission import Limits
 from services.inference_gateway.announce import Announcer
 from services.inference_gateway.champions import restore_champions
 from services.inference_gateway.config import GatewaySettings
 from services.inference_gateway.core.engine import Engine
+from services.inference_gateway.core.limits import Limits
+from services.inference_gateway.core.pool import EngineLoader, ModelPool
+from services.inference_gateway.core.routing import RoutingPolicy
+from services.inference_gateway.core.worker_table import WorkerTable
+from services.inference_gateway.gateway import Gateway
 from services.inference_gateway.grpc_api import SERVICE_NAME, InferenceServicer
 from services.inference_gateway.handlers import register_handlers
-from services.inference_gateway.openai_api import install_openai_api
-from services.inference_gateway.pool import EngineLoader, ModelPool
+from services.inference_gateway.metrics import watch_pool
+from services.inference_gateway.openai.routes import install_openai_api
 from services.inference_gateway.router import Router
-from services.inference_gateway.workers import WorkerView
+from services.inference_gateway.workers import WorkerWatch
 from shared.artifacts import ArtifactStore
 from shared.natsserver import free_port
 from shared.ports import registry_grpc_target
-from shared.service import ServiceRuntime
+from shared.service import Service, ServiceRuntime
 
 log = logging.getLogger(__name__)
 
@@ -50,66 +54,63 @@ def limits_from(settings: GatewaySettings) -> Limits:
     )
 
 
-def create_service(settings: GatewaySettings | None = None, pool: ModelPool | None = None) -> ServiceRuntime:
+def create_service(
+    settings: GatewaySettings | None = None, pool: ModelPool | None = None
+) -> Service[Gateway]:
+    """``pool``: engines to serve instead of a new pool (a worker or a gateway with local models has one)."""
     settings = settings or GatewaySettings()
     if settings.gateway_num_threads:
         torch.set_num_threads(settings.gateway_num_threads)
     worker = settings.gateway_role == "worker"
-    if worker:  # workers are many per host: their ports are given, or free ones are taken
-        runtime = ServiceRuntime(
-            "inference_worker",
-            settings,
-            grpc_port_override=settings.gateway_grpc_port or free_port(),
-            http_port_override=settings.gateway_http_port or free_port(),
-        )
-    else:
-        runtime = ServiceRuntime(
-            "inference_gateway",
-            settings,
-            grpc_port_override=settings.gateway_grpc_port,
-            http_port_override=settings.gateway_http_port,
-        )
+    runtime = _runtime(settings, worker)
     instance = settings.instance(runtime.grpc_port)
     if pool is None and (worker or settings.gateway_local_models):
         pool = ModelPool(engine_loader(settings), drain_timeout=settings.gateway_drain_timeout)
-    view = None
+    if pool is not None:
+        watch_pool(pool)
+    workers = None
     if not worker and settings.gateway_route_workers:
-        view = WorkerView(runtime.bus, own_instance=instance, ttl=settings.gateway_worker_ttl)
-        runtime.on_start(view.start)
-        runtime.on_stop(view.stop)
-    router = Router(
-        pool,
-        view,
-        instance=instance,
-        attempts=settings.gateway_worker_attempts,
-        max_queue=settings.gateway_max_queue,
-    )
+        workers = WorkerTable(own_instance=instance, ttl=settings.gateway_worker_ttl)
+        watch = WorkerWatch(runtime.bus, workers)
+        runtime.on_start(watch.start)
+        runtime.on_stop(watch.stop)
+    policy = RoutingPolicy(attempts=settings.gateway_worker_attempts, max_queue=settings.gateway_max_queue)
+    router = Router(pool, workers, instance=instance, policy=policy)
     runtime.on_stop(router.close)
+    gateway = Gateway(instance=instance, router=router, limits=limits_from(settings), pool=pool)
+
     install_openai_api(
-        runtime.http,
-        router,
-        default_max_tokens=settings.gateway_default_max_tokens,
-        limits=limits_from(settings),
+        runtime.http, router, gateway.limits, default_max_tokens=settings.gateway_default_max_tokens
     )
     runtime.add_grpc(
         inference_pb2_grpc.add_InferenceServicer_to_server,
         InferenceServicer(router, settings.gateway_default_max_tokens),
         SERVICE_NAME,
     )
+    register_handlers(runtime.bus, gateway, settings)
     if pool is not None:
-        _serve_pool(runtime, settings, pool, instance, per_instance=worker)
-    runtime.pool = pool  # type: ignore[attr-defined]  # for tests and the CLI
-    runtime.router = router  # type: ignore[attr-defined]
-    runtime.instance = instance  # type: ignore[attr-defined]
-    return runtime
+        _serve_pool(runtime, settings, pool, instance)
+    return Service(runtime, gateway)
 
 
-def _serve_pool(
-    runtime: ServiceRuntime, settings: GatewaySettings, pool: ModelPool, instance: str, *, per_instance: bool
-) -> None:
-    """Follow promotions, restore the champions at start-up, announce what is served and the load."""
-    store = ArtifactStore(settings.artifact_root_uri)
-    register_handlers(runtime.bus, pool, store, instance, per_instance=per_instance)
+def _runtime(settings: GatewaySettings, worker: bool) -> ServiceRuntime:
+    if worker:  # workers are many per host: their ports are given, or free ones are taken
+        return ServiceRuntime(
+            "inference_worker",
+            settings,
+            grpc_port_override=settings.gateway_grpc_port or free_port(),
+            http_port_override=settings.gateway_http_port or free_port(),
+        )
+    return ServiceRuntime(
+        "inference_gateway",
+        settings,
+        grpc_port_override=settings.gateway_grpc_port,
+        http_port_override=settings.gateway_http_port,
+    )
+
+
+def _serve_pool(runtime: ServiceRuntime, settings: GatewaySettings, pool: ModelPool, instance: str) -> None:
+    """Restore the champions at start-up, announce what is served and the load, drain at stop."""
     announcer = Announcer(  # the addresses a gateway in another container or pod can dial
         runtime.bus,
         pool,
@@ -120,6 +121,7 @@ def _serve_pool(
     )
     runtime.on_start(announcer.start)
     restore: list[asyncio.Task[int]] = []
+    store = ArtifactStore(settings.artifact_root_uri)
 
     async def start_restore() -> None:  # in the background: the process answers while it loads
         restore.append(asyncio.create_task(restore_champions(pool, store, registry_grpc_target(settings))))

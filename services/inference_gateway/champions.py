@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import grpc
 
 from contracts.proto.puyu.registry.v1 import registry_pb2, registry_pb2_grpc
-from services.inference_gateway.pool import ModelPool
+from services.inference_gateway.core.pool import ModelPool
 from shared.artifacts import ArtifactStore
 
 log = logging.getLogger(__name__)

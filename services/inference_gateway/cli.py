@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -10,10 +11,13 @@ import uvicorn
 from fastapi import FastAPI
 from prometheus_client import make_asgi_app
 
-from services.inference_gateway.admission import Limits
 from services.inference_gateway.core.engine import Engine
-from services.inference_gateway.openai_api import install_openai_api
-from services.inference_gateway.pool import ModelPool
+from services.inference_gateway.core.limits import Limits
+from services.inference_gateway.core.pool import ModelPool
+from services.inference_gateway.core.routing import RoutingPolicy
+from services.inference_gateway.metrics import watch_pool
+from services.inference_gateway.openai.routes import install_openai_api
+from services.inference_gateway.router import Router
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,7 @@ def build_serve_app(
 ) -> tuple[FastAPI, ModelPool]:
     """The standalone app: the model loads and warms at start-up; the same routes as the service."""
     pool = ModelPool(lambda path, name: Engine.load(path, name=name, max_batch_size=max_batch_size))
+    watch_pool(pool)
     name = served_name or Path(model_path).resolve().name
 
     async def load() -> None:
@@ -45,7 +50,11 @@ def build_serve_app(
     async def health() -> dict[str, object]:
         return {"status": "ok", "models": pool.served_names()}
 
-    install_openai_api(app, pool, api_key=api_key, default_max_tokens=default_max_tokens, limits=limits)
+    limits = limits or Limits()
+    if api_key and api_key not in limits.api_keys:
+        limits = dataclasses.replace(limits, api_keys=(*limits.api_keys, api_key))
+    router = Router(pool, policy=RoutingPolicy(max_queue=limits.max_queue))
+    install_openai_api(app, router, limits, default_max_tokens=default_max_tokens)
     return app, pool
 
 

@@ -12,17 +12,18 @@ import grpc
 
 from contracts.proto.puyu.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.inference_gateway.core.engine import EngineClosed
+from services.inference_gateway.core.pool import ModelNotFound
+from services.inference_gateway.core.routing import NoWorker, Overloaded
 from services.inference_gateway.core.sampling import InvalidRequest
-from services.inference_gateway.pool import ModelNotFound, ModelPool
-from services.inference_gateway.router import NoWorker, Overloaded, Router
+from services.inference_gateway.router import Router
 from services.inference_gateway.wire import delta_to_chunk, params_from_proto, prompt_from_request
 
 SERVICE_NAME = "puyu.inference.v1.Inference"
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, router: Router | ModelPool, default_max_tokens: int = 16) -> None:
-        self.router = router if isinstance(router, Router) else Router(router)
+    def __init__(self, router: Router, default_max_tokens: int = 16) -> None:
+        self.router = router
         self.default_max_tokens = default_max_tokens
 
     async def Generate(

@@ -1,4 +1,4 @@
-"""Bus adapter: ``model.promoted`` → load, warm and switch the gateway → ``deployment.ready`` | ``deployment.failed``."""
+"""Bus adapter: ``model.promoted`` → load, warm and switch the pool → ``deployment.ready`` | ``deployment.failed``."""
 
 from __future__ import annotations
 
@@ -7,19 +7,26 @@ import logging
 import re
 
 from contracts.events import DeploymentFailed, DeploymentReady, ModelPromoted
-from services.inference_gateway.pool import ModelPool
+from services.inference_gateway.config import GatewaySettings
+from services.inference_gateway.gateway import Gateway
 from shared.artifacts import ArtifactStore
 from shared.bus import Bus, HandlerContext
 
 log = logging.getLogger(__name__)
 
 
-def register_handlers(
-    bus: Bus, pool: ModelPool, store: ArtifactStore, instance: str, *, per_instance: bool = False
-) -> None:
-    """``per_instance``: every worker process deploys every promotion, so each has its own durable
-    consumer (named after its instance) and no shared processed-event marker; a replay of old
-    promotions to a new consumer is skipped by the pool (older than what is served)."""
+def register_handlers(bus: Bus, core: Gateway, settings: GatewaySettings) -> None:
+    """A process with engines follows every promotion; one that only routes follows none.
+
+    Every worker process deploys every promotion, so each has its own durable consumer (named after
+    its instance) and no shared processed-event marker; a replay of old promotions to a new consumer
+    is skipped by the pool (older than what is served). The gateway's own pool consumes them once.
+    """
+    pool, instance = core.pool, core.instance
+    if pool is None:
+        return
+    store = ArtifactStore(settings.artifact_root_uri)
+    per_instance = settings.gateway_role == "worker"
     durable = f"inference-worker-{re.sub(r'[^A-Za-z0-9_-]', '_', instance)}--model_promoted"
 
     @bus.handle(

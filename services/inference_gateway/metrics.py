@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from services.inference_gateway.core.engine import Delta
-    from services.inference_gateway.pool import ModelPool
+    from services.inference_gateway.core.pool import ModelPool
 
 REQUESTS = Counter("puyu_gateway_requests", "Finished OpenAI API requests.", ["model", "outcome"])
 REJECTED = Counter("puyu_gateway_rejected", "Requests refused at admission.", ["reason"])

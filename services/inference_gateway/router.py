@@ -1,9 +1,10 @@
-"""Where a request runs: the least-loaded live worker process serving its model, else this process's pool.
+"""Runs the routing policy's decisions: a request goes to a worker process over gRPC, or to this
+process's pool, and comes back as one stream of deltas.
 
-``Router.open`` picks a worker from the ``WorkerView`` (announcements), starts the request there and
-waits for its first delta; a worker that is gone before the first token (connection refused, killed,
-stopped) is suspended and the request tries the next one, up to ``attempts`` workers. When no worker
-process serves the name, the in-process pool does (when the gateway has one and ``local_fallback``).
+``Router.open`` asks the policy (``core.routing``) for the place to try, starts the request there
+and waits for its first delta; a worker that is gone before the first token (connection refused,
+killed, stopped) is suspended in the ``WorkerTable`` and its channel dropped, and the request tries
+the next place the policy names.
 """
 
 from __future__ import annotations
@@ -18,33 +19,18 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-from services.inference_gateway.core.engine import Delta, EngineClosed
+from services.inference_gateway.core.engine import Delta, Engine, EngineClosed
+from services.inference_gateway.core.pool import ModelNotFound, ModelPool
 from services.inference_gateway.core.prompts import Prompt
+from services.inference_gateway.core.routing import Route, RoutingPolicy, WorkerLoad
 from services.inference_gateway.core.sampling import SamplingParams
-from services.inference_gateway.pool import ModelNotFound, ModelPool
+from services.inference_gateway.core.worker_table import WorkerTable
 from services.inference_gateway.remote import WorkerBusy, WorkerClients, WorkerGone
-from services.inference_gateway.workers import WorkerView
 
 log = logging.getLogger(__name__)
 
 ROUTED = Counter("puyu_gateway_routed", "Requests started, by the worker that took them.", ["worker"])
 RETRIED = Counter("puyu_gateway_worker_retries", "Requests moved to another worker before their first token.")
-
-
-class NoWorker(RuntimeError):
-    """Every worker tried failed before the first token."""
-
-    def __init__(self, name: str, errors: list[str]) -> None:
-        super().__init__(f"no worker could serve {name!r}: " + "; ".join(errors))
-        self.name, self.errors = name, errors
-
-
-class Overloaded(RuntimeError):
-    """Every place serving the model has ``limit`` requests waiting."""
-
-    def __init__(self, name: str, limit: int) -> None:
-        super().__init__(f"model {name!r} has {limit} requests waiting; retry later")
-        self.name, self.limit = name, limit
 
 
 @dataclass(frozen=True)
@@ -60,18 +46,16 @@ class Router:
     def __init__(
         self,
         pool: ModelPool | None,
-        view: WorkerView | None = None,
+        workers: WorkerTable | None = None,
         clients: WorkerClients | None = None,
         *,
         instance: str = "local",
-        attempts: int = 3,
-        max_queue: int = 0,
-        local_fallback: bool = True,
+        policy: RoutingPolicy | None = None,
     ) -> None:
-        self.pool, self.view = pool, view
+        self.pool, self.workers = pool, workers
         self.clients = clients or WorkerClients()
-        self.instance, self.attempts, self.max_queue = instance, attempts, max_queue
-        self.local_fallback = local_fallback
+        self.instance = instance
+        self.policy = policy or RoutingPolicy()
 
     # ------------------------------------------------------------------------------ listings
     def models(self, with_draining: bool = False) -> list[ModelEntry]:
@@ -80,8 +64,8 @@ class Router:
         if self.pool is not None:
             pairs = self.pool.entries() if with_draining else self.pool.named()
             out += [ModelEntry(n, s.model_name, s.version, s.state, self.instance) for n, s in pairs]
-        if self.view is not None:
-            out += [ModelEntry(n, m, v, "ready", w) for n, m, v, w in self.view.names()]
+        if self.workers is not None:
+            out += [ModelEntry(n, m, v, "ready", w) for n, m, v, w in self.workers.names()]
         return out
 
     def served_names(self) -> list[str]:
@@ -105,68 +89,88 @@ class Router:
         Raises ``ModelNotFound``, ``InvalidRequest``, ``Overloaded``, ``NoWorker`` or ``TimeoutError``.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-
-        def left() -> float | None:
-            return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-        tried: list[str] = []
-        errors: list[str] = []
-        local_tries = 0
+        route = self.policy.route(name)
+        workers = None if local_only else self.workers
         while True:
-            view = None if local_only else self.view
-            found = view.candidates(name, exclude=tried, max_queue=self.max_queue) if view else []
-            if found and view is not None and len(tried) < self.attempts:
-                worker = found[0].worker.instance
-                tried.append(worker)
-                ticket = view.begin(worker)
-                stream = self.clients.stream(worker, found[0].target, name, prompt, params, whole=whole)
-                try:
-                    first = await asyncio.wait_for(anext(stream), left())
-                except (WorkerGone, WorkerBusy) as exc:
-                    view.end(worker, ticket)
-                    if isinstance(exc, WorkerGone):
-                        view.suspend(worker)
-                        self.clients.forget(found[0].target)
-                    errors.append(str(exc))
-                    RETRIED.inc()
-                    log.info("request for %s moves on from %s: %s", name, worker, exc)
-                    continue
-                except BaseException:
-                    view.end(worker, ticket)
-                    await stream.aclose()
-                    raise
-                ROUTED.labels(worker).inc()
-                return _chain(first, stream, functools.partial(view.end, worker, ticket))
-            engine = None
-            if self.pool is not None and (local_only or self.local_fallback or self.view is None):
-                try:
-                    engine = self.pool.resolve(name)
-                except ModelNotFound:
-                    engine = None
-            if engine is not None and local_tries < 3:
-                local_tries += 1
-                if self.max_queue and engine.load_info()["waiting"] >= self.max_queue:
-                    raise Overloaded(name, self.max_queue)
-                local = engine.stream(prompt.token_ids(engine), params)
-                try:
-                    first = await asyncio.wait_for(anext(local), left())
-                except EngineClosed:  # a switch retired the engine between resolve and submit
-                    continue
-                except BaseException:
-                    await local.aclose()  # type: ignore[attr-defined]
-                    raise
-                ROUTED.labels(self.instance).inc()
-                return _chain(first, local, None, stamp=self.instance)
-            if engine is not None:  # still retiring after three tries
-                errors.append(f"model {name!r} is switching versions, retry")
-            if errors:
-                raise NoWorker(name, errors)
-            if view is not None and view.full(name, self.max_queue):
-                raise Overloaded(name, self.max_queue)
-            raise ModelNotFound(name, self.served_names())
+            loads = workers.loads(name) if workers is not None else []
+            worker = route.next_worker(loads)
+            if worker is not None:
+                stream = await self._open_on_worker(route, worker, prompt, params, whole, _left(deadline))
+                if stream is not None:
+                    return stream
+                continue
+            engine = self._local_engine(name, local_only)
+            if engine is not None and route.take_local(engine.load_info()["waiting"]):
+                stream = await self._open_locally(engine, prompt, params, _left(deadline))
+                if stream is not None:
+                    return stream
+                continue
+            raise route.refusal(
+                engine_retiring=engine is not None, workers=loads, served_names=self.served_names
+            )
+
+    async def _open_on_worker(
+        self,
+        route: Route,
+        worker: WorkerLoad,
+        prompt: Prompt,
+        params: SamplingParams,
+        whole: bool,
+        timeout: float | None,
+    ) -> AsyncIterator[Delta] | None:
+        """The request's stream from ``worker``, None when the worker failed before the first delta."""
+        assert self.workers is not None
+        ticket = self.workers.begin(worker.instance)
+        stream = self.clients.stream(worker.instance, worker.target, route.name, prompt, params, whole=whole)
+        try:
+            first = await asyncio.wait_for(anext(stream), timeout)
+        except (WorkerGone, WorkerBusy) as exc:
+            self.workers.end(worker.instance, ticket)
+            if route.worker_failed(str(exc), gone=isinstance(exc, WorkerGone)):
+                self.workers.suspend(worker.instance)
+                self.clients.forget(worker.target)
+            RETRIED.inc()
+            log.info("request for %s moves on from %s: %s", route.name, worker.instance, exc)
+            return None
+        except BaseException:
+            self.workers.end(worker.instance, ticket)
+            await stream.aclose()
+            raise
+        ROUTED.labels(worker.instance).inc()
+        return _chain(first, stream, functools.partial(self.workers.end, worker.instance, ticket))
+
+    def _local_engine(self, name: str, local_only: bool) -> Engine | None:
+        routes_to_workers = self.workers is not None
+        if self.pool is None or not self.policy.local_allowed(
+            local_only=local_only, routes_to_workers=routes_to_workers
+        ):
+            return None
+        try:
+            return self.pool.resolve(name)
+        except ModelNotFound:
+            return None
+
+    async def _open_locally(
+        self, engine: Engine, prompt: Prompt, params: SamplingParams, timeout: float | None
+    ) -> AsyncIterator[Delta] | None:
+        """The request's stream on this process's engine, None when a switch retired the engine."""
+        local = engine.stream(prompt.token_ids(engine), params)
+        try:
+            first = await asyncio.wait_for(anext(local), timeout)
+        except EngineClosed:  # a switch retired the engine between resolve and submit
+            return None
+        except BaseException:
+            await local.aclose()  # type: ignore[attr-defined]
+            raise
+        ROUTED.labels(self.instance).inc()
+        return _chain(first, local, None, stamp=self.instance)
 
     async def close(self) -> None:
         await self.clients.close()
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 async def _chain(

@@ -36,8 +36,8 @@ async def test_promotion_deploys_and_switch_loses_no_request(tmp_path: Path) -> 
             gateway_http_port=free_port(),
             gateway_announce_interval=0.1,
         )
-        runtime = create_service(settings)
-        task = asyncio.create_task(runtime.run())
+        service = create_service(settings)
+        task = asyncio.create_task(service.run())
         probe = Bus(nats.url, "probe")
         ready: asyncio.Queue[DeploymentReady] = asyncio.Queue()
 
@@ -108,5 +108,5 @@ async def test_promotion_deploys_and_switch_loses_no_request(tmp_path: Path) -> 
             assert ann.http_url == base
         finally:
             await probe.stop()
-            runtime.stop()
+            service.stop()
             await asyncio.wait_for(task, 30)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import httpx
 
-from services.inference_gateway.admission import Limits
 from services.inference_gateway.cli import build_serve_app
+from services.inference_gateway.core.limits import Limits
 
 LONG = {"model": "tiny", "prompt": "The river", "max_tokens": 240, "temperature": 0, "stop": ["@@@"]}
 

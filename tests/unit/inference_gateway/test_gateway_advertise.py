@@ -9,7 +9,7 @@ import pytest
 
 from services.inference_gateway import app
 from services.inference_gateway.config import GatewaySettings
-from services.inference_gateway.pool import ModelPool
+from services.inference_gateway.core.pool import ModelPool
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +76,7 @@ def test_a_worker_announces_its_advertised_addresses(monkeypatch: pytest.MonkeyP
     settings = GatewaySettings(
         gateway_role="worker", host="0.0.0.0", gateway_grpc_port=50067, gateway_http_port=8117
     )
-    runtime = app.create_service(settings, pool=ModelPool())
+    service = app.create_service(settings, pool=ModelPool())
     assert announced["grpc_target"] == "10.0.0.5:50067"
     assert announced["http_url"] == "http://10.0.0.5:8117"
-    assert runtime.instance == "worker-pod-7-50067"  # type: ignore[attr-defined]
+    assert service.core.instance == "worker-pod-7-50067"

@@ -5,8 +5,9 @@ import grpc
 import pytest
 
 from contracts.proto.puyu.inference.v1 import inference_pb2, inference_pb2_grpc
+from services.inference_gateway.core.pool import ModelPool
 from services.inference_gateway.grpc_api import InferenceServicer
-from services.inference_gateway.pool import ModelPool
+from services.inference_gateway.router import Router
 from shared.natsserver import free_port
 
 
@@ -14,7 +15,7 @@ async def test_generate_list_and_cancel(tiny_model: Path) -> None:
     pool = ModelPool()
     await pool.deploy("tiny", 3, tiny_model)
     server = grpc.aio.server()
-    inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(pool), server)
+    inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(Router(pool)), server)
     port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
     await server.start()
     try:

@@ -10,7 +10,7 @@ import pytest
 import uvicorn
 
 from services.inference_gateway.cli import build_serve_app
-from services.inference_gateway.pool import ModelPool
+from services.inference_gateway.core.pool import ModelPool
 from shared.natsserver import free_port
 
 KEY = "sk-test"

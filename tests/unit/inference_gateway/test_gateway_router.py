@@ -1,4 +1,4 @@
-"""Routing across worker processes, in one process: gRPC workers on real ports, the view fed by hand.
+"""Routing across worker processes, in one process: gRPC workers on real ports, the table fed by hand.
 
 The integration tests (``tests/integration/test_gateway_workers.py``) do the same with real
 processes, a real nats-server and the KV watch.
@@ -17,13 +17,14 @@ from contracts.events.inference import ServedLoad, WorkerAnnouncement
 from contracts.proto.puyu.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.inference_gateway.announce import snapshot
 from services.inference_gateway.core.engine import Delta
+from services.inference_gateway.core.pool import ModelNotFound, ModelPool
 from services.inference_gateway.core.prompts import Prompt
+from services.inference_gateway.core.routing import NoWorker, least_loaded, queues_full
 from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams
+from services.inference_gateway.core.worker_table import WorkerTable
 from services.inference_gateway.grpc_api import InferenceServicer
-from services.inference_gateway.pool import ModelNotFound, ModelPool
-from services.inference_gateway.router import NoWorker, Router
+from services.inference_gateway.router import Router
 from services.inference_gateway.wire import params_from_proto, prompt_from_request
-from services.inference_gateway.workers import WorkerView
 from shared.natsserver import free_port
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0, stop=("@@@",))
@@ -60,35 +61,39 @@ class Clock:
 
 def test_view_orders_by_load_expires_suspends_and_ignores_itself() -> None:
     clock = Clock()
-    view = WorkerView(None, own_instance="gw", ttl=5.0, clock=clock)
-    view.update(ann("busy", running=4, waiting=2))
-    view.update(ann("idle", running=1))
-    view.update(ann("gw"))  # this process's own pool: never a remote target
-    view.update(ann("stale", age=60))  # an old value found in the bucket at start-up
-    assert [c.worker.instance for c in view.candidates("tiny@champion")] == ["idle", "busy"]
-    assert view.candidates("other") == []
+    table = WorkerTable(own_instance="gw", ttl=5.0, clock=clock)
+
+    def candidates(name: str, max_queue: int = 0) -> list[str]:
+        return [w.instance for w in least_loaded(table.loads(name), max_queue=max_queue)]
+
+    table.update(ann("busy", running=4, waiting=2))
+    table.update(ann("idle", running=1))
+    table.update(ann("gw"))  # this process's own pool: never a remote target
+    table.update(ann("stale", age=60))  # an old value found in the bucket at start-up
+    assert candidates("tiny@champion") == ["idle", "busy"]
+    assert candidates("other") == []
     # requests this gateway sent since the last announcement count too
-    tickets = [view.begin("idle") for _ in range(6)]
-    assert [c.worker.instance for c in view.candidates("tiny")] == ["busy", "idle"]
+    tickets = [table.begin("idle") for _ in range(6)]
+    assert candidates("tiny") == ["busy", "idle"]
     for t in tickets:
-        view.end("idle", t)
-    # a worker whose queue is full is skipped; when all are full the view says so
-    assert [c.worker.instance for c in view.candidates("tiny", max_queue=2)] == ["idle"]
-    assert not view.full("tiny", 2)
-    view.update(ann("idle", running=1, waiting=3))
-    assert view.full("tiny", 2)
+        table.end("idle", t)
+    # a worker whose queue is full is skipped; when all are full the table says so
+    assert candidates("tiny", max_queue=2) == ["idle"]
+    assert not queues_full(table.loads("tiny"), 2)
+    table.update(ann("idle", running=1, waiting=3))
+    assert queues_full(table.loads("tiny"), 2)
     # a failed worker is suspended until it announces again (an announcement made after the failure)
-    view.suspend("idle")
-    assert [c.worker.instance for c in view.candidates("tiny")] == ["busy"]
+    table.suspend("idle")
+    assert candidates("tiny") == ["busy"]
     clock.now += 1
-    view.update(ann("idle"))
-    assert {c.worker.instance for c in view.candidates("tiny")} == {"busy", "idle"}
+    table.update(ann("idle"))
+    assert set(candidates("tiny")) == {"busy", "idle"}
     # no announcement for longer than the ttl: dropped
     clock.now += 5.5
-    view.update(ann("busy"))
-    assert [c.worker.instance for c in view.candidates("tiny")] == ["busy"]
-    view.remove("busy")
-    assert view.candidates("tiny") == [] and view.names() == []
+    table.update(ann("busy"))
+    assert candidates("tiny") == ["busy"]
+    table.remove("busy")
+    assert candidates("tiny") == [] and table.names() == []
 
 
 class _DiesAfterFirstChunk(InferenceServicer):
@@ -120,13 +125,13 @@ async def workers(tiny_model: Path) -> AsyncIterator[dict[str, tuple[grpc.aio.Se
         await pool.close()
 
 
-def view_of(workers: dict[str, tuple[grpc.aio.Server, str, ModelPool]], **load: int) -> WorkerView:
-    view = WorkerView(None, own_instance="gw")
+def table_of(workers: dict[str, tuple[grpc.aio.Server, str, ModelPool]], **load: int) -> WorkerTable:
+    table = WorkerTable(own_instance="gw")
     for name, running in load.items():
         a = snapshot(workers[name][2], name, None, workers[name][1])
         a.served[0].running = running
-        view.update(a)
-    return view
+        table.update(a)
+    return table
 
 
 async def collect(stream: AsyncIterator[Delta]) -> list[Delta]:
@@ -138,7 +143,7 @@ async def test_routes_to_the_least_loaded_and_moves_off_a_dead_worker(workers, t
     await local.deploy("tiny", 1, tiny_model)
     try:
         want = await collect(await Router(local).open("tiny", Prompt(text="The river"), GREEDY))
-        router = Router(None, view_of(workers, a=3, b=0), instance="gw")
+        router = Router(None, table_of(workers, a=3, b=0), instance="gw")
         got = await collect(await router.open("tiny@champion", Prompt(text="The river"), GREEDY))
         assert {d.worker for d in got} == {"b"}
         assert "".join(d.text for d in got) == "".join(d.text for d in want)
@@ -147,9 +152,8 @@ async def test_routes_to_the_least_loaded_and_moves_off_a_dead_worker(workers, t
         await workers["b"][0].stop(None)
         got = await collect(await router.open("tiny", Prompt(text="The river"), GREEDY))
         assert {d.worker for d in got} == {"a"}
-        assert router.view is not None and [c.worker.instance for c in router.view.candidates("tiny")] == [
-            "a"
-        ]
+        assert router.workers is not None
+        assert [w.instance for w in least_loaded(router.workers.loads("tiny"))] == ["a"]
         # invalid requests are not retried elsewhere; unknown names say what is served
         with pytest.raises(InvalidRequest, match="prompt has 300 tokens"):
             await router.open("tiny", Prompt(ids=tuple(range(300))), GREEDY)
@@ -159,7 +163,7 @@ async def test_routes_to_the_least_loaded_and_moves_off_a_dead_worker(workers, t
         with pytest.raises(NoWorker, match="no worker could serve 'tiny'"):
             await router.open("tiny", Prompt(text="x"), GREEDY)
         # with an in-process pool the gateway falls back to it when no worker is left
-        fallback = Router(local, router.view, instance="gw")
+        fallback = Router(local, router.workers, instance="gw")
         got = await collect(await fallback.open("tiny", Prompt(text="The river"), GREEDY))
         assert {d.worker for d in got} == {"gw"}
         await router.close()
@@ -169,13 +173,13 @@ async def test_routes_to_the_least_loaded_and_moves_off_a_dead_worker(workers, t
 
 async def test_a_worker_lost_mid_generation(workers) -> None:
     # streaming: tokens already went out, so the stream ends in an error naming the worker
-    router = Router(None, view_of(workers, flaky=0, a=5), instance="gw")
+    router = Router(None, table_of(workers, flaky=0, a=5), instance="gw")
     params = SamplingParams(max_tokens=30, temperature=0, stop=("@@@",))
     got = await collect(await router.open("tiny", Prompt(text="The river"), params))
     assert got[0].worker == "flaky" and got[-1].finish_reason == "error" and "flaky" in (got[-1].error or "")
     await router.close()
     # whole (non-streaming): nothing went out yet, so the request runs again on the next worker
-    router = Router(None, view_of(workers, flaky=0, a=5), instance="gw")
+    router = Router(None, table_of(workers, flaky=0, a=5), instance="gw")
     got = await collect(await router.open("tiny", Prompt(text="The river"), params, whole=True))
     assert {d.worker for d in got} == {"a"} and got[-1].finish_reason in ("stop", "length")
     await router.close()
@@ -185,7 +189,7 @@ async def test_full_options_cross_the_wire(workers, tiny_model: Path) -> None:
     """Logprobs, prompt logprobs, chat rendering and constrained JSON give the same over gRPC as in-process."""
     local = ModelPool()
     await local.deploy("tiny", 1, tiny_model)
-    remote = Router(None, view_of(workers, a=0), instance="gw")
+    remote = Router(None, table_of(workers, a=0), instance="gw")
     try:
         cases = [
             (

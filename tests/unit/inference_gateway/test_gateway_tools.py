@@ -10,8 +10,8 @@ import openai
 import pytest
 import uvicorn
 
-from services.inference_gateway.admission import Limits
 from services.inference_gateway.cli import build_serve_app
+from services.inference_gateway.core.limits import Limits
 from services.inference_gateway.core.tools import ToolStream, parse_tool_calls
 from services.inference_gateway.testing import build_tiny_model, teach_reply
 from shared.natsserver import free_port

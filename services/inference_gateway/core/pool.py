@@ -16,7 +16,6 @@ from pathlib import Path
 
 from services.inference_gateway.core.engine import Engine
 from services.inference_gateway.core.sampling import SamplingParams
-from services.inference_gateway.metrics import watch_pool
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,6 @@ class ModelPool:
         self._as_of: dict[str, datetime] = {}  # model name -> when the served version was decided
         self._lock = asyncio.Lock()
         self.drain_timeout = drain_timeout
-        watch_pool(self)
 
     # ------------------------------------------------------------------------------ lookups
     def resolve(self, name: str) -> Engine:

@@ -7,12 +7,12 @@ import math
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 
-from services.inference_gateway.core.engine import Delta, Engine
+from services.inference_gateway.core.engine import Delta
+from services.inference_gateway.core.limits import Limits
 from services.inference_gateway.metrics import REJECTED, observe_request
 
 
@@ -27,15 +27,6 @@ class APIError(Exception):
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.headers = status, message, type_, code, headers
-
-
-@dataclass
-class Limits:
-    api_keys: tuple[str, ...] = ()  # empty: no key needed
-    requests_per_minute: float = 0  # per key; 0: unlimited
-    burst: int = 0  # bucket size; 0: one minute's worth
-    max_queue: int = 0  # waiting requests per engine before 503; 0: unlimited
-    request_timeout_s: float = 0  # whole request; 0: none
 
 
 class _Bucket:
@@ -97,18 +88,6 @@ class Admission:
 
     def rejected(self, reason: str) -> None:
         REJECTED.labels(reason).inc()
-
-    def check_queue(self, engine: Engine) -> None:
-        limit = self.limits.max_queue
-        if limit and engine.load_info()["waiting"] >= limit:
-            REJECTED.labels("queue_full").inc()
-            raise APIError(
-                503,
-                f"model {engine.name!r} has {limit} requests waiting; retry later",
-                "server_error",
-                "queue_full",
-                {"Retry-After": "1"},
-            )
 
     async def timed(
         self, stream: AsyncIterator[tuple[int, Delta]], model: str, t0: float, *, streaming: bool = True
