@@ -11,17 +11,23 @@ from functools import lru_cache
 
 from lingua import IsoCode639_1, LanguageDetector, LanguageDetectorBuilder
 
+from shared.errors import Refusal
+
 # Enough to tell the sample corpus's English from its other languages without loading 75 models.
 DEFAULT_DETECTOR_LANGUAGES = ("en", "zh", "de", "fr", "es", "it", "pt", "ru", "ja", "ko")
 _MAX_CHARS = 2000  # the language of a document is clear from its start; keeps long docs cheap
 _lock = threading.Lock()
 
 
+class UnknownLanguage(Refusal, ValueError):
+    """A language code lingua does not know: the request can never succeed as asked."""
+
+
 def _iso(code: str) -> IsoCode639_1:
     try:
         return IsoCode639_1.from_str(code.lower())
     except Exception as exc:  # lingua raises ValueError with no hint of which code
-        raise ValueError(f"unknown ISO 639-1 language code {code!r}") from exc
+        raise UnknownLanguage(f"unknown ISO 639-1 language code {code!r}") from exc
 
 
 @lru_cache(maxsize=4)

@@ -15,8 +15,9 @@ from services.corpus_ingest.core.blocks import Document, Pipeline
 from services.corpus_ingest.core.filters import C4Quality, FineWebQuality, GopherQuality, GopherRepetition
 from services.corpus_ingest.core.langid import LanguageIdentifier
 from services.corpus_ingest.core.normalize import normalize_text
-from services.corpus_ingest.core.readers import FileReport, expand_sources, read_file
+from services.corpus_ingest.core.readers import FileReport, ReadLimits, expand_sources, read_file
 from services.corpus_ingest.core.signals import compute_signals
+from shared.errors import Refusal
 
 EN = [
     "The northern valley is home to farmers who grow apples and barley on the terraced hills.",
@@ -49,7 +50,7 @@ def read_all(path: Path) -> tuple[list[str], FileReport]:
     from services.corpus_ingest.core.readers import file_format
 
     report = FileReport(path=str(path), format=file_format(path) or "unknown")
-    return [d.text for d in read_file(path, report, txt_max_doc_bytes=2048)], report
+    return [d.text for d in read_file(path, report, ReadLimits(txt_doc_bytes=2048))], report
 
 
 def test_normalize_nfkc_controls_whitespace_paragraphs() -> None:
@@ -89,7 +90,8 @@ def test_language_identification() -> None:
     assert li.identify(EN[1])[1] > 0.5
     assert li.identify(FR)[0] == "fr"
     assert li.identify(ZH)[0] == "zh"
-    with pytest.raises(ValueError, match="xx"):
+    # a refusal (rejected at once with the reason), not a bug to retry
+    with pytest.raises(Refusal, match="unknown ISO 639-1 language code 'xx'"):
         LanguageIdentifier(("en", "xx"))
 
 
