@@ -17,7 +17,7 @@ def create_service(settings: IngestSettings | None = None) -> Service[Ingestor]:
     core = Ingestor(
         ArtifactStore(settings.artifact_root_uri),
         settings.corpus_ingest_detector_languages,
-        settings.corpus_ingest_txt_max_doc_bytes,
+        settings.read_limits(),
         settings.corpus_ingest_workers,
     )
     register_handlers(runtime.bus, core, settings)

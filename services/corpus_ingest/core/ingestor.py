@@ -9,6 +9,7 @@ from typing import Any
 from contracts.events import DatasetRef, IngestOptions
 from services.corpus_ingest.core.langid import DEFAULT_DETECTOR_LANGUAGES
 from services.corpus_ingest.core.pipeline import MANIFEST, Progress, run_ingest
+from services.corpus_ingest.core.readers import ReadLimits
 from shared.artifacts import ArtifactStore
 
 
@@ -25,12 +26,12 @@ class Ingestor:
         self,
         store: ArtifactStore,
         detector_languages: tuple[str, ...] | list[str] = DEFAULT_DETECTOR_LANGUAGES,
-        txt_max_doc_bytes: int = 1 << 20,
+        limits: ReadLimits = ReadLimits(),
         workers: int = 1,
     ) -> None:
         self.store = store
         self.detector_languages = tuple(detector_languages)
-        self.txt_max_doc_bytes = txt_max_doc_bytes
+        self.limits = limits
         self.workers = workers
 
     @staticmethod
@@ -54,7 +55,7 @@ class Ingestor:
             dataset_id,
             options,
             self.detector_languages,
-            self.txt_max_doc_bytes,
+            self.limits,
             progress,
             self.workers,
         )

@@ -24,7 +24,14 @@ from services.corpus_ingest.core.blocks import Document, Drop, Pipeline
 from services.corpus_ingest.core.extract import extract_html
 from services.corpus_ingest.core.filters import ingest_blocks
 from services.corpus_ingest.core.langid import DEFAULT_DETECTOR_LANGUAGES, LanguageIdentifier
-from services.corpus_ingest.core.readers import FileReport, RawDoc, expand_sources, file_format, read_file
+from services.corpus_ingest.core.readers import (
+    FileReport,
+    RawDoc,
+    ReadLimits,
+    expand_sources,
+    file_format,
+    read_file,
+)
 from services.corpus_ingest.core.signals import token_estimate
 from shared.errors import Refusal
 from shared.shards import ShardWriter
@@ -157,18 +164,27 @@ def run_ingest(
     dataset_id: str,
     options: IngestOptions | None = None,
     detector_languages: tuple[str, ...] | list[str] = DEFAULT_DETECTOR_LANGUAGES,
-    txt_max_doc_bytes: int = 1 << 20,
+    limits: ReadLimits | None = None,
     progress: Progress | None = None,
     workers: int = 1,
 ) -> dict[str, Any]:
     """Ingest ``sources`` into ``out_dir`` (replacing what a previous run left there); returns the manifest.
 
-    With ``workers`` > 1, HTML extraction (most of the cost) runs in that many processes.
+    With ``workers`` > 1, HTML extraction (most of the cost) runs in that many processes. A file
+    over a per-document or per-file limit is a file error in the manifest; sources larger in all
+    than ``limits.job_bytes`` are refused before any work.
     """
     options = options or IngestOptions()
+    limits = limits or ReadLimits()
     files, missing = expand_sources(sources)
     if missing:
         raise IngestInputError(f"sources not found or empty: {', '.join(missing)}")
+    total = sum(path.stat().st_size for path in files)
+    if total > limits.job_bytes:
+        raise IngestInputError(
+            f"sources hold {total} bytes in {len(files)} files, over the job limit of {limits.job_bytes} "
+            "bytes (corpus_ingest_max_job_bytes): split them over several jobs"
+        )
     identifier = LanguageIdentifier(tuple(detector_languages) + tuple(c.lower() for c in options.languages))
     pipeline = Pipeline(ingest_blocks(options, identifier), options.filters)
     out = DatasetWriter(out_dir, options)
@@ -176,7 +192,7 @@ def run_ingest(
     seen_ids: Counter[str] = Counter()
     with extraction_pool(workers) as pool:
         for i, (path, report) in enumerate(zip(files, reports, strict=True)):
-            stream = read_file(path, report, txt_max_doc_bytes, defer_html=pool is not None)
+            stream = read_file(path, report, limits, defer_html=pool is not None)
             for doc in documents(extracted(stream, report, pool), report, seen_ids):
                 out.write(doc, pipeline.check(doc))
             if progress:

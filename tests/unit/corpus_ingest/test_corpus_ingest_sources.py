@@ -11,7 +11,7 @@ import pytest
 
 from contracts.events import IngestOptions
 from services.corpus_ingest.core import run_ingest
-from services.corpus_ingest.core.readers import FileReport, file_format, read_file
+from services.corpus_ingest.core.readers import FileReport, ReadLimits, file_format, read_file
 
 TEXT = (
     "The northern valley is home to farmers who grow apples and barley on the terraced hills above the river."
@@ -23,9 +23,9 @@ PAGE = (
 )
 
 
-def _read(path: Path) -> tuple[list[str], FileReport]:
+def _read(path: Path, limits: ReadLimits = ReadLimits()) -> tuple[list[str], FileReport]:
     report = FileReport(path=str(path), format=file_format(path) or "unknown")
-    return [d.text for d in read_file(path, report)], report
+    return [d.text for d in read_file(path, report, limits)], report
 
 
 def test_parquet_reader(tmp_path: Path) -> None:
@@ -67,15 +67,12 @@ def test_warc_reader_extracts_html_records(tmp_path: Path) -> None:
     assert cut.errors and set(cut.errors) <= {"truncated_or_corrupt"}
 
 
-def test_bad_jsonl_is_counted_never_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.corpus_ingest.core import readers
-
-    monkeypatch.setattr(readers, "MAX_LINE_BYTES", 1000)
+def test_bad_jsonl_is_counted_never_raised(tmp_path: Path) -> None:
     lines = [json.dumps({"text": TEXT}), "{oops", json.dumps({"text": "x" * 5000}), json.dumps({"no": 1})]
     lines.append(json.dumps({"text": TEXT + " end"}))
     path = tmp_path / "d.jsonl"
     path.write_bytes(("\n".join(lines) + "\n").encode() + b'{"text": "bad \xff byte"}\n')
-    texts, report = _read(path)
+    texts, report = _read(path, ReadLimits(doc_bytes=1000))
     assert texts[0] == TEXT and texts[1].endswith(" end") and len(texts) == 3
     assert report.errors == {
         "malformed_json": 1,
