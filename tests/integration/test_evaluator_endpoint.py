@@ -213,7 +213,7 @@ def reference_server(tiny_model: Path) -> Iterator[str]:
 
 def test_echo_logprobs_match_the_in_process_backend(reference_server: str, tiny_model: Path) -> None:
     remote = OpenAIBackend(reference_server, "tiny", batch_size=3, concurrency=2)
-    local = HFBackend(tiny_model, batch_size=4)
+    local = HFBackend(tiny_model, batch_size=4, dtype="float32")  # the reference server's precision
     reqs = [(p, f" {t}") for p, t in samples.fact_prompts()[:5]] + [
         (p, " the") for p, _ in samples.fact_prompts()[:3]
     ]

@@ -13,11 +13,13 @@ from rich.console import Console
 
 from services.evaluator.cli import eval_cmd
 from services.evaluator.config import EvaluatorSettings
-from services.evaluator.core.backends import ModelLoadError
+from services.evaluator.core import ModelSpec
+from services.evaluator.core.backends import ModelLoadError, make_backend
 from services.evaluator.core.hf_backend import HFBackend
 from services.evaluator.core.tasks import GenerationConfig, UnknownTask
 from services.evaluator.testing import build_tiny_model
 from shared import samples
+from shared.hf_models import resolve_dtype
 
 torch.set_num_threads(1)
 
@@ -86,6 +88,59 @@ def test_bad_inputs_are_named(tiny_model: Path, tmp_path: Path) -> None:
         eval_cmd(["nope"], tiny_model, tmp_path, console=Console(file=io.StringIO()))
     with pytest.raises(ModelLoadError, match="missing"):
         HFBackend(tmp_path / "missing")
+
+
+def test_dtype_is_loaded_as_asked_and_keys_the_cache(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``auto`` follows shared.hf_models.resolve_dtype; results of one precision are never reused for
+    another (the model key holds the dtype the model was loaded in)."""
+    keys = {}
+    for dtype in ("float32", "bfloat16", "auto"):
+        backend, keys[dtype] = make_backend(ModelSpec(path=tiny_model), dtype=dtype)
+        assert isinstance(backend, HFBackend)
+        config = json.loads((tiny_model / "config.json").read_text())
+        assert backend.model.dtype == resolve_dtype(dtype, "cpu", config)
+    assert keys["float32"] != keys["bfloat16"] and keys["auto"] in (keys["float32"], keys["bfloat16"])
+    with pytest.raises(ModelLoadError, match="float64"):
+        HFBackend(tiny_model, dtype="float64")  # type: ignore[arg-type]
+
+    settings = EvaluatorSettings(evaluator_data_dir=tmp_path / "nodata", evaluator_batch_size=4)
+    assert settings.evaluator_dtype == "auto"
+    quiet = Console(file=io.StringIO())
+
+    def cached(dtype: str) -> int:
+        report = eval_cmd(
+            ["demo_facts"],
+            tiny_model,
+            tmp_path / dtype,
+            limit=3,
+            dtype=dtype,
+            settings=settings,
+            console=quiet,
+        )
+        return report.outcomes[0].cached
+
+    assert (cached("float32"), cached("float32"), cached("bfloat16")) == (0, 3, 0)
+    monkeypatch.setenv("PUYU_EVALUATOR_DTYPE", "float16")
+    assert EvaluatorSettings().evaluator_dtype == "float16"
+
+
+def test_puyu_eval_passes_dtype(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import services.evaluator.cli
+    from services.cli.__main__ import main
+
+    seen: list[object] = []
+    monkeypatch.setattr(services.evaluator.cli, "eval_cmd", lambda *a, **kw: seen.append(kw["dtype"]))
+    base = ["eval", "--tasks", "demo_facts", "--model", str(tiny_model), "--out", str(tmp_path)]
+    for extra, expected in (([], None), (["--dtype", "bfloat16"], "bfloat16")):
+        result = CliRunner().invoke(main, [*base, *extra])
+        assert result.exit_code == 0, result.output
+        assert seen.pop() == expected
+    refused = CliRunner().invoke(main, [*base, "--dtype", "float64"])
+    assert refused.exit_code != 0 and "float64" in refused.output
 
 
 def test_grouping_and_prefix_reuse_match_one_request_at_a_time(tiny_model: Path) -> None:
