@@ -3,11 +3,15 @@
 
 CONFIG (YAML or JSON)::
 
-    base_model: path/to/hf-model-folder     # config.json + weights + tokenizer
+    base_model: path/to/hf-model-folder     # llama, mistral, qwen2/3, qwen2_moe, mixtral, internlm2/3
     dataset: path/to/data.jsonl             # openai | alpaca | xtuner | text | preference records
     out_dir: runs/my-lora                   # gets adapter/ and model/ (merged), each with lineage.json
     device: auto                            # cpu | cuda | auto
     spec: {method: lora, max_steps: 60, packing: true, lora: {r: 8, alpha: 16}}  # contracts FinetuneSpec
+
+model/ is saved in the base's own layout (an InternLM2 base gives an InternLM2 folder). LoRA target
+modules are named as in transformers' Llama for every dense family (InternLM2's wqkv/wo/w1/w2/w3
+are accepted and mapped); see ``core/methods.py``.
 
 Running the same config again resumes from ``out_dir/state`` (saved every ``checkpoint_interval``
 steps and when a run is interrupted).
@@ -32,6 +36,7 @@ from services.finetuner.core import (
     merge_adapter,
     run_finetune,
 )
+from shared.hf_models import UnsupportedModel, load_tokenizer
 
 
 class FinetuneConfig(BaseModel):
@@ -124,16 +129,14 @@ def check_data_cmd(path: str | Path, data_format: str = "auto", method: str | No
 
 
 def merge_cmd(base: str | Path, adapter: str | Path, out: str | Path) -> int:
-    """Fold a PEFT adapter into its base model and save a plain Hugging Face folder."""
-    from transformers import AutoTokenizer
-
+    """Fold a PEFT adapter into its base model and save the result in the base's layout."""
     try:
         check_base(Path(base))
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise ValueError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json)")
-        tokenizer = AutoTokenizer.from_pretrained(adapter)
+        tokenizer = load_tokenizer(adapter)
         merge_adapter(Path(base), Path(adapter), Path(out), tokenizer)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, UnsupportedModel) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(out)

@@ -1,7 +1,8 @@
 """One finetune: base model folder + data file + spec -> adapter, merged model, lineage.
 
 The service (through ``Finetuner``) and the ``puyu finetune`` command both call ``run_finetune``.
-The request is checked first (``validate``: device, method, ZeRO, base folder, data), so one that
+The base folder may hold any family ``shared.hf_models`` opens; the merged model is saved in the
+layout it came in (``export``). The request is checked first (``validate``: device, method, ZeRO, base folder, data), so one that
 can never succeed is refused before the model is loaded. A run lives in ``out_dir``; calling again
 with the same folder and job resumes.
 """
@@ -23,9 +24,11 @@ from services.finetuner.core.engine import build_engine
 from services.finetuner.core.export import export
 from services.finetuner.core.methods import load_base, wrap
 from services.finetuner.core.packing import build_examples, build_pairs, pack
+from services.finetuner.core.refusals import InvalidInput
 from services.finetuner.core.templates import ensure_chat_template
 from services.finetuner.core.training import Progress, TrainResult, train
 from services.finetuner.core.validation import validate
+from shared.hf_models import UnsupportedModel, load_tokenizer
 
 log = logging.getLogger(__name__)
 HELD_OUT = 32  # items scored before and after training (loss / DPO pair accuracy)
@@ -59,13 +62,15 @@ def run_finetune(
     digest = dataset_digest(dataset_path)
 
     import torch
-    from transformers import AutoTokenizer
 
     if num_threads:
         torch.set_num_threads(num_threads)
     if progress:
         progress("load", 0.0, f"loading base model from {base_dir}")
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    try:
+        tokenizer = load_tokenizer(base_dir)
+    except UnsupportedModel as exc:
+        raise InvalidInput(str(exc)) from exc
     template_source = "tokenizer" if getattr(tokenizer, "chat_template", None) else "internlm2"
     ensure_chat_template(tokenizer)
     if tokenizer.pad_token_id is None:  # many base tokenizers ship without one
@@ -80,11 +85,11 @@ def run_finetune(
         held = examples[:HELD_OUT]
         items = list(pack(examples, spec.seq_len, spec.seed)) if spec.packing else examples
     torch.manual_seed(spec.seed)  # LoRA's initial weights: a rerun (or resume) starts identically
-    base = load_base(base_dir, spec, device)
+    base, fmt = load_base(base_dir, spec, device)
     packed_attention = use_packed_attention(
         base, spec.seq_len
     )  # per-example attention, no 4-D mask (attention.py)
-    model = wrap(base, spec)
+    model = wrap(base, spec, fmt)
     fingerprint = hashlib.sha256(
         json.dumps([spec.model_dump(mode="json"), digest, str(base_ref or base_dir)]).encode()
     ).hexdigest()
@@ -109,6 +114,7 @@ def run_finetune(
             "kind_of_run": "finetune",
             "method": spec.method,
             "base": base_ref or {"path": str(base_dir)},
+            "base_format": fmt.model_type,
             "dataset": {
                 "uri": dataset_uri or str(dataset_path),
                 "sha256": digest,
@@ -125,7 +131,9 @@ def run_finetune(
         }
         restore_default_attention(model)  # exported folders load with stock transformers settings
         with engine.gathered():  # ZeRO-3: the full parameters, for saving and merging
-            exported = export(model, tokenizer, out_dir, lineage, method=spec.method, base_dir=base_dir)
+            exported = export(
+                model, tokenizer, out_dir, lineage, method=spec.method, base_dir=base_dir, fmt=fmt
+            )
     finally:
         engine.close()
     log.info(

@@ -16,6 +16,7 @@ from pathlib import Path
 from contracts.events import FinetuneSpec
 from services.finetuner.core.data import Dataset, load_dataset
 from services.finetuner.core.refusals import InvalidInput, UnsupportedRequest
+from shared.hf_models import UnsupportedModel, detect_format
 
 SUPPORTED_METHODS = ("lora", "qlora", "full", "dpo")
 
@@ -103,5 +104,10 @@ def check_zero(spec: FinetuneSpec) -> None:
 
 
 def check_base(base_dir: Path) -> None:
+    """A model folder of a family ``shared.hf_models`` opens (read from its config, no weight loaded)."""
     if not (base_dir / "config.json").is_file():
         raise InvalidInput(f"{base_dir} is not a Hugging Face model folder (no config.json)")
+    try:
+        detect_format(base_dir)
+    except UnsupportedModel as exc:
+        raise InvalidInput(str(exc)) from exc
