@@ -110,6 +110,16 @@ class TrainSpec(StrictModel):
     tokenizer_uri: str | None = Field(
         default=None, description="Existing HF tokenizer folder; else train BPE."
     )
+    init_from: str | None = Field(
+        default=None,
+        description=(
+            "Continued pretraining: the path or artifact URI of a model folder of any supported "
+            "architecture (llama, mistral, qwen2, qwen3, qwen2_moe, mixtral, internlm2, internlm3). "
+            "Training starts from its weights with its tokenizer (tokenizer_uri must be unset) and "
+            "checkpoints are saved in its format. architecture fields left at their defaults take the "
+            "checkpoint's values; any other value must equal the checkpoint's."
+        ),
+    )
     seq_len: int = Field(default=128, ge=8)
     micro_batch_size: int = Field(default=16, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
@@ -165,6 +175,8 @@ class TrainSpec(StrictModel):
     @classmethod
     def _fits_positions(cls, v: int, info: Any) -> int:
         arch = info.data.get("architecture")
+        if info.data.get("init_from"):  # the checkpoint's own length applies (checked by the trainer)
+            return v
         if arch is not None and v > arch.max_position_embeddings:
             raise ValueError(
                 f"seq_len ({v}) exceeds the model's max_position_embeddings ({arch.max_position_embeddings})"
