@@ -1,0 +1,132 @@
+"""``QuantLinear``: a linear layer holding a checkpoint's packed integer weight, scales and zeros.
+
+Its buffers carry the checkpoint's own names and shapes (``qweight``, ``qzeros``, ``scales``,
+``g_idx`` for GPTQ, ``bias``), so a model's ``state_dict`` is the checkpoint. ``forward``
+dequantises and multiplies (the reference) or, on the CPU, runs the int4/int8 kernel of ``kernels``
+where one applies to the layer's grid; ``backend = "reference"`` forces the former.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared.quantization import kernels
+from shared.quantization.grid import QuantizedWeight
+from shared.quantization.packing import PackedWeight, pack_awq, pack_gptq, unpack_awq, unpack_gptq
+from shared.quantization.spec import Layout
+
+Backend = Literal["auto", "reference"]
+
+
+class QuantLinear(nn.Module):
+    qweight: torch.Tensor
+    qzeros: torch.Tensor
+    scales: torch.Tensor
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bits: int,
+        group_size: int,
+        layout: Layout,
+        bias: bool,
+        gptq_v1: bool = True,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.bits = bits
+        self.group_size = group_size
+        self.layout: Layout = layout
+        self.gptq_v1 = gptq_v1
+        self.backend: Backend = "auto"
+        per_word = 32 // bits
+        n_groups = 1 if group_size == -1 else in_features // group_size
+        if layout == "awq-gemm":
+            qweight_shape = (in_features, out_features // per_word)
+        else:
+            qweight_shape = (in_features // per_word, out_features)
+        self.register_buffer("qweight", torch.zeros(qweight_shape, dtype=torch.int32, device=device))
+        self.register_buffer(
+            "qzeros", torch.zeros(n_groups, out_features // per_word, dtype=torch.int32, device=device)
+        )
+        self.register_buffer(
+            "scales", torch.zeros(n_groups, out_features, dtype=torch.float16, device=device)
+        )
+        self.g_idx: torch.Tensor | None
+        if layout == "gptq":
+            self.register_buffer("g_idx", torch.zeros(in_features, dtype=torch.int32, device=device))
+        else:
+            self.g_idx = None
+        self.bias: torch.Tensor | None
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float16, device=device))
+        else:
+            self.bias = None
+        self._cpu_weights: dict[torch.dtype, kernels.CpuWeight | None] = {}
+
+    @classmethod
+    def from_quantized(
+        cls, weight: QuantizedWeight, layout: Layout, bias: torch.Tensor | None = None
+    ) -> QuantLinear:
+        module = cls(
+            weight.in_features,
+            weight.out_features,
+            bits=weight.bits,
+            group_size=weight.group_size,
+            layout=layout,
+            bias=bias is not None,
+        )
+        packed = pack_awq(weight) if layout == "awq-gemm" else pack_gptq(weight)
+        module.qweight.copy_(packed.qweight)
+        module.qzeros.copy_(packed.qzeros)
+        module.scales.copy_(packed.scales)
+        if packed.g_idx is not None and module.g_idx is not None:
+            module.g_idx.copy_(packed.g_idx)
+        if bias is not None and module.bias is not None:
+            module.bias.copy_(bias.detach().half())
+        return module
+
+    def unpacked(self) -> QuantizedWeight:
+        packed = PackedWeight(self.qweight.cpu(), self.qzeros.cpu(), self.scales.cpu(), None)
+        if self.layout == "awq-gemm":
+            return unpack_awq(packed, self.bits, self.group_size)
+        assert self.g_idx is not None
+        packed.g_idx = self.g_idx.cpu()
+        return unpack_gptq(packed, self.bits, self.group_size, v1=self.gptq_v1)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight [out, in] every reader of the layout reconstructs."""
+        return self.unpacked().dequantize(dtype).to(self.qweight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        prepared = self._cpu_weight(x) if self.backend == "auto" else None
+        if prepared is None:
+            return F.linear(x, self.dequantize(x.dtype), bias)
+        out = kernels.matmul(x, prepared)
+        return out if bias is None else out + bias
+
+    def _cpu_weight(self, x: torch.Tensor) -> kernels.CpuWeight | None:
+        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            return None
+        if x.dtype not in self._cpu_weights:
+            self._cpu_weights[x.dtype] = kernels.prepare(self.unpacked(), x.dtype)
+        return self._cpu_weights[x.dtype]
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._cpu_weights.clear()  # new tensors: the kernel forms are stale
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+            f"group_size={self.group_size}, layout={self.layout}, bias={self.bias is not None}"
+        )
