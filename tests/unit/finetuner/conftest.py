@@ -5,11 +5,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_references import INTERNLM_FIXTURES
 
 from services.finetuner.tiny import build_tiny_base
 from shared.samples import CHAT_TEMPLATE, chat_examples, heldout_texts
 
 torch.set_num_threads(2)
+
+# XTuner's InternLM code and SentencePiece, for the tests that compare against them (tests/model_references.py).
+sentencepiece = INTERNLM_FIXTURES["sentencepiece"]
+xtuner_modelings = INTERNLM_FIXTURES["xtuner_modelings"]
+internlm_sentencepiece_model = INTERNLM_FIXTURES["internlm_sentencepiece_model"]
 
 
 def write_chat_dataset(path: Path, n: int = 200, seed: int = 3) -> Path:
