@@ -231,3 +231,25 @@ def reference_greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: i
             logits = model(ids, use_cache=False).logits[:, -1]
             ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
     return ids
+
+
+def packed_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
+    """The mean next-token cross-entropy of a packed training batch (input_ids, labels -100 where
+    ignored, position_ids restarting at 0 where a document starts), each document run through
+    ``model`` on its own: the reference for per-document attention, which needs no mask."""
+    rows = []
+    with torch.no_grad():
+        for ids, positions in zip(batch["input_ids"], batch["position_ids"], strict=True):
+            starts = [0, *(i for i in range(1, len(positions)) if int(positions[i]) == 0)]
+            ends = [*starts[1:], len(ids)]
+            parts = [
+                model(ids[None, a:b], position_ids=positions[None, a:b], use_cache=False).logits[0]
+                for a, b in zip(starts, ends, strict=True)
+            ]
+            rows.append(torch.cat(parts))
+    logits = torch.stack(rows).float()
+    targets = batch["labels"][:, 1:]
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+    )
+    return float(loss)

@@ -3,7 +3,7 @@
 CONFIG (YAML or JSON)::
 
     datasets: [path/to/manifest.json | folder | file.jsonl[.gz], ...]
-    spec: {...TrainSpec fields...}
+    spec: {...TrainSpec fields...}  # init_from: path/to/checkpoint continues pretraining it
     out: runs/my-run              # the run folder; checkpoints land in out/checkpoints/step-<n>
 """
 
@@ -46,6 +46,9 @@ def load_config(path: Path) -> TrainConfig:
     ]
     if not config.out.is_absolute():
         config.out = (base / config.out).resolve()
+    init = config.spec.init_from
+    if init is not None and "://" not in init and not Path(init).is_absolute():
+        config.spec = config.spec.model_copy(update={"init_from": str((base / init).resolve())})
     return config
 
 

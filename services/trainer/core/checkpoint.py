@@ -1,4 +1,5 @@
-"""Checkpoints: Hugging Face folders (loadable as they are) + a separate resumable training state.
+"""Checkpoints: Hugging Face folders (loadable as they are, in the layout of the checkpoint a
+continued pretraining started from) + a separate resumable training state.
 
 Layout of a run folder::
 
@@ -29,13 +30,12 @@ def state_dir(run_dir: Path, step: int) -> Path:
 
 def save_checkpoint(run_dir: Path, step: int, model: Any, tokenizer: Any, lineage: dict[str, Any]) -> Path:
     """Write the HF checkpoint of ``step`` (replacing a partial one left by a crash)."""
-    from services.trainer.core.model import save_hf
+    from services.trainer.core.model import save_model
 
     dest = checkpoint_dir(run_dir, step)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_hf(model, tmp)
-    tokenizer.save_pretrained(tmp)
+    save_model(model, tokenizer, tmp)
     (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True, default=str))
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)

@@ -2,7 +2,7 @@
 
 Both expose the same five calls to the loop, so one job spec runs on a laptop CPU and on many GPUs:
 ``forward_backward`` (one micro batch), ``step`` (clip + optimizer + schedule), ``module`` (the
-unwrapped PuyuLlama, for saving), ``save_state``/``load_state`` (optimizer + scheduler).
+unwrapped model, for saving), ``save_state``/``load_state`` (optimizer + scheduler).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, cast
 import torch
 
 from contracts.events import TrainSpec
-from services.trainer.core.llama import PuyuLlama
+from services.trainer.core.model import TrainableModel
 from services.trainer.core.optim import build_optimizer, build_scheduler, lr_at, param_groups
 from shared.distributed import init_deepspeed_world
 
@@ -63,7 +63,8 @@ def use_compile(spec: TrainSpec, device: torch.device) -> bool:
     if spec.torch_compile != "auto":
         return spec.torch_compile == "on"
     return (
-        device.type == "cpu"
+        spec.init_from is None  # measured for PuyuLlama only; a checkpoint's own class stays eager
+        and device.type == "cpu"
         and spec.zero_stage == 0
         and spec.max_steps >= COMPILE_AUTO_MIN_STEPS
         and has_cxx_compiler()
@@ -73,7 +74,7 @@ def use_compile(spec: TrainSpec, device: torch.device) -> bool:
 class TorchEngine:
     """AdamW (fused) + LambdaLR; DistributedDataParallel when launched with WORLD_SIZE > 1."""
 
-    def __init__(self, model: PuyuLlama, spec: TrainSpec, device: torch.device) -> None:
+    def __init__(self, model: TrainableModel, spec: TrainSpec, device: torch.device) -> None:
         self.spec, self.device = spec, device
         self._module = model.to(device)
         self.optimizer = build_optimizer(self._module, spec)
@@ -89,7 +90,7 @@ class TorchEngine:
         self.bf16 = use_bf16(spec, device)
 
     @property
-    def module(self) -> PuyuLlama:
+    def module(self) -> TrainableModel:
         return self._module
 
     def lr(self) -> float:
@@ -130,7 +131,7 @@ class DeepSpeedEngine(TorchEngine):
     Its optimizer and scheduler state are saved as DeepSpeed's own sharded checkpoint beside ours.
     """
 
-    def __init__(self, model: PuyuLlama, spec: TrainSpec, device: torch.device) -> None:
+    def __init__(self, model: TrainableModel, spec: TrainSpec, device: torch.device) -> None:
         import deepspeed  # the [train] extra; imported only when a job asks for ZeRO
 
         self.spec, self.device, self._module = spec, device, model
@@ -187,5 +188,5 @@ class DeepSpeedEngine(TorchEngine):
         return deepspeed.zero.GatheredParameters(list(self._module.parameters()), modifier_rank=None)
 
 
-def build_engine(model: PuyuLlama, spec: TrainSpec, device: torch.device) -> TorchEngine:
+def build_engine(model: TrainableModel, spec: TrainSpec, device: torch.device) -> TorchEngine:
     return DeepSpeedEngine(model, spec, device) if spec.zero_stage > 0 else TorchEngine(model, spec, device)

@@ -1,7 +1,9 @@
-"""The model: a Llama-family decoder (GQA, RoPE with scaling, RMSNorm, SwiGLU) built from the spec.
+"""The model: a Llama-family decoder (GQA, RoPE with scaling, RMSNorm, SwiGLU) built from the spec,
+or an existing checkpoint to train further (``pretrained.PretrainedLM``, see ``TrainSpec.init_from``).
 
-Training runs puyu's own layout (``llama.PuyuLlama``); checkpoints are HF ``LlamaForCausalLM``
-folders, written from the converted weights so that ``AutoModelForCausalLM`` loads them as they are.
+A model built from the spec trains in puyu's own layout (``llama.PuyuLlama``); its checkpoints are
+HF ``LlamaForCausalLM`` folders, written from the converted weights so that ``AutoModelForCausalLM``
+loads them as they are. A checkpoint trained further is saved in the layout it came in.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from transformers import GenerationConfig, LlamaConfig
 
 from contracts.events import ModelArchitecture
 from services.trainer.core.llama import PuyuLlama, from_hf_state_dict, to_hf_state_dict
+from services.trainer.core.pretrained import PretrainedLM
+
+# What the engines train: both take (input_ids, labels, position_ids) and return (logits, loss).
+TrainableModel = PuyuLlama | PretrainedLM
 
 
 def llama_config(arch: ModelArchitecture, tokenizer: Any) -> LlamaConfig:
@@ -68,11 +74,20 @@ def save_hf(model: PuyuLlama, dest: Path) -> None:
     save_file(weights, str(dest / "model.safetensors"), metadata={"format": "pt"})
 
 
+def save_model(model: TrainableModel, tokenizer: Any, dest: Path) -> None:
+    """Weights, config and tokenizer of a checkpoint folder."""
+    if isinstance(model, PretrainedLM):
+        model.save(dest, tokenizer)
+        return
+    save_hf(model, dest)
+    tokenizer.save_pretrained(dest)
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def flops_per_token(model: PuyuLlama, seq_len: int) -> float:
+def flops_per_token(model: TrainableModel, seq_len: int) -> float:
     """Training FLOPs per token (6N for the matmuls + 12·L·d·T for attention, PaLM appendix B)."""
     cfg = model.config
     n = count_parameters(model) - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)

@@ -1,5 +1,8 @@
 """One pretraining run end to end: data → tokenizer → packed sequences → model → loop → checkpoints.
 
+The model is built from the spec, or continues an existing checkpoint (``init_from``, any family
+``shared.hf_models`` opens: its tokenizer reused, its checkpoints saved in its layout).
+
 Plain Python: the bus handler, the gRPC servicer and the ``puyu train`` command all call
 ``run_training``. A run lives in one folder; calling it again with the same folder resumes from
 the latest saved state (and returns at once if the run already finished).
@@ -36,18 +39,19 @@ from services.trainer.core.data import (
 from services.trainer.core.engine import build_engine, has_cxx_compiler, world
 from services.trainer.core.loop import ProgressFn, StepMetrics, evaluate, train_steps
 from services.trainer.core.mfu import device_peak, mfu
-from services.trainer.core.model import build_model, count_parameters, flops_per_token, load_model
+from services.trainer.core.model import (
+    TrainableModel,
+    build_model,
+    count_parameters,
+    flops_per_token,
+    load_model,
+)
+from services.trainer.core.pretrained import check_checkpoint, load_pretrained
+from services.trainer.core.refusals import TrainConfigError
 from services.trainer.core.tokenizer import load_tokenizer, train_bpe
 from shared.artifacts import ArtifactStore
-from shared.errors import Refusal
 
 log = logging.getLogger(__name__)
-
-
-class TrainConfigError(Refusal, ValueError):
-    """The request can never succeed as given (bad spec, unusable tokenizer or data).
-
-    Still a ValueError: the gRPC submit check and the command line report ValueErrors as bad input."""
 
 
 @dataclass
@@ -106,26 +110,15 @@ def resolve(spec: TrainSpec, world_size: int = 1) -> TrainSpec:
 
 
 def validate(spec: TrainSpec, world_size: int = 1) -> TrainSpec:
-    """Checks beyond the pydantic model that need the whole spec; returns the resolved spec."""
-    arch = spec.architecture
-    if arch.hidden_size % arch.num_attention_heads:
-        raise TrainConfigError(
-            f"hidden_size ({arch.hidden_size}) must be divisible by num_attention_heads ({arch.num_attention_heads})"
-        )
-    if (arch.hidden_size // arch.num_attention_heads) % 2:
-        raise TrainConfigError("head dimension (hidden_size / num_attention_heads) must be even for RoPE")
-    if spec.seq_len > arch.max_position_embeddings:
-        raise TrainConfigError(
-            f"seq_len ({spec.seq_len}) exceeds max_position_embeddings ({arch.max_position_embeddings})"
-        )
-    if arch.rope_scaling is not None:
-        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    """Checks beyond the pydantic model that need the whole spec; returns the resolved spec.
 
-        kind = arch.rope_scaling.get("rope_type", "default")
-        if kind != "default" and kind not in ROPE_INIT_FUNCTIONS:
-            raise TrainConfigError(
-                f"rope_scaling: unknown rope_type {kind!r} (known: {sorted(ROPE_INIT_FUNCTIONS)})"
-            )
+    With ``init_from`` the architecture is the checkpoint's: its folder is checked instead
+    (``pretrained.check_checkpoint``: it exists, is supported, has weights and a tokenizer, and the
+    spec contradicts none of it)."""
+    if spec.init_from is not None:
+        check_checkpoint(spec)
+    else:
+        _check_architecture(spec)
     spec = resolve(spec, world_size)
     if spec.warmup_steps >= spec.max_steps and spec.max_steps > 1:
         raise TrainConfigError(
@@ -145,20 +138,81 @@ def validate(spec: TrainSpec, world_size: int = 1) -> TrainSpec:
     return spec
 
 
+def _check_architecture(spec: TrainSpec) -> None:
+    """The architecture of a model built from the spec."""
+    arch = spec.architecture
+    if arch.hidden_size % arch.num_attention_heads:
+        raise TrainConfigError(
+            f"hidden_size ({arch.hidden_size}) must be divisible by num_attention_heads ({arch.num_attention_heads})"
+        )
+    if (arch.hidden_size // arch.num_attention_heads) % 2:
+        raise TrainConfigError("head dimension (hidden_size / num_attention_heads) must be even for RoPE")
+    if spec.seq_len > arch.max_position_embeddings:
+        raise TrainConfigError(
+            f"seq_len ({spec.seq_len}) exceeds max_position_embeddings ({arch.max_position_embeddings})"
+        )
+    if arch.rope_scaling is not None:
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        kind = arch.rope_scaling.get("rope_type", "default")
+        if kind != "default" and kind not in ROPE_INIT_FUNCTIONS:
+            raise TrainConfigError(
+                f"rope_scaling: unknown rope_type {kind!r} (known: {sorted(ROPE_INIT_FUNCTIONS)})"
+            )
+
+
 def _noop_progress(stage: str, fraction: float, message: str = "", **metrics: float) -> None:
     return None
 
 
-def _tokenizer_for(spec: TrainSpec, store: ArtifactStore, point: ckpt.ResumePoint | None) -> Any | None:
-    """The run's own tokenizer when resuming, else the spec's folder; None: train one on the corpus."""
-    if point is not None:  # token ids must not change under the weights
-        return load_tokenizer(point.checkpoint)
-    if not spec.tokenizer_uri:
+def _fetch_init_checkpoint(spec: TrainSpec, store: ArtifactStore) -> Path | None:
+    """The local folder of ``init_from`` (downloaded once from a remote store), None without one."""
+    if spec.init_from is None:
         return None
     try:
-        return load_tokenizer(store.fetch(spec.tokenizer_uri))
+        return store.fetch(spec.init_from)
+    except FileNotFoundError as exc:
+        raise TrainConfigError(f"init_from {spec.init_from}: {exc}") from exc
+
+
+def _tokenizer_for(
+    spec: TrainSpec, store: ArtifactStore, point: ckpt.ResumePoint | None, init_dir: Path | None
+) -> Any | None:
+    """The run's own tokenizer when resuming, else the starting checkpoint's or the spec's folder;
+    None: train one on the corpus."""
+    if point is not None:  # token ids must not change under the weights
+        return load_tokenizer(point.checkpoint)
+    source = init_dir if init_dir is not None else spec.tokenizer_uri
+    if source is None:
+        return None
+    try:
+        return load_tokenizer(source if isinstance(source, Path) else store.fetch(source))
     except (OSError, ValueError) as exc:
-        raise TrainConfigError(f"tokenizer {spec.tokenizer_uri}: {exc}") from exc
+        raise TrainConfigError(f"tokenizer of {spec.init_from or spec.tokenizer_uri}: {exc}") from exc
+
+
+def _check_token_ids(spec: TrainSpec, dataset: PackedDataset, vocab_size: int) -> None:
+    """A checkpoint's tokenizer may know tokens its embedding lacks (a tokenizer's extra special
+    tokens): refused only when the data holds one."""
+    largest = int(dataset.stream.max())
+    if largest >= vocab_size:
+        raise TrainConfigError(
+            f"init_from {spec.init_from}: the data holds token id {largest}, beyond the model's "
+            f"vocab_size ({vocab_size})"
+        )
+
+
+def _model_for(
+    spec: TrainSpec, tokenizer: Any, point: ckpt.ResumePoint | None, init_dir: Path | None
+) -> TrainableModel:
+    """The weights to train: the run's last checkpoint, the checkpoint to start from, or new ones."""
+    if spec.init_from is not None:
+        folder = point.checkpoint if point is not None else init_dir
+        assert folder is not None
+        return load_pretrained(folder, spec.activation_checkpointing)
+    if point is not None:
+        return load_model(point.checkpoint, spec.activation_checkpointing)
+    return build_model(spec.architecture, tokenizer, spec.seed, spec.activation_checkpointing)
 
 
 def _barrier() -> None:
@@ -191,7 +245,8 @@ def run_training(
     point = ckpt.latest_resume_point(run_dir) if resume else None
 
     # Everything that can be refused is checked before the data is read and any weight exists.
-    tokenizer = _tokenizer_for(spec, store, point)
+    init_dir = _fetch_init_checkpoint(spec, store) if point is None else None
+    tokenizer = _tokenizer_for(spec, store, point, init_dir)
     train_bin, eval_bin = run_dir / "data" / "train.bin", run_dir / "data" / "eval.bin"
     tokenizer_dir = run_dir / "data" / "tokenizer"
     prepare = point is None or not train_bin.exists()
@@ -232,10 +287,9 @@ def run_training(
         else None
     )
 
-    if point is not None:
-        model = load_model(point.checkpoint, spec.activation_checkpointing)
-    else:
-        model = build_model(spec.architecture, tokenizer, spec.seed, spec.activation_checkpointing)
+    model = _model_for(spec, tokenizer, point, init_dir)
+    if spec.init_from is not None:
+        _check_token_ids(spec, dataset, int(model.config.vocab_size))
     engine = build_engine(model, spec, dev)
     start_step = 0
     if point is not None:

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
+from shared import hf_models
+from shared.hf_models import UnsupportedModel
 from shared.samples import CHAT_TEMPLATE
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
@@ -49,8 +51,12 @@ def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
 
 
 def load_tokenizer(path: str | Path) -> Any:
-    """An existing tokenizer folder; it must be a fast tokenizer with an eos token."""
-    tok = AutoTokenizer.from_pretrained(str(path))
+    """An existing tokenizer folder (any ``shared.hf_models`` opens, InternLM's SentencePiece ones
+    without their remote code); it must be a fast tokenizer with an eos token."""
+    try:
+        tok = hf_models.load_tokenizer(path)
+    except UnsupportedModel as exc:
+        raise ValueError(str(exc)) from exc
     if getattr(tok, "backend_tokenizer", None) is None:
         raise ValueError(f"{path}: the trainer needs a fast (tokenizers-backed) tokenizer")
     if tok.eos_token_id is None:
