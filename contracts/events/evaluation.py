@@ -16,15 +16,33 @@ class EvaluateRequested(EventPayload):
     model: ModelRef
     artifact: ArtifactRef
     tasks: list[str] = Field(default_factory=lambda: ["perplexity", "demo_facts"])
+    champion: ModelRef | None = Field(
+        default=None,
+        description="Whom pairwise tasks compare against; None: the registry's champion at the time.",
+    )
+    champion_artifact: ArtifactRef | None = None
+
+
+STDERR_SUFFIX = "_stderr"
 
 
 class TaskResult(StrictModel):
     task: str
-    metrics: dict[str, float]
+    metrics: dict[str, float] = Field(
+        description="Metric values; `<metric>_stderr` is a metric's standard error (binomial for 0/1 "
+        "scores, the mean's otherwise, bootstrap for perplexity), as lm-evaluation-harness names them. "
+        "A pairwise task's `win_rate_lower` / `win_rate_upper` are its 95% Wilson interval."
+    )
     primary_metric: str
     higher_is_better: bool = True
-    version_hash: str = Field(description="Hash of the task's prompt and config.")
+    version_hash: str = Field(
+        description="Hash of the task's prompt and config, extended by the chat template, judge and "
+        "opponent where they decided the answers: equal hashes mean comparable numbers."
+    )
     num_samples: int = Field(ge=0)
+    opponent: ModelRef | None = Field(
+        default=None, description="Pairwise tasks: the version the candidate was compared with."
+    )
 
 
 @register
@@ -33,6 +51,10 @@ class EvaluationCompleted(EventPayload):
     model: ModelRef
     results: list[TaskResult]
     details_uri: str | None = None
+    failed: dict[str, str] = Field(
+        default_factory=dict,
+        description="Tasks that failed (e.g. their judge was unreachable), with the reason; absent from results.",
+    )
 
 
 @register
@@ -55,4 +77,10 @@ class EvaluateShardRequested(EventPayload):
     result_uri: str
 
 
-__all__ = ["EvaluateRequested", "TaskResult", "EvaluationCompleted", "EvaluateShardRequested"]
+__all__ = [
+    "STDERR_SUFFIX",
+    "EvaluateRequested",
+    "TaskResult",
+    "EvaluationCompleted",
+    "EvaluateShardRequested",
+]

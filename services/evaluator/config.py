@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from shared.settings import CommonSettings
 
@@ -51,6 +51,20 @@ class EvaluatorSettings(CommonSettings):
         ge=1,
         description="Split each run into shards of this many samples per task, taken from the bus by any "
         "evaluator replica (None: the replica that gets the request runs it whole).",
+    )
+
+    # The judge of judged and pairwise tasks: any OpenAI-compatible chat endpoint (a puyu-served model
+    # too). Deployment settings, never part of a task file (the key least of all).
+    evaluator_judge_url: str | None = Field(default=None, description="Base URL of the judge's server.")
+    evaluator_judge_model: str | None = Field(default=None, description="The judge's served model name.")
+    evaluator_judge_api_key: SecretStr | None = None
+    evaluator_judge_timeout_s: float = Field(default=120.0, gt=0)
+    evaluator_judge_retries: int = Field(
+        default=4, ge=0, description="Retries of a judge request (down, 5xx, 429 after its Retry-After)."
+    )
+    evaluator_judge_concurrency: int = Field(default=4, ge=1)
+    evaluator_registry_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long the champion lookup of a pairwise task may take."
     )
 
     def cache_file(self) -> Path | None:

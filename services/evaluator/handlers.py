@@ -30,8 +30,10 @@ from contracts.events import (
 )
 from services.evaluator.config import EvaluatorSettings
 from services.evaluator.core import EvalReport, Evaluator, ShardPlan, ShardWork, StoredEvaluation
+from services.evaluator.registry_client import find_champion
 from shared.bus import Bus, HandlerContext, JobRun
 from shared.bus.jobs import TERMINAL_STATES
+from shared.ports import registry_grpc_target
 
 JOB_KIND = "evaluate"
 # A tiny model on the CPU takes seconds; a real suite minutes: the keep-alive extends the deadline.
@@ -49,14 +51,22 @@ def task_results(report: EvalReport) -> list[TaskResult]:
         TaskResult(
             task=o.task.name,
             # JSON has no NaN: a metric that could not be computed is left out rather than faked.
-            metrics={k: float(v) for k, v in o.metrics.items() if math.isfinite(v)},
+            metrics={k: float(v) for k, v in o.metrics_with_stderr().items() if math.isfinite(v)},
             primary_metric=o.task.primary_metric,
             higher_is_better=o.task.higher_is_better,
-            version_hash=o.task.version_hash,
+            version_hash=o.version_hash,
             num_samples=o.num_samples,
+            opponent=_model_ref(o.opponent),
         )
         for o in report.outcomes
     ]
+
+
+def _model_ref(label: str | None) -> ModelRef | None:
+    if not label:
+        return None
+    name, _, version = label.rpartition(":")
+    return ModelRef(model_name=name, version=int(version)) if name and version.isdigit() else None
 
 
 def shard_request(plan: ShardPlan, work: ShardWork) -> EvaluateShardRequested:
@@ -78,7 +88,10 @@ def register_handlers(bus: Bus, core: Evaluator, settings: EvaluatorSettings) ->
         ctx: HandlerContext[Any], job: JobRun, model: ModelRef, stored: StoredEvaluation, event_id: str
     ) -> None:
         event = EvaluationCompleted(
-            model=model, results=task_results(stored.report), details_uri=stored.details_uri
+            model=model,
+            results=task_results(stored.report),
+            details_uri=stored.details_uri,
+            failed=stored.report.failed,
         )
         await ctx.publish(event, event_id=event_id)
         job.succeed(f"{len(event.results)} task(s) evaluated", result=stored.job_result)
@@ -116,6 +129,7 @@ def register_handlers(bus: Bus, core: Evaluator, settings: EvaluatorSettings) ->
         artifact: ArtifactRef,
         tasks: list[str],
         event_id: str,
+        champion: tuple[ModelRef, ArtifactRef] | None = None,
     ) -> None:
         # an unknown task is refused before the job starts (a registration's job has no request
         # event that the bus could mark failed)
@@ -126,8 +140,12 @@ def register_handlers(bus: Bus, core: Evaluator, settings: EvaluatorSettings) ->
             if core.sharded:
                 await hand_out_shards(ctx, job, model, artifact, tasks, event_id)
                 return
+            if champion is None and await asyncio.to_thread(core.needs_opponent, tasks):
+                champion = await find_champion(
+                    registry_grpc_target(settings), model.model_name, settings.evaluator_registry_timeout_s
+                )
             stored = await asyncio.to_thread(
-                core.evaluate_version, model, artifact, tasks, job.thread_progress()
+                core.evaluate_version, model, artifact, tasks, job.thread_progress(), champion
             )
             await complete(ctx, job, model, stored, event_id)
 
@@ -143,7 +161,8 @@ def register_handlers(bus: Bus, core: Evaluator, settings: EvaluatorSettings) ->
         # Keyed by job too: an explicit re-evaluation (other tasks) must not be swallowed as a duplicate
         # of the registration's evaluation by the stream's Msg-Id window.
         event_id = f"eval:{p.model.model_name}:{p.model.version}:{p.job_id}"
-        await evaluate(ctx, p.job_id, p.model, p.artifact, p.tasks, event_id)
+        champion = (p.champion, p.champion_artifact) if p.champion and p.champion_artifact else None
+        await evaluate(ctx, p.job_id, p.model, p.artifact, p.tasks, event_id, champion)
 
     @bus.handle(EvaluateShardRequested, ack_wait=ACK_WAIT)
     async def on_shard(ctx: HandlerContext[EvaluateShardRequested]) -> None:

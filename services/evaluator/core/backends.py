@@ -18,6 +18,7 @@ from services.evaluator.core.errors import EvaluatorRefusal, InvalidModelSpec
 from services.evaluator.core.tasks import GenerationConfig
 
 Progress = Callable[[int, int], None]  # (done, total)
+Message = dict[str, str]  # {"role": ..., "content": ...}
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,27 @@ class Backend(Protocol):
     def generate(
         self, prompts: Sequence[str], config: GenerationConfig, progress: Progress | None = None
     ) -> list[str]: ...
+
+
+class ChatBackend(Backend, Protocol):
+    """A backend that can ask a chat model in turns. ``chat_format`` names how the turns are
+    rendered (the chat template's hash in process; the served model's template behind an endpoint),
+    None when the model has no template (then prompts go as plain text)."""
+
+    chat_format: str | None
+
+    def generate_chat(
+        self,
+        conversations: Sequence[list[Message]],
+        config: GenerationConfig,
+        progress: Progress | None = None,
+    ) -> list[str]: ...
+
+
+def chat_format_of(backend: Backend) -> str | None:
+    """The backend's chat format (None for backends without chat turns, e.g. scripted test ones)."""
+    fmt = getattr(backend, "chat_format", None)
+    return fmt if isinstance(fmt, str) and callable(getattr(backend, "generate_chat", None)) else None
 
 
 class ModelLoadError(EvaluatorRefusal):

@@ -14,8 +14,10 @@ from typing import Any
 from contracts.events import ArtifactRef, ModelRef
 from services.evaluator.config import EvaluatorSettings, ModelDType
 from services.evaluator.core.backends import Backend, ModelSpec, make_backend
-from services.evaluator.core.cache import ResultCache
+from services.evaluator.core.cache import ResultCache, fingerprint_model_dir
 from services.evaluator.core.errors import ModelUnavailable, NothingToEvaluate, ShardRefused
+from services.evaluator.core.judge import JudgeClient, JudgeEndpoint
+from services.evaluator.core.judging import Opponent
 from services.evaluator.core.loaders import load
 from services.evaluator.core.runner import EvalReport, RunProgress, evaluate, run_task, write_report
 from services.evaluator.core.sharding import (
@@ -44,14 +46,26 @@ def evaluate_model(
     dtype: ModelDType = "auto",
     progress: RunProgress | None = None,
     cache_path: Path | None = None,
+    judge: JudgeEndpoint | None = None,
+    opponent: ModelSpec | None = None,
+    opponent_label: str | None = None,
 ) -> EvalReport:
-    """Resolve the tasks first (unknown names fail before the model is loaded), then run them."""
+    """Resolve the tasks first (unknown names fail before the model is loaded), then run them.
+    ``judge``: the judged tasks' judge; ``opponent``: whom pairwise tasks compare against (loaded
+    only when its answers are not cached)."""
     spec = model if isinstance(model, ModelSpec) else ModelSpec(path=model)
     tasks = resolve_tasks(task_names, perplexity_path=perplexity_path, tasks_dir=tasks_dir)
-    backend, model_key = make_backend(
-        spec, batch_size=batch_size, num_threads=num_threads, device=device, dtype=dtype
-    )
+    options = {"batch_size": batch_size, "num_threads": num_threads, "device": device, "dtype": dtype}
+    backend, model_key = make_backend(spec, **options)  # type: ignore[arg-type]
     cache = ResultCache(cache_path) if cache_path else None
+    client = JudgeClient(judge) if judge else None
+    rival = None
+    if opponent is not None:
+        rival = Opponent(
+            opponent_label or str(opponent.path or opponent.model_name),
+            _identity(opponent),
+            lambda: make_backend(opponent, **options),  # type: ignore[arg-type]
+        )
     try:
         return evaluate(
             tasks,
@@ -61,10 +75,22 @@ def evaluate_model(
             progress=progress,
             cache=cache,
             model_key=model_key,
+            judge=client,
+            opponent=rival,
         )
     finally:
         if cache is not None:
             cache.close()
+        if client is not None:
+            client.close()
+
+
+def _identity(spec: ModelSpec) -> str:
+    """What an opponent's answers depend on: its content (or the served model behind an endpoint)."""
+    if spec.endpoint is not None:
+        return f"openai:{spec.endpoint}:{spec.model_name}"
+    assert spec.path is not None
+    return f"hf:{spec.sha256 or fingerprint_model_dir(spec.path)}"
 
 
 def results_key(model_name: str, version: int) -> str:
@@ -84,6 +110,7 @@ class StoredEvaluation:
         return {
             "summary": self.report.summary(),
             "skipped": self.report.skipped,
+            "failed": self.report.failed,
             "details_uri": self.details_uri,
         }
 
@@ -117,6 +144,23 @@ class Evaluator:
     def check_tasks(self, tasks: list[str]) -> None:
         self.resolve(tasks)
 
+    def needs_opponent(self, tasks: list[str]) -> bool:
+        """Whether some task compares against the champion (the adapter then looks it up)."""
+        return any(t.output_type == "pairwise" for t in self.resolve(tasks))
+
+    def judge_endpoint(self) -> JudgeEndpoint | None:
+        s = self.settings
+        if not s.evaluator_judge_url or not s.evaluator_judge_model:
+            return None
+        return JudgeEndpoint(
+            s.evaluator_judge_url,
+            s.evaluator_judge_model,
+            api_key=s.evaluator_judge_api_key.get_secret_value() if s.evaluator_judge_api_key else None,
+            timeout_s=s.evaluator_judge_timeout_s,
+            retries=s.evaluator_judge_retries,
+            concurrency=s.evaluator_judge_concurrency,
+        )
+
     # ------------------------------------------------------------------------------ whole runs
     def evaluate(
         self,
@@ -125,8 +169,11 @@ class Evaluator:
         *,
         limit: int | None = None,
         progress: RunProgress | None = None,
+        opponent: ModelSpec | None = None,
+        opponent_label: str | None = None,
     ) -> EvalReport:
-        """A model folder or endpoint on ``tasks`` (nothing stored: the caller writes the report)."""
+        """A model folder or endpoint on ``tasks`` (nothing stored: the caller writes the report);
+        pairwise tasks compare it with ``opponent``."""
         s = self.settings
         return evaluate_model(
             spec,
@@ -141,19 +188,33 @@ class Evaluator:
             dtype=s.evaluator_dtype,
             progress=progress,
             cache_path=s.cache_file(),
+            judge=self.judge_endpoint(),
+            opponent=opponent,
+            opponent_label=opponent_label,
         )
 
     def evaluate_version(
-        self, model: ModelRef, artifact: ArtifactRef, tasks: list[str], progress: RunProgress | None = None
+        self,
+        model: ModelRef,
+        artifact: ArtifactRef,
+        tasks: list[str],
+        progress: RunProgress | None = None,
+        champion: tuple[ModelRef, ArtifactRef] | None = None,
     ) -> StoredEvaluation:
-        """Blocking: fetch the version's artifact, evaluate it, store the report."""
+        """Blocking: fetch the version's artifact, evaluate it (pairwise tasks against ``champion``;
+        none when the version is the champion itself), store the report."""
         spec = ModelSpec(path=self._fetch(model, artifact), sha256=artifact.sha256 or None)
-        report = self.evaluate(spec, tasks, progress=progress)
+        opponent, label = None, None
+        if champion is not None and champion[0] != model:
+            ref, art = champion
+            opponent = ModelSpec(path=self._fetch(ref, art), sha256=art.sha256 or None)
+            label = f"{ref.model_name}:{ref.version}"
+        report = self.evaluate(spec, tasks, progress=progress, opponent=opponent, opponent_label=label)
         return self._store_report(model, artifact, report)
 
     def _store_report(self, model: ModelRef, artifact: ArtifactRef, report: EvalReport) -> StoredEvaluation:
         if not report.outcomes:
-            raise NothingToEvaluate(f"no task could run: {report.skipped}")
+            raise NothingToEvaluate(f"no task could run: {report.skipped | report.failed}")
         key = results_key(model.model_name, model.version)
         staging = self.store.local_staging(key)
         write_report(report, staging, extra={"model": model.model_dump(), "artifact_sha256": artifact.sha256})
@@ -179,9 +240,18 @@ class Evaluator:
         fixed plan name before any shard is handed out."""
         s = self.settings
         assert s.evaluator_shard_size is not None
-        shards, skipped = plan_shards(
-            self.resolve(tasks), s.evaluator_shard_size, s.evaluator_data_dir, s.evaluator_limit
+        runnable, skipped = [], {}
+        for task in self.resolve(tasks):
+            if task.output_type == "judged" and self.judge_endpoint() is None:
+                skipped[task.name] = (
+                    "no judge configured (PUYU_EVALUATOR_JUDGE_URL and PUYU_EVALUATOR_JUDGE_MODEL)"
+                )
+            else:
+                runnable.append(task)
+        shards, no_data = plan_shards(
+            runnable, s.evaluator_shard_size, s.evaluator_data_dir, s.evaluator_limit
         )
+        skipped |= no_data
         if not shards:
             raise NothingToEvaluate(f"no task could run: {skipped}")
         key = results_key(model.model_name, model.version)
@@ -226,6 +296,8 @@ class Evaluator:
         dataset = load(task.loader, self.settings.evaluator_data_dir)
         cache_file = self.settings.cache_file()
         cache = ResultCache(cache_file) if cache_file else None
+        judge_at = self.judge_endpoint()
+        judge = JudgeClient(judge_at) if judge_at and task.output_type == "judged" else None
         try:
             outcome = run_task(
                 task,
@@ -235,10 +307,14 @@ class Evaluator:
                 shard=(work.start, work.stop),
                 cache=cache,
                 model_key=model_key,
+                judge=judge,
+                data_root=self.settings.evaluator_data_dir,
             )
         finally:
             if cache is not None:
                 cache.close()
+            if judge is not None:
+                judge.close()
         write_shard(self.store, work.result_uri.removeprefix(self.store.root_uri).strip("/"), outcome.details)
 
     def finish(self, plan: ShardPlan) -> StoredEvaluation:

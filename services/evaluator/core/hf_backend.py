@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from services.evaluator.config import ModelDType
-from services.evaluator.core.backends import Loglikelihood, ModelLoadError, Progress, RollingLoglikelihood
+from services.evaluator.core.backends import (
+    Loglikelihood,
+    Message,
+    ModelLoadError,
+    Progress,
+    RollingLoglikelihood,
+)
+from services.evaluator.core.chat import template_id
 from services.evaluator.core.tasks import GenerationConfig
 from shared.hf_models import load_causal_lm, load_tokenizer
 
@@ -92,6 +99,10 @@ class HFBackend:
         self.max_length = max_length or int(getattr(self.model.config, "max_position_embeddings", 2048))
         bos = self.tokenizer.bos_token_id
         self.prefix: list[int] = [bos] if bos is not None else []
+        template = getattr(self.tokenizer, "chat_template", None)
+        self.chat_format: str | None = (
+            template_id(template) if isinstance(template, str) and template else None
+        )
 
     # ------------------------------------------------------------------------------ encoding
     def _encode(self, text: str) -> list[int]:
@@ -269,7 +280,31 @@ class HFBackend:
     def generate(
         self, prompts: Sequence[str], config: GenerationConfig, progress: Progress | None = None
     ) -> list[str]:
-        """Greedy decoding in left-padded batches (longest first), cut at the stop strings."""
+        """Greedy decoding (or seeded sampling) in left-padded batches, cut at the stop strings."""
+        return self._generate_texts(list(prompts), config, progress)
+
+    def generate_chat(
+        self,
+        conversations: Sequence[list[Message]],
+        config: GenerationConfig,
+        progress: Progress | None = None,
+    ) -> list[str]:
+        """The conversations rendered by the tokenizer's chat template (assistant turn opened)."""
+        if self.chat_format is None:
+            raise ModelLoadError("this model has no chat template: its prompts go as plain text")
+        bos = self.tokenizer.bos_token
+        rendered = []
+        for messages in conversations:
+            text = str(
+                self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            )
+            # the backend puts the BOS token first itself; a template that writes it would double it
+            rendered.append(text[len(bos) :] if bos and self.prefix and text.startswith(bos) else text)
+        return self._generate_texts(rendered, config, progress)
+
+    def _generate_texts(
+        self, prompts: list[str], config: GenerationConfig, progress: Progress | None
+    ) -> list[str]:
         from services.evaluator.core.metrics import truncate_at_stop
 
         torch = self.torch
@@ -277,6 +312,8 @@ class HFBackend:
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         out: list[str] = [""] * len(prompts)
         room = max(self.max_length - config.max_new_tokens, 1)
+        if config.sampling:
+            torch.manual_seed(config.seed)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             encoded = [(self.prefix + self._encode(prompts[i]))[-room:] for i in idx]
@@ -290,9 +327,11 @@ class HFBackend:
                 "input_ids": ids.to(self.device),
                 "attention_mask": mask.to(self.device),
                 "max_new_tokens": config.max_new_tokens,
-                "do_sample": False,
+                "do_sample": config.sampling,
                 "pad_token_id": tok.pad_token_id,
             }
+            if config.sampling:
+                kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=0)
             if config.stop:
                 kwargs.update(stop_strings=config.stop, tokenizer=tok)
             with torch.inference_mode():

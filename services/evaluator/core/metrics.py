@@ -85,6 +85,19 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
 
 
+_PASS_AT = re.compile(r"pass@(\d+)$")
+
+
+def pass_at_k_values(metrics: list[str]) -> dict[str, int]:
+    """The k of every ``pass@k`` metric name (others are not code metrics)."""
+    out = {}
+    for name in metrics:
+        match = _PASS_AT.match(name)
+        if match:
+            out[name] = int(match.group(1))
+    return out
+
+
 def mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import httpx
 
-from services.evaluator.core.backends import Loglikelihood, Progress, RollingLoglikelihood
+from services.evaluator.core.backends import Loglikelihood, Message, Progress, RollingLoglikelihood
 from services.evaluator.core.metrics import truncate_at_stop
 from services.evaluator.core.tasks import GenerationConfig
 
@@ -25,6 +25,54 @@ log = logging.getLogger(__name__)
 
 class EndpointError(RuntimeError):
     """The endpoint failed or answered something unusable (the message names which and why)."""
+
+
+def retry_delay(response: httpx.Response | None, attempt: int, max_wait_s: float = 30.0) -> float:
+    """How long to wait before the next attempt: the server's Retry-After (seconds) when it sends
+    one, else exponential back-off (0.5 s, 1 s, 2 s ... at most 8 s)."""
+    if response is not None:
+        header = response.headers.get("retry-after")
+        if header:
+            try:
+                return min(max(float(header), 0.0), max_wait_s)
+            except ValueError:
+                pass  # an HTTP date: back off as usual
+    return min(2.0**attempt * 0.5, 8.0)
+
+
+def post_json(
+    client: httpx.Client,
+    url: str,
+    body: dict[str, Any],
+    *,
+    retries: int,
+    sleep: Any = time.sleep,
+) -> dict[str, Any]:
+    """POST with retries on connection errors, 429 and 5xx (honouring Retry-After); any other
+    status, or a body that is not a JSON object, is an ``EndpointError`` naming the answer."""
+    error = ""
+    for attempt in range(retries + 1):
+        response: httpx.Response | None = None
+        try:
+            response = client.post(url, json=body)
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            if response.status_code == 200:
+                try:
+                    data = response.json()
+                except ValueError:
+                    data = None
+                if isinstance(data, dict):
+                    return data
+                error = f"HTTP 200 with a body that is not a JSON object: {response.text[:300]!r}"
+            else:
+                error = f"HTTP {response.status_code}: {response.text[:300]}"
+                if response.status_code < 500 and response.status_code != 429:
+                    raise EndpointError(f"{url} rejected the request: {error}")
+        if attempt < retries:
+            sleep(retry_delay(response, attempt))
+    raise EndpointError(f"{url} failed after {retries + 1} attempts: {error}")
 
 
 class OpenAIBackend:
@@ -51,25 +99,12 @@ class OpenAIBackend:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(headers=headers, timeout=timeout_s)
         self.cache_key = f"openai:{self.base_url}:{model_name}"
+        # the served model's template renders chat turns (the server's business, named by the model)
+        self.chat_format: str | None = "chat:endpoint" if generation_api == "chat" else None
 
     # ------------------------------------------------------------------------------ transport
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        url = f"{self.base_url}{path}"
-        for attempt in range(self.retries + 1):
-            try:
-                response = self.client.post(url, json=body)
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code == 200:
-                    data: dict[str, Any] = response.json()
-                    return data
-                error = f"HTTP {response.status_code}: {response.text[:300]}"
-                if response.status_code < 500 and response.status_code != 429:
-                    raise EndpointError(f"{url} rejected the request: {error}")
-            if attempt < self.retries:
-                time.sleep(min(2.0**attempt * 0.5, 8.0))
-        raise EndpointError(f"{url} failed after {self.retries + 1} attempts: {error}")
+        return post_json(self.client, f"{self.base_url}{path}", body, retries=self.retries)
 
     def _parallel(self, fn: Any, items: list[Any], progress: Progress | None, total: int) -> list[Any]:
         done = 0
@@ -144,27 +179,54 @@ class OpenAIBackend:
     def generate(
         self, prompts: Sequence[str], config: GenerationConfig, progress: Progress | None = None
     ) -> list[str]:
-        def one(prompt: str) -> str:
-            body: dict[str, Any] = {
-                "model": self.model_name,
-                "max_tokens": config.max_new_tokens,
-                "temperature": 0.0,
-            }
-            if config.stop:
-                body["stop"] = config.stop[:4]  # the OpenAI API allows at most 4 stop sequences
+        def one(item: tuple[int, str]) -> str:
+            index, prompt = item
+            body = self._generation_body(config, index)
             if self.generation_api == "chat":
                 body["messages"] = [{"role": "user", "content": prompt}]
-                data = self._post("/chat/completions", body)
-                text = (data.get("choices") or [{}])[0].get("message", {}).get("content")
-            else:
-                body["prompt"] = prompt
-                data = self._post("/completions", body)
-                text = (data.get("choices") or [{}])[0].get("text")
+                return self._chat_text(body, config)
+            body["prompt"] = prompt
+            data = self._post("/completions", body)
+            text = (data.get("choices") or [{}])[0].get("text")
             if text is None:
                 raise EndpointError(f"{self.base_url}: no text in the answer: {str(data)[:300]}")
             return truncate_at_stop(str(text), config.stop)
 
-        return self._parallel(one, list(prompts), progress, len(prompts))
+        return self._parallel(one, list(enumerate(prompts)), progress, len(prompts))
+
+    def generate_chat(
+        self,
+        conversations: Sequence[list[Message]],
+        config: GenerationConfig,
+        progress: Progress | None = None,
+    ) -> list[str]:
+        """The turns as they are, through /v1/chat/completions (the server applies the template)."""
+
+        def one(item: tuple[int, list[Message]]) -> str:
+            index, messages = item
+            return self._chat_text({**self._generation_body(config, index), "messages": messages}, config)
+
+        return self._parallel(one, list(enumerate(conversations)), progress, len(conversations))
+
+    def _generation_body(self, config: GenerationConfig, index: int) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model_name,
+            "max_tokens": config.max_new_tokens,
+            "temperature": config.temperature,
+        }
+        if config.sampling:
+            # one seed per request: n samples of one prompt must differ on a server that honours seeds
+            body.update(top_p=config.top_p, seed=config.seed + index)
+        if config.stop:
+            body["stop"] = config.stop[:4]  # the OpenAI API allows at most 4 stop sequences
+        return body
+
+    def _chat_text(self, body: dict[str, Any], config: GenerationConfig) -> str:
+        data = self._post("/chat/completions", body)
+        text = (data.get("choices") or [{}])[0].get("message", {}).get("content")
+        if text is None:
+            raise EndpointError(f"{self.base_url}: no text in the answer: {str(data)[:300]}")
+        return truncate_at_stop(str(text), config.stop)
 
     def close(self) -> None:
         self.client.close()

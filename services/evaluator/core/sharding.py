@@ -20,7 +20,7 @@ from typing import Any
 from contracts.events import ArtifactRef, ModelRef
 from services.evaluator.core.errors import ShardRefused
 from services.evaluator.core.loaders import DataUnavailable, load
-from services.evaluator.core.runner import EvalReport, TaskOutcome, aggregate, select_samples
+from services.evaluator.core.runner import EvalReport, TaskOutcome, aggregate, select_samples, standard_errors
 from services.evaluator.core.tasks import TaskConfig
 from shared.artifacts import ArtifactStore
 
@@ -103,6 +103,10 @@ def plan_shards(
     shards: list[Shard] = []
     skipped: dict[str, str] = {}
     for task in tasks:
+        if task.output_type == "pairwise":
+            # its opponent is the champion when the run starts: not carried by a shard (yet)
+            skipped[task.name] = "pairwise tasks run unsharded (PUYU_EVALUATOR_SHARD_SIZE unset)"
+            continue
         try:
             n = len(select_samples(load(task.loader, data_root), limit))
         except DataUnavailable as exc:
@@ -142,5 +146,9 @@ def assemble(
             for p in sorted(parts, key=lambda p: p.start)
             for row in read_shard(store, store.uri(p.key(results_key)))
         ]
-        report.outcomes.append(TaskOutcome(task, aggregate(task, details), len(details), details))
+        report.outcomes.append(
+            TaskOutcome(
+                task, aggregate(task, details), len(details), details, stderr=standard_errors(task, details)
+            )
+        )
     return report

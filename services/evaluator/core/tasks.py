@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.evaluator.core.errors import EvaluatorRefusal
 
-OutputType = Literal["perplexity", "multiple_choice", "generation", "code_execution"]
+OutputType = Literal["perplexity", "multiple_choice", "generation", "code_execution", "judged", "pairwise"]
+# Output types whose prompts go through a chat model's template (as OpenCompass's chat configs do).
+CHAT_OUTPUT_TYPES = ("generation", "judged", "pairwise")
 LoaderKind = Literal[
     "sample_heldout", "sample_facts", "text_file", "gsm8k", "cmmlu", "humaneval", "jsonl", "csv", "parquet"
 ]
@@ -43,11 +45,56 @@ class LoaderConfig(_Frozen):
 class GenerationConfig(_Frozen):
     max_new_tokens: int = Field(default=32, ge=1)
     stop: list[str] = Field(default_factory=list, description="Cut the continuation at the first of these.")
+    # Sampling (pass@k needs n samples per problem); the defaults are greedy, one answer.
+    num_samples: int = Field(default=1, ge=1, description="Answers per prompt (pass@k's n).")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0: greedy.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int = Field(default=1234, description="Sampling seed (answers reproduce run to run).")
+
+    @property
+    def sampling(self) -> bool:
+        return self.temperature > 0.0
+
+    def hash_fields(self) -> dict[str, object]:
+        """The fields as hashed: sampling fields count only when set (older tasks keep their hash)."""
+        data = self.model_dump(mode="json")
+        for name in _LATER_GENERATION_FIELDS:
+            if data[name] == GenerationConfig.model_fields[name].get_default():
+                data.pop(name)
+        if not self.sampling:
+            data.pop("seed", None)
+        return data
+
+
+_LATER_GENERATION_FIELDS = ("num_samples", "temperature", "top_p", "seed")
 
 
 class ExecutionConfig(_Frozen):
     timeout_s: float = Field(default=10.0, gt=0)
     memory_mb: int = Field(default=1024, ge=64)
+
+
+class JudgeConfig(_Frozen):
+    """What the judge is asked. Which judge answers (URL, model, API key) is the deployment's
+    business (``PUYU_EVALUATOR_JUDGE_*``), never a task file's."""
+
+    rubric: str | None = Field(
+        default=None,
+        description="Judge prompt (str.format over question, answer / answer_a, answer_b, reference); "
+        "None: the MT-Bench-style prompt of the output type.",
+    )
+    system_prompt: str | None = None
+    reference_field: str | None = Field(default=None, description="The sample field with a reference answer.")
+    max_new_tokens: int = Field(default=512, ge=1)
+    max_parse_attempts: int = Field(
+        default=3, ge=1, le=10, description="Asks per verdict when the answer holds none."
+    )
+    pass_rating: int = Field(default=6, ge=1, le=10, description="judged: a rating at least this passes.")
+    calibration_path: str | None = Field(
+        default=None,
+        description="Labelled judge examples (jsonl; relative to the task file or the data root): "
+        "agreement with their gold verdicts is reported as judge_agreement.",
+    )
 
 
 class TaskConfig(_Frozen):
@@ -68,13 +115,38 @@ class TaskConfig(_Frozen):
     # More exact-match metrics over the same generations: metric name -> extractor.
     extra_extractors: dict[str, ExtractorKind] = Field(default_factory=dict)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    # Chat models: "auto" renders generation-type prompts through the model's chat template (a system
+    # turn, few-shot examples as earlier user/assistant turns); "never" sends the plain text.
+    chat: Literal["auto", "never"] = "auto"
+    system_prompt: str | None = None
+    judge: JudgeConfig | None = Field(default=None, description="judged / pairwise: what the judge is asked.")
     metrics: list[str]
     primary_metric: str
     higher_is_better: bool = True
 
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskConfig:
+        if self.primary_metric not in self.metrics:
+            raise ValueError(f"primary_metric {self.primary_metric!r} is not one of metrics {self.metrics}")
+        if self.output_type == "code_execution":
+            for name in self.metrics:
+                k = int(name.split("@", 1)[1]) if name.startswith("pass@") and name[5:].isdigit() else None
+                if k is None:
+                    raise ValueError(f"code_execution metrics are pass@k, not {name!r}")
+                if k > self.generation.num_samples:
+                    raise ValueError(
+                        f"{name} needs at least {k} samples per problem (generation.num_samples is "
+                        f"{self.generation.num_samples})"
+                    )
+        allowed = _JUDGED_METRICS.get(self.output_type)
+        if allowed is not None and not set(self.metrics) <= allowed:
+            raise ValueError(f"{self.output_type} metrics are among {sorted(allowed)}, not {self.metrics}")
+        return self
+
     @property
     def version_hash(self) -> str:
         data = self.model_dump(mode="json", exclude={"description"})
+        data["generation"] = self.generation.hash_fields()
         # fields added later count only when set, so existing tasks keep their hash (and comparability)
         for name in _LATER_FIELDS:
             if getattr(self, name) == TaskConfig.model_fields[name].get_default(call_default_factory=True):
@@ -86,7 +158,11 @@ class TaskConfig(_Frozen):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-_LATER_FIELDS = ("extra_extractors", "execution")
+_JUDGED_METRICS = {
+    "judged": {"judge_score", "judge_pass_rate"},
+    "pairwise": {"win_rate", "position_consistency"},
+}
+_LATER_FIELDS = ("extra_extractors", "execution", "chat", "system_prompt", "judge")
 _LATER_LOADER_FIELDS = ("id_field", "fewshot_path")
 
 
@@ -138,6 +214,7 @@ def _builtin_tasks(perplexity_path: str | None = None) -> dict[str, TaskConfig]:
             metrics=["exact_match", "exact_match_flexible"],
             primary_metric="exact_match",
         ),
+        *_judged_tasks(),
         *_cmmlu_tasks(),
         TaskConfig(
             name="humaneval",
@@ -154,6 +231,39 @@ def _builtin_tasks(perplexity_path: str | None = None) -> dict[str, TaskConfig]:
         ),
     ]
     return {t.name: t for t in tasks}
+
+
+def _judged_tasks() -> list[TaskConfig]:
+    """The sample world's capitals asked of a chat model and judged against the reference: rated
+    alone (MT-Bench single grading) and head-to-head with the champion (pairwise, both orders)."""
+    loader = LoaderConfig(kind="sample_facts")
+    generation = GenerationConfig(max_new_tokens=24, stop=["\n"])
+    return [
+        TaskConfig(
+            name="judged_facts",
+            description="Capitals of the sample world, each answer rated 1..10 by the judge against the "
+            "reference; judge_pass_rate: rated at least 6.",
+            loader=loader,
+            output_type="judged",
+            prompt_template="{prompt}",
+            generation=generation,
+            judge=JudgeConfig(calibration_path="facts_single.jsonl"),
+            metrics=["judge_score", "judge_pass_rate"],
+            primary_metric="judge_score",
+        ),
+        TaskConfig(
+            name="pairwise_facts",
+            description="Capitals of the sample world, the candidate's answer against the champion's, "
+            "judged in both orders; win_rate counts ties as half.",
+            loader=loader,
+            output_type="pairwise",
+            prompt_template="{prompt}",
+            generation=generation,
+            judge=JudgeConfig(calibration_path="facts_pairwise.jsonl"),
+            metrics=["win_rate", "position_consistency"],
+            primary_metric="win_rate",
+        ),
+    ]
 
 
 def _cmmlu_tasks() -> list[TaskConfig]:

@@ -91,6 +91,9 @@ TASKS = {
     "arch_generation": {
         "loader": {"kind": "jsonl", "path": "questions.jsonl", "id_field": "qid"},
         "output_type": "generation",
+        # the plain prompt even where the folder has a chat template (InternLM's): the reference
+        # continues text; the chat path is checked against transformers in test_evaluator_chat
+        "chat": "never",
         "prompt_template": "Q: {q}\nA:",
         "target_field": "a",
         "generation": {"max_new_tokens": 8, "stop": ["\n\n"]},
