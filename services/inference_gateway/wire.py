@@ -9,8 +9,23 @@ from services.inference_gateway.core.sampling import InvalidRequest, SamplingPar
 
 
 def params_to_proto(p: SamplingParams) -> pb.SamplingParams:
+    """The message a worker receives; InvalidRequest naming what the contract cannot carry yet, rather
+    than a worker serving the request without it. A default ``max_tokens`` goes as 0 (the worker's
+    default, cut by the context as a local one is); ``echo``'s decoded prompt and kept special tokens
+    do not travel: the gateway joins the prompt tokens' texts, and reads tool calls without markers."""
+    unsent = [
+        name
+        for name, asked in (
+            ("ignore_eos", p.ignore_eos),
+            ("min_tokens", p.min_tokens > 0),
+            ("max_tokens=0", p.max_tokens == 0),
+        )
+        if asked
+    ]
+    if unsent:
+        raise InvalidRequest(f"{', '.join(unsent)}: not supported for models served by worker processes")
     return pb.SamplingParams(
-        max_tokens=p.max_tokens,
+        max_tokens=0 if p.max_tokens_is_default else p.max_tokens,
         temperature=p.temperature,
         top_p=p.top_p,
         top_k=p.top_k,
@@ -30,6 +45,7 @@ def params_to_proto(p: SamplingParams) -> pb.SamplingParams:
 def params_from_proto(p: pb.SamplingParams, default_max_tokens: int) -> SamplingParams:
     return SamplingParams(
         max_tokens=p.max_tokens or default_max_tokens,
+        max_tokens_is_default=not p.max_tokens,
         temperature=p.temperature,
         top_p=p.top_p if 0 < p.top_p < 1 else 1.0,
         top_k=p.top_k,

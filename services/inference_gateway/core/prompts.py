@@ -7,8 +7,11 @@ model's template), a remote worker receives it as is and does the same with its 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from services.inference_gateway.core.sampling import InvalidRequest
 
 if TYPE_CHECKING:
     from services.inference_gateway.core.engine import Engine
@@ -51,3 +54,13 @@ class Prompt:
         if tools is not None and not isinstance(tools, list):
             raise ValueError("chat_json 'tools' must be a list")
         return cls(messages=messages, tools=tools)
+
+
+def check_prompt_ids(ids: Sequence[int], *, vocab_size: int) -> None:
+    """InvalidRequest when the prompt is empty or holds an id the model has no embedding for (as vLLM:
+    the forward would fail, and with it every request batched in the same step)."""
+    if not ids:
+        raise InvalidRequest("the prompt is empty")
+    bad = next((i for i in ids if not 0 <= i < vocab_size), None)
+    if bad is not None:
+        raise InvalidRequest(f"Token id {bad} is out of vocabulary (the model has {vocab_size} token ids)")

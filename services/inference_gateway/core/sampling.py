@@ -32,7 +32,7 @@ MAX_PENALTY = 2.0  # presence / frequency, as OpenAI
 
 @dataclass(frozen=True)
 class SamplingParams:
-    max_tokens: int = 16
+    max_tokens: int = 16  # 0: score the prompt only (its logprobs), generate nothing
     temperature: float = 1.0  # 0 (or below MIN_TEMPERATURE): greedy
     top_p: float = 1.0  # 1 (or 0): off
     top_k: int = 0  # 0: off
@@ -44,11 +44,24 @@ class SamplingParams:
     logprobs: int | None = None  # return the chosen token's logprob and this many alternatives
     prompt_logprobs: bool = False  # logprobs of the prompt tokens too (echo); bypasses the prefix cache
     json_schema: str | None = None  # constrain the output to JSON matching this schema (response_format)
+    ignore_eos: bool = False  # go on past end-of-sequence tokens until max_tokens (as vLLM)
+    min_tokens: int = 0  # neither EOS nor a stop string ends the output before this many tokens (as vLLM)
+    # False keeps special tokens in the output text (tool-call markers that are special tokens, as
+    # InternLM2's <|action_start|>)
+    skip_special_tokens: bool = True
+    echo: bool = False  # send the prompt's text, decoded from its tokens, on the first delta
+    # max_tokens is the server's default, not the client's: cut to what the context leaves (as vLLM
+    # fills the context when max_tokens is not given) instead of refused
+    max_tokens_is_default: bool = False
 
     def validate(self) -> SamplingParams:
         """This, or InvalidRequest naming the first parameter out of bounds (NaN and infinities too)."""
-        if self.max_tokens < 1:
-            raise InvalidRequest(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.max_tokens < 0 or (self.max_tokens == 0 and not self.prompt_logprobs and not self.echo):
+            raise InvalidRequest(f"max_tokens must be at least 1, got {self.max_tokens}.")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise InvalidRequest(
+                f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}"
+            )
         _check_range("temperature", self.temperature, 0, MAX_TEMPERATURE)
         _check_range("top_p", self.top_p, 0, 1)
         if self.top_k < 0:
@@ -82,6 +95,25 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
         raise InvalidRequest(f"{name} must be <= {high:g}, got {value!r}")
 
 
+def check_context(prompt_tokens: int, params: SamplingParams, max_positions: int) -> None:
+    """InvalidRequest, worded as vLLM words it, when the prompt and the tokens asked for exceed the context.
+
+    A default ``max_tokens`` (not the client's) is only cut short by the context, never refused.
+    """
+    asked = 1 if params.max_tokens_is_default else params.max_tokens
+    if asked > max_positions:
+        raise InvalidRequest(
+            f"max_tokens={asked} cannot be greater than the model's context length of {max_positions} "
+            "tokens. Please request fewer output tokens."
+        )
+    if prompt_tokens + asked > max_positions:
+        raise InvalidRequest(
+            f"You passed {prompt_tokens} input tokens and requested {asked} output tokens. However, the "
+            f"model's context length is only {max_positions} tokens, resulting in a maximum input length "
+            f"of {max_positions - asked} tokens. Please reduce the length of the input prompt."
+        )
+
+
 def make_generator(seed: int | None) -> torch.Generator:
     gen = torch.Generator()
     if seed is None:
@@ -107,6 +139,13 @@ def apply_penalties(
         counts = torch.bincount(torch.tensor(generated, dtype=torch.long), minlength=logits.numel())
         counts = counts[: logits.numel()].to(logits.dtype)
         logits -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).to(logits.dtype)
+    return logits
+
+
+def suppress(logits: torch.Tensor, token_ids: set[int]) -> torch.Tensor:
+    """``logits`` with ``token_ids`` made impossible (EOS before ``min_tokens``, as vLLM masks it)."""
+    logits = logits.clone()
+    logits[sorted(token_ids)] = float("-inf")
     return logits
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from services.inference_gateway.core.engine import Delta, TokenLogprob
+from services.inference_gateway.core.reasoning import ReasoningStream, split_reasoning
 from services.inference_gateway.core.tools import ToolCall, ToolStream, parse_tool_calls
 from services.inference_gateway.openai.protocol import (
     ChatLogprobs,
@@ -46,14 +47,18 @@ def usage(choices: Sequence[_Choice], n: int) -> UsageInfo:
 
 
 class CompletionChoiceAccumulator:
-    """A completions choice: its text (after the echoed prompt) and legacy ``logprobs`` object."""
+    """A completions choice: its text (after the echoed prompt) and legacy ``logprobs`` object.
 
-    def __init__(self, prompt: str, *, echo: bool, logprobs: bool) -> None:
+    ``prompt``: the prompt's text as the client gave it; None for token ids, whose text the engine
+    decodes (``Delta.prompt_text``) when echoed.
+    """
+
+    def __init__(self, prompt: str | None, *, echo: bool, logprobs: bool) -> None:
         self.prompt, self.echo = prompt, echo
         self.text = ""
         self.logprobs = CompletionLogprobs() if logprobs else None
         self.last: Delta | None = None  # the delta that finished the choice
-        self._offset = len(prompt) if echo else 0  # of the next token in the choice's text
+        self._offset = 0  # of the next token in the choice's text
         self._started = False
 
     def add(self, delta: Delta) -> tuple[str, CompletionLogprobs | None]:
@@ -76,12 +81,13 @@ class CompletionChoiceAccumulator:
     def _echo(self, first: Delta) -> tuple[str, CompletionLogprobs | None]:
         if not self.echo:
             return "", None
-        if self.logprobs is None or first.prompt_logprobs is None:
-            return self.prompt, None
-        self._offset = 0  # prompt tokens count from the start of the text...
-        added = self._logprobs(first.prompt_logprobs, first_token=first.prompt_first_token or "")
-        self._offset = len(self.prompt)  # ...and generated ones from the end of the prompt
-        return self.prompt, added
+        prompt = self.prompt if self.prompt is not None else _prompt_text(first)
+        added = None
+        if self.logprobs is not None and first.prompt_logprobs is not None:
+            # prompt tokens count from the start of the text, generated ones from the end of the prompt
+            added = self._logprobs(first.prompt_logprobs, first_token=first.prompt_first_token or "")
+        self._offset = len(prompt)
+        return prompt, added
 
     def _logprobs(self, logprobs: Sequence[TokenLogprob | None], first_token: str = "") -> CompletionLogprobs:
         part = CompletionLogprobs()
@@ -95,6 +101,15 @@ class CompletionChoiceAccumulator:
         return part
 
 
+def _prompt_text(first: Delta) -> str:
+    """The text of a prompt given as token ids: decoded by the engine; from a worker that does not send
+    it, the prompt tokens' own texts joined."""
+    if first.prompt_text is not None:
+        return first.prompt_text
+    tokens = [t.token for t in first.prompt_logprobs or () if t is not None]
+    return (first.prompt_first_token or "") + "".join(tokens)
+
+
 def _joined(a: CompletionLogprobs, b: CompletionLogprobs) -> CompletionLogprobs:
     out = a.model_copy(deep=True)
     out.extend(b)
@@ -102,31 +117,44 @@ def _joined(a: CompletionLogprobs, b: CompletionLogprobs) -> CompletionLogprobs:
 
 
 class ChatChoiceAccumulator:
-    """A chat choice: its text and logprobs; with tools offered, text that may be a tool call is held
-    back from the stream until the answer ends (``core.tools.ToolStream``)."""
+    """A chat choice: its text and logprobs; its reasoning (``<think>``) apart from its content
+    (``core.reasoning``); with tools offered, content that may be a tool call is held back from the
+    stream until the answer ends (``core.tools.ToolStream``)."""
 
     def __init__(self, tool_names: set[str]) -> None:
         self.tool_names = tool_names
         self.text = ""
         self.logprobs: list[TokenLogprob] = []
         self.last: Delta | None = None  # the delta that finished the choice
+        self._reasoning = ReasoningStream()
         self._tool_stream = ToolStream(tool_names) if tool_names else None
 
-    def add(self, delta: Delta) -> str:
-        """The content ``delta`` adds that may be streamed now."""
+    def add(self, delta: Delta) -> tuple[str, str]:
+        """The reasoning and the content ``delta`` adds that may be streamed now."""
         self.text += delta.text
         self.logprobs += delta.logprobs
         if delta.finish_reason:
             self.last = delta
-        return self._tool_stream.feed(delta.text) if self._tool_stream else delta.text
+        reasoning, content = self._reasoning.feed(delta.text)
+        return reasoning, self._tool_stream.feed(content) if self._tool_stream else content
 
-    def streamed_tail(self) -> tuple[str, list[ToolCall]]:
-        """Once finished, in a stream: the content held back and not a call, and the tool calls."""
-        return self._tool_stream.finish() if self._tool_stream else ("", [])
+    def streamed_tail(self) -> tuple[str, str, list[ToolCall]]:
+        """Once finished, in a stream: the reasoning and the content held back, and the tool calls."""
+        reasoning, content = self._reasoning.finish()
+        if self._tool_stream is None:
+            return reasoning, content, []
+        content = self._tool_stream.feed(content)
+        held_back, calls = self._tool_stream.finish()
+        return reasoning, content + held_back, calls
 
-    def whole(self) -> tuple[str, list[ToolCall]]:
-        """Once finished, in a whole answer: the content and the tool calls, parsed from all the text."""
-        return parse_tool_calls(self.text, self.tool_names) if self.tool_names else (self.text, [])
+    def whole(self) -> tuple[str | None, str, list[ToolCall]]:
+        """Once finished, in a whole answer: the reasoning (None without), the content and the tool
+        calls, parsed from all the text."""
+        reasoning, content = split_reasoning(self.text)
+        if self.tool_names:
+            content, calls = parse_tool_calls(content, self.tool_names)
+            return reasoning, content, calls
+        return reasoning, content, []
 
 
 def chat_logprobs(logprobs: Sequence[TokenLogprob]) -> ChatLogprobs:

@@ -1,26 +1,60 @@
 """Requests and responses of the OpenAI API, as pydantic models (the fields and their order are what
-clients of OpenAI's API read; ``None`` fields that OpenAI omits are left out, see ``_OmitNone``)."""
+clients of OpenAI's API read; ``None`` fields that OpenAI omits are left out, see ``_OmitNone``).
+
+Where the OpenAI spec leaves behaviour open, vLLM's server is the reference: its sampling extras that
+puyu implements are read under vLLM's names (``top_k``, ``repetition_penalty``, ``ignore_eos``,
+``min_tokens``), a completions prompt may be token ids, ``/tokenize`` and ``/detokenize`` have vLLM's
+shapes, and a field puyu does not know is accepted and named in a warning in the log, as vLLM does
+(``OpenAIRequest``), so that clients sending extras of other servers still work.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar, Literal
+import logging
+from typing import Annotated, Any, ClassVar, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
+from services.inference_gateway.core.prompts import Prompt
 from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams
 
+log = logging.getLogger(__name__)
+
 # ---------------------------------------------------------------------------------------- requests
+
+
+class OpenAIRequest(BaseModel):
+    """A request body: fields puyu does not know are accepted and logged as ignored (as vLLM does),
+    never refused and never silently dropped."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _log_unknown_fields(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        result = handler(data)
+        if isinstance(data, dict):
+            known = {a for name, f in cls.model_fields.items() for a in (name, f.alias) if a}
+            if unknown := sorted(data.keys() - known):
+                log.warning("fields present in the request but ignored: %s", ", ".join(unknown))
+        return result
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class SamplingRequest(BaseModel):
+class SamplingRequest(OpenAIRequest):
     """What completions and chat requests share: the model and how to sample."""
-
-    model_config = ConfigDict(extra="ignore")
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
@@ -35,6 +69,11 @@ class SamplingRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    ignore_eos: bool = Field(default=False, description="Extension (as vLLM): go on past EOS.")
+    min_tokens: int = Field(
+        default=0, ge=0, description="Extension (as vLLM): no EOS or stop string before this many tokens."
+    )
+    user: str | None = None  # OpenAI's end-user id: accepted, not used
 
     def sampling_params(
         self,
@@ -42,11 +81,15 @@ class SamplingRequest(BaseModel):
         logprobs: int | None = None,
         prompt_logprobs: bool = False,
         json_schema: str | None = None,
+        *,
+        echo: bool = False,
+        skip_special_tokens: bool = True,
     ) -> SamplingParams:
         """The engine's parameters; ``InvalidRequest`` when they do not hold together."""
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        requested = self.requested_max_tokens()
         return SamplingParams(
-            max_tokens=self.requested_max_tokens() or default_max_tokens,
+            max_tokens=max(default_max_tokens, self.min_tokens) if requested is None else requested,
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
@@ -58,6 +101,11 @@ class SamplingRequest(BaseModel):
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
             json_schema=json_schema,
+            ignore_eos=self.ignore_eos,
+            min_tokens=self.min_tokens,
+            skip_special_tokens=skip_special_tokens,
+            echo=echo,
+            max_tokens_is_default=requested is None,
         ).validate()
 
     def requested_max_tokens(self) -> int | None:
@@ -68,17 +116,27 @@ class SamplingRequest(BaseModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+TokenId = Annotated[int, Field(ge=0)]
+
+
 class CompletionRequest(SamplingRequest):
-    prompt: str | list[str]
+    # as OpenAI and vLLM: a text, texts, token ids (lm-evaluation-harness sends these), lists of them
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    # 0 with echo: the prompt is scored (its logprobs), nothing is generated (as vLLM)
+    max_tokens: int | None = Field(default=None, ge=0)
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
 
-    def prompts(self) -> list[str]:
+    def prompts(self) -> list[Prompt]:
         """The prompts, one per choice group; ``InvalidRequest`` when one is empty."""
-        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
-        if not prompts or any(not p for p in prompts):
-            raise InvalidRequest("prompt must be a non-empty string or list of non-empty strings")
-        return prompts
+        given = self.prompt
+        one = isinstance(given, str) or (bool(given) and all(isinstance(t, int) for t in given))
+        items = cast("list[str | list[int]]", [given] if one else given)
+        if not items or any(not p for p in items):
+            raise InvalidRequest(
+                "prompt must be a non-empty string or token id list, or a list of non-empty ones"
+            )
+        return [Prompt(text=p) if isinstance(p, str) else Prompt(ids=tuple(p)) for p in items]
 
 
 class ChatMessage(BaseModel):
@@ -115,21 +173,28 @@ class ChatRequest(SamplingRequest):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None  # accepted: every call the model writes is returned
     response_format: ResponseFormat | None = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
     def plain_messages(self) -> list[dict[str, Any]]:
-        """The messages as the chat template reads them: text content only."""
+        """The messages as the chat template reads them: text content only; the arguments of earlier
+        tool calls as objects, not JSON text (what tool-use templates expect, as vLLM passes them)."""
         out = []
         for m in self.messages:
             msg = m.model_dump(exclude_none=True)
             if isinstance(m.content, list):  # content parts: keep the text ones
                 msg["content"] = "".join(str(p.get("text", "")) for p in m.content if p.get("type") == "text")
             msg.setdefault("content", "")
+            if isinstance(msg.get("tool_calls"), list):
+                msg["tool_calls"] = [_arguments_as_object(c) for c in msg["tool_calls"]]
             out.append(msg)
         return out
+
+    def offers_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
 
     def tool_names(self) -> set[str]:
         """The functions the model may call (none with ``tool_choice="none"``)."""
@@ -139,6 +204,46 @@ class ChatRequest(SamplingRequest):
             t.get("function", {}).get("name") for t in self.tools if t.get("type", "function") == "function"
         }
         return {n for n in names if n}
+
+
+def _arguments_as_object(call: Any) -> Any:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+        return call
+    try:
+        arguments = json.loads(function["arguments"] or "{}")
+    except json.JSONDecodeError:
+        return call  # not JSON: the template gets the text as it came
+    return {**call, "function": {**function, "arguments": arguments}}
+
+
+class TokenizeCompletionRequest(OpenAIRequest):
+    """``/tokenize`` of a text (vLLM's shape)."""
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeChatRequest(OpenAIRequest):
+    """``/tokenize`` of chat messages rendered with the model's template (vLLM's shape)."""
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    add_special_tokens: bool = False  # the template adds what the model needs
+    return_token_strs: bool = False
+    tools: list[dict[str, Any]] | None = None
+
+    def plain_messages(self) -> list[dict[str, Any]]:
+        return ChatRequest.model_construct(messages=self.messages).plain_messages()
+
+
+class DetokenizeRequest(OpenAIRequest):
+    model: str | None = None
+    tokens: list[TokenId]
 
 
 # --------------------------------------------------------------------------------------- responses
@@ -284,9 +389,10 @@ class ToolCall(_OmitNone):
 
 
 class ChatResponseMessage(_OmitNone):
-    omit_when_none = frozenset({"tool_calls"})
+    omit_when_none = frozenset({"reasoning_content", "tool_calls"})
 
     role: Literal["assistant"] = "assistant"
+    reasoning_content: str | None = None  # the model's thinking, apart from the answer (vLLM's name)
     content: str | None
     tool_calls: list[ToolCall] | None = None
 
@@ -308,9 +414,10 @@ class ChatCompletionResponse(BaseModel):
 
 
 class DeltaMessage(_OmitNone):
-    omit_when_none = frozenset({"role", "content", "tool_calls"})
+    omit_when_none = frozenset({"role", "reasoning_content", "content", "tool_calls"})
 
     role: Literal["assistant"] | None = None
+    reasoning_content: str | None = None
     content: str | None = None
     tool_calls: list[ToolCall] | None = None
 
@@ -331,3 +438,17 @@ class ChatCompletionStreamResponse(_OmitNone):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     choices: list[ChatStreamChoice]
     usage: UsageInfo | None = None
+
+
+# tokenization
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str

@@ -2,6 +2,7 @@
 
 Every route is behind admission (API keys; the generating ones also per-key rate limits); errors
 are answered in OpenAI's shape (``{"error": {...}}``), request validation errors as 400 as OpenAI does.
+``/tokenize`` and ``/detokenize`` are vLLM's (no ``/v1``), behind the same API keys.
 """
 
 from __future__ import annotations
@@ -16,14 +17,20 @@ from services.inference_gateway.openai.admission import Admission, APIError
 from services.inference_gateway.openai.protocol import (
     ChatRequest,
     CompletionRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ErrorInfo,
     ErrorResponse,
     ModelList,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    TokenizeResponse,
 )
 from services.inference_gateway.openai.serving_chat import OpenAIServingChat
 from services.inference_gateway.openai.serving_completions import OpenAIServingCompletion
 from services.inference_gateway.openai.serving_engine import Answer
 from services.inference_gateway.openai.serving_models import OpenAIServingModels
+from services.inference_gateway.openai.serving_tokenization import OpenAIServingTokenization
 from services.inference_gateway.router import Router
 
 
@@ -38,6 +45,7 @@ def install_openai_api(app: FastAPI, router: Router, limits: Limits, *, default_
             OpenAIServingModels(router),
             OpenAIServingCompletion(router, admission, default_max_tokens),
             OpenAIServingChat(router, admission, default_max_tokens),
+            OpenAIServingTokenization(router),
         )
     )
 
@@ -47,6 +55,7 @@ def make_router(
     models: OpenAIServingModels,
     completions: OpenAIServingCompletion,
     chat: OpenAIServingChat,
+    tokenization: OpenAIServingTokenization,
 ) -> APIRouter:
     api = APIRouter()
 
@@ -61,6 +70,14 @@ def make_router(
     @api.post("/v1/chat/completions", response_model=None, dependencies=[Depends(admission.admit)])
     async def create_chat_completion(request: ChatRequest) -> Response:
         return _response(await chat.create_chat_completion(request))
+
+    @api.post("/tokenize", dependencies=[Depends(admission.authorize)])
+    async def tokenize(request: TokenizeCompletionRequest | TokenizeChatRequest) -> TokenizeResponse:
+        return await tokenization.tokenize(request)
+
+    @api.post("/detokenize", dependencies=[Depends(admission.authorize)])
+    async def detokenize(request: DetokenizeRequest) -> DetokenizeResponse:
+        return await tokenization.detokenize(request)
 
     return api
 

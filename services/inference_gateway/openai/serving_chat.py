@@ -1,5 +1,6 @@
 """``/v1/chat/completions``: messages in, an assistant message out (streamed or whole), with logprobs,
-tool calls (``core.tools``) and JSON output constrained by ``response_format`` (``core.guided``)."""
+reasoning apart (``core.reasoning``), tool calls (``core.tools``) and JSON output constrained by
+``response_format`` (``core.guided``)."""
 
 from __future__ import annotations
 
@@ -44,8 +45,16 @@ class OpenAIServingChat(OpenAIServing):
     async def create_chat_completion(self, request: ChatRequest) -> Answer[ChatCompletionResponse]:
         top_logprobs = (request.top_logprobs or 0) if request.logprobs else None
         schema = validated(request.response_format.schema_text) if request.response_format else None
+        # tool-call markers may be special tokens (InternLM2's): keep them in the text while tools are
+        # offered, as LMDeploy's and vLLM's parsers do
         params = validated(
-            lambda: request.sampling_params(self.default_max_tokens, top_logprobs, False, schema)
+            lambda: request.sampling_params(
+                self.default_max_tokens,
+                top_logprobs,
+                False,
+                schema,
+                skip_special_tokens=not request.offers_tools(),
+            )
         )
         started = time.monotonic()
         prompt = Prompt(messages=request.plain_messages(), tools=request.tools)
@@ -73,14 +82,18 @@ class OpenAIServingChat(OpenAIServing):
             if delta.finish_reason == "error":
                 yield stream_error(delta)
                 return
-            content = choices[i].add(delta)
+            reasoning, content = choices[i].add(delta)
+            if reasoning:
+                yield sse(_chunk(head, i, DeltaMessage(reasoning_content=reasoning)))
             if content or delta.logprobs:
                 logprobs = delta.logprobs if request.logprobs else ()
                 yield sse(_chunk(head, i, DeltaMessage(content=content), logprobs=logprobs))
             if delta.finish_reason is None:
                 continue
             finish = finish_reason(delta.finish_reason)
-            held_back, calls = choices[i].streamed_tail()
+            reasoning, held_back, calls = choices[i].streamed_tail()
+            if reasoning:
+                yield sse(_chunk(head, i, DeltaMessage(reasoning_content=reasoning)))
             if held_back:
                 yield sse(_chunk(head, i, DeltaMessage(content=held_back)))
             if calls:
@@ -114,9 +127,11 @@ class OpenAIServingChat(OpenAIServing):
 
 
 def _whole_choice(index: int, choice: ChatChoiceAccumulator, with_logprobs: bool) -> ChatChoice:
-    content, calls = choice.whole()
+    reasoning, content, calls = choice.whole()
     message = ChatResponseMessage(
-        content=content or (None if calls else ""), tool_calls=_tool_calls(calls, indexed=False) or None
+        reasoning_content=reasoning,
+        content=content or (None if calls else ""),
+        tool_calls=_tool_calls(calls, indexed=False) or None,
     )
     return ChatChoice(
         index=index,

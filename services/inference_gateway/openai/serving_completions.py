@@ -1,11 +1,11 @@
-"""``/v1/completions``: prompts in, text out (streamed or whole), with echo and legacy logprobs."""
+"""``/v1/completions``: prompts (texts or token ids) in, text out (streamed or whole), with echo and
+legacy logprobs; ``max_tokens`` 0 with ``echo`` scores the prompt without generating (as vLLM)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
 
-from services.inference_gateway.core.prompts import Prompt
 from services.inference_gateway.openai.accumulator import CompletionChoiceAccumulator, finish_reason, usage
 from services.inference_gateway.openai.admission import APIError
 from services.inference_gateway.openai.protocol import (
@@ -32,17 +32,20 @@ class OpenAIServingCompletion(OpenAIServing):
         want_logprobs = request.logprobs is not None
         params = validated(
             lambda: request.sampling_params(
-                self.default_max_tokens, request.logprobs, request.echo and want_logprobs
+                self.default_max_tokens,
+                request.logprobs,
+                request.echo and want_logprobs,
+                echo=request.echo,
             )
         )
         prompts = validated(request.prompts)
         started = time.monotonic()
         streams, headers = await self.open_choices(
-            request.model, [Prompt(text=p) for p in prompts], params, request.n, started, not request.stream
+            request.model, prompts, params, request.n, started, not request.stream
         )
         head = ResponseHead.new("cmpl", request.model)
         choices = [
-            CompletionChoiceAccumulator(p, echo=request.echo, logprobs=want_logprobs)
+            CompletionChoiceAccumulator(p.text, echo=request.echo, logprobs=want_logprobs)
             for p in prompts
             for _ in range(request.n)
         ]

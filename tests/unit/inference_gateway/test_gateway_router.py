@@ -155,7 +155,7 @@ async def test_routes_to_the_least_loaded_and_moves_off_a_dead_worker(workers, t
         assert router.workers is not None
         assert [w.instance for w in least_loaded(router.workers.loads("tiny"))] == ["a"]
         # invalid requests are not retried elsewhere; unknown names say what is served
-        with pytest.raises(InvalidRequest, match="prompt has 300 tokens"):
+        with pytest.raises(InvalidRequest, match="You passed 300 input tokens and requested 6 output tokens"):
             await router.open("tiny", Prompt(ids=tuple(range(300))), GREEDY)
         with pytest.raises(ModelNotFound, match="served models: tiny"):
             await router.open("nope", Prompt(text="x"), GREEDY)

@@ -22,7 +22,8 @@ from services.inference_gateway.core.engine.output import Completion, Delta, Out
 from services.inference_gateway.core.engine.sequence import Request
 from services.inference_gateway.core.guided import GuideFactory
 from services.inference_gateway.core.model_runner import ModelRunner
-from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams
+from services.inference_gateway.core.prompts import check_prompt_ids
+from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams, check_context
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -179,12 +180,8 @@ class Engine:
     ) -> Request:
         """Validate and queue a request; ``sink`` gets its deltas on the engine thread."""
         params.validate()
-        if not prompt_ids:
-            raise InvalidRequest("the prompt is empty")
-        if len(prompt_ids) + 1 > self.max_positions:
-            raise InvalidRequest(
-                f"prompt has {len(prompt_ids)} tokens; model {self.name!r} takes at most {self.max_positions - 1}"
-            )
+        check_prompt_ids(prompt_ids, vocab_size=self.guides.vocab_size)
+        check_context(len(prompt_ids), params, self.max_positions)
         guide = self.guides.guide(params.json_schema) if params.json_schema is not None else None
         capacity = self.allocator.num_blocks * self.allocator.block_size
         if len(prompt_ids) + 1 > capacity:

@@ -16,15 +16,17 @@ from services.inference_gateway.core.engine.output import OutputProcessor
 from services.inference_gateway.core.engine.scheduler import Scheduler
 from services.inference_gateway.core.engine.sequence import Sequence
 from services.inference_gateway.core.model_runner import ModelRunner
-from services.inference_gateway.core.sampling import apply_penalties, sample_next
+from services.inference_gateway.core.sampling import apply_penalties, sample_next, suppress
 
 log = logging.getLogger(__name__)
 
 
-def sample_token(seq: Sequence, logits: torch.Tensor) -> int:
-    """One token for ``seq`` after its penalties and its grammar (when guided)."""
+def sample_token(seq: Sequence, logits: torch.Tensor, eos_ids: set[int]) -> int:
+    """One token for ``seq`` after its penalties, ``min_tokens`` (no EOS before) and its grammar."""
     params = seq.request.params
     scores = apply_penalties(logits, params, seq.request.prompt_ids, seq.generated_ids)
+    if eos_ids and seq.num_generated < params.min_tokens:
+        scores = suppress(scores, eos_ids)
     if seq.guide is not None:
         scores = seq.guide.mask(scores)
     token = sample_next(scores, params, seq.generator)
@@ -109,7 +111,10 @@ class EngineLoop:
         greedy = [
             i
             for i, (s, _) in enumerate(ready)
-            if s.request.params.greedy and not s.request.params.penalised and s.guide is None
+            if s.request.params.greedy
+            and not s.request.params.penalised
+            and s.guide is None
+            and s.num_generated >= s.request.params.min_tokens
         ]
         chosen: dict[int, int] = {}
         if greedy:
@@ -118,7 +123,7 @@ class EngineLoop:
         for i, (seq, logits) in enumerate(ready):
             token = chosen.get(i)
             if token is None:
-                token = sample_token(seq, logits)
+                token = sample_token(seq, logits, self.output.eos_ids)
             end = self.output.process_token(seq, logits, token)
             if end is not None:
                 self.finish(seq, end.reason, text=end.text)

@@ -3,7 +3,9 @@
 Detokenizes incrementally (only a short window of tokens per step, as vLLM does), collects logprobs
 (of sampled tokens and, when asked, of the prompt), ends a sequence on an end-of-sequence token, a
 stop string, a complete guided JSON or its token limit, and never streams text that could still turn
-out to be part of a stop string.
+out to be part of a stop string. As in vLLM, ``ignore_eos`` runs past end-of-sequence tokens,
+``min_tokens`` holds off EOS (masked when sampling) and stop strings until that many tokens, and
+``max_tokens`` 0 ends a sequence once its prompt is computed (scoring only: prompt logprobs, no token).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Delta:
     cached_tokens: int = 0
     prompt_first_token: str | None = None  # with prompt logprobs: the first prompt token (it has none)
     worker: str = ""  # the instance that generated it (set by the router)
+    prompt_text: str | None = None  # with echo: the prompt decoded from its tokens, on the first delta
 
 
 @dataclass
@@ -108,10 +111,11 @@ class OutputProcessor:
         """
         generated_from = seq.num_prompt_tokens
         window_start = generated_from + seq.prefix_offset
+        skip = seq.request.params.skip_special_tokens
         prefix = self.tokenizer.decode(
-            seq.token_ids[window_start : generated_from + seq.read_offset], skip_special_tokens=True
+            seq.token_ids[window_start : generated_from + seq.read_offset], skip_special_tokens=skip
         )
-        full = self.tokenizer.decode(seq.token_ids[window_start:], skip_special_tokens=True)
+        full = self.tokenizer.decode(seq.token_ids[window_start:], skip_special_tokens=skip)
         if len(full) > len(prefix) and (flush or not full.endswith("\ufffd")):
             seq.output_text += full[len(prefix) :]
             seq.prefix_offset, seq.read_offset = seq.read_offset, len(seq.token_ids) - generated_from
@@ -120,17 +124,21 @@ class OutputProcessor:
     def process_token(self, seq: Sequence, logits: torch.Tensor, token: int) -> Finish | None:
         """Take the token sampled for ``seq`` from ``logits``: emit the text safe to emit, or say it is done."""
         params = seq.request.params
+        if params.max_tokens == 0:  # scoring only: the prompt is computed, nothing is generated
+            return Finish("length", "")
         if params.logprobs is not None:
             seq.pending_logprobs.append(
                 self.token_logprob(torch.log_softmax(logits, dim=-1), token, params.logprobs)
             )
-        if token in self.eos_ids:
+        # before min_tokens EOS is masked when sampling (engine loop); this check is what ends the rest
+        if token in self.eos_ids and not params.ignore_eos and seq.num_generated >= params.min_tokens:
             return Finish("stop")
         seq.token_ids.append(token)
         text = self.detokenize(seq)
         if seq.guide is not None and seq.guide.done:  # the JSON is complete
             return Finish("stop", self.detokenize(seq, flush=True))
-        stop_at = seq.stop_checker.find_stop(text) if params.stop else None
+        stops_apply = params.stop and seq.num_generated > params.min_tokens
+        stop_at = seq.stop_checker.find_stop(text) if stops_apply else None
         if stop_at is not None:
             return Finish("stop", text[:stop_at])
         if seq.num_generated >= params.max_tokens or len(seq.token_ids) >= self.max_positions:
@@ -150,10 +158,12 @@ class OutputProcessor:
         self, seq: Sequence, text: str, finish_reason: str | None = None, error: str | None = None
     ) -> None:
         """Send ``seq``'s caller a delta: the text, the logprobs since the last one, the prompt's on the first."""
-        prompt_logprobs, prompt_first_token = None, None
+        prompt_logprobs, prompt_first_token, prompt_text = None, None, None
         if not seq.sent_first_delta and seq.prompt_logprobs is not None:
             prompt_logprobs = tuple(seq.prompt_logprobs)
             prompt_first_token = self.tokenizer.decode(seq.request.prompt_ids[:1])
+        if not seq.sent_first_delta and seq.request.params.echo:
+            prompt_text = self.tokenizer.decode(seq.request.prompt_ids)
         logprobs, seq.pending_logprobs = tuple(seq.pending_logprobs), []
         seq.sent_first_delta = True
         seq.request.sink(
@@ -167,5 +177,6 @@ class OutputProcessor:
                 prompt_logprobs,
                 seq.num_cached,
                 prompt_first_token,
+                prompt_text=prompt_text,
             )
         )
