@@ -41,12 +41,22 @@ def answers(url: str, timeout: float = 0.5) -> bool:
 
 
 class NatsServer:
-    """A nats-server child process with JetStream and its own store directory."""
+    """A nats-server child process with JetStream and its own store directory.
 
-    def __init__(self, store_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+    ``config_file``: a server configuration read besides the flags (the local stack's authorization,
+    ``shared.bus.natsauth``); without one, the server has no users and anyone may do anything."""
+
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        config_file: Path | None = None,
+    ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
         self.port = port or free_port()
+        self.config_file = config_file
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -56,8 +66,11 @@ class NatsServer:
     def start(self, timeout: float = 15.0) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.store_dir / "nats-server.log", "ab")
+        args = [find_binary(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
+        if self.config_file is not None:
+            args += ["-c", str(self.config_file)]
         self.proc = subprocess.Popen(
-            [find_binary(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
+            args,
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -19,6 +19,14 @@ class CommonSettings(BaseSettings):
         default_factory=default_home, description="Local state: artifacts, SQLite, nats store."
     )
     nats_url: str = "nats://127.0.0.1:4222"
+    # This process's identity on NATS (shared.bus.identity); none only against a NATS without users.
+    nats_nkey_seed_file: Path | None = Field(
+        default=None, description="NKEY seed of this process's NATS user."
+    )
+    nats_creds_file: Path | None = Field(default=None, description="NATS user credentials (JWT and seed).")
+    nats_tls_ca_file: Path | None = Field(default=None, description="CA that signed the NATS server's cert.")
+    nats_tls_cert_file: Path | None = Field(default=None, description="Client certificate, where NATS asks.")
+    nats_tls_key_file: Path | None = Field(default=None, description="Key of the client certificate.")
     artifact_root: str | None = Field(
         default=None,
         description="Artifact store root URI (file:///..., s3://bucket/prefix). Default: HOME/artifacts.",

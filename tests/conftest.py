@@ -61,23 +61,30 @@ def free_port_base(services: int = 8) -> int:
 
 
 @pytest.fixture
-def service_stack(tmp_path: Path, nats_server: NatsServer) -> Iterator[Callable[..., Stack]]:
-    """Start services as separate processes (``python -m services.<name>``) on the test's nats-server."""
+def service_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Stack]]:
+    """Start services as separate processes (``python -m services.<name>``) on a nats-server of the
+    stack's own, secured as ``puyu up`` / ``puyu demo`` secure it (a user per service, permissions from
+    shared.bus.permissions); this test process is the operator (PUYU_NATS_NKEY_SEED_FILE)."""
     stacks: list[Stack] = []
 
     def start(services: tuple[str, ...], **env: str) -> Stack:
         settings = CommonSettings(
             home=tmp_path / "home",
-            nats_url=nats_server.url,
             log_json=False,
             grpc_port_base=free_port_base(),
             http_port_base=free_port_base(),
         )
         stack = Stack(
-            settings, services=services, extra_env={"PUYU_LOG_JSON": "false", "OMP_NUM_THREADS": "2", **env}
+            settings,
+            services=services,
+            extra_env={"PUYU_LOG_JSON": "false", "OMP_NUM_THREADS": "2", **env},
+            own_nats=True,
         )
         stacks.append(stack)
         stack.start()
+        operator = stack.operator_identity()
+        assert operator.nkey_seed_file is not None
+        monkeypatch.setenv("PUYU_NATS_NKEY_SEED_FILE", str(operator.nkey_seed_file))
         stack.wait_healthy(timeout=240)
         return stack
 

@@ -13,6 +13,7 @@ from nats.aio.msg import Msg
 
 from contracts.events import EventEnvelope, InvalidEvent, JobFailed
 from contracts.events.subjects import EVENTS_PREFIX
+from shared.bus.identity import NatsIdentity
 
 
 class ChainFailed(RuntimeError):
@@ -23,9 +24,15 @@ class ChainWatcher:
     """Collects every event of one correlation id, in arrival order, from a core NATS subscription."""
 
     def __init__(
-        self, nats_url: str, correlation_id: str, on_event: Callable[[EventEnvelope], Any] | None = None
+        self,
+        nats_url: str,
+        correlation_id: str,
+        on_event: Callable[[EventEnvelope], Any] | None = None,
+        identity: NatsIdentity | None = None,
     ) -> None:
+        """``identity``: who this watcher is on NATS (default: from ``PUYU_NATS_*`` settings)."""
         self.nats_url = nats_url
+        self.identity = identity if identity is not None else NatsIdentity.from_env()
         self.correlation_id = correlation_id
         self.on_event = on_event
         self.events: list[EventEnvelope] = []
@@ -33,7 +40,7 @@ class ChainWatcher:
         self._nc: Client | None = None
 
     async def __aenter__(self) -> ChainWatcher:
-        self._nc = await nats.connect(self.nats_url)
+        self._nc = await nats.connect(self.nats_url, **self.identity.connect_options())
         await self._nc.subscribe(f"{EVENTS_PREFIX}.>", cb=self._on_msg)
         return self
 

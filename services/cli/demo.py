@@ -33,6 +33,7 @@ from contracts.events import (
 from services.cli.chain import ChainWatcher
 from services.cli.stack import Stack
 from shared.bus import Bus
+from shared.bus.identity import NatsIdentity
 from shared.ports import gateway_base_url, http_port
 from shared.samples import WORLD, write_sample_corpus
 from shared.settings import CommonSettings
@@ -49,9 +50,14 @@ STEPS = [
 
 
 async def run_chain(
-    settings: CommonSettings, console: Console, train: TrainSpec | None = None, timeout: float = 900.0
+    settings: CommonSettings,
+    console: Console,
+    train: TrainSpec | None = None,
+    timeout: float = 900.0,
+    identity: NatsIdentity | None = None,
 ) -> dict[str, EventEnvelope]:
-    """Submit an ingest request whose pipeline trains a model, and follow it to deployment."""
+    """Submit an ingest request whose pipeline trains a model, and follow it to deployment
+    (``identity``: the operator's on the stack's NATS; default: from the settings)."""
     corpus_dir = settings.home / "sample-corpus"
     sources = [str(p) for p in write_sample_corpus(corpus_dir)]
     correlation = uuid.uuid4().hex
@@ -89,10 +95,11 @@ async def run_chain(
             current[0] = max(current[0], idx + 1)
             progress.start_task(tasks[order[current[0]]])
 
-    bus = Bus(settings.nats_url, "cli")
+    identity = identity or NatsIdentity.from_settings(settings)
+    bus = Bus(settings.nats_url, "cli", identity=identity)
     await bus.start()
     try:
-        async with ChainWatcher(settings.nats_url, correlation, on_event) as watcher:
+        async with ChainWatcher(settings.nats_url, correlation, on_event, identity=identity) as watcher:
             request = IngestRequested(
                 job_id=job_id,
                 dataset_name="sample-world",
@@ -240,7 +247,7 @@ def demo(settings: CommonSettings, keep: bool = False, timeout: float = 900.0) -
         with console.status("waiting for the services to report healthy..."):
             stack.wait_healthy(timeout=240)
         console.print("[green]services healthy[/]: " + ", ".join(stack.services))
-        seen = asyncio.run(run_chain(settings, console, timeout=timeout))
+        seen = asyncio.run(run_chain(settings, console, timeout=timeout, identity=stack.operator_identity()))
         console.print(lineage_table(seen))
         if ModelRejected.event_type in seen:
             console.print("[yellow]the new version was rejected: the champion keeps serving")

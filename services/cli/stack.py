@@ -4,10 +4,17 @@ Starts a local nats-server when none answers at the configured URL, launches eve
 own process (``python -m services.<name>``) with logs under HOME/logs, waits for their health
 endpoints, and restarts a service that dies (as a process manager would), so that killing one
 mid-chain only delays the chain: its unacked message is redelivered to the restarted process.
+
+A nats-server the stack starts has users: the stack makes an NKEY identity per service (and one for
+the operator and the admin) in HOME/nats-auth on first start, writes the server's authorization from
+``shared.bus.permissions`` at every start, gives each service its own seed and provisions the streams
+as the admin. On a NATS it finds running, the services use the identity their settings name (none:
+that server has no users, and each service warns).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -19,11 +26,33 @@ from urllib.parse import urlparse
 
 import httpx
 
+from shared.bus.identity import NatsIdentity
+from shared.bus.natsauth import DEFAULT_GATEWAY_INSTANCE, AuthDir, local_users
+from shared.bus.permissions import ADMIN, GATEWAY, OPERATOR, role_for_service
+from shared.bus.streams import provision
 from shared.natsserver import NatsServer, answers, free_port
 from shared.ports import SERVICES, grpc_port, http_port
 from shared.settings import CommonSettings
 
 NATS_URL_FILE = "nats.url"  # in a stack's home while the stack's own nats-server runs
+NATS_AUTH_DIR = "nats-auth"  # the identities of a stack's own nats-server, in its home
+# The identity settings a stack sets per service: one inherited from the launcher must not win.
+_IDENTITY_ENV = ("PUYU_NATS_NKEY_SEED_FILE", "PUYU_NATS_CREDS_FILE")
+
+
+def local_auth(home: Path) -> AuthDir:
+    return AuthDir(home / NATS_AUTH_DIR)
+
+
+def operator_identity(settings: CommonSettings, home: Path | None = None) -> NatsIdentity:
+    """Who the CLI is on NATS: the identity its settings name, else the operator identity of the
+    stack under ``home`` (default: the settings' home) when that stack made one."""
+    configured = NatsIdentity.from_settings(settings)
+    if not configured.anonymous:
+        return configured
+    auth = local_auth(home or settings.home)
+    seed = auth.seed_file_of(OPERATOR)
+    return auth.identity(OPERATOR) if seed.is_file() else configured
 
 
 def recorded_nats_url(home: Path) -> str | None:
@@ -34,6 +63,23 @@ def recorded_nats_url(home: Path) -> str | None:
         return None
     url = path.read_text(encoding="utf-8").strip()
     return url if url and answers(url) else None
+
+
+def start_secured_nats(
+    home: Path, port: int, gateway_instance: str = DEFAULT_GATEWAY_INSTANCE, workers: tuple[str, ...] = ()
+) -> tuple[NatsServer, AuthDir]:
+    """A nats-server on 127.0.0.1:``port`` with the users of a stack under ``home`` (seeds made on
+    first start and kept; ``workers``: inference worker instances, each its own user), its streams
+    and buckets provisioned as the admin. Its store is HOME/nats."""
+    auth = local_auth(home)
+    config = auth.ensure(local_users(gateway_instance=gateway_instance, workers=workers))
+    server = NatsServer(home / "nats", port=port, host="127.0.0.1", config_file=config).start()
+    try:
+        asyncio.run(provision(server.url, auth.identity(ADMIN)))
+    except BaseException:
+        server.stop()
+        raise
+    return server, auth
 
 
 class Stack:
@@ -58,6 +104,7 @@ class Stack:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts: dict[str, int] = dict.fromkeys(services, 0)
         self.nats: NatsServer | None = None
+        self.auth: AuthDir | None = None  # the identities of this stack's own nats-server
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._supervisor: threading.Thread | None = None
@@ -69,7 +116,7 @@ class Stack:
             port = free_port()
             while port in taken:  # an ephemeral port may be one a service is about to bind
                 port = free_port()
-            self.nats = NatsServer(self.home / "nats", port=port, host="127.0.0.1").start()
+            self.nats = self._start_nats(port)
             self.settings = self.settings.model_copy(update={"nats_url": self.nats.url})
             # on a free port nobody can guess: recorded so that `puyu status` finds this stack's jobs
             (self.home / NATS_URL_FILE).write_text(self.nats.url, encoding="utf-8")
@@ -80,11 +127,32 @@ class Stack:
         parsed = urlparse(url)
         if parsed.hostname not in ("127.0.0.1", "localhost"):
             raise RuntimeError(f"no NATS answers at {url} and it is not local: start it or set PUYU_NATS_URL")
-        self.nats = NatsServer(self.home / "nats", port=parsed.port or 4222, host="127.0.0.1").start()
+        self.nats = self._start_nats(parsed.port or 4222)
         return url
 
+    def _start_nats(self, port: int) -> NatsServer:
+        gateway = self.extra_env.get("PUYU_GATEWAY_INSTANCE") or os.environ.get("PUYU_GATEWAY_INSTANCE")
+        server, self.auth = start_secured_nats(self.home, port, gateway or DEFAULT_GATEWAY_INSTANCE)
+        return server
+
+    def identity(self, service: str) -> NatsIdentity | None:
+        """The identity this stack gives ``service`` (None: the one its settings name)."""
+        if self.auth is None:
+            return None
+        role = role_for_service(service)
+        if role == GATEWAY:
+            gateway = self.extra_env.get("PUYU_GATEWAY_INSTANCE") or os.environ.get("PUYU_GATEWAY_INSTANCE")
+            return self.auth.identity(GATEWAY, gateway or DEFAULT_GATEWAY_INSTANCE)
+        return self.auth.identity(role)
+
+    def operator_identity(self) -> NatsIdentity:
+        """Who a client of this stack (the demo's CLI, a test) is on its NATS."""
+        if self.auth is not None:
+            return self.auth.identity(OPERATOR)
+        return NatsIdentity.from_settings(self.settings)
+
     # ------------------------------------------------------------------------------ services
-    def env(self) -> dict[str, str]:
+    def env(self, service: str | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
             PUYU_HOME=str(self.home),
@@ -99,6 +167,11 @@ class Stack:
         if self.settings.database_url:
             env["PUYU_DATABASE_URL"] = self.settings.database_url
         env.update(self.extra_env)
+        identity = self.identity(service) if service else None
+        if identity is not None and identity.nkey_seed_file is not None:
+            for key in _IDENTITY_ENV:
+                env.pop(key, None)
+            env["PUYU_NATS_NKEY_SEED_FILE"] = str(identity.nkey_seed_file)
         return env
 
     def spawn(self, name: str) -> subprocess.Popen[bytes]:
@@ -106,7 +179,7 @@ class Stack:
         log = open(self.log_dir / f"{name}.log", "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}"],
-            env=self.env(),
+            env=self.env(name),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in the terminal reaches the stack, which stops children in order

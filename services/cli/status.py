@@ -12,7 +12,8 @@ from rich.table import Table
 
 from contracts.events.subjects import JOBS_BUCKET
 from services.cli.demo import demo_home
-from services.cli.stack import recorded_nats_url
+from services.cli.stack import operator_identity, recorded_nats_url
+from shared.bus.identity import NatsIdentity
 from shared.bus.jobs import JobBoard, JobStatus
 from shared.ports import SERVICES, http_port
 from shared.settings import CommonSettings
@@ -32,13 +33,18 @@ def jobs_nats_url(settings: CommonSettings) -> str:
     return recorded_nats_url(demo_home(settings.home)) or settings.nats_url
 
 
-async def _jobs(nats_url: str) -> list[JobStatus]:
+async def _jobs(nats_url: str, identity: NatsIdentity) -> list[JobStatus]:
     async def quiet(exc: Exception) -> None:  # a NATS that is down is reported once, in the output
         return None
 
     # two quick attempts: with max_reconnect_attempts=0 nats-py retries the first connect forever
     nc = await nats.connect(
-        nats_url, connect_timeout=2, max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet
+        nats_url,
+        connect_timeout=2,
+        max_reconnect_attempts=1,
+        reconnect_time_wait=0.2,
+        error_cb=quiet,
+        **identity.connect_options(),
     )
     try:
         kv = await nc.jetstream().key_value(JOBS_BUCKET)
@@ -58,8 +64,10 @@ def status(settings: CommonSettings) -> int:
     console.print(services)
 
     nats_url = jobs_nats_url(settings)
+    demo = demo_home(settings.home)
+    identity = operator_identity(settings, demo if nats_url == recorded_nats_url(demo) else None)
     try:
-        jobs = asyncio.run(_jobs(nats_url))
+        jobs = asyncio.run(_jobs(nats_url, identity))
     except Exception as exc:
         console.print(f"[yellow]jobs: NATS at {nats_url} unavailable ({type(exc).__name__})")
         jobs = []

@@ -9,6 +9,9 @@
   written after the handler; handlers derive output ids from their input so that a re-run after a
   crash between effect and marker produces nothing new.
 - Long handlers keep their message alive with in-progress acks.
+- Each process connects as its own NATS identity (``shared.bus.identity``); after a reconnect the
+  streams, buckets and this process's consumers are made again where the server lost them (a
+  restarted server keeps no memory-backed bucket, and a lost store keeps nothing).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -35,9 +39,11 @@ from prometheus_client import Counter, Histogram
 
 from contracts.events import EventEnvelope, EventPayload, InvalidEvent, JobFailed, JobProgress
 from contracts.events.subjects import JOBS_BUCKET, PROCESSED_BUCKET, dlq_subject, stream_for
+from shared.bus.identity import NatsIdentity, check_connection, describe_refusal
 from shared.bus.jobs import JobBoard
 from shared.bus.lifecycle import JobRun
-from shared.bus.streams import ensure_buckets, ensure_streams
+from shared.bus.permissions import durable_name
+from shared.bus.streams import ensure_buckets, ensure_consumer, ensure_streams
 from shared.errors import Refusal
 from shared.logging import correlation_id
 
@@ -137,24 +143,38 @@ Handler = Callable[[HandlerContext[Any]], Awaitable[None]]
 
 
 class Bus:
-    def __init__(self, nats_url: str, service: str) -> None:
+    def __init__(self, nats_url: str, service: str, identity: NatsIdentity | None = None) -> None:
+        """``identity``: who this process is on NATS (default: from ``PUYU_NATS_*`` settings)."""
         self.service = service
+        self.nats_url = nats_url
+        self.identity = identity if identity is not None else NatsIdentity.from_env()
         self.broker = NatsBroker(
             nats_url,
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
+            security=self.identity.broker_security(),
+            inbox_prefix=self.identity.inbox_prefix(),
+            reconnected_cb=self._on_reconnected,
             logger=logging.getLogger("faststream"),
             log_level=logging.DEBUG,  # one line per message is too much at INFO
         )
         self._kv: dict[str, KeyValue] = {}
         self._jobs: JobBoard | None = None
+        self._consumers: list[tuple[str, ConsumerConfig]] = []  # (stream, config) of each handler
+        self._restoring: asyncio.Task[None] | None = None
         self.started = False
 
     # ------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        await self.broker.connect()
+        try:
+            await self.broker.connect()
+        except Exception as exc:
+            if (refused := describe_refusal(exc, self.identity, self.nats_url)) is not None:
+                raise refused from exc
+            raise
+        check_connection(self.broker.connection, self.identity, self.service)
         js = self.broker.connection.jetstream()
-        await ensure_streams(js)
+        await ensure_streams(js, update=self.identity.anonymous)
         await ensure_buckets(js)
         self._kv[JOBS_BUCKET] = await js.key_value(JOBS_BUCKET)
         self._kv[PROCESSED_BUCKET] = await js.key_value(PROCESSED_BUCKET)
@@ -164,7 +184,46 @@ class Bus:
 
     async def stop(self) -> None:
         self.started = False
+        if self._restoring is not None:
+            self._restoring.cancel()
         await self.broker.stop()
+
+    async def _on_reconnected(self) -> None:
+        # Not awaited here: nats-py calls this from its reconnect loop, and the JetStream API needs it.
+        if self.started:
+            if self._restoring is not None:
+                self._restoring.cancel()
+            self._restoring = asyncio.create_task(self._restore(), name=f"{self.service}-bus-restore")
+
+    async def _restore(self, max_delay: float = 5.0) -> None:
+        """Make again what the server may have lost; retried until it works (JetStream may need a
+        moment after the server is back) or the bus stops."""
+        delay = 0.25
+        while self.started:
+            try:
+                js = self.broker.connection.jetstream()
+                await ensure_streams(js, update=self.identity.anonymous)
+                await ensure_buckets(js)
+                for stream, config in self._consumers:
+                    await ensure_consumer(js, stream, config)
+            except Exception as exc:
+                log.warning(
+                    "%s: restoring streams after a reconnect failed (%s), retrying", self.service, exc
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_delay)
+            else:
+                log.info(
+                    "%s: streams, buckets and %d consumer(s) checked after a reconnect",
+                    self.service,
+                    len(self._consumers),
+                )
+                return
+
+    @property
+    def consumers(self) -> list[tuple[str, ConsumerConfig]]:
+        """(stream, config) of every handler's durable consumer, as registered."""
+        return list(self._consumers)
 
     @property
     def jobs(self) -> JobBoard:
@@ -224,7 +283,19 @@ class Bus:
 
         ``inactive_threshold`` (seconds): the server deletes the consumer after that long without a
         pull (for consumers named per process instance, which would otherwise pile up)."""
-        durable = durable or f"{self.service}--{cls.event_type}".replace(".", "_")
+        durable = durable or durable_name(self.service, cls)
+        config = ConsumerConfig(
+            name=durable,
+            durable_name=durable,
+            ack_policy=JsAckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=ack_wait,
+            # one more than ours: the last delivery is the one that dead-letters
+            max_deliver=max_deliver + 1,
+            filter_subject=cls.subject(),
+            inactive_threshold=inactive_threshold,
+        )
+        self._consumers.append((stream_for(cls), dataclasses.replace(config)))
 
         def decorator(
             handler: Callable[[HandlerContext[P]], Awaitable[None]],
@@ -238,16 +309,7 @@ class Bus:
                 durable=durable,
                 pull_sub=PullSub(batch_size=1, timeout=5.0),
                 ack_policy=AckPolicy.MANUAL,
-                config=ConsumerConfig(
-                    durable_name=durable,
-                    ack_policy=JsAckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL,
-                    ack_wait=ack_wait,
-                    # one more than ours: the last delivery is the one that dead-letters
-                    max_deliver=max_deliver + 1,
-                    filter_subject=cls.subject(),
-                    inactive_threshold=inactive_threshold,
-                ),
+                config=config,
                 title=f"{self.service}:{cls.event_type}",
             )(_as_faststream_handler(consumer))
             return handler

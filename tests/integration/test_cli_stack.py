@@ -12,6 +12,7 @@ from services.cli.demo import demo_home
 from services.cli.stack import NATS_URL_FILE, Stack
 from services.cli.status import jobs_nats_url, status
 from shared.bus import Bus
+from shared.bus.identity import NatsIdentity
 from shared.natsserver import answers, free_port
 from shared.ports import SERVICES, grpc_port, http_port
 from shared.settings import CommonSettings
@@ -34,8 +35,8 @@ def test_own_nats_is_fresh_and_stops_with_the_stack(tmp_path: Path) -> None:
     assert not answers(url)
 
 
-async def _put_job(nats_url: str, job_id: str) -> None:
-    bus = Bus(nats_url, "test-demo")
+async def _put_job(nats_url: str, identity: NatsIdentity, job_id: str) -> None:
+    bus = Bus(nats_url, "test-demo", identity=identity)  # the stack's NATS has users: the operator
     await bus.start()  # creates the job board's bucket, as the services do
     try:
         await bus.jobs.update(job_id, "ingest", state="running", stage="ingest", message="demo job")
@@ -53,7 +54,7 @@ def test_status_finds_the_jobs_of_a_kept_demo_on_its_own_nats(
     stack.start()
     try:
         assert jobs_nats_url(settings) == stack.settings.nats_url
-        asyncio.run(_put_job(stack.settings.nats_url, "demo-job-1"))
+        asyncio.run(_put_job(stack.settings.nats_url, stack.operator_identity(), "demo-job-1"))
         capsys.readouterr()
         assert status(settings) == 0
         assert "demo-job-1" in capsys.readouterr().out
