@@ -1,33 +1,35 @@
-"""Runs untrusted Python in a separate, limited process (the core of the ``python`` tool).
+"""Runs untrusted Python in a separate, isolated and limited process (the core of the ``python`` tool).
 
 Layers, each enforced where it cannot be undone by the code it limits:
-- a fresh interpreter (``-I -S``: no environment, no user or site packages) in its own session, with an
-  empty environment and its own temporary working directory, deleted afterwards;
+- kernel isolation (``shared.sandbox``, bubblewrap): new user, pid, network, ipc and uts namespaces, no
+  network, a filesystem holding only the interpreter and its standard library read-only and a private
+  tmpfs working directory, all capabilities dropped, an unprivileged uid, a seccomp filter; where it is
+  unavailable the tool is refused with the reason (``PUYU_SANDBOX_ALLOW_UNISOLATED`` for development);
+- a fresh interpreter (``-I -S``: no environment, no user or site packages) in its own session;
 - kernel resource limits set before the code runs: address space, CPU seconds, file size, open files,
-  processes; when the service runs as root the process drops to an unprivileged user first;
+  processes;
 - an audit hook (PEP 578) that refuses files outside the working directory, forks, exec, sockets,
-  ctypes and tampering with the hook;
+  ctypes and tampering with the hook: a second wall inside the first;
 - the parent keeps the wall-clock deadline and the output budget, and kills the whole process group.
 
-No namespaces or seccomp: they need privileges or packages this service cannot assume. Every way the
-code can end (exception, limit, signal, timeout, flood of output) comes back as a ``SandboxResult`` whose
-``error`` says what happened.
+Every way the code can end (exception, limit, signal, timeout, flood of output) comes back as a
+``SandboxResult`` whose ``error`` says what happened.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import posixpath
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from shared.sandbox import Isolation, IsolationUnavailable
 
 BOOT_SOURCE = (Path(__file__).with_name("sandbox_boot.py")).read_text(encoding="utf-8")
 
@@ -56,6 +58,7 @@ class SandboxLimits:
     output_bytes: int = 16_384
     file_mb: int = 16
     max_processes: int = 64
+    workdir_mb: int = 64  # the working directory's tmpfs
     user: str | int | None = "nobody"  # used only when the service runs as root
 
 
@@ -80,81 +83,78 @@ class SandboxResult:
         return "\n".join(parts) or "(no output)"
 
 
-def _user_ids(user: str | int | None) -> tuple[int | None, int | None]:
-    if user is None or os.getuid() != 0:
-        return None, None
-    import pwd
-
-    try:
-        entry = pwd.getpwuid(user) if isinstance(user, int) else pwd.getpwnam(user)
-    except KeyError:
-        raise SandboxError(f"sandbox user {user!r} does not exist") from None
-    return entry.pw_uid, entry.pw_gid
-
-
 class Sandbox:
-    def __init__(self, limits: SandboxLimits | None = None, python: str | None = None) -> None:
+    def __init__(
+        self,
+        limits: SandboxLimits | None = None,
+        python: str | None = None,
+        allow_unisolated: bool | None = None,
+    ) -> None:
+        """``allow_unisolated``: run without kernel isolation where it is unavailable (development only;
+        None: the ``PUYU_SANDBOX_ALLOW_UNISOLATED`` environment variable decides, off by default)."""
         self.limits = limits or SandboxLimits()
         self.python = python or sys.executable
-        self._uid, self._gid = _user_ids(self.limits.user)
-        stdlib = sysconfig.get_paths()["stdlib"]
-        self._readable = [os.path.join(os.path.realpath(stdlib), "")]
+        try:
+            self.isolation = Isolation(
+                self.python,
+                user=self.limits.user,
+                workdir_mb=self.limits.workdir_mb,
+                allow_unisolated=allow_unisolated,
+            )
+        except IsolationUnavailable as exc:
+            raise SandboxError(str(exc)) from None
 
     def run(self, code: str, files: dict[str, str] | None = None) -> SandboxResult:
         """Run ``code`` in a fresh working directory holding ``files`` (name → text)."""
-        workdir = Path(tempfile.mkdtemp(prefix="puyu-sandbox-"))
         try:
-            for name, text in (files or {}).items():
-                target = (workdir / name).resolve()
-                if workdir.resolve() not in target.parents:
-                    raise SandboxError(f"file name {name!r} leaves the working directory")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(text, encoding="utf-8")
-            if self._uid is not None:
-                for path in [workdir, *workdir.rglob("*")]:
-                    os.chown(path, self._uid, self._gid if self._gid is not None else -1)
-            result = self._run_in(workdir, code)
-            result.files = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file())
-            return result
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            with self.isolation.workdir() as workdir:
+                request = {"code": code, "files": {_inside(workdir, n): t for n, t in (files or {}).items()}}
+                return self._run_in(workdir, json.dumps(request))
+        except IsolationUnavailable as exc:
+            raise SandboxError(str(exc)) from None
 
-    def _config(self, workdir: Path) -> str:
+    def _config(self, workdir: str, report_fd: int) -> str:
         lim = self.limits
+        # without kernel isolation (development), the boot switches user itself when started as root
+        user_ids = None if self.isolation.isolated else self.isolation.user_ids
         return json.dumps(
             {
-                "workdir": str(workdir),
+                "workdir": workdir,
                 "memory_bytes": lim.memory_mb * 2**20,
                 "cpu_seconds": lim.cpu_seconds,
                 "file_bytes": lim.file_mb * 2**20,
                 "max_processes": lim.max_processes,
-                "uid": self._uid,
-                "gid": self._gid,
+                "uid": user_ids[0] if user_ids else None,
+                "gid": user_ids[1] if user_ids else None,
                 "preload": PRELOAD,
                 "blocked_imports": BLOCKED_IMPORTS,
-                "readable": self._readable,
+                "report_fd": report_fd,
             }
         )
 
-    def _run_in(self, workdir: Path, code: str) -> SandboxResult:
+    def _run_in(self, workdir: str, request: str) -> SandboxResult:
         lim = self.limits
         started = time.monotonic()
+        report_read, report_write = os.pipe()
         try:
-            proc = subprocess.Popen(
-                [self.python, "-I", "-S", "-B", "-c", BOOT_SOURCE, self._config(workdir)],
+            proc = self.isolation.popen(
+                ["-I", "-S", "-B", "-c", BOOT_SOURCE, self._config(workdir, report_write)],
+                workdir=workdir,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                cwd=workdir,
                 env={"LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"},
                 start_new_session=True,  # its own process group: one kill ends every descendant
-                close_fds=True,
+                pass_fds=(report_write,),
             )
         except OSError as exc:
+            os.close(report_read)
             raise SandboxError(f"cannot start the sandbox interpreter {self.python}: {exc}") from exc
+        finally:
+            os.close(report_write)
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            proc.stdin.write(code.encode("utf-8", "replace"))
+            proc.stdin.write(request.encode("utf-8", "replace"))
             proc.stdin.close()
         except BrokenPipeError:
             pass
@@ -162,6 +162,8 @@ class Sandbox:
         if reason is not None:
             _kill_group(proc)
         exit_code = proc.wait()
+        if self.isolation.isolated and exit_code > 128:
+            exit_code = 128 - exit_code  # bwrap exits with 128 + N when the code died of signal N
         text = out.decode("utf-8", "replace")
         error = reason or _exit_error(exit_code, text, lim)
         return SandboxResult(
@@ -170,6 +172,7 @@ class Sandbox:
             error,
             truncated=reason is not None and "output" in reason,
             duration_s=time.monotonic() - started,
+            files=_read_report(report_read),
         )
 
     def _collect(self, proc: subprocess.Popen[bytes], started: float) -> tuple[bytes, str | None]:
@@ -196,6 +199,31 @@ class Sandbox:
         finally:
             sel.close()
             proc.stdout.close()
+
+
+def _inside(workdir: str, name: str) -> str:
+    path = posixpath.normpath(posixpath.join(workdir, name))
+    if not path.startswith(workdir + "/"):
+        raise SandboxError(f"file name {name!r} leaves the working directory")
+    return path[len(workdir) + 1 :]
+
+
+def _read_report(fd: int) -> list[str]:
+    """The file names the boot reported (none when the code was killed first)."""
+    os.set_blocking(fd, False)
+    data = bytearray()
+    try:
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    except BlockingIOError:  # a writer left behind (without isolation) keeps the pipe open
+        pass
+    finally:
+        os.close(fd)
+    try:
+        names = json.loads(data) if data else []
+    except ValueError:
+        return []
+    return sorted(n for n in names if isinstance(n, str)) if isinstance(names, list) else []
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -2,10 +2,12 @@
 
 This file is the source of ``python -I -S -c``: it is read by the parent and never imported in the
 service. In order it (1) sets the resource limits, (2) imports the modules offered to the code while it
-still can, (3) drops to an unprivileged user when started as root, (4) installs an audit hook that refuses
-file access outside the working directory, processes, sockets, native code and introspection of the hook,
-then (5) runs the code read from stdin, printing the value of a last bare expression as a REPL would.
-The limits and the user are enforced by the kernel; the hook is a Python-level layer on top of them.
+still can, (3) drops to an unprivileged user when started as root without kernel isolation, (4) writes
+the input files into the working directory, (5) installs an audit hook that refuses file access outside
+the working directory and the standard library, processes, sockets, native code and introspection of the
+hook, then (6) runs the code read from stdin, printing the value of a last bare expression as a REPL
+would, and (7) reports the files left in the working directory on a pipe of its own.
+The kernel enforces the isolation and the limits; the hook is a Python-level second wall.
 """
 
 import json
@@ -37,14 +39,22 @@ for _module in CONFIG["preload"]:
     except ImportError:
         pass
 
-source = sys.stdin.read()
+_request = json.loads(sys.stdin.read())
 sys.stdin.close()
+source = _request["code"]
 os.chdir(WORKDIR)
 
 if os.getuid() == 0 and CONFIG["uid"] is not None:
     os.setgroups([])
     os.setgid(CONFIG["gid"])
     os.setuid(CONFIG["uid"])
+
+for _name, _text in _request["files"].items():  # names checked by the parent: inside WORKDIR
+    _path = os.path.join(WORKDIR, _name)
+    os.makedirs(os.path.dirname(_path), exist_ok=True)
+    with open(_path, "w", encoding="utf-8") as _file:
+        _file.write(_text)
+del _request
 
 _BLOCKED_IMPORTS = frozenset(CONFIG["blocked_imports"])
 _DENY_PREFIXES = (
@@ -83,7 +93,8 @@ _PATH_EVENTS = frozenset(
 )
 
 
-_READABLE = tuple(os.path.realpath(path) + os.sep for path in CONFIG["readable"])
+# the interpreter's own search path under -I -S: the standard library and its extension modules
+_READABLE = tuple(os.path.realpath(path) + os.sep for path in sys.path if path)
 
 
 def _hook(
@@ -128,6 +139,19 @@ sys.addaudithook(_hook)
 del _hook
 
 
+def _report(_fd=CONFIG["report_fd"], _walk=os.walk, _root=WORKDIR, _write=os.write, _dumps=json.dumps):
+    # the names only (at most 100): what the caller lists as the files the code left
+    if _fd is None:
+        return
+    names = []
+    try:
+        for folder, _, files in _walk(_root):
+            names += [os.path.relpath(os.path.join(folder, f), _root) for f in files]
+        _write(_fd, _dumps(sorted(names)[:100]).encode())
+    except Exception:
+        pass
+
+
 def _run(text):
     tree = ast.parse(text, "<code>", "exec")
     last = tree.body[-1] if tree.body else None
@@ -146,10 +170,12 @@ try:
     _run(source)
 except SystemExit as exc:
     sys.stdout.flush()
+    _report()
     os._exit(exc.code if isinstance(exc.code, int) else 1)
 except MemoryError:
     sys.stdout.flush()
     sys.stderr.write(f"MemoryError: the memory limit of {CONFIG['memory_bytes'] // 2**20} MiB was exceeded\n")
+    _report()
     os._exit(3)
 except BaseException as exc:
     sys.stdout.flush()
@@ -157,6 +183,8 @@ except BaseException as exc:
     while tb is not None and tb.tb_frame.f_code.co_filename != "<code>":
         tb = tb.tb_next  # the sandbox's own frames are noise to the model
     sys.stderr.write("".join(traceback.format_exception(type(exc), exc, tb, limit=-5)))
+    _report()
     os._exit(1)
 sys.stdout.flush()
+_report()
 os._exit(0)

@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 import pytest
 
-from services.agent_runtime.core.sandbox import Sandbox, SandboxLimits
+from services.agent_runtime.core import sandbox as sandbox_module
+from services.agent_runtime.core.sandbox import Sandbox, SandboxError, SandboxLimits
 from services.agent_runtime.core.tools import PythonInterpreter, ToolError
+from shared.sandbox import isolation as isolation_module
+from tests.support.sandbox_escapes import (
+    SECRET,
+    fork_exec_escape,
+    service_home_with_a_secret,
+    world_readable_python,
+)
+
+LIMITS = SandboxLimits(timeout_s=3.0, cpu_seconds=1, memory_mb=256, output_bytes=4096, file_mb=1)
+# every escape runs with the service's interpreter and with a world-readable one, which the sandbox user
+# can read: as root, bwrap then starts as that unprivileged user (as the service's own user in the image)
+PYTHONS = [pytest.param(sys.executable, id="service-python")] + (
+    [pytest.param(world_readable_python(), id="world-readable-python")] if world_readable_python() else []
+)
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Sandbox:
-    return Sandbox(SandboxLimits(timeout_s=3.0, cpu_seconds=1, memory_mb=256, output_bytes=4096, file_mb=1))
+@pytest.fixture(scope="module", params=PYTHONS)
+def sandbox(request: pytest.FixtureRequest) -> Sandbox:
+    return Sandbox(LIMITS, python=request.param, allow_unisolated=False)
 
 
 def test_runs_code_and_prints_the_last_expression(sandbox: Sandbox) -> None:
@@ -134,3 +150,52 @@ def test_python_tool_observation_and_argument_errors(sandbox: Sandbox) -> None:
     )
     with pytest.raises(ToolError, match="non-empty Python source"):
         tool.run({"code": "  "})
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_the_fork_exec_escape_is_stopped_by_the_kernel_with_the_audit_hook_off(
+    python: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    boot = sandbox_module.BOOT_SOURCE
+    assert boot.count("sys.addaudithook(_hook)") == 1
+    monkeypatch.setattr(sandbox_module, "BOOT_SOURCE", boot.replace("sys.addaudithook(_hook)", "pass"))
+    unhooked = Sandbox(LIMITS, python=python, allow_unisolated=False)
+    with service_home_with_a_secret() as secret:
+        escape = unhooked.run(fork_exec_escape(str(secret)))
+        hooked_off = unhooked.run(f"print(open({str(secret)!r}).read())")
+    assert SECRET not in escape.output and "spawn failed: b'/bin/sh' b'OSError:2:" in escape.output, escape
+    assert "FileNotFoundError" in (hooked_off.error or ""), hooked_off  # the hook did not refuse it: absent
+    listener = socket.create_server(("127.0.0.1", 0))
+    network = unhooked.run(
+        f"import _socket\ns = _socket.socket()\ns.settimeout(2)\ns.connect(('127.0.0.1', {listener.getsockname()[1]}))"
+    )
+    listener.close()
+    assert "PermissionError: [Errno 1] Operation not permitted" in (network.error or ""), network
+    seen = unhooked.run("import os\nsorted(os.listdir('/')), os.getuid(), os.path.exists('/etc/passwd')")
+    assert "'home'" not in seen.output and "65534, False" in seen.output, seen
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_the_fork_exec_escape_with_the_audit_hook_on(python: str) -> None:
+    with service_home_with_a_secret() as secret:
+        result = Sandbox(LIMITS, python=python, allow_unisolated=False).run(fork_exec_escape(str(secret)))
+    assert SECRET not in result.output, result
+
+
+def test_input_files_arrive_and_names_leaving_the_directory_are_refused(sandbox: Sandbox) -> None:
+    result = sandbox.run("print(open('in/args.json').read())", {"in/args.json": '{"x": 1}'})
+    assert result.output == '{"x": 1}\n' and result.files == ["in/args.json"]
+    with pytest.raises(SandboxError, match="leaves the working directory"):
+        sandbox.run("pass", {"../escape.txt": "x"})
+
+
+def test_the_tool_is_refused_with_the_reason_where_isolation_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(isolation_module, "BWRAP", "/nonexistent/bwrap")
+    tool = PythonInterpreter(Sandbox(LIMITS, allow_unisolated=False))
+    with pytest.raises(
+        ToolError, match=r"python: running code is refused.*bubblewrap \(bwrap\) is not installed"
+    ):
+        tool.run({"code": "print(1)"})
+    assert PythonInterpreter(Sandbox(LIMITS, allow_unisolated=True)).run({"code": "print(6 * 7)"}) == "42"
