@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo up test test-fast lint bench proto schemas clean
+.PHONY: install demo up test test-fast sandbox-tools lint bench proto schemas clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,10 +25,18 @@ demo: $(STAMP)
 up: $(STAMP)
 	$(BIN)/puyu up
 
-test: $(STAMP)
+# The code sandbox (shared/sandbox) isolates with bubblewrap: installed here when missing and run as root
+# on Debian/Ubuntu; elsewhere a warning, and the sandbox tests say what is missing.
+sandbox-tools:
+	@command -v bwrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) || exit 1; \
+	  else echo "warning: bubblewrap (bwrap) is missing: install it (apt-get install bubblewrap) for the sandbox" >&2; fi; }
+
+test: $(STAMP) sandbox-tools
 	$(BIN)/python -m pytest -q -ra --durations=15
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) sandbox-tools
 	$(BIN)/python -m pytest -q -m "not slow and not e2e"
 
 lint: $(STAMP)
