@@ -223,8 +223,8 @@ def finetune_merge(base: str, adapter: str, out_dir: str) -> None:
     sys.exit(merge_cmd(base, adapter, out_dir))
 
 
-@main.command("eval")
-@click.option("--tasks", required=True, help="Comma-separated task names or YAML task files.")
+@main.group("eval", invoke_without_command=True)
+@click.option("--tasks", default=None, help="Comma-separated task names or YAML task files.")
 @click.option(
     "--model",
     "model_path",
@@ -240,7 +240,7 @@ def finetune_merge(base: str, adapter: str, out_dir: str) -> None:
 @click.option(
     "--generation-api", type=click.Choice(["chat", "completions"]), default="chat", show_default=True
 )
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False))
 @click.option("--limit", type=int, default=None, help="At most N samples per task.")
 @click.option(
     "--dtype",
@@ -249,20 +249,27 @@ def finetune_merge(base: str, adapter: str, out_dir: str) -> None:
     help="Precision of the --model folder: auto = the checkpoint's on CUDA; on the CPU bf16 where the "
     "processor multiplies it natively, else fp32 (default: PUYU_EVALUATOR_DTYPE, else auto).",
 )
+@click.pass_context
 def evaluate(
-    tasks: str,
+    ctx: click.Context,
+    tasks: str | None,
     model_path: str | None,
     endpoint: str | None,
     model_name: str | None,
     api_key: str | None,
     generation_api: str,
-    out_dir: str,
+    out_dir: str | None,
     limit: int | None,
     dtype: Literal["auto", "bfloat16", "float16", "float32"] | None,
 ) -> None:
-    """Evaluate a model folder or an endpoint; writes OUT/summary.json and per-sample details."""
+    """Evaluate a model folder or an endpoint; writes OUT/summary.json and per-sample details.
+    `puyu eval compare RUN_OR_VERSION...` puts runs side by side."""
     from services.evaluator.cli import eval_cmd
 
+    if ctx.invoked_subcommand is not None:
+        return
+    if not tasks or not out_dir:
+        raise click.UsageError("puyu eval needs --tasks and --out (or a subcommand: compare)")
     if bool(model_path) == bool(endpoint):
         raise click.UsageError("give exactly one of --model PATH or --endpoint URL (with --model-name)")
     if endpoint and not model_name:
@@ -278,6 +285,16 @@ def evaluate(
         generation_api="completions" if generation_api == "completions" else "chat",
         dtype=dtype,
     )
+
+
+@evaluate.command("compare")
+@click.argument("runs", nargs=-1, required=True)
+def eval_compare(runs: tuple[str, ...]) -> None:
+    """Runs side by side per task and metric: results folders (puyu eval --out) or registered
+    versions (NAME:VERSION, their stored evaluation); differences beyond the standard error marked."""
+    from services.evaluator.cli import compare_cmd
+
+    compare_cmd(list(runs))
 
 
 # ---------------------------------------------------------------------------------------------- serving

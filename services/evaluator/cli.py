@@ -13,8 +13,16 @@ from rich.table import Table
 
 from services.evaluator.config import EvaluatorSettings, ModelDType
 from services.evaluator.core import EvalReport, Evaluator, ModelSpec, write_report
+from services.evaluator.core.compare import Row, Run, compare, load_run
 
-_MODES = {"perplexity": "ppl", "multiple_choice": "ppl", "generation": "gen", "code_execution": "gen"}
+_MODES = {
+    "perplexity": "ppl",
+    "multiple_choice": "ppl",
+    "generation": "gen",
+    "code_execution": "gen",
+    "judged": "judge",
+    "pairwise": "pairwise",
+}
 
 
 def eval_cmd(
@@ -70,9 +78,12 @@ def summary_table(report: EvalReport) -> Table:
         for metric, value in o.metrics.items():
             mark = ("↑" if o.task.higher_is_better else "↓") if metric == o.task.primary_metric else ""
             shown = f"{value:.4f}" if math.isfinite(value) else "n/a"
+            se = o.stderr.get(metric)
+            if se is not None and math.isfinite(se) and math.isfinite(value):
+                shown += f" ± {se:.4f}"
             table.add_row(
                 o.task.name,
-                o.task.version_hash[:6],
+                o.version_hash[:6],
                 f"{metric} {mark}".strip(),
                 _MODES[o.task.output_type],
                 shown,
@@ -81,4 +92,40 @@ def summary_table(report: EvalReport) -> Table:
             )
     for name, reason in report.skipped.items():
         table.add_row(name, "-", "skipped", "-", reason, "0", "0")
+    for name, reason in report.failed.items():
+        table.add_row(name, "-", "failed", "-", reason, "0", "0")
+    return table
+
+
+def compare_cmd(
+    refs: list[str], *, settings: EvaluatorSettings | None = None, console: Console | None = None
+) -> list[Row]:
+    """``puyu eval compare RUN_OR_VERSION...``: the runs side by side, marks against the first."""
+    s = settings or EvaluatorSettings()
+    console = console or Console()
+    store = Evaluator(s).store if any(not Path(r).exists() for r in refs) else None
+    runs = [load_run(r, store) for r in refs]
+    rows = compare(runs)
+    console.print(comparison_table(runs, rows))
+    console.print(
+        f"value ± standard error; ▲/▼ better/worse than {runs[0].label} beyond 1.96 combined standard "
+        "errors; ≠ another task version (not comparable)"
+    )
+    return rows
+
+
+def comparison_table(runs: list[Run], rows: list[Row]) -> Table:
+    table = Table(title="comparison")
+    for col in ("dataset", "metric", *(r.label for r in runs)):
+        table.add_column(col)
+    for row in rows:
+        cells = []
+        for c in row.cells:
+            if c.value is None:
+                cells.append("-")
+                continue
+            text = f"{c.value:.4f}" + (f" ± {c.stderr:.4f}" if c.stderr is not None else "")
+            cells.append(f"{text} {c.mark}".rstrip())
+        arrow = "↑" if row.higher_is_better else "↓"
+        table.add_row(row.task, f"{row.metric} {arrow}", *cells)
     return table

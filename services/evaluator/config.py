@@ -63,6 +63,11 @@ class EvaluatorSettings(CommonSettings):
         default=4, ge=0, description="Retries of a judge request (down, 5xx, 429 after its Retry-After)."
     )
     evaluator_judge_concurrency: int = Field(default=4, ge=1)
+    evaluator_registration_tasks: list[str] | None = Field(
+        default=None,
+        description="Tasks every registered version is evaluated on, e.g. a pairwise task the promotion "
+        "policy gates on (JSON list); None: the tasks its registration names.",
+    )
     evaluator_registry_timeout_s: float = Field(
         default=10.0, gt=0, description="How long the champion lookup of a pairwise task may take."
     )

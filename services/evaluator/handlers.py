@@ -153,7 +153,8 @@ def register_handlers(bus: Bus, core: Evaluator, settings: EvaluatorSettings) ->
     async def on_model_registered(ctx: HandlerContext[ModelRegistered]) -> None:
         p = ctx.payload
         event_id = f"eval:{p.model.model_name}:{p.model.version}"
-        await evaluate(ctx, registered_job_id(p.model), p.model, p.artifact, p.tasks, event_id)
+        tasks = settings.evaluator_registration_tasks or p.tasks
+        await evaluate(ctx, registered_job_id(p.model), p.model, p.artifact, tasks, event_id)
 
     @bus.handle(EvaluateRequested, ack_wait=ACK_WAIT)
     async def on_evaluate_requested(ctx: HandlerContext[EvaluateRequested]) -> None:

@@ -192,7 +192,7 @@ def judge_samples(
     fresh: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=judge.endpoint.concurrency) as pool:
         for start in range(0, len(todo), CHUNK):
-            rows = list(pool.map(one, todo[start : start + CHUNK]))  # a JudgeError propagates here
+            rows = _all_or_stop(pool, one, todo[start : start + CHUNK])  # a JudgeError propagates
             if cache is not None and model_key:
                 cache.put_many(model_key, version, rows)
             fresh += rows
@@ -200,6 +200,20 @@ def judge_samples(
                 progress(len(fresh), len(todo))
     by_id = cached | {str(r["id"]): r for r in fresh}
     return [by_id[str(s["id"])] for s in samples], len(cached)
+
+
+def _all_or_stop(
+    pool: ThreadPoolExecutor, fn: Callable[[Any], dict[str, Any]], items: list[Any]
+) -> list[dict[str, Any]]:
+    """``fn`` over the items in parallel; the first failure cancels what has not started (a judge that
+    is down is not asked again for every queued sample) and propagates."""
+    futures = [pool.submit(fn, item) for item in items]
+    try:
+        return [f.result() for f in futures]
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
 
 
 # ---------------------------------------------------------------------------------------- calibration
@@ -247,7 +261,7 @@ def calibrate(
 
     todo = [i for i in items if str(i["id"]) not in cached]
     with ThreadPoolExecutor(max_workers=judge.endpoint.concurrency) as pool:
-        fresh = list(pool.map(one, todo))
+        fresh = _all_or_stop(pool, one, todo)
     if cache is not None and fresh:
         cache.put_many(key, version, fresh)
     by_id = cached | {str(r["id"]): r for r in fresh}

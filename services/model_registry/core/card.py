@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
-from services.model_registry.core.views import VersionView
+from services.model_registry.core.views import EvaluationView, VersionView
+
+STDERR_SUFFIX = "_stderr"  # a metric's standard error, as the evaluator reports it
+Z95 = 1.959963984540054
 
 
 def _metadata(v: VersionView) -> dict[str, Any]:
@@ -28,7 +33,9 @@ def _metadata(v: VersionView) -> dict[str, Any]:
                         "task": {"type": "text-generation", "name": e.task},
                         "dataset": {"type": e.task, "name": e.task, "revision": e.version_hash},
                         "metrics": [
-                            {"type": k, "value": float(x), "name": k} for k, x in sorted(e.metrics.items())
+                            {"type": k, "value": float(x), "name": k}
+                            for k, x in sorted(e.metrics.items())
+                            if not k.endswith(STDERR_SUFFIX)
                         ],
                     }
                     for e in v.evaluations
@@ -38,7 +45,48 @@ def _metadata(v: VersionView) -> dict[str, Any]:
     return meta
 
 
-def model_card(v: VersionView) -> str:
+def _value(e: EvaluationView, metric: str) -> str:
+    x = e.metrics.get(metric, math.nan)
+    se = e.metrics.get(metric + STDERR_SUFFIX)
+    return f"{x:.4g} ± {se:.2g}" if se is not None and math.isfinite(se) else f"{x:.4g}"
+
+
+def _mark(mine: EvaluationView, other: EvaluationView, metric: str) -> str:
+    """▲ / ▼ where this version is better / worse than ``other`` by more than 1.96 combined standard
+    errors of the same task version; ≠ where the task versions differ (not comparable)."""
+    if mine.version_hash != other.version_hash:
+        return " ≠"
+    a, b = mine.metrics.get(metric), other.metrics.get(metric)
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
+        return ""
+    se = math.hypot(
+        mine.metrics.get(metric + STDERR_SUFFIX, 0.0), other.metrics.get(metric + STDERR_SUFFIX, 0.0)
+    )
+    if not math.isfinite(se) or abs(a - b) <= Z95 * se:
+        return ""
+    better = a > b if mine.higher_is_better else a < b
+    return " ▲" if better else " ▼"
+
+
+def comparison_table(v: VersionView, others: Sequence[VersionView]) -> list[str]:
+    """This version beside ``others``, per task and metric (standard errors shown); a mark on this
+    version's value says it differs from the first other version beyond the standard error."""
+    if not v.evaluations or not others:
+        return []
+    names = [f"{v.model_name}:{v.version}"] + [f"{o.model_name}:{o.version}" for o in others]
+    lines = ["| task | metric | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for e in sorted(v.evaluations, key=lambda e: e.task):
+        theirs = [next((x for x in o.evaluations if x.task == e.task), None) for o in others]
+        for metric in sorted(k for k in e.metrics if not k.endswith(STDERR_SUFFIX)):
+            first = theirs[0]
+            cells = [_value(e, metric) + (_mark(e, first, metric) if first is not None else "")]
+            cells += [_value(t, metric) if t is not None else "-" for t in theirs]
+            lines.append(f"| {e.task} | {metric} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def model_card(v: VersionView, compare_with: Sequence[VersionView] = ()) -> str:
+    """The card; ``compare_with`` (e.g. the champion, the parent) adds a side-by-side comparison."""
     meta = _metadata(v)
     header = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
     a = v.artifact
@@ -70,7 +118,18 @@ def model_card(v: VersionView) -> str:
     if v.evaluations:
         lines += ["", "## Evaluation", "", "| task | metric | value | samples |", "|---|---|---|---|"]
         lines += [
-            f"| {e.task} | {e.primary_metric} | {e.metrics.get(e.primary_metric, float('nan')):.4g} | {e.num_samples} |"
+            f"| {e.task} | {e.primary_metric} | {_value(e, e.primary_metric)} | {e.num_samples} |"
             for e in v.evaluations
+        ]
+    table = comparison_table(v, compare_with)
+    if table:
+        lines += [
+            "",
+            "## Comparison",
+            "",
+            "Values ± standard error; ▲ / ▼: better / worse than the next column by more than 1.96 combined "
+            "standard errors; ≠: evaluated with another task version (not comparable).",
+            "",
+            *table,
         ]
     return "\n".join(lines) + "\n"

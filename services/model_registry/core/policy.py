@@ -5,6 +5,10 @@ A gate compares the candidate's metric (the task's primary metric unless named) 
   higher-is-better may not fall below champion × (1 − tolerance);
 - ``tolerance_kind="absolute"``: may not be worse than the champion by more than ``tolerance``.
 ``min_value`` / ``max_value`` are absolute bounds checked whether or not there is a champion.
+A head-to-head gate (``min_win_rate`` / ``min_win_rate_lower_bound``) reads a pairwise task's
+``win_rate`` and the lower end of its 95% interval, ``win_rate_lower``: the candidate was judged
+against the champion directly, so there is no champion number to compare; a win rate above 1/2
+counts as an improvement. Without a champion it does not apply.
 Every check is recorded with its numbers, so the decision explains itself.
 """
 
@@ -30,6 +34,16 @@ class Gate(BaseModel):
     min_value: float | None = None
     max_value: float | None = None
     required: bool = Field(default=False, description="Reject when the task was not evaluated.")
+    min_win_rate: float | None = Field(
+        default=None, ge=0, le=1, description="Pairwise task: the candidate's win rate against the champion."
+    )
+    min_win_rate_lower_bound: float | None = Field(
+        default=None, ge=0, le=1, description="Pairwise task: the lower end of the win rate's 95% interval."
+    )
+
+    @property
+    def head_to_head(self) -> bool:
+        return self.min_win_rate is not None or self.min_win_rate_lower_bound is not None
 
 
 class PromotionPolicy(BaseModel):
@@ -62,6 +76,7 @@ class Result:
     primary_metric: str
     higher_is_better: bool
     version_hash: str
+    opponent: int | None = None  # pairwise: the champion version it was judged against, when known
 
 
 @dataclass(frozen=True)
@@ -110,10 +125,15 @@ def decide(
     candidate: dict[str, Result],
     champion: dict[str, Result] | None,
     champion_label: str | None = None,
+    champion_version: int | None = None,
 ) -> Decision:
-    """Apply ``policy`` to the candidate's results (by task) against the champion's (None: no champion)."""
+    """Apply ``policy`` to the candidate's results (by task) against the champion's (None: no champion).
+    ``champion_version``: when given, a head-to-head result against another version fails its gate."""
     tally = _Tally()
     for task, gate in sorted(policy.gates.items()):
+        if gate.head_to_head:
+            _apply_head_to_head(tally, task, gate, candidate.get(task), champion, champion_version)
+            continue
         _apply_gate(tally, task, gate, candidate.get(task), champion, champion_label)
     checks = tally.checks
     failed = [c for c in checks if not c.passed]
@@ -182,6 +202,53 @@ def _apply_gate(
     if (value > ref) if hib else (value < ref):
         tally.improved = True
     checks.append(_relative_check(task, metric, value, ref, gate, hib))
+
+
+def _apply_head_to_head(
+    tally: _Tally,
+    task: str,
+    gate: Gate,
+    res: Result | None,
+    champion: dict[str, Result] | None,
+    champion_version: int | None,
+) -> None:
+    """A pairwise task's win rate (and its interval's lower end) against the champion."""
+    checks = tally.checks
+    if champion is None:
+        tally.gated_seen = True  # nothing to play against: the first version passes on its floors
+        checks.append(Check(task, "win_rate", True, f"{task}: no champion, head-to-head gate not applicable"))
+        return
+    if res is None:
+        if gate.required:
+            checks.append(Check(task, "win_rate", False, f"{task}: required but not evaluated"))
+        return
+    missing = [m for m in ("win_rate", "win_rate_lower") if m not in res.metrics]
+    if missing:
+        checks.append(
+            Check(task, "win_rate", False, f"{task}: {', '.join(missing)} missing (not a pairwise task?)")
+        )
+        return
+    tally.gated_seen = True
+    if champion_version is not None and res.opponent is not None and res.opponent != champion_version:
+        detail = f"{task}: judged against version {res.opponent}, the champion is version {champion_version}"
+        checks.append(Check(task, "win_rate", False, detail))
+        return
+    win, lower = res.metrics["win_rate"], res.metrics["win_rate_lower"]
+    upper = res.metrics.get("win_rate_upper", float("nan"))
+    interval = f"95% interval [{_fmt(lower)}, {_fmt(upper)}]"
+    if gate.min_win_rate is not None:
+        ok = win >= gate.min_win_rate
+        detail = f"{task}.win_rate {_fmt(win)} {'>=' if ok else '<'} {_fmt(gate.min_win_rate)} ({interval})"
+        checks.append(Check(task, "win_rate", ok, detail))
+    if gate.min_win_rate_lower_bound is not None:
+        ok = lower >= gate.min_win_rate_lower_bound
+        detail = (
+            f"{task}.win_rate_lower {_fmt(lower)} {'>=' if ok else '<'} {_fmt(gate.min_win_rate_lower_bound)}"
+        )
+        checks.append(Check(task, "win_rate_lower", ok, detail))
+    tally.compared = True
+    if win > 0.5:
+        tally.improved = True
 
 
 def _bound_checks(task: str, metric: str, value: float, gate: Gate) -> list[Check]:
