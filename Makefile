@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) sandbox-tools
 	$(BIN)/puyu demo
 
-up: $(STAMP)
+up: $(STAMP) sandbox-tools
 	$(BIN)/puyu up
 
 # The code sandbox (shared/sandbox) isolates with bubblewrap: installed here when missing and run as root
