@@ -168,3 +168,23 @@ def test_reasoning_apart_whole_and_streamed(text: str, reasoning: str | None, co
         pieces = [stream.feed(text[i : i + step]) for i in range(0, len(text), step)] + [stream.finish()]
         assert "".join(r for r, _ in pieces) == (reasoning or "")
         assert "".join(c for _, c in pieces) == content
+
+
+def test_what_workers_cannot_receive_is_refused_not_dropped() -> None:
+    from services.inference_gateway.wire import params_from_proto, params_to_proto
+
+    for unsent in (
+        SamplingParams(ignore_eos=True),
+        SamplingParams(min_tokens=1),
+        SamplingParams(max_tokens=0, echo=True),
+    ):
+        with pytest.raises(InvalidRequest, match="not supported for models served by worker processes"):
+            params_to_proto(unsent)
+    default = params_from_proto(
+        params_to_proto(SamplingParams(max_tokens=16, max_tokens_is_default=True)), 32
+    )
+    assert (
+        default.max_tokens == 32 and default.max_tokens_is_default
+    )  # the worker's default, cut by its context
+    asked = params_from_proto(params_to_proto(SamplingParams(max_tokens=5)), 32)
+    assert asked.max_tokens == 5 and not asked.max_tokens_is_default
