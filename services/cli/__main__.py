@@ -304,11 +304,33 @@ def eval_compare(runs: tuple[str, ...]) -> None:
 @click.option("--port", default=8000, show_default=True)
 @click.option("--api-key", default=None, envvar="PUYU_API_KEY")
 @click.option("--served-name", default=None, help="Name clients use (default: the folder name).")
-def serve(model_path: str, host: str, port: int, api_key: str | None, served_name: str | None) -> None:
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+    default=None,
+    help="Precision of the weights and KV cache. auto: the checkpoint's on CUDA; on the CPU bfloat16 "
+    "where the processor multiplies it natively, else float32 (default: PUYU_GATEWAY_DTYPE, else auto).",
+)
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Sequences decoded together (default: PUYU_GATEWAY_MAX_BATCH_SIZE, else 32). The engine's "
+    "other settings come from PUYU_GATEWAY_* as for the gateway.",
+)
+def serve(
+    model_path: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    served_name: str | None,
+    dtype: str | None,
+    max_batch_size: int | None,
+) -> None:
     """Serve one Hugging Face model folder with an OpenAI-compatible API (no bus)."""
     from services.inference_gateway.cli import serve_cmd
 
-    serve_cmd(Path(model_path), host, port, api_key, served_name)
+    serve_cmd(Path(model_path), host, port, api_key, served_name, dtype=dtype, max_batch_size=max_batch_size)
 
 
 # ---------------------------------------------------------------------------------------------- registry

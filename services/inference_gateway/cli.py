@@ -7,11 +7,13 @@ import dataclasses
 import logging
 from pathlib import Path
 
+import torch
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import make_asgi_app
 
-from services.inference_gateway.core.engine import Engine
+from services.inference_gateway.app import engine_loader, limits_from
+from services.inference_gateway.config import GatewaySettings
 from services.inference_gateway.core.limits import Limits
 from services.inference_gateway.core.pool import ModelPool
 from services.inference_gateway.core.routing import RoutingPolicy
@@ -21,18 +23,42 @@ from services.inference_gateway.router import Router
 
 log = logging.getLogger(__name__)
 
+# Where neither PUYU_GATEWAY_* nor a flag says: one model on its own machine takes a larger batch and
+# longer answers than the service's engines (which share a host with other versions and workers).
+SERVE_DEFAULTS: dict[str, object] = {"gateway_max_batch_size": 32, "gateway_default_max_tokens": 256}
+
+
+def serve_settings(**flags: object) -> GatewaySettings:
+    """``puyu serve``'s settings: ``PUYU_GATEWAY_*`` from the environment (the engine's batch size,
+    KV blocks, step tokens, prefix caching, KV layout, dtype, threads, limits), the flags given
+    (not None) over them, ``SERVE_DEFAULTS`` where neither says."""
+    from_env = GatewaySettings().model_fields_set
+    defaults = {key: value for key, value in SERVE_DEFAULTS.items() if key not in from_env}
+    given = {key: value for key, value in flags.items() if value is not None}
+    return GatewaySettings(**{**defaults, **given})  # type: ignore[arg-type]  # validated by pydantic
+
 
 def build_serve_app(
     model_path: Path,
     *,
+    settings: GatewaySettings | None = None,
     served_name: str | None = None,
     api_key: str | None = None,
-    default_max_tokens: int = 16,
+    default_max_tokens: int | None = None,
     limits: Limits | None = None,
-    max_batch_size: int = 32,
+    max_batch_size: int | None = None,
 ) -> tuple[FastAPI, ModelPool]:
-    """The standalone app: the model loads and warms at start-up; the same routes as the service."""
-    pool = ModelPool(lambda path, name: Engine.load(path, name=name, max_batch_size=max_batch_size))
+    """The standalone app: the model loads and warms at start-up; the same routes as the service.
+
+    The engine is built from ``settings`` (default: ``serve_settings``); ``default_max_tokens``,
+    ``max_batch_size`` and ``api_key`` override it as flags do; ``limits`` replaces the settings' ones.
+    """
+    settings = settings or serve_settings(
+        gateway_default_max_tokens=default_max_tokens, gateway_max_batch_size=max_batch_size
+    )
+    if settings.gateway_num_threads:
+        torch.set_num_threads(settings.gateway_num_threads)
+    pool = ModelPool(engine_loader(settings))
     watch_pool(pool)
     name = served_name or Path(model_path).resolve().name
 
@@ -50,11 +76,11 @@ def build_serve_app(
     async def health() -> dict[str, object]:
         return {"status": "ok", "models": pool.served_names()}
 
-    limits = limits or Limits()
+    limits = limits or limits_from(settings)
     if api_key and api_key not in limits.api_keys:
         limits = dataclasses.replace(limits, api_keys=(*limits.api_keys, api_key))
     router = Router(pool, policy=RoutingPolicy(max_queue=limits.max_queue))
-    install_openai_api(app, router, limits, default_max_tokens=default_max_tokens)
+    install_openai_api(app, router, limits, default_max_tokens=settings.gateway_default_max_tokens)
     return app, pool
 
 
@@ -65,23 +91,23 @@ def serve_cmd(
     api_key: str | None = None,
     served_name: str | None = None,
     *,
-    max_batch_size: int = 32,
-    rate_limit_rpm: float = 0,
-    max_queue: int = 0,
-    request_timeout: float = 0,
-    default_max_tokens: int = 256,
+    dtype: str | None = None,
+    max_batch_size: int | None = None,
+    rate_limit_rpm: float | None = None,
+    max_queue: int | None = None,
+    request_timeout: float | None = None,
+    default_max_tokens: int | None = None,
 ) -> None:
+    """Serve the folder until interrupted; a flag left None takes ``PUYU_GATEWAY_*`` or serve's default."""
     if not (Path(model_path) / "config.json").exists():
         raise SystemExit(f"{model_path}: not a Hugging Face model folder (no config.json)")
-    limits = Limits(
-        requests_per_minute=rate_limit_rpm, max_queue=max_queue, request_timeout_s=request_timeout
+    settings = serve_settings(
+        gateway_dtype=dtype,
+        gateway_max_batch_size=max_batch_size,
+        gateway_rate_limit_rpm=rate_limit_rpm,
+        gateway_max_queue=max_queue,
+        gateway_request_timeout=request_timeout,
+        gateway_default_max_tokens=default_max_tokens,
     )
-    app, _ = build_serve_app(
-        Path(model_path),
-        served_name=served_name,
-        api_key=api_key,
-        limits=limits,
-        max_batch_size=max_batch_size,
-        default_max_tokens=default_max_tokens,
-    )
+    app, _ = build_serve_app(Path(model_path), settings=settings, served_name=served_name, api_key=api_key)
     asyncio.run(uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).serve())

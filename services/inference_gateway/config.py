@@ -40,6 +40,11 @@ class GatewaySettings(CommonSettings):
         description="Where attention reads keys/values: contiguous rows per sequence (the CPU default) "
         "or the paged blocks (the CUDA default).",
     )
+    gateway_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto",
+        description="Precision of the served models' weights and KV cache: auto is the checkpoint's on "
+        "CUDA and, on the CPU, bfloat16 where the processor multiplies it natively, else float32.",
+    )
     gateway_default_max_tokens: int = Field(
         default=16, ge=1, description="max_tokens when a request omits it."
     )
@@ -120,4 +125,5 @@ class GatewaySettings(CommonSettings):
             "max_step_tokens": self.gateway_max_step_tokens,
             "prefix_caching": self.gateway_prefix_caching,
             "kv_layout": self.gateway_kv_layout,
+            "dtype": self.gateway_dtype,
         }

@@ -72,7 +72,7 @@ def puyu_serve(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     port = free_port()
     log = open(tmp_path_factory.mktemp("serve") / "serve.log", "wb")
     cmd = [sys.executable, "-m", "services.cli", "serve", "--model", str(tiny_model), "--port", str(port)]
-    cmd += ["--served-name", "tiny"]
+    cmd += ["--served-name", "tiny", "--dtype", "float32"]  # compared with transformers in fp32
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -4,10 +4,17 @@ transformers' own forward wants a rectangular cache; paged attention needs the a
 to read the block tables, so the runner drives the Hugging Face modules of a Llama-family model
 (embeddings, per-layer projections, norms, MLP, rotary embedding, head) and does the attention
 itself: all tokens of a step go through each projection as one matrix, then decode tokens attend in
-one call and each prefill chunk in its own. Keys and values always go to the paged cache (blocks,
-prefix caching); where attention reads them depends on ``kv_layout``: ``paged`` reads the blocks
-(``paged_decode``, the Triton kernel in place on CUDA), ``rows`` (the CPU default) reads contiguous
-per-sequence rows (``row_cache``), which saves the per-step gather of every context.
+one call and each prefill chunk in its own. The families whose decoder layer has that shape: Llama
+(any rope scaling: the model's own rotary module computes cos/sin), Mistral, Qwen2 (biases live in
+the projections), Qwen3 (q/k norms per head), and the sparse mixture-of-experts Qwen2-MoE (shared
+expert included) and Mixtral, whose MoE block is the module's own forward over the step's tokens
+(routing is per token, so a flat batch routes as transformers does). InternLM2/InternLM3 arrive
+here as Llama (``shared.hf_models`` converts them on load).
+
+Keys and values always go to the paged cache (blocks, prefix caching); where attention reads them
+depends on ``kv_layout``: ``paged`` reads the blocks (``paged_decode``, the Triton kernel in place on
+CUDA), ``rows`` (the CPU default) reads contiguous per-sequence rows (``row_cache``), which saves
+the per-step gather of every context. The caches take the model's dtype; the logits leave in fp32.
 """
 
 from __future__ import annotations
@@ -30,8 +37,24 @@ from services.inference_gateway.core.kv_cache import PagedKVCache
 from services.inference_gateway.core.row_cache import RowCache
 from services.inference_gateway.core.sampling import InvalidRequest
 
-# architectures whose decoder layer is Llama's (pre-norm, q/k/v/o projections, rotary, gated MLP)
-SUPPORTED = {"llama", "mistral", "qwen2", "qwen3"}
+# architectures whose decoder layer is Llama's (pre-norm, q/k/v/o projections, rotary, gated MLP or
+# a sparse MoE block); ``shared.hf_models`` loads InternLM2/InternLM3 as llama
+SUPPORTED = {"llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "mixtral"}
+
+
+def sliding_window(model: Any) -> int | None:
+    """The smallest attention window of any layer (None: every layer attends to the whole context).
+
+    Mistral and Mixtral name it in the config; Qwen2's layers carry it where ``layer_types`` make
+    them sliding. The runner attends to the whole context, which equals a window of ``w`` tokens as
+    long as no sequence is longer than ``w``: the engine caps its lengths there.
+    """
+    cfg = model.config
+    windows = [getattr(layer.self_attn, "sliding_window", None) for layer in model.model.layers]
+    if cfg.model_type in ("mistral", "mixtral"):
+        windows.append(getattr(cfg, "sliding_window", None))
+    active = [int(w) for w in windows if w]
+    return min(active) if active else None
 
 
 @dataclass
@@ -73,7 +96,11 @@ class ModelRunner:
         self.q_heads = cfg.num_attention_heads
         self.kv_heads = cfg.num_key_value_heads
         self.block_size = block_size
-        dtype = next(model.parameters()).dtype
+        window = sliding_window(model)
+        self.max_positions = min(
+            int(getattr(cfg, "max_position_embeddings", 0) or 1 << 30), window or 1 << 30
+        )
+        dtype = next(model.parameters()).dtype  # the KV cache holds what the projections produce
         self.cache = PagedKVCache(
             layers=len(self.core.layers),
             kv_heads=self.kv_heads,
@@ -89,7 +116,7 @@ class ModelRunner:
         self.kv_layout = kv_layout
         self.rows: RowCache | None = None
         if kv_layout == "rows":
-            max_len = min(int(getattr(cfg, "max_position_embeddings", 0) or 1 << 30), num_blocks * block_size)
+            max_len = min(self.max_positions, num_blocks * block_size)
             self.rows = RowCache(
                 layers=len(self.core.layers),
                 rows=max_rows,
@@ -252,7 +279,8 @@ class ModelRunner:
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
             out = attend(li, q, k, v)
             x = x + attn.o_proj(out.reshape(t, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            # [1, T, H]: the MoE blocks read (batch, length, hidden) and route each token alone
+            x = x + layer.mlp(layer.post_attention_layernorm(x)[None])[0]
         return x
 
     def _logits(

@@ -10,3 +10,11 @@ from services.inference_gateway.testing import build_tiny_model
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.set_num_threads(1)
     return build_tiny_model(tmp_path_factory.mktemp("gw") / "tiny")
+
+
+@pytest.fixture(autouse=True)
+def _fp32_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Engines built from settings (``puyu serve``'s app) load in fp32, as the references these tests
+    compare with: ``auto`` would pick bf16 on a processor that multiplies it natively. Tests of the
+    precision choice set or clear ``PUYU_GATEWAY_DTYPE`` themselves."""
+    monkeypatch.setenv("PUYU_GATEWAY_DTYPE", "float32")

@@ -16,7 +16,7 @@ PROMPTS = [
 
 @pytest.fixture
 def engine(tiny_model: Path):
-    eng = Engine.load(tiny_model, max_batch_size=8).start()
+    eng = Engine.load(tiny_model, max_batch_size=8, dtype="float32").start()
     yield eng
     eng.close()
 

@@ -28,7 +28,7 @@ def hf(tiny_model: Path):
 
 
 def make(tiny_model: Path, **kw) -> Engine:
-    eng = Engine.load(tiny_model, **kw).start()
+    eng = Engine.load(tiny_model, dtype="float32", **kw).start()
     eng.eos_ids = set()  # full-length runs, comparable with generate(eos_token_id=None)
     return eng
 

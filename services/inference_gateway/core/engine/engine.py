@@ -1,4 +1,4 @@
-"""The inference engine: one Llama-family model served by a background thread with continuous batching.
+"""The inference engine: one decoder model served by a background thread with continuous batching.
 
 The parts, each usable alone: ``scheduler`` (admission, chunked prefill, paged KV blocks, prefix
 caching, preemption), ``ModelRunner`` (the forward over a step's chunks), ``output`` (detokenizing,
@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.inference_gateway.core.engine.bridge import RequestBridge, Sink
 from services.inference_gateway.core.engine.loop import EngineLoop
@@ -24,6 +23,7 @@ from services.inference_gateway.core.guided import GuideFactory
 from services.inference_gateway.core.model_runner import ModelRunner
 from services.inference_gateway.core.prompts import check_prompt_ids
 from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams, check_context
+from shared.hf_models import load_causal_lm, load_tokenizer
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -50,9 +50,9 @@ class Engine:
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch_size = max_batch_size
-        self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
         if num_blocks is None:  # room for a full batch of sequences at the longest useful length
-            num_blocks = -(-max_batch_size * min(self.max_positions, 2048) // block_size) + max_batch_size
+            longest = min(int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30), 2048)
+            num_blocks = -(-max_batch_size * longest // block_size) + max_batch_size
         self.runner = ModelRunner(
             model,
             num_blocks=num_blocks,
@@ -61,6 +61,9 @@ class Engine:
             kv_layout=kv_layout,
             max_rows=max_batch_size,
         )
+        # the model's context, or its attention window where that is shorter (the runner attends to
+        # the whole context, exact only up to the window)
+        self.max_positions = self.runner.max_positions
         self.allocator = self.runner.cache.allocator
         eos_ids = eos_token_ids(model, tokenizer)
         vocab = int(model.get_output_embeddings().weight.shape[0])
@@ -83,17 +86,21 @@ class Engine:
         *,
         max_batch_size: int = 16,
         name: str | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = "auto",
         device: str | None = None,
         **engine_kw: Any,
     ) -> Engine:
-        """Load a Hugging Face model folder (weights + tokenizer), on CUDA when there is one."""
+        """Load a Hugging Face model folder (weights + tokenizer), on CUDA when there is one.
+
+        Opened by ``shared.hf_models`` (every family it supports; InternLM without running the
+        folder's code). ``dtype``: ``auto`` (the checkpoint's on CUDA; on the CPU bf16 where the
+        processor multiplies it natively, else fp32), ``bfloat16``, ``float16``, ``float32``; the KV
+        cache takes the model's dtype, sampling and logprobs run on fp32 logits whatever it is.
+        """
         path = Path(path)
-        if not (path / "config.json").exists():
-            raise InvalidRequest(f"{path} is not a Hugging Face model folder (no config.json)")
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        model = model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))  # type: ignore[arg-type]  # transformers types .to oddly
+        target = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, _ = load_causal_lm(path, dtype=dtype, device=target)
+        tokenizer = load_tokenizer(path)
         return cls(model, tokenizer, max_batch_size=max_batch_size, name=name or path.name, **engine_kw)
 
     # ------------------------------------------------------------------------------ prompts
