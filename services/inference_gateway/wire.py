@@ -9,23 +9,10 @@ from services.inference_gateway.core.sampling import InvalidRequest, SamplingPar
 
 
 def params_to_proto(p: SamplingParams) -> pb.SamplingParams:
-    """The message a worker receives; InvalidRequest naming what the contract cannot carry yet, rather
-    than a worker serving the request without it. A default ``max_tokens`` goes as 0 (the worker's
-    default, cut by the context as a local one is); ``echo``'s decoded prompt and kept special tokens
-    do not travel: the gateway joins the prompt tokens' texts, and reads tool calls without markers."""
-    unsent = [
-        name
-        for name, asked in (
-            ("ignore_eos", p.ignore_eos),
-            ("min_tokens", p.min_tokens > 0),
-            ("max_tokens=0", p.max_tokens == 0),
-        )
-        if asked
-    ]
-    if unsent:
-        raise InvalidRequest(f"{', '.join(unsent)}: not supported for models served by worker processes")
+    """The message a worker receives. A default ``max_tokens`` goes as 0 (the worker's default, cut by
+    the context as a local one is); scoring only (``max_tokens`` 0) goes as ``score_only``."""
     return pb.SamplingParams(
-        max_tokens=0 if p.max_tokens_is_default else p.max_tokens,
+        max_tokens=0 if p.max_tokens_is_default or p.max_tokens == 0 else p.max_tokens,
         temperature=p.temperature,
         top_p=p.top_p,
         top_k=p.top_k,
@@ -39,13 +26,18 @@ def params_to_proto(p: SamplingParams) -> pb.SamplingParams:
         has_logprobs=p.logprobs is not None,
         prompt_logprobs=p.prompt_logprobs,
         json_schema=p.json_schema or "",
+        ignore_eos=p.ignore_eos,
+        min_tokens=p.min_tokens,
+        score_only=p.max_tokens == 0 and not p.max_tokens_is_default,
+        keep_special_tokens=not p.skip_special_tokens,
+        echo=p.echo,
     )
 
 
 def params_from_proto(p: pb.SamplingParams, default_max_tokens: int) -> SamplingParams:
     return SamplingParams(
-        max_tokens=p.max_tokens or default_max_tokens,
-        max_tokens_is_default=not p.max_tokens,
+        max_tokens=0 if p.score_only else p.max_tokens or default_max_tokens,
+        max_tokens_is_default=not p.max_tokens and not p.score_only,
         temperature=p.temperature,
         top_p=p.top_p if 0 < p.top_p < 1 else 1.0,
         top_k=p.top_k,
@@ -57,6 +49,10 @@ def params_from_proto(p: pb.SamplingParams, default_max_tokens: int) -> Sampling
         logprobs=p.logprobs if p.has_logprobs else None,
         prompt_logprobs=p.prompt_logprobs,
         json_schema=p.json_schema or None,
+        ignore_eos=p.ignore_eos,
+        min_tokens=p.min_tokens,
+        skip_special_tokens=not p.keep_special_tokens,
+        echo=p.echo,
     ).validate()
 
 
@@ -112,6 +108,9 @@ def delta_to_chunk(d: Delta, model: str, worker: str) -> pb.GenerateChunk:
         chunk.has_prompt_logprobs = True
         chunk.prompt_logprobs.extend(_lp_to_proto(t) for t in d.prompt_logprobs[1:] if t is not None)
         chunk.prompt_first_token = d.prompt_first_token or ""
+    if d.prompt_text is not None:
+        chunk.has_prompt_text = True
+        chunk.prompt_text = d.prompt_text
     return chunk
 
 
@@ -129,4 +128,5 @@ def chunk_to_delta(c: pb.GenerateChunk) -> Delta:
         cached_tokens=c.cached_tokens,
         prompt_first_token=c.prompt_first_token if c.has_prompt_logprobs else None,
         worker=c.worker,
+        prompt_text=c.prompt_text if c.has_prompt_text else None,
     )

@@ -170,16 +170,16 @@ def test_reasoning_apart_whole_and_streamed(text: str, reasoning: str | None, co
         assert "".join(c for _, c in pieces) == content
 
 
-def test_what_workers_cannot_receive_is_refused_not_dropped() -> None:
+def test_every_option_reaches_a_worker() -> None:
     from services.inference_gateway.wire import params_from_proto, params_to_proto
 
-    for unsent in (
-        SamplingParams(ignore_eos=True),
-        SamplingParams(min_tokens=1),
-        SamplingParams(max_tokens=0, echo=True),
+    for sent in (
+        SamplingParams(ignore_eos=True, max_tokens=8),
+        SamplingParams(min_tokens=3, max_tokens=8),
+        SamplingParams(max_tokens=0, echo=True, prompt_logprobs=True),
+        SamplingParams(skip_special_tokens=False, echo=True),
     ):
-        with pytest.raises(InvalidRequest, match="not supported for models served by worker processes"):
-            params_to_proto(unsent)
+        assert params_from_proto(params_to_proto(sent), 32) == sent
     default = params_from_proto(
         params_to_proto(SamplingParams(max_tokens=16, max_tokens_is_default=True)), 32
     )

@@ -186,7 +186,8 @@ async def test_a_worker_lost_mid_generation(workers) -> None:
 
 
 async def test_full_options_cross_the_wire(workers, tiny_model: Path) -> None:
-    """Logprobs, prompt logprobs, chat rendering and constrained JSON give the same over gRPC as in-process."""
+    """Logprobs, prompt logprobs, scoring only, echo, ignore_eos / min_tokens, chat rendering and
+    constrained JSON give the same over gRPC as in-process."""
     local = ModelPool()
     await local.deploy("tiny", 1, tiny_model)
     remote = Router(None, table_of(workers, a=0), instance="gw")
@@ -208,17 +209,30 @@ async def test_full_options_cross_the_wire(workers, tiny_model: Path) -> None:
                 Prompt(text="Answer:"),
                 SamplingParams(max_tokens=12, temperature=0, json_schema='{"type": "object"}'),
             ),
+            (  # lm-eval's scoring request: prompt logprobs only, nothing generated
+                Prompt(ids=(5, 9, 12, 40)),
+                SamplingParams(max_tokens=0, temperature=0, prompt_logprobs=True, echo=True, logprobs=1),
+            ),
+            (
+                Prompt(text="The river"),
+                SamplingParams(
+                    max_tokens=6, temperature=0, ignore_eos=True, min_tokens=4, skip_special_tokens=False
+                ),
+            ),
         ]
         for prompt, params in cases:
             want = await collect(await Router(local).open("tiny", prompt, params))
             if params.prompt_logprobs:  # the comparison means something: there are logprobs to compare
-                assert want[0].prompt_logprobs is not None and want[0].logprobs and want[0].prompt_first_token
+                assert want[0].prompt_logprobs is not None and want[0].prompt_first_token
+                assert want[0].logprobs or params.max_tokens == 0
             got = await collect(await remote.open("tiny", prompt, params))
             assert [(d.text, d.finish_reason, d.logprobs) for d in got] == [
                 (d.text, d.finish_reason, d.logprobs) for d in want
             ]
             assert got[0].prompt_logprobs == want[0].prompt_logprobs
             assert got[0].prompt_first_token == want[0].prompt_first_token
+            assert got[0].prompt_text == want[0].prompt_text
+            assert sum(d.completion_tokens for d in got[-1:]) == sum(d.completion_tokens for d in want[-1:])
     finally:
         await remote.close()
         await local.close()
