@@ -148,12 +148,13 @@ class Bus:
         self.service = service
         self.nats_url = nats_url
         self.identity = identity if identity is not None else NatsIdentity.from_env()
+        self._inbox = self.identity.inbox_prefix()  # replies come only where this identity may listen
         self.broker = NatsBroker(
             nats_url,
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
             security=self.identity.broker_security(),
-            inbox_prefix=self.identity.inbox_prefix(),
+            inbox_prefix=self._inbox,
             reconnected_cb=self._on_reconnected,
             logger=logging.getLogger("faststream"),
             log_level=logging.DEBUG,  # one line per message is too much at INFO
@@ -308,6 +309,7 @@ class Bus:
                 stream=JStream(stream_for(cls), declare=False),
                 durable=durable,
                 pull_sub=PullSub(batch_size=1, timeout=5.0),
+                inbox_prefix=f"{self._inbox}.".encode(),  # FastStream's own default is _INBOX.
                 ack_policy=AckPolicy.MANUAL,
                 config=config,
                 title=f"{self.service}:{cls.event_type}",

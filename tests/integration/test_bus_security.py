@@ -9,9 +9,11 @@ grant, a wider role) fails it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -28,12 +30,12 @@ from contracts.events import (
     ModelRef,
     TaskResult,
 )
-from contracts.events.subjects import EVENTS_STREAM, WORKERS_BUCKET
+from contracts.events.subjects import DLQ_PREFIX, EVENTS_STREAM, WORKERS_BUCKET
 from services.cli.stack import Stack, start_secured_nats
-from shared.bus import Bus
+from shared.bus import Bus, HandlerContext
 from shared.bus.identity import NatsAuthError, NatsIdentity
 from shared.bus.natsauth import AuthDir, User, local_users, new_seed
-from shared.bus.permissions import ADMIN, GATEWAY, WORKER
+from shared.bus.permissions import ADMIN, GATEWAY, ROLES, WORKER, worker_durable_name
 from shared.natsserver import NatsServer, free_port
 from shared.ports import SERVICES
 from shared.settings import CommonSettings
@@ -185,16 +187,50 @@ async def test_services_cannot_take_another_consumer_or_change_a_stream(sessions
         assert await sessions[name].refused(f"$JS.API.STREAM.DELETE.{EVENTS_STREAM}")
 
 
-async def test_each_service_identity_starts_its_bus(secured: tuple[NatsServer, AuthDir]) -> None:
-    """The permissions are enough for what every Bus does at start (streams, buckets, the job board)."""
+async def test_each_identity_runs_its_bus_and_consumers(
+    secured: tuple[NatsServer, AuthDir], sessions: dict[str, Session]
+) -> None:
+    """The permissions are enough for all a Bus does: streams, buckets, the job board, its own
+    consumers (created, pulled, acked) and the dead letter with its job.failed event."""
     server, auth = secured
+    buses: list[Bus] = []
+    expected: set[tuple[str, str]] = set()
     for user in USERS:
+        role = ROLES.get(user.role)
         bus = Bus(server.url, user.role, identity=auth.identity(user.role, user.instance))
+        for cls in role.consumes if role else ():
+            durable = (
+                worker_durable_name(user.instance or "", cls)
+                if role and role.per_instance_consumers
+                else None
+            )
+            bus.handle(cls, durable=durable, max_deliver=1)(_never_called)
+            expected.add((user.role, cls.subject()))
         await asyncio.wait_for(bus.start(), 20)
-        try:
-            await bus.jobs.get("nothing")
-        finally:
+        await bus.jobs.get("nothing")
+        buses.append(bus)
+    try:
+        admin = sessions[ADMIN].nc
+        for subject in {subject for _, subject in expected}:
+            await admin.jetstream().publish(subject, b"not an envelope")  # every consumer dead-letters it
+        dead = await admin.jetstream().pull_subscribe(f"{DLQ_PREFIX}.>", stream="PUYU_DLQ")
+        seen: set[tuple[str, str]] = set()
+        deadline = asyncio.get_running_loop().time() + 30
+        while not expected <= seen and asyncio.get_running_loop().time() < deadline:
+            with contextlib.suppress(nats.errors.TimeoutError):
+                for msg in await dead.fetch(50, timeout=1):
+                    seen.add(
+                        ((msg.headers or {})["Puyu-Service"], msg.subject.removeprefix(f"{DLQ_PREFIX}."))
+                    )
+                    await msg.ack()
+        assert expected <= seen, f"not dead-lettered by their consumers: {sorted(expected - seen)}"
+    finally:
+        for bus in buses:
             await bus.stop()
+
+
+async def _never_called(ctx: HandlerContext[Any]) -> None:
+    raise AssertionError("a malformed message reached a handler")
 
 
 def test_users_are_what_the_stack_makes() -> None:
