@@ -21,12 +21,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from contracts.events import ModelPromoted, ModelRef
+from contracts.events import ArtifactRef, ModelPromoted, ModelRef
 from services.cli.stack import start_secured_nats
 from shared.artifacts import ArtifactStore
 from shared.bus import Bus
+from shared.bus.natsauth import AuthDir
 from shared.bus.permissions import GATEWAY, WORKER
-from shared.natsserver import free_port
+from shared.natsserver import NatsServer, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -133,12 +134,8 @@ def test_requests_succeed_again_after_a_nats_restart(tmp_path: Path) -> None:
 
 
 async def _restart_under_load(
-    nats: object, auth: object, artifact: object, gateway_port: int
+    nats: NatsServer, auth: AuthDir, artifact: ArtifactRef, gateway_port: int
 ) -> tuple[list[tuple[float, int]], float]:
-    from shared.bus.natsauth import AuthDir
-    from shared.natsserver import NatsServer
-
-    assert isinstance(nats, NatsServer) and isinstance(auth, AuthDir)
     registry = Bus(nats.url, "model-registry", identity=auth.identity("model-registry"))
     await registry.start()
     try:
