@@ -345,3 +345,17 @@ def test_one_relay_at_a_time_on_postgres(reg: Registry, engine: Engine) -> None:
         release.set()
         assert first.result(10).sent == 1
     assert reg.pending_outbox() == []
+
+
+def test_card_puts_versions_side_by_side_with_standard_errors(reg: Registry) -> None:
+    for i, acc in ((1, 0.5), (2, 0.9)):
+        reg.register_version("c", art(i), run_id=f"r{i}")
+        metrics = {"accuracy": acc, "accuracy_stderr": 0.02}
+        result = TaskResult(
+            task="demo_facts", metrics=metrics, primary_metric="accuracy", version_hash="h", num_samples=100
+        )
+        reg.record_evaluation(ModelRef(model_name="c", version=i), [result])
+    card = model_card(reg.get_version("c", version=2), compare_with=[reg.get_version("c", version=1)])
+    assert "| demo_facts | accuracy | 0.9 ± 0.02 |" in card  # the evaluation table shows the error
+    assert "## Comparison" in card and "| demo_facts | accuracy | 0.9 ± 0.02 ▲ | 0.5 ± 0.02 |" in card
+    assert "accuracy_stderr" not in card.split("---")[1]  # the model-index lists metrics, not errors

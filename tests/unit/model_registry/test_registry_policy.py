@@ -83,3 +83,27 @@ def test_policy_from_yaml(tmp_path: Path) -> None:
 def test_first_version_without_bounds_still_reports_what_it_saw() -> None:
     d = decide(PromotionPolicy(gates={"perplexity": Gate()}), {"perplexity": ppl(42)}, None)
     assert d.promote and "perplexity.perplexity 42 (no champion, no bound set)" in d.reason
+
+
+# ------------------------------------------------------------------------------ head-to-head gates
+def _pairwise(win: float, lower: float, opponent: int | None = 1) -> Result:
+    metrics = {"win_rate": win, "win_rate_lower": lower, "win_rate_upper": min(1.0, win + 0.2)}
+    return Result("pairwise_facts", metrics, "win_rate", True, "h", opponent)
+
+
+def test_head_to_head_gate_on_win_rate_and_its_lower_bound() -> None:
+    policy = PromotionPolicy(
+        gates={"pairwise_facts": Gate(min_win_rate=0.5, min_win_rate_lower_bound=0.45, required=True)}
+    )
+    champ = {"pairwise_facts": _pairwise(0.5, 0.3)}  # the champion's own head-to-head is not the bar
+    assert decide(policy, {"pairwise_facts": _pairwise(0.8, 0.6)}, champ, champion_version=1).promote
+    low = decide(policy, {"pairwise_facts": _pairwise(0.6, 0.40)}, champ, champion_version=1)
+    assert not low.promote and "win_rate_lower 0.4 < 0.45" in low.reason
+    lost = decide(policy, {"pairwise_facts": _pairwise(0.3, 0.1)}, champ)
+    assert not lost.promote and "win_rate 0.3 < 0.5" in lost.reason
+    stale = decide(policy, {"pairwise_facts": _pairwise(0.9, 0.7, opponent=2)}, champ, champion_version=3)
+    assert not stale.promote and "judged against version 2, the champion is version 3" in stale.reason
+    assert not decide(policy, {}, champ).promote  # required but not evaluated
+    # no champion: the first version is not held to a head-to-head it could not play
+    first = decide(policy, {}, None)
+    assert first.promote and "not applicable" in first.reason
