@@ -121,10 +121,11 @@ class AuthDir:
         return self.server_config
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as out:
         out.write(data)
+    os.chmod(path, mode)  # also where the file existed with another mode
 
 
 # ---------------------------------------------------------------------------- compose / kubernetes
@@ -196,15 +197,19 @@ def dev_tls(out: Path, hosts: list[str]) -> tuple[Path, Path, Path]:
             check=True,
             capture_output=True,
         )
-    for path in (ca_key, key):
-        os.chmod(path, 0o600)
+    os.chmod(ca_key, 0o600)  # never mounted anywhere: it only signs new certificates
     return ca_crt, crt, key
 
 
 def write_deployment_secrets(out: Path, tls_hosts: list[str] | None) -> list[Path]:
-    """One folder per secret under ``out``: ``nats-server`` (auth.conf, tls.crt, tls.key) and
-    ``puyu-nats-<role>`` (seed.nk, ca.crt). Returns the folders written."""
+    """One folder per secret under ``out``: ``nats-server`` (auth.conf, tls.crt, tls.key, ca.crt) and
+    ``puyu-nats-<role>`` (seed.nk, ca.crt). Returns the folders written.
+
+    ``out`` itself is private (0700): the files in it stay readable by others (0644, keys included)
+    because compose bind-mounts each into a container whose user is not the host's, which alone
+    sees only its own."""
     out.mkdir(parents=True, exist_ok=True)
+    os.chmod(out, 0o700)
     pairs = []
     folders = []
     ca = None
@@ -214,18 +219,18 @@ def write_deployment_secrets(out: Path, tls_hosts: list[str] | None) -> list[Pat
         folder = out / secret_name(user.role)
         folder.mkdir(exist_ok=True)
         seed = new_seed()
-        _write_private(folder / "seed.nk", seed)
+        _write_private(folder / "seed.nk", seed, mode=0o644)
         if ca is not None:
             shutil.copyfile(ca, folder / "ca.crt")
         pairs.append((user, public_key(seed)))
         folders.append(folder)
     server = out / SERVER_SECRET
     server.mkdir(exist_ok=True)
-    _write_private(server / "auth.conf", authorization_config(pairs).encode())
+    _write_private(server / "auth.conf", authorization_config(pairs).encode(), mode=0o644)
     if ca is not None:
-        shutil.copyfile(crt, server / "tls.crt")
-        shutil.copyfile(key, server / "tls.key")
-        os.chmod(server / "tls.key", 0o600)
+        for source, name in ((crt, "tls.crt"), (key, "tls.key"), (ca, "ca.crt")):
+            shutil.copyfile(source, server / name)
+            os.chmod(server / name, 0o644)
     return [server, *folders]
 
 

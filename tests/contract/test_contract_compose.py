@@ -136,7 +136,9 @@ def test_service_environment(compose: dict[str, Any]) -> None:
     registry = services["model-registry"]
     for pkg in [*SERVICES, *WORKERS]:
         env = services[pkg.replace("_", "-")]["environment"]
-        assert env["PUYU_NATS_URL"] == "nats://nats:4222"
+        assert env["PUYU_NATS_URL"] == "tls://nats:4222"
+        assert env["PUYU_NATS_NKEY_SEED_FILE"] == "/run/secrets/nats/seed.nk"
+        assert env["PUYU_NATS_TLS_CA_FILE"] == "/run/secrets/nats/ca.crt"
         assert env["PUYU_ARTIFACT_ROOT"].startswith("s3://")
         assert env["PUYU_HOST"] == "0.0.0.0"
         assert env["FSSPEC_S3_ENDPOINT_URL"] == "http://minio:9000"
@@ -181,3 +183,33 @@ def test_nats_runs_jetstream_with_monitoring(compose: dict[str, Any]) -> None:
     assert 'store_dir: "/data"' in (ROOT / conf_mount.split(":")[0]).read_text()
     assert any(v.endswith(":/data") for v in nats["volumes"])
     assert "8222/healthz" in " ".join(nats["healthcheck"]["test"])
+
+
+def test_nats_has_users_and_tls_from_secrets(compose: dict[str, Any], tmp_path: Path) -> None:
+    """Each service mounts its own NATS identity only; the server its authorization and certificate;
+    every file comes from what ``python -m shared.bus.natsauth`` writes, none from the image."""
+    from shared.bus.natsauth import write_deployment_secrets
+
+    services, secrets = compose["services"], compose["secrets"]
+    for name in [*(p.replace("_", "-") for p in SERVICES), *WORKERS]:
+        mounted = {m["target"]: m["source"] for m in services[name]["secrets"]}
+        assert mounted == {
+            "/run/secrets/nats/seed.nk": f"puyu-nats-{name}",
+            "/run/secrets/nats/ca.crt": "puyu-nats-ca",
+        }
+    nats = {m["target"]: m["source"] for m in services["nats"]["secrets"]}
+    assert set(nats) == {"/etc/nats/auth/auth.conf", "/etc/nats/auth/tls.crt", "/etc/nats/auth/tls.key"}
+    conf = (ROOT / "deploy" / "nats" / "nats.conf").read_text()
+    assert 'include "auth/auth.conf"' in conf and "tls {" in conf
+    for target in nats:
+        assert target.removeprefix("/etc/nats/") in conf or f'"{target}"' in conf, target
+    out = tmp_path / "secrets"
+    write_deployment_secrets(out, ["nats", "localhost"])
+    for name, secret in secrets.items():
+        path = secret["file"]
+        assert path.startswith("./deploy/nats/secrets/"), name
+        assert (out / path.removeprefix("./deploy/nats/secrets/")).is_file(), (
+            f"{name}: the generator writes no {path}"
+        )
+    assert "deploy/nats/secrets" in (ROOT / ".dockerignore").read_text()
+    assert "/deploy/nats/secrets/" in (ROOT / ".gitignore").read_text()

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import shutil
 import subprocess
 import time
 import tomllib
 import urllib.request
 from pathlib import Path
 
+import nats
 import pytest
 
+from shared.bus import Bus
+from shared.bus.identity import NatsAuthError, NatsIdentity
+from shared.bus.natsauth import write_deployment_secrets
 from shared.natsserver import find_binary, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,16 +69,50 @@ def test_dockerignore_keeps_context_small_but_complete() -> None:
     assert not ignored & {"contracts", "shared", "services", "pyproject.toml", "README.md"}
 
 
-def test_nats_conf_is_valid_and_serves_jetstream(tmp_path: Path) -> None:
+def _deployed_conf(tmp_path: Path) -> tuple[Path, Path]:
+    """deploy/nats/nats.conf beside the secrets ``python -m shared.bus.natsauth`` writes, laid out as
+    compose and k8s mount them (auth/ next to the config); its store dir moved out of the way."""
+    secrets = tmp_path / "secrets"
+    write_deployment_secrets(secrets, ["localhost", "127.0.0.1"])
+    etc = tmp_path / "etc"
+    shutil.copytree(secrets / "nats-server", etc / "auth")
+    text = NATS_CONF.read_text()
+    assert 'store_dir: "/data"' in text and "/etc/nats/auth/" in text
+    conf = etc / "nats.conf"
+    conf.write_text(
+        text.replace('store_dir: "/data"', f'store_dir: "{tmp_path / "store"}"').replace(
+            "/etc/nats/auth/", f"{etc / 'auth'}/"
+        )
+    )
+    return conf, secrets
+
+
+async def _tls_and_users(url: str, secrets: Path) -> None:
+    ca = secrets / "nats-server" / "ca.crt"
+    trainer = NatsIdentity(nkey_seed_file=secrets / "puyu-nats-trainer" / "seed.nk", tls_ca_file=ca)
+    bus = Bus(url, "trainer", identity=trainer)
+    await asyncio.wait_for(bus.start(), 20)
+    await bus.stop()
+    with pytest.raises(NatsAuthError, match="requires credentials"):
+        await Bus(url, "anonymous", identity=NatsIdentity(tls_ca_file=ca)).start()
+    with pytest.raises((nats.errors.Error, OSError)):  # without the CA the server's cert is not trusted
+        await nats.connect(
+            url, allow_reconnect=False, connect_timeout=3, **trainer.connect_options() | {"tls": None}
+        )
+    plain = url.replace("tls://", "nats://")
+    with pytest.raises((nats.errors.Error, OSError)):
+        await nats.connect(
+            plain, allow_reconnect=False, connect_timeout=3, inbox_prefix=trainer.inbox_prefix()
+        )
+
+
+def test_nats_conf_is_valid_and_serves_jetstream_with_users_and_tls(tmp_path: Path) -> None:
     binary = find_binary()
-    check = subprocess.run([binary, "-t", "-c", str(NATS_CONF)], capture_output=True, text=True, timeout=30)
+    conf, secrets = _deployed_conf(tmp_path)
+    check = subprocess.run([binary, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
     port, monitor = free_port(), free_port()
-    # The config as deployed (with compose's -js), its ports and store dir moved out of the way here.
-    text = NATS_CONF.read_text()
-    assert 'store_dir: "/data"' in text
-    conf = tmp_path / "nats.conf"
-    conf.write_text(text.replace('store_dir: "/data"', f'store_dir: "{tmp_path / "store"}"'))
+    # The config as deployed (with compose's -js), its ports moved out of the way here.
     proc = subprocess.Popen(
         [binary, "-c", str(conf), "-js", "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor)],
         stdout=subprocess.DEVNULL,
@@ -94,6 +134,8 @@ def test_nats_conf_is_valid_and_serves_jetstream(tmp_path: Path) -> None:
             varz = json.load(resp)
         assert varz["max_payload"] == 8 * 1024 * 1024
         assert varz["jetstream"]["config"]["store_dir"].startswith(str(tmp_path))
+        assert varz["tls_required"] and varz["auth_required"]
+        asyncio.run(_tls_and_users(f"tls://localhost:{port}", secrets))
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -196,3 +196,27 @@ def test_kustomize_builds() -> None:
     assert out.returncode == 0, out.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout) if d]
     assert kinds.count("Deployment") == len(SERVICES) + len(WORKERS)
+
+
+def test_nats_identities_and_tls_are_mounted_secrets_never_manifests(objects: list[dict[str, Any]]) -> None:
+    data = _named(objects, "ConfigMap", "puyu-common")["data"]
+    assert data["PUYU_NATS_URL"].startswith("tls://")
+    seed, ca = data["PUYU_NATS_NKEY_SEED_FILE"], data["PUYU_NATS_TLS_CA_FILE"]
+    secrets = {o["metadata"]["name"] for o in objects if o["kind"] == "Secret"}
+    assert secrets == {"puyu-secrets"}, "NATS keys and certificates must not be in a manifest"
+    for name in [*(p.replace("_", "-") for p in SERVICES), *WORKERS]:
+        pod = _named(objects, "Deployment", name)["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        own = [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v]
+        assert own == [f"puyu-nats-{name}"], name
+        assert Path(seed).parent == Path(ca).parent == Path(mounts["nats-identity"])
+        assert volumes["nats-identity"]["secret"]["secretName"] == f"puyu-nats-{name}"
+    sts = _named(objects, "StatefulSet", "nats")["spec"]["template"]["spec"]
+    (container,) = sts["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["auth"] == "/etc/nats/auth"
+    assert {"name": "auth", "secret": {"secretName": "nats-server", "defaultMode": 0o400}} in sts["volumes"]
+    conf = _named(objects, "ConfigMap", "nats-config")["data"]["nats.conf"]
+    assert 'include "auth/auth.conf"' in conf and "/etc/nats/auth/tls.crt" in conf
