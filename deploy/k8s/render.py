@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+from shared.bus.natsauth import SERVER_SECRET, secret_name  # noqa: E402
 from shared.ports import (  # noqa: E402
     SERVICES,
     grpc_port,
@@ -35,7 +36,6 @@ from shared.ports import (  # noqa: E402
     inference_worker_grpc_port,
     inference_worker_http_port,
 )
-from shared.bus.natsauth import SERVER_SECRET, secret_name  # noqa: E402
 from shared.settings import CommonSettings  # noqa: E402
 
 NAMESPACE = "puyu"
