@@ -69,12 +69,21 @@ class Evaluations:
                 self.policy,
                 {
                     r.task: Result(
-                        r.task, dict(r.metrics), r.primary_metric, r.higher_is_better, r.version_hash
+                        r.task,
+                        dict(r.metrics),
+                        r.primary_metric,
+                        r.higher_is_better,
+                        r.version_hash,
+                        # a head-to-head result counts only against the champion it was judged against
+                        opponent=r.opponent.version
+                        if r.opponent is not None and r.opponent.model_name == m.name
+                        else None,
                     )
                     for r in results
                 },
                 {e.task: _result(e) for e in champion.evaluations} if champion else None,
                 f"champion {m.name}:{champion.version}" if champion else None,
+                champion_version=champion.version if champion else None,
             )
             if not decision.promote:
                 return self._reject(s, m, v, decision, champion, actor=actor, causation=causation)

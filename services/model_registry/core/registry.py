@@ -3,12 +3,15 @@ audit and outbox, as plain synchronous calls (adapters run them in worker thread
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine
 
 from contracts.events import ArtifactRef, EventEnvelope, ModelRef, TaskResult
+from services.model_registry.core.card import model_card
+from services.model_registry.core.errors import NotFound
 from services.model_registry.core.evaluations import Evaluations
 from services.model_registry.core.outbox import Outbox, RelayResult
 from services.model_registry.core.policy import PromotionPolicy
@@ -94,6 +97,21 @@ class Registry:
     ) -> VersionView:
         """One version, by number or by alias (exactly one of them)."""
         return self._versions.get(model_name, version, alias)
+
+    def model_card(self, model_name: str, version: int | None = None, alias: str | None = None) -> str:
+        """The version's card, side by side with its parent and the champion (those of them this
+        registry holds)."""
+        v = self.get_version(model_name, version, alias)
+        others: list[VersionView] = []
+        if v.parent is not None:
+            with contextlib.suppress(NotFound):  # a base from elsewhere (a hub folder) has no card here
+                others.append(self.get_version(v.parent.model_name, v.parent.version))
+        if "champion" not in v.aliases:
+            with contextlib.suppress(NotFound):  # no champion yet
+                champion = self.get_version(model_name, alias="champion")
+                if all((o.model_name, o.version) != (champion.model_name, champion.version) for o in others):
+                    others.append(champion)
+        return model_card(v, compare_with=others)
 
     def resolve(self, ref: str) -> VersionView:
         """``NAME`` (champion, else latest), ``NAME:VERSION`` or ``NAME@ALIAS``."""

@@ -359,3 +359,50 @@ def test_card_puts_versions_side_by_side_with_standard_errors(reg: Registry) -> 
     assert "| demo_facts | accuracy | 0.9 ± 0.02 |" in card  # the evaluation table shows the error
     assert "## Comparison" in card and "| demo_facts | accuracy | 0.9 ± 0.02 ▲ | 0.5 ± 0.02 |" in card
     assert "accuracy_stderr" not in card.split("---")[1]  # the model-index lists metrics, not errors
+
+
+def test_a_head_to_head_result_counts_only_against_the_champion_it_was_judged_against(
+    engine: Engine,
+) -> None:
+    from services.model_registry.core.policy import Gate
+
+    migrate(engine)
+    policy = PromotionPolicy(gates={"pairwise": Gate(min_win_rate=0.5, required=True)})
+    reg = Registry(engine, policy)
+
+    def pairwise(opponent: int | None) -> list[TaskResult]:
+        return [
+            TaskResult(
+                task="pairwise",
+                metrics={"win_rate": 0.9, "win_rate_lower": 0.7, "win_rate_upper": 1.0},
+                primary_metric="win_rate",
+                higher_is_better=True,
+                version_hash=f"vs{opponent}",
+                num_samples=20,
+                opponent=None if opponent is None else ModelRef(model_name="m", version=opponent),
+            )
+        ]
+
+    for i in (1, 2, 3, 4):
+        reg.register_version("m", art(i), run_id=f"r{i}")
+    assert reg.record_evaluation(ModelRef(model_name="m", version=1), pairwise(None)).outcome == "promoted"
+    assert reg.record_evaluation(ModelRef(model_name="m", version=2), pairwise(1)).outcome == "promoted"
+    # version 3 won against version 1, but version 2 is the champion now: not a win over it
+    stale = reg.record_evaluation(ModelRef(model_name="m", version=3), pairwise(1))
+    assert stale is not None and stale.outcome == "rejected"
+    assert "judged against version 1, the champion is version 2" in stale.reason
+    assert reg.record_evaluation(ModelRef(model_name="m", version=4), pairwise(2)).outcome == "promoted"
+
+
+def test_the_card_shows_the_version_beside_its_parent_and_the_champion(reg: Registry) -> None:
+    reg.register_version("m", art(1), run_id="r1")
+    reg.record_evaluation(ModelRef(model_name="m", version=1), results(40, 0.3))
+    reg.register_version("m", art(2), run_id="r2", parent=ModelRef(model_name="m", version=1))
+    reg.record_evaluation(ModelRef(model_name="m", version=2), results(30, 0.5))  # the new champion
+    reg.register_version("m", art(3), run_id="r3", parent=ModelRef(model_name="m", version=1))
+    reg.record_evaluation(ModelRef(model_name="m", version=3), results(35, 0.4))
+    card = reg.model_card("m", version=3)
+    # one comparison table with the version, its parent (v1) and the champion (v2)
+    assert "m:3" in card and "m:1" in card and "m:2" in card
+    alone = reg.model_card("m", alias="champion")  # the champion: beside its parent only
+    assert "m:1" in alone and "m:3" not in alone
