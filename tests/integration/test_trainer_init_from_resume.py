@@ -2,10 +2,11 @@
 InternLM2- or Qwen2-format checkpoint is killed with SIGKILL mid-run and run again; its loss
 trajectory is that of an uninterrupted run (the resumed process reads the run's last checkpoint,
 saved in the source format, and its optimizer state), and both final checkpoints, read by the
-independent reference, are the same model."""
+independent reference, are the same model. And the same start under DeepSpeed ZeRO-3."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ xtuner_modelings = INTERNLM_FIXTURES["xtuner_modelings"]
 internlm_sentencepiece_model = INTERNLM_FIXTURES["internlm_sentencepiece_model"]
 
 
-def _config(tmp_path: Path, name: str, init_from: Path) -> Path:
+def _config(tmp_path: Path, name: str, init_from: Path, **overrides: object) -> Path:
     data = tmp_path / "data.jsonl"
     if not data.exists():
         lines = list(hf_references.corpus(seed=5))
@@ -49,7 +50,7 @@ def _config(tmp_path: Path, name: str, init_from: Path) -> Path:
         precision="fp32",
         torch_compile="off",
         num_threads=1,  # one thread: float sums in a fixed order, so reruns are bit-identical
-    )
+    ).model_copy(update=overrides)
     config = tmp_path / f"{name}.yaml"
     config.write_text(
         yaml.safe_dump({"datasets": [str(data)], "spec": spec.model_dump(mode="json"), "out": name})
@@ -127,4 +128,33 @@ def test_sigkilled_continued_pretraining_resumes_on_the_same_loss_trajectory(
     with torch.no_grad():
         torch.testing.assert_close(
             a(ids, use_cache=False).logits, b(ids, use_cache=False).logits, atol=1e-5, rtol=0
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed")
+def test_continued_pretraining_under_zero3_matches_plain_torch(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """ZeRO-3 partitions the checkpoint's parameters; the gathered weights are saved in its format."""
+    source = build_folder(tmp_path / "init-internlm2", "internlm2", request)
+    runs = {}
+    for name, stage in (("plain", 0), ("zero3", 3)):
+        config = _config(tmp_path, name, source, max_steps=6, zero_stage=stage, checkpoint_interval=3)
+        done = _train(config)
+        _, err = done.communicate(timeout=500)
+        assert done.returncode == 0, err.decode()[-2000:]
+        runs[name] = tmp_path / name
+    plain, zero = ([v[0] for _, v in sorted(_losses(runs[n]).items())] for n in ("plain", "zero3"))
+    assert len(zero) == 6 and zero == pytest.approx(plain, rel=2e-3)
+    assert (runs["zero3"] / "state" / "step-6" / "deepspeed").is_dir()
+    final = "checkpoints/step-6"
+    assert json.loads((runs["zero3"] / final / "config.json").read_text())["model_type"] == "internlm2"
+    ids = torch.randint(3, 300, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            load_reference(runs["zero3"] / final)(ids, use_cache=False).logits,
+            load_reference(runs["plain"] / final)(ids, use_cache=False).logits,
+            atol=2e-3,
+            rtol=0,
         )
