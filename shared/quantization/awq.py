@@ -106,11 +106,7 @@ def _search_scale(
     reference = [group.block(x, item) for x, item in zip(xs, inputs, strict=True)]
     originals = [linear.weight.detach().clone() for linear in layers]
     best_error, best_scales = float("inf"), torch.ones_like(x_mean)
-    for step in range(spec.awq_grid):
-        ratio = step / spec.awq_grid
-        scales = (x_mean.pow(ratio) / (w_mean.pow(1 - ratio) + 1e-4)).clamp(min=1e-4)
-        scales = scales / (scales.max() * scales.min()).sqrt()
-        scales = torch.where(torch.isfinite(scales), scales, torch.ones_like(scales))
+    for scales in _candidates(x_mean, w_mean, spec.awq_grid):
         for linear, original in zip(layers, originals, strict=True):
             scaled = original.float() * scales
             linear.weight.copy_(
@@ -126,6 +122,19 @@ def _search_scale(
     for linear, original in zip(layers, originals, strict=True):
         linear.weight.copy_(original)
     return best_scales
+
+
+def _candidates(x_mean: torch.Tensor, w_mean: torch.Tensor, grid: int) -> list[torch.Tensor]:
+    """AutoAWQ's grid of ``x_mean**r / w_mean**(1 - r)``, plus no scaling at all: AutoAWQ's grid
+    lacks it (its r = 0 is ``1 / w_mean``), so on a block without activation outliers the search
+    could otherwise pick a scale that errs more than plain rounding."""
+    candidates = [torch.ones_like(x_mean)]
+    for step in range(grid):
+        ratio = step / grid
+        scales = (x_mean.pow(ratio) / (w_mean.pow(1 - ratio) + 1e-4)).clamp(min=1e-4)
+        scales = scales / (scales.max() * scales.min()).sqrt()
+        candidates.append(torch.where(torch.isfinite(scales), scales, torch.ones_like(scales)))
+    return candidates
 
 
 def _fold(previous: nn.Module, layers: list[nn.Linear], scales: torch.Tensor) -> None:
