@@ -76,7 +76,8 @@ def _texts() -> list[str]:
 
 
 def run_puyu(model: Path, shots: int) -> tuple[float, float, int]:
-    backend = HFBackend(model, batch_size=BATCH, num_threads=THREADS)
+    # fp32, as lm-evaluation-harness loads this fp32 folder: the comparison is of the evaluators
+    backend = HFBackend(model, batch_size=BATCH, num_threads=THREADS, dtype="float32")
     base = get_task("cmmlu" if shots == 0 else "cmmlu_5shot")
     assert base.num_fewshot == shots
     tasks = [

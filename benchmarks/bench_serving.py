@@ -219,8 +219,12 @@ async def _run_puyu(engine: Engine, work: list[dict[str, Any]], concurrency: int
     return summarise("puyu", reqs, max(r["last"] for r in reqs))
 
 
-def run_puyu(path: Path, work: list[dict[str, Any]], concurrency: int, kv_layout: str) -> dict[str, Any]:
-    engine = Engine.load(path, max_batch_size=concurrency, name="bench", kv_layout=kv_layout).start()
+def run_puyu(
+    path: Path, work: list[dict[str, Any]], concurrency: int, kv_layout: str, dtype: str
+) -> dict[str, Any]:
+    engine = Engine.load(
+        path, max_batch_size=concurrency, name="bench", kv_layout=kv_layout, dtype=dtype
+    ).start()
     engine.eos_ids = set()
     try:
         engine.generate_sync(work[0]["prompt"], SamplingParams(max_tokens=2, temperature=0))  # warm
@@ -243,6 +247,12 @@ def main() -> None:
         choices=["auto", "rows", "paged"],
         help="puyu's attention layout (auto: rows on the CPU); paged shows the gathering path",
     )
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="every system's precision (the same for all: the comparison is of engines, not dtypes)",
+    )
     args = ap.parse_args()
     if not DATA.exists():
         raise SystemExit(f"benchmark data missing: {DATA} (the ../shared/data folder beside the checkout)")
@@ -250,12 +260,13 @@ def main() -> None:
     questions = [json.loads(line)["question"] for line in DATA.read_text().splitlines()[:2000]]
     with tempfile.TemporaryDirectory() as tmp:
         model, tok = build(Path(tmp), questions)
+        model = model.to(getattr(torch, args.dtype))
         params = sum(p.numel() for p in model.parameters())
         work = workload(args.requests, args.rate, tok, questions)
         # warm the transformers paths once so neither pays first-call costs in the timed run
         with torch.inference_mode():
             model.generate(torch.tensor([work[0]["prompt"]]), max_new_tokens=2, do_sample=False)
-        puyu = run_puyu(Path(tmp), work, args.concurrency, args.kv_layout)
+        puyu = run_puyu(Path(tmp), work, args.concurrency, args.kv_layout, args.dtype)
         static = run_static(model, tok.pad_token_id, work, args.concurrency)
         single = run_per_request(model, work)
     tps = "output_tokens_per_s"
@@ -269,6 +280,7 @@ def main() -> None:
                 "arrival_rate": args.rate,
                 "threads": args.threads,
                 "kv_layout": args.kv_layout,
+                "dtype": args.dtype,
                 "puyu": puyu,
                 "baseline_a_transformers_per_request": single,
                 "baseline_b_transformers_static_batching": static,
