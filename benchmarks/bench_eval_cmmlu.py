@@ -26,13 +26,14 @@ from pathlib import Path
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, from any directory
 
 import torch
 
 from services.evaluator.core.hf_backend import HFBackend
 from services.evaluator.core.runner import evaluate
 from services.evaluator.core.tasks import LoaderConfig, get_task
-from services.evaluator.testing import build_tiny_model
+from tests.support.tiny_model import build_tiny_model
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SUBJECTS = os.environ.get("BENCH_CMMLU_SUBJECTS", "college_mathematics,philosophy").split(",")

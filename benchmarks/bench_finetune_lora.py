@@ -134,13 +134,21 @@ def main() -> None:
     from contracts.events import FinetuneSpec, LoraSpec
     from services.finetuner.core.packing import build_examples
     from services.finetuner.core.templates import ensure_chat_template
-    from services.finetuner.tiny import build_tiny_base
+    from tests.support.tiny_model import build_tiny_model
 
     torch.set_num_threads(args.threads)
     records, source = chat_records(args.examples)
     texts = [m.content for r in records for m in r.messages]
     with tempfile.TemporaryDirectory() as tmp:
-        base_dir = build_tiny_base(Path(tmp) / "base", texts, vocab_size=2048, hidden_size=128, layers=2)
+        base_dir = build_tiny_model(
+            Path(tmp) / "base",
+            texts,
+            vocab_size=2048,
+            hidden_size=128,
+            layers=2,
+            unk_token="<unk>",
+            max_positions=512,
+        )
         tokenizer = AutoTokenizer.from_pretrained(base_dir)
         base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     ensure_chat_template(tokenizer)

@@ -15,11 +15,11 @@ from contracts.events import EvaluationCompleted, JobFailed, ModelRef, ModelRegi
 from contracts.proto.puyu.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from services.evaluator.app import create_service
 from services.evaluator.config import EvaluatorSettings
-from services.evaluator.testing import build_tiny_model
 from shared import samples
 from shared.artifacts import ArtifactStore
 from shared.bus import Bus, HandlerContext
 from shared.natsserver import NatsServer, free_port
+from tests.support.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.integration
 torch.set_num_threads(1)
@@ -50,7 +50,7 @@ async def test_evaluator_service_end_to_end(tmp_path: Path) -> None:
         service = asyncio.create_task(runtime.run())
 
         seen: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
-        tester = Bus(nats.url, "tester")
+        tester = Bus(nats.url, "model-registry")  # model.registered is taken only from the registry
 
         @tester.handle(EvaluationCompleted)
         async def on_completed(ctx: HandlerContext[EvaluationCompleted]) -> None:

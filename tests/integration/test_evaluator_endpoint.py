@@ -32,9 +32,9 @@ from services.evaluator.config import EvaluatorSettings
 from services.evaluator.core.hf_backend import HFBackend
 from services.evaluator.core.openai_backend import EndpointError, OpenAIBackend
 from services.evaluator.core.tasks import GenerationConfig
-from services.evaluator.testing import build_tiny_model
 from shared import samples
 from shared.natsserver import free_port
+from tests.support.tiny_model import build_tiny_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a server subprocess: > 20 s on 2 busy cores
 torch.set_num_threads(1)

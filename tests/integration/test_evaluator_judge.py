@@ -35,9 +35,9 @@ from services.evaluator.core.loaders import load
 from services.evaluator.core.runner import evaluate, run_task
 from services.evaluator.core.stats import wilson_interval
 from services.evaluator.core.tasks import GenerationConfig, get_task
-from services.evaluator.testing import build_tiny_model
 from shared import samples
 from shared.natsserver import free_port
+from tests.support.tiny_model import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 FACTS = dict(samples.fact_prompts())

@@ -13,11 +13,11 @@ from contracts.events import EvaluateRequested, EvaluationCompleted, JobFailed, 
 from services.evaluator.app import create_service
 from services.evaluator.config import EvaluatorSettings
 from services.evaluator.core import evaluate_model
-from services.evaluator.testing import build_tiny_model
 from shared import samples
 from shared.artifacts import ArtifactStore
 from shared.bus import Bus, HandlerContext
 from shared.natsserver import NatsServer, free_port
+from tests.support.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.integration
 torch.set_num_threads(1)

@@ -4,7 +4,6 @@ registry and evaluator processes on a real nats-server."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -23,19 +22,14 @@ from contracts.events import (
 )
 from services.cli.chain import ChainWatcher
 from services.cli.stack import Stack
-from services.finetuner.tiny import build_tiny_base
 from shared.artifacts import ArtifactStore
 from shared.bus import Bus
 from shared.ports import http_port
 from shared.samples import CHAT_TEMPLATE, chat_examples, heldout_texts
+from tests.support.data import write_chat_dataset
+from tests.support.tiny_model import build_tiny_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
-
-
-def write_chat_dataset(path: Path, n: int) -> Path:
-    """The demo's chat examples as an OpenAI-messages JSONL file."""
-    path.write_text("".join(json.dumps(r) + "\n" for r in chat_examples(n)))
-    return path
 
 
 async def _finetune(stack: Stack, base: Path, data: Path, store: ArtifactStore) -> ChainWatcher:
@@ -65,7 +59,13 @@ def test_finetune_request_ends_in_an_evaluated_registry_version(
     stack = service_stack(("finetuner", "model_registry", "evaluator"))
     store = ArtifactStore(stack.settings.artifact_root_uri)
     texts = [*heldout_texts(120), *(str(m["content"]) for r in chat_examples(40) for m in r["messages"])]  # type: ignore[attr-defined]
-    base = build_tiny_base(store.local_staging("models/tiny-base/1"), texts, chat_template=CHAT_TEMPLATE)
+    base = build_tiny_model(
+        store.local_staging("models/tiny-base/1"),
+        texts,
+        chat_template=CHAT_TEMPLATE,
+        unk_token="<unk>",
+        max_positions=512,
+    )
     data = write_chat_dataset(tmp_path / "chat.jsonl", n=40)
 
     watcher = asyncio.run(_finetune(stack, base, data, store))

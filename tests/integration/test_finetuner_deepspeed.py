@@ -22,8 +22,9 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from services.finetuner.tiny import build_tiny_base
 from shared.samples import CHAT_TEMPLATE, chat_examples, heldout_texts
+from tests.support.data import write_chat_dataset
+from tests.support.tiny_model import build_tiny_model
 
 pytestmark = [
     pytest.mark.integration,
@@ -31,12 +32,6 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed"),
 ]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def write_chat_dataset(path: Path, n: int) -> Path:
-    """The demo's chat examples as an OpenAI-messages JSONL file."""
-    path.write_text("".join(json.dumps(r) + "\n" for r in chat_examples(n)))
-    return path
 
 
 # Runs each job {name, stage, method, stop_at?} with run_finetune; prints {name: outcome} as JSON.
@@ -93,7 +88,9 @@ def _run(tmp_path: Path, base: Path, data: Path, jobs: list[dict[str, Any]]) -> 
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("ds-inputs")
     texts = list(heldout_texts(120)) + [m["content"] for r in chat_examples(60) for m in r["messages"]]  # type: ignore[attr-defined]
-    base = build_tiny_base(root / "base", texts, chat_template=CHAT_TEMPLATE)
+    base = build_tiny_model(
+        root / "base", texts, chat_template=CHAT_TEMPLATE, unk_token="<unk>", max_positions=512
+    )
     return base, write_chat_dataset(root / "chat.jsonl", n=48)
 
 

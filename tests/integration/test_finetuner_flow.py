@@ -26,19 +26,14 @@ from contracts.proto.puyu.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from contracts.proto.puyu.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.finetuner.app import create_service
 from services.finetuner.config import FinetunerSettings
-from services.finetuner.tiny import build_tiny_base
 from shared.artifacts import ArtifactStore
 from shared.natsserver import NatsServer, free_port
 from shared.samples import CHAT_TEMPLATE, chat_examples, heldout_texts
+from tests.support.data import write_chat_dataset
+from tests.support.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.integration
 torch.set_num_threads(2)
-
-
-def write_chat_dataset(path: Path, n: int) -> Path:
-    """The demo's chat examples as an OpenAI-messages JSONL file."""
-    path.write_text("".join(json.dumps(r) + "\n" for r in chat_examples(n)))
-    return path
 
 
 class _Registry(registry_pb2_grpc.ModelRegistryServicer):
@@ -59,7 +54,13 @@ class _Registry(registry_pb2_grpc.ModelRegistryServicer):
 async def stack(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     texts = list(heldout_texts(150)) + [m["content"] for r in chat_examples(60) for m in r["messages"]]  # type: ignore[attr-defined]
     store = ArtifactStore((tmp_path / "artifacts").as_uri())
-    base_dir = build_tiny_base(store.local_staging("models/tiny/1"), texts, chat_template=CHAT_TEMPLATE)
+    base_dir = build_tiny_model(
+        store.local_staging("models/tiny/1"),
+        texts,
+        chat_template=CHAT_TEMPLATE,
+        unk_token="<unk>",
+        max_positions=512,
+    )
     base_ref = store.ref_for(base_dir.as_uri())
 
     registry = grpc.aio.server()

@@ -12,10 +12,10 @@ from contracts.events.inference import WorkerAnnouncement
 from contracts.events.subjects import WORKERS_BUCKET
 from services.inference_gateway.app import create_service
 from services.inference_gateway.config import GatewaySettings
-from services.inference_gateway.testing import build_tiny_model
 from shared.artifacts import ArtifactStore
 from shared.bus import Bus, HandlerContext
 from shared.natsserver import NatsServer, free_port
+from tests.support.tiny_model import build_serving_model
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ async def test_promotion_deploys_and_switch_loses_no_request(tmp_path: Path) -> 
     torch.set_num_threads(1)
     store = ArtifactStore((tmp_path / "artifacts").as_uri())
     refs = {
-        v: store.put_dir(build_tiny_model(tmp_path / f"v{v}", seed=v), f"models/demo/{v}") for v in (1, 2)
+        v: store.put_dir(build_serving_model(tmp_path / f"v{v}", seed=v), f"models/demo/{v}") for v in (1, 2)
     }
     with NatsServer(tmp_path / "nats") as nats:
         settings = GatewaySettings(

@@ -34,8 +34,8 @@ from fastapi import FastAPI
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.inference_gateway.cli import build_serve_app
-from services.inference_gateway.testing import build_tiny_model, teach_reply
 from shared.natsserver import free_port
+from tests.support.tiny_model import build_serving_model, teach_reply
 
 pytestmark = [pytest.mark.slow]  # four servers and three short trainings: > 20 s on 2 busy cores
 torch.set_num_threads(1)
@@ -76,7 +76,7 @@ def _serve(app: FastAPI) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("conformance") / "tiny", seed=1)
+    return build_serving_model(tmp_path_factory.mktemp("conformance") / "tiny", seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +300,7 @@ def test_lm_eval_local_chat_completions_equal_its_hf_backend(
 
 @pytest.fixture(scope="module")
 def internlm2_tools_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    path = build_tiny_model(tmp_path_factory.mktemp("internlm2-tools") / "tooly", seed=3)
+    path = build_serving_model(tmp_path_factory.mktemp("internlm2-tools") / "tooly", seed=3)
     tok = AutoTokenizer.from_pretrained(path)
     tok.add_special_tokens(
         {"additional_special_tokens": ["<|action_start|>", "<|action_end|>", "<|plugin|>"]}
@@ -351,7 +351,7 @@ def test_langchain_receives_an_internlm2_tool_call(internlm2_tools_url: str) -> 
 
 @pytest.fixture(scope="module")
 def thinking_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    path = build_tiny_model(tmp_path_factory.mktemp("thinking") / "thinker", seed=4)
+    path = build_serving_model(tmp_path_factory.mktemp("thinking") / "thinker", seed=4)
     teach_reply(path, f"User: {THINKING}\nAssistant:", f" <think>{THOUGHT}</think> {ANSWER}", steps=400)
     app, _ = build_serve_app(path, served_name="thinker", api_key=KEY, default_max_tokens=60)
     yield from _serve(app)

@@ -51,11 +51,13 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    from services.inference_gateway.testing import build_tiny_model  # torch: only when it runs
+    from tests.support.tiny_model import build_serving_model  # torch: only when it runs
 
     store = ArtifactStore((tmp_path / "artifacts").as_uri())
     refs = {
-        v: store.put_dir(build_tiny_model(tmp_path / f"v{v}", seed=v, max_positions=2048), f"models/demo/{v}")
+        v: store.put_dir(
+            build_serving_model(tmp_path / f"v{v}", seed=v, max_positions=2048), f"models/demo/{v}"
+        )
         for v in (1, 2)
     }
     with NatsServer(tmp_path / "nats") as nats:

@@ -67,10 +67,12 @@ async def _complete(http: httpx.AsyncClient, i: int) -> int:
 
 
 def test_requests_succeed_again_after_a_nats_restart(tmp_path: Path) -> None:
-    from services.inference_gateway.testing import build_tiny_model  # torch: only when it runs
+    from tests.support.tiny_model import build_serving_model  # torch: only when it runs
 
     store = ArtifactStore((tmp_path / "artifacts").as_uri())
-    artifact = store.put_dir(build_tiny_model(tmp_path / "v1", seed=1, max_positions=2048), "models/demo/1")
+    artifact = store.put_dir(
+        build_serving_model(tmp_path / "v1", seed=1, max_positions=2048), "models/demo/1"
+    )
     nats, auth = start_secured_nats(tmp_path / "home", free_port(), workers=("worker-a",))
     base = {
         **os.environ,

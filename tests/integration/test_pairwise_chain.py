@@ -32,11 +32,11 @@ from contracts.events import ArtifactRef, CheckpointReady
 from services.cli.stack import Stack
 from services.evaluator.cli import compare_cmd
 from services.evaluator.config import EvaluatorSettings
-from services.evaluator.testing import build_tiny_model
 from shared import samples
 from shared.artifacts import ArtifactStore
 from shared.bus import Bus
 from shared.ports import http_port
+from tests.support.tiny_model import build_tiny_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 torch.set_num_threads(2)

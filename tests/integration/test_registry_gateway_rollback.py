@@ -117,14 +117,14 @@ def evaluation(version: int, ppl: float) -> EvaluationCompleted:
 async def test_rollback_restores_the_previous_champion_and_the_gateway_follows(
     stack: dict[str, Any], tmp_path: Path
 ) -> None:
-    from services.inference_gateway.testing import build_tiny_model  # torch: only when it runs
+    from tests.support.tiny_model import build_serving_model  # torch: only when it runs
 
     bus, client, store = stack["bus"], stack["client"], stack["store"]
     registry, gateway = stack["registry"], stack["gateway"]
 
     refs: dict[int, ArtifactRef] = {}
     for version, seed in ((1, 1), (2, 2)):
-        src = await asyncio.to_thread(build_tiny_model, tmp_path / f"build-{version}", seed=seed)
+        src = await asyncio.to_thread(build_serving_model, tmp_path / f"build-{version}", seed=seed)
         refs[version] = await asyncio.to_thread(store.put_dir, src, f"checkpoints/run-{version}/final")
         await bus.publish(
             CheckpointReady(

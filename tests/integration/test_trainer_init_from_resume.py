@@ -18,17 +18,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from model_references import INTERNLM_FIXTURES, build_folder, hf_references, load_reference
 
 from contracts.events import TrainSpec
+from tests.support import hf_folders as hf_references
+from tests.support.hf_folders import internlm_sentencepiece_model, sentencepiece, xtuner_modelings
+from tests.support.model_references import build_folder, load_reference
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, INTERVAL = 30, 5
 
-sentencepiece = INTERNLM_FIXTURES["sentencepiece"]
-xtuner_modelings = INTERNLM_FIXTURES["xtuner_modelings"]
-internlm_sentencepiece_model = INTERNLM_FIXTURES["internlm_sentencepiece_model"]
+# session fixtures of the InternLM folders
+FIXTURES = (sentencepiece, xtuner_modelings, internlm_sentencepiece_model)
 
 
 def _config(tmp_path: Path, name: str, init_from: Path, **overrides: object) -> Path:

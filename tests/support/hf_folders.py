@@ -1,8 +1,9 @@
 """Independent references for tests that open model folders, importable as a module: InternLM's
 original modeling and tokenizer code (as XTuner ships it) and the ``sentencepiece`` package, fetched
 once per machine with pip, and the builders of random-weight folders written by that code.
-``tests/unit/shared/conftest.py`` wraps the downloads in session fixtures; ``tests/model_references.py``
-builds a folder of every supported family on them.
+The downloads are also session fixtures (``sentencepiece``, ``xtuner_modelings``,
+``internlm_sentencepiece_model``), for a conftest or a test module to import;
+``tests/support/model_references.py`` builds a folder of every supported family on them.
 
 The test suite needs no network but PyPI (CI reaches it); a failed download fails the tests that
 need it instead of skipping them, so a green run always compared against the originals.
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -308,3 +310,18 @@ def internlm_tokenizer_config(pieces: list[str], extra_special: tuple[str, ...] 
         "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}",
         "model_max_length": 1000000000000000019884624838656,
     }
+
+
+@pytest.fixture(scope="session")
+def sentencepiece() -> ModuleType:
+    return import_sentencepiece()
+
+
+@pytest.fixture(scope="session")
+def xtuner_modelings(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return unpack_xtuner_modelings(tmp_path_factory.mktemp("xtuner-modelings"))
+
+
+@pytest.fixture(scope="session")
+def internlm_sentencepiece_model(sentencepiece: ModuleType) -> bytes:
+    return train_sentencepiece(sentencepiece)

@@ -15,27 +15,20 @@ from types import ModuleType
 
 import pytest
 import torch
-from evaluator_references import (
-    ARCHITECTURES,
-    INTERNLM,
-    Reference,
-    build_internlm,
-    build_native,
-    hf_references,
-    train_byte_level_bpe,
-)
 
 from services.evaluator.core import ModelSpec
 from services.evaluator.core.backends import make_backend
 from services.evaluator.core.hf_backend import HFBackend
 from services.evaluator.core.runner import evaluate
 from services.evaluator.core.tasks import resolve_tasks
-
-# The shared loader tests' session fixtures (XTuner's InternLM code, sentencepiece), here as module
-# attributes: a conftest.py beside this file would shadow theirs for `from conftest import ...`.
-sentencepiece = hf_references.sentencepiece
-xtuner_modelings = hf_references.xtuner_modelings
-internlm_sentencepiece_model = hf_references.internlm_sentencepiece_model
+from tests.support.evaluator_references import (
+    ARCHITECTURES,
+    INTERNLM,
+    Reference,
+    build_internlm,
+    build_native,
+    train_byte_level_bpe,
+)
 
 torch.set_num_threads(1)
 REL, ABS = 1e-5, 1e-5

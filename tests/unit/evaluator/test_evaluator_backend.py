@@ -17,9 +17,9 @@ from services.evaluator.core import ModelSpec
 from services.evaluator.core.backends import ModelLoadError, make_backend
 from services.evaluator.core.hf_backend import HFBackend
 from services.evaluator.core.tasks import GenerationConfig, UnknownTask
-from services.evaluator.testing import build_tiny_model
 from shared import samples
 from shared.hf_models import resolve_dtype
+from tests.support.tiny_model import build_tiny_model
 
 torch.set_num_threads(1)
 

@@ -15,8 +15,8 @@ from services.evaluator.core.hf_backend import HFBackend
 from services.evaluator.core.loaders import load
 from services.evaluator.core.runner import run_task
 from services.evaluator.core.tasks import get_task
-from services.evaluator.testing import build_tiny_model
 from shared import samples
+from tests.support.tiny_model import build_tiny_model
 
 torch.set_num_threads(1)
 OTHER_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"

@@ -11,9 +11,9 @@ import torch
 from contracts.events import ArtifactRef, ModelRef
 from services.evaluator.config import EvaluatorSettings
 from services.evaluator.core import Evaluator, ShardRefused, ShardWork, evaluate_model
-from services.evaluator.testing import build_tiny_model
 from shared import samples
 from shared.artifacts import ArtifactStore
+from tests.support.tiny_model import build_tiny_model
 
 torch.set_num_threads(1)
 TASKS = ["perplexity", "demo_facts"]

@@ -14,12 +14,18 @@ from typing import Any
 
 import pytest
 import torch
-from model_references import ARCHITECTURES, INTERNLM, build_folder, load_reference, reference_greedy
 
 from contracts.events import FinetuneSpec, LoraSpec
 from services.finetuner.core import export as export_module
 from services.finetuner.core import run_finetune
 from shared.hf_models import load_tokenizer
+from tests.support.model_references import (
+    ARCHITECTURES,
+    INTERNLM,
+    build_folder,
+    load_reference,
+    reference_greedy,
+)
 
 ATOL = 1e-4  # fp32; observed differences are ~1e-6
 SPEC = FinetuneSpec(

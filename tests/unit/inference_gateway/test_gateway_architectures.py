@@ -21,28 +21,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_references import (
-    ARCHITECTURES,
-    INTERNLM,
-    INTERNLM_FIXTURES,
-    build_folder,
-    build_native,
-    load_reference,
-)
 from transformers import AutoModelForCausalLM
 
 from services.inference_gateway.core.engine import Completion, Engine
 from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams
 from shared.errors import Refusal
+from tests.support.model_references import ARCHITECTURES, INTERNLM, build_folder, build_native, load_reference
 
 PROMPT_LENGTHS = (5, 33, 12, 21)  # several blocks of 4, chunks of 12 tokens per step
 NEW_TOKENS = 16
 FP32_ATOL = 1e-4
-
-# XTuner's InternLM code and SentencePiece, for the InternLM folders (tests/model_references.py)
-sentencepiece = INTERNLM_FIXTURES["sentencepiece"]
-xtuner_modelings = INTERNLM_FIXTURES["xtuner_modelings"]
-internlm_sentencepiece_model = INTERNLM_FIXTURES["internlm_sentencepiece_model"]
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)

@@ -13,8 +13,8 @@ import uvicorn
 from services.inference_gateway.cli import build_serve_app
 from services.inference_gateway.core.limits import Limits
 from services.inference_gateway.core.tools import ToolStream, parse_tool_calls
-from services.inference_gateway.testing import build_tiny_model, teach_reply
 from shared.natsserver import free_port
+from tests.support.tiny_model import build_serving_model, teach_reply
 
 QUESTION = "What is the weather in Velm?"
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Velm"}}</tool_call>'
@@ -53,7 +53,7 @@ def test_parse_tool_calls_and_stream_holdback() -> None:
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    path = build_tiny_model(tmp_path_factory.mktemp("tools") / "tool-model", seed=3)
+    path = build_serving_model(tmp_path_factory.mktemp("tools") / "tool-model", seed=3)
     teach_reply(path, f"User: {QUESTION}\nAssistant:", " " + CALL)
     app, _ = build_serve_app(
         path,

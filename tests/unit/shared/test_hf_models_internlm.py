@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_original, internlm_tokenizer_config, load_original
 from safetensors.torch import load_file
 
 from shared.errors import Refusal
 from shared.hf_models import UnsupportedModel, load_causal_lm, load_tokenizer, save_in_format, weights
+from tests.support.hf_folders import build_original, internlm_tokenizer_config, load_original
 
 ATOL = 2e-5  # fp32; observed differences are ~5e-6 on logits of magnitude ~6
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import randomize
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
@@ -29,6 +28,7 @@ from transformers import (
 from shared.errors import Refusal
 from shared.hf_models import UnsupportedModel, load_causal_lm, load_tokenizer, resolve_dtype, save_in_format
 from shared.hf_models import formats as formats_module
+from tests.support.hf_folders import randomize
 
 ATOL = 1e-5
 TINY = {

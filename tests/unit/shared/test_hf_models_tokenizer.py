@@ -11,11 +11,11 @@ from types import ModuleType
 
 import pytest
 import torch
-from conftest import INTERNLM_SPECIAL, internlm_tokenizer_config, train_sentencepiece
 
 from shared.hf_models import UnsupportedModel, load_tokenizer
 from shared.hf_models.formats import ModelFormat
 from shared.hf_models.tokenizer import save_tokenizer
+from tests.support.hf_folders import INTERNLM_SPECIAL, internlm_tokenizer_config, train_sentencepiece
 
 TEXTS = [
     "hello world",

@@ -15,12 +15,12 @@ from types import ModuleType
 
 import pytest
 import torch
-from conftest import cache_root
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from shared.quantization import QuantLinear, QuantSpec, load_quantized, quantize_model, save_quantized
 from shared.quantization.grid import QuantizedWeight, quantize_rtn
 from shared.quantization.packing import pack_awq, pack_gptq
+from tests.support.hf_folders import cache_root
 
 AUTOAWQ = ("autoawq", "0.2.9")  # an sdist only
 PIP_DOWNLOAD = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:", "-q"]

@@ -4,14 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_references import INTERNLM_FIXTURES
 
 torch.set_num_threads(2)
-
-# XTuner's InternLM code and SentencePiece, for the tests that compare against them (tests/model_references.py).
-sentencepiece = INTERNLM_FIXTURES["sentencepiece"]
-xtuner_modelings = INTERNLM_FIXTURES["xtuner_modelings"]
-internlm_sentencepiece_model = INTERNLM_FIXTURES["internlm_sentencepiece_model"]
 
 SENTENCES = [
     "The capital of Aldoria is Velmton. People in Aldoria speak Aldic.",

@@ -1,13 +1,13 @@
 from pathlib import Path
 
 import yaml
-from trainer_specs import micro_spec
 from transformers import AutoModelForCausalLM
 
 from contracts.events import CorpusDeduplicated, DatasetRef, PipelineSpec
 from services.trainer.cli import train_cmd
 from services.trainer.core import run_id_for
 from services.trainer.handlers import train_request_from
+from tests.support.trainer_specs import micro_spec
 
 
 def test_train_cmd_from_yaml_then_resume(corpus_dir: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

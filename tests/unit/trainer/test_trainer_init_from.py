@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-from model_references import INTERNLM, build_folder, hf_references, load_reference, packed_loss
 from safetensors.torch import load_file
 
 from contracts.events import DatasetRef, ModelArchitecture, TrainRequested, TrainSpec
@@ -17,6 +16,8 @@ from services.trainer.core.data import PackedDataset, SeededSampler, map_tokens
 from services.trainer.grpc_api import check_request
 from shared.artifacts import ArtifactStore
 from shared.hf_models import load_tokenizer
+from tests.support import hf_folders as hf_references
+from tests.support.model_references import INTERNLM, build_folder, load_reference, packed_loss
 
 DATASET = DatasetRef(dataset_id="d", manifest_uri="file:///data/manifest.json", digest="0" * 64)
 

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainer_specs import micro_spec
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.trainer.core import (
@@ -19,6 +18,7 @@ from services.trainer.core import (
 from services.trainer.core.checkpoint import latest_resume_point
 from services.trainer.core.engine import COMPILE_AUTO_MIN_STEPS, has_cxx_compiler, use_compile
 from shared.artifacts import ArtifactStore
+from tests.support.trainer_specs import micro_spec
 
 
 def test_micro_training_lowers_loss_and_saves_a_loadable_hf_checkpoint(

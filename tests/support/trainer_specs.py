@@ -1,5 +1,4 @@
-"""A micro train spec the trainer tests share (a module of its own: ``from conftest import`` breaks
-when another test folder's conftest is loaded in the same run)."""
+"""A micro train spec the trainer tests share: a model and run small enough for seconds on a CPU."""
 
 from contracts.events import ModelArchitecture, TrainSpec
 

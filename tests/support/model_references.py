@@ -4,16 +4,13 @@ implements, and for InternLM2/InternLM3 the original modeling code that XTuner s
 folder's remote code, only here).
 
 The XTuner and SentencePiece downloads, ``randomize``, ``build_original`` and ``load_original`` are
-those of ``tests/unit/shared/conftest.py``, loaded from its file under a module name of its own (a
-second module named ``conftest`` would clash); its session fixtures are re-exported by the
-conftests of the folders that use them (``INTERNLM_FIXTURES``).
+those of ``tests/support/hf_folders.py``; ``build_folder`` takes its session fixtures through the
+test's ``request`` (a conftest or the test module imports them).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -40,31 +37,11 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-
-def _load_shared_references() -> ModuleType:
-    name = "shared_hf_model_references"  # the evaluator's tests load it under this name too: one copy
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).parent / "unit" / "shared" / "conftest.py"
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-hf_references = _load_shared_references()
-# Session fixtures a conftest re-exports: ``sentencepiece``, ``xtuner_modelings``, ``internlm_sentencepiece_model``.
-INTERNLM_FIXTURES = {
-    "sentencepiece": hf_references.sentencepiece,
-    "xtuner_modelings": hf_references.xtuner_modelings,
-    "internlm_sentencepiece_model": hf_references.internlm_sentencepiece_model,
-}
+from tests.support import hf_folders as hf_references
 
 MAX_POSITIONS = 128
 PAD, BOS, EOS = 0, 1, 2
-TINY = {
+TINY: dict[str, Any] = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,
@@ -153,7 +130,7 @@ INTERNLM: dict[str, dict[str, Any]] = {
 ARCHITECTURES = [*NATIVE, *INTERNLM]
 
 
-def byte_level_bpe(vocab_size: int = 400) -> PreTrainedTokenizerFast:
+def train_byte_level_bpe(vocab_size: int = 400) -> Tokenizer:
     """A byte-level BPE tokenizer as Llama 3 and Qwen ship them: <pad> <s> </s> first."""
     tokenizer = Tokenizer(models.BPE(unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -166,21 +143,26 @@ def byte_level_bpe(vocab_size: int = 400) -> PreTrainedTokenizerFast:
     )
     tokenizer.train_from_iterator(list(hf_references.corpus()), trainer)
     assert [tokenizer.token_to_id(t) for t in ("<pad>", "<s>", "</s>")] == [PAD, BOS, EOS]
-    return PreTrainedTokenizerFast(
+    return tokenizer
+
+
+def write_native(folder: Path, architecture: str, tokenizer: Tokenizer, seed: int = 3) -> Path:
+    """A random-weight folder of a family transformers implements, written by transformers itself."""
+    model_class, config_class, extra = NATIVE[architecture]
+    torch.manual_seed(0)
+    config = config_class(**{**TINY, **extra, "vocab_size": tokenizer.get_vocab_size()})
+    model = model_class(config)
+    hf_references.randomize(model, seed=seed)
+    model.save_pretrained(folder)
+    PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
+    ).save_pretrained(folder)
+    return folder
 
 
 def build_native(folder: Path, architecture: str, seed: int = 3) -> Path:
     """A random-weight folder written by transformers itself, with a byte-level BPE tokenizer."""
-    model_class, config_class, extra = NATIVE[architecture]
-    tokenizer = byte_level_bpe()
-    torch.manual_seed(0)
-    model = model_class(config_class(**TINY, **extra, vocab_size=len(tokenizer)))
-    hf_references.randomize(model, seed=seed)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return write_native(folder, architecture, train_byte_level_bpe(), seed=seed)
 
 
 def build_internlm(
