@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,8 +19,17 @@ from urllib.parse import urlparse
 import fsspec
 
 from contracts.events import ArtifactRef
+from shared.errors import Refusal
 
 _CHUNK = 1 << 20
+
+
+class OutsideArtifactStore(Refusal):
+    """An artifact URI that does not lie in the configured artifact store."""
+
+
+class DigestMismatch(Refusal):
+    """An artifact whose contents are not the ones its sha256 names (swapped or altered)."""
 
 
 def sha256_file(path: Path) -> str:
@@ -47,6 +57,28 @@ def local_path(uri: str) -> Path | None:
     if parsed.scheme in ("", "file"):
         return Path(parsed.path if parsed.scheme else uri)
     return None
+
+
+def uri_within(uri: str, root_uri: str) -> bool:
+    """Whether ``uri`` names ``root_uri`` or something below it. Local paths are resolved first
+    (symlinks and ``..``), so a link inside the root that points out of it is outside; remote URIs
+    must share the root's scheme and bucket, and their normalised path lie under the root's."""
+    path, root = local_path(uri), local_path(root_uri)
+    if root is not None:
+        return path is not None and path.resolve().is_relative_to(root.resolve())
+    if path is not None:
+        return False
+    u, r = urlparse(uri), urlparse(root_uri)
+    if (u.scheme, u.netloc) != (r.scheme, r.netloc) or "\x00" in u.path:
+        return False
+    u_path = posixpath.normpath("/" + u.path.lstrip("/"))
+    r_path = posixpath.normpath("/" + r.path.lstrip("/"))
+    return u_path == r_path or u_path.startswith(r_path.rstrip("/") + "/")
+
+
+def digest_of(path: Path) -> str:
+    """The sha256 an ArtifactRef carries for this file or folder (as put_file / put_dir compute it)."""
+    return sha256_dir(path)[0] if path.is_dir() else sha256_file(path)
 
 
 class ArtifactStore:
@@ -108,6 +140,27 @@ class ArtifactStore:
             digest, size = sha256_dir(lp)
             return ArtifactRef(uri=uri, sha256=digest, size_bytes=size)
         return ArtifactRef(uri=uri, sha256=sha256_file(lp), size_bytes=lp.stat().st_size)
+
+    def contains(self, uri: str) -> bool:
+        return uri_within(uri, self.root_uri)
+
+    def require_inside(self, uri: str) -> None:
+        """Refuse an artifact outside this store: an event or a request naming any folder of the host
+        (or another bucket) must not get it registered, evaluated or served."""
+        if not self.contains(uri):
+            raise OutsideArtifactStore(f"artifact {uri} is outside the artifact store {self.root_uri}")
+
+    def fetch_verified(self, ref: ArtifactRef) -> Path:
+        """``fetch`` an artifact of this store and check its contents against ``ref.sha256``: a folder
+        swapped or altered after it was checksummed is refused, not loaded."""
+        self.require_inside(ref.uri)
+        path = self.fetch(ref.uri)
+        actual = digest_of(path)
+        if actual != ref.sha256:
+            raise DigestMismatch(
+                f"artifact {ref.uri} has sha256 {actual}, not the {ref.sha256 or '(none)'} it was registered with"
+            )
+        return path
 
     def fetch(self, uri: str) -> Path:
         """A local path holding the artifact (file or folder): in place for file://, else downloaded once."""
