@@ -1,6 +1,6 @@
 """The gRPC Jobs service (``puyu.jobs.v1.Jobs``) every job-running service exposes.
 
-Submit validates the request against its payload model, records it as queued on the job board and
+Submit (an operator's) validates the request against its payload model, records it as queued on the job board and
 publishes it onto the bus; Get reads the board; Watch streams the board's updates until the job ends.
 """
 
@@ -16,6 +16,8 @@ from pydantic import ValidationError
 
 from contracts.events import EventPayload
 from contracts.proto.puyu.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from shared.auth import Role
+from shared.auth.grpc import rpc_role
 from shared.bus import Bus, JobStatus
 from shared.service import ServiceRuntime
 
@@ -46,6 +48,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         self.kinds = kinds
         self.checks = checks or {}
 
+    @rpc_role(Role.OPERATOR)
     async def Submit(
         self, request: jobs_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.JobStatus:
@@ -72,6 +75,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         await self.bus.publish(payload, correlation=correlation, event_id=f"job:{request.kind}:{job_id}")
         return to_proto(status)
 
+    @rpc_role(Role.READER)
     async def Get(
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.JobStatus:
@@ -84,6 +88,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
             raise AssertionError
         return status
 
+    @rpc_role(Role.READER)
     async def Watch(  # type: ignore[override]
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.JobStatus]:

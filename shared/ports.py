@@ -33,8 +33,14 @@ def registry_grpc_target(settings: CommonSettings) -> str:
     return settings.registry_grpc or f"{settings.host}:{grpc_port('model_registry', settings)}"
 
 
+def http_base_url(service: str, settings: CommonSettings) -> str:
+    """The base URL of a service of the embedded stack (https where the stack speaks TLS)."""
+    scheme = "https" if settings.tls_clients else "http"
+    return f"{scheme}://{settings.host}:{http_port(service, settings)}"
+
+
 def gateway_base_url(settings: CommonSettings) -> str:
-    return settings.gateway_url or f"http://{settings.host}:{http_port('inference_gateway', settings)}"
+    return settings.gateway_url or http_base_url("inference_gateway", settings)
 
 
 def inference_worker_grpc_port(settings: CommonSettings) -> int:

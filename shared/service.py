@@ -1,5 +1,9 @@
 """The runtime every service process shares: bus, gRPC server (health + reflection), HTTP (health + metrics).
 
+Every other HTTP route and gRPC method is authenticated (``shared.auth``): each declares the role it
+needs, the runtime refuses to start when one does not, and both servers share one ``Authenticator``.
+TLS is served on both when certificate files are configured.
+
 A service builds a ``ServiceRuntime``, registers its bus handlers, gRPC servicers and HTTP routes on
 it, then calls ``run()``; SIGTERM/SIGINT stop it gracefully (in-flight messages are not acked and
 come back to another replica).
@@ -23,6 +27,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import make_asgi_app
 
+from shared.auth import Authenticator
+from shared.auth.grpc import AuthInterceptor, servicer_roles
+from shared.auth.http import install_auth, undeclared_routes
+from shared.auth.principals import Role
+from shared.auth.tls import grpc_server_credentials, uvicorn_tls_options
 from shared.bus import Bus
 from shared.logging import configure_logging
 from shared.ports import grpc_port, http_port
@@ -55,7 +64,10 @@ class ServiceRuntime:
         self._grpc_servicers: list[tuple[Callable[[Any, grpc.aio.Server], None], Any]] = []
         self.health: health.aio.HealthServicer | None = None
         self._grpc_names: list[str] = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        self.auth = Authenticator.from_settings(self.settings)
+        self._grpc_roles: dict[str, Role] = {}
         self.http = http_app or FastAPI(title=f"puyu {name}")
+        install_auth(self.http, self.auth)
         self.http.mount("/metrics", make_asgi_app())
         self.http.add_api_route("/health", self._http_health, methods=["GET"], include_in_schema=False)
         self._on_start: list[Callable[[], Awaitable[Any]]] = []
@@ -67,6 +79,7 @@ class ServiceRuntime:
     def add_grpc(
         self, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any, full_name: str
     ) -> None:
+        self._grpc_roles.update(servicer_roles(servicer, full_name))  # UndeclaredRole: not served
         self._grpc_servicers.append((add_to_server, servicer))
         self._grpc_names.append(full_name)
 
@@ -97,18 +110,48 @@ class ServiceRuntime:
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    # --------------------------------------------------------------------------- lifecycle
-    async def run(self) -> None:
-        self._install_signal_handlers()
-        self.grpc_server = grpc_server = grpc.aio.server()
-        self.health = health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    def check_declared(self) -> None:
+        """Refuse to serve an HTTP route that declares no role (gRPC methods are checked as added)."""
+        if missing := undeclared_routes(self.http):
+            raise RuntimeError(f"{self.name}: HTTP routes without a declared role: {'; '.join(missing)}")
+
+    @property
+    def grpc_roles(self) -> dict[str, Role]:
+        """``/package.Service/Method`` → the role it needs, for every method of the added servicers."""
+        return dict(self._grpc_roles)
+
+    def build_grpc_server(self) -> grpc.aio.Server:
+        """The gRPC server, bound (TLS where configured) but not started: health, reflection and the
+        added servicers behind the authentication interceptor. Called in the loop that serves it."""
+        self.grpc_server = grpc_server = grpc.aio.server(
+            interceptors=[AuthInterceptor(self.auth, self._grpc_roles)]
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, grpc_server)
         for add_to_server, servicer in self._grpc_servicers:
             add_to_server(servicer, grpc_server)
         reflection.enable_server_reflection([*self._grpc_names, reflection.SERVICE_NAME], grpc_server)
-        bound = grpc_server.add_insecure_port(f"{self.settings.host}:{self.grpc_port}")
+        address = f"{self.settings.host}:{self.grpc_port}"
+        credentials = grpc_server_credentials(self.settings)
+        if credentials is None:
+            bound = grpc_server.add_insecure_port(address)
+        else:
+            bound = grpc_server.add_secure_port(address, credentials)
         if not bound:
             raise RuntimeError(f"{self.name}: cannot bind gRPC port {self.grpc_port}")
+        return grpc_server
+
+    # --------------------------------------------------------------------------- lifecycle
+    async def run(self) -> None:
+        self.check_declared()
+        if self.auth.open:
+            log.warning(
+                "%s: authentication is OFF (auth_required false, no tokens): anyone is admin", self.name
+            )
+        self._install_signal_handlers()
+        grpc_server = self.build_grpc_server()
+        assert self.health is not None
+        health_servicer = self.health
         for fn in self._on_start:  # before the bus: handlers may need what these set up
             await fn()
         await self.bus.start()
@@ -117,7 +160,12 @@ class ServiceRuntime:
             await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         config = uvicorn.Config(
-            self.http, host=self.settings.host, port=self.http_port, log_level="warning", lifespan="off"
+            self.http,
+            host=self.settings.host,
+            port=self.http_port,
+            log_level="warning",
+            lifespan="off",
+            **uvicorn_tls_options(self.settings),
         )
         server = uvicorn.Server(config)
         # This runtime owns SIGTERM/SIGINT (graceful stop of bus, gRPC and HTTP in order), not uvicorn.

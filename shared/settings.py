@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,12 +38,46 @@ class CommonSettings(BaseSettings):
     # Ports: each service gets base + its offset (see shared.ports) unless overridden per service.
     grpc_port_base: int = 50050
     http_port_base: int = 8100
+    # Callers of this service's HTTP and gRPC APIs (shared.auth): hashed tokens with roles.
+    auth_tokens_file: Path | None = Field(
+        default=None, description="JSON lines {principal, role, sha256} of the tokens this service accepts."
+    )
+    auth_required: bool = Field(
+        default=True,
+        description="false: with no token configured at all, callers are let in as an anonymous admin "
+        "(development only; ignored once any token is configured).",
+    )
+    # What this process sends as a client (service to service, the CLI).
+    auth_token: SecretStr | None = Field(default=None, description="This process's bearer token.")
+    auth_token_file: Path | None = Field(default=None, description="File holding this process's token.")
+    # TLS on gRPC and HTTP: served when the certificate and key are set; clients verify with the CA.
+    tls_cert_file: Path | None = Field(
+        default=None, description="Server certificate (PEM) for gRPC and HTTP."
+    )
+    tls_key_file: Path | None = Field(default=None, description="Key of the server certificate (PEM).")
+    tls_client_ca_file: Path | None = Field(
+        default=None, description="CA of client certificates; set: clients must present one."
+    )
+    tls_ca_file: Path | None = Field(default=None, description="CA that clients verify servers against.")
     registry_grpc: str | None = Field(default=None, description="host:port of the registry's gRPC server.")
     gateway_url: str | None = Field(default=None, description="Base URL of the inference gateway's HTTP API.")
 
     @property
     def artifact_root_uri(self) -> str:
         return self.artifact_root or (self.home / "artifacts").resolve().as_uri()
+
+    def client_token(self) -> str | None:
+        """The bearer token this process sends to other services (None: it has none)."""
+        if self.auth_token is not None:
+            return self.auth_token.get_secret_value() or None
+        if self.auth_token_file is not None:
+            return self.auth_token_file.read_text(encoding="utf-8").strip() or None
+        return None
+
+    @property
+    def tls_clients(self) -> bool:
+        """Whether this process's clients speak TLS to the other services."""
+        return self.tls_ca_file is not None or self.tls_cert_file is not None
 
     @property
     def sqlite_url(self) -> str:

@@ -37,8 +37,15 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test gets its own PUYU_HOME, never the developer's .puyu."""
+    """Every test gets its own PUYU_HOME, never the developer's .puyu.
+
+    Services a test builds in its own process take callers without a token while none is configured
+    (PUYU_AUTH_REQUIRED false); the stacks of ``service_stack`` and the tests of shared.auth run with
+    authentication on, as ``puyu up`` does."""
     monkeypatch.setenv("PUYU_HOME", str(tmp_path / "puyu-home"))
+    monkeypatch.setenv("PUYU_AUTH_REQUIRED", "false")
+    for key in ("PUYU_AUTH_TOKENS_FILE", "PUYU_AUTH_TOKEN", "PUYU_AUTH_TOKEN_FILE"):
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("PUYU_LOG_JSON", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -64,7 +71,9 @@ def free_port_base(services: int = 8) -> int:
 def service_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Stack]]:
     """Start services as separate processes (``python -m services.<name>``) on a nats-server of the
     stack's own, secured as ``puyu up`` / ``puyu demo`` secure it (a user per service, permissions from
-    shared.bus.permissions); this test process is the operator (PUYU_NATS_NKEY_SEED_FILE)."""
+    shared.bus.permissions; API tokens in its home, every service authenticating its callers); this
+    test process is the operator on NATS (PUYU_NATS_NKEY_SEED_FILE) and the stack's admin on the APIs
+    (PUYU_AUTH_TOKEN_FILE; a raw HTTP client sends ``stack.client_auth().headers()``)."""
     stacks: list[Stack] = []
 
     def start(services: tuple[str, ...], **env: str) -> Stack:
@@ -85,6 +94,7 @@ def service_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[C
         operator = stack.operator_identity()
         assert operator.nkey_seed_file is not None
         monkeypatch.setenv("PUYU_NATS_NKEY_SEED_FILE", str(operator.nkey_seed_file))
+        monkeypatch.setenv("PUYU_AUTH_TOKEN_FILE", str(stack.tokens.token_file("admin")))
         stack.wait_healthy(timeout=240)
         return stack
 
