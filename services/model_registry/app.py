@@ -26,7 +26,13 @@ def create_service(settings: RegistrySettings | None = None) -> Service[Registry
         http_port_override=settings.registry_http_port,
     )
     engine = make_engine(settings.registry_database_url, schema=settings.registry_db_schema)
-    registry = Registry(engine, settings.load_policy(), source=runtime.bus.service, consumer=NAME)
+    registry = Registry(
+        engine,
+        settings.load_policy(),
+        source=runtime.bus.service,
+        consumer=NAME,
+        artifact_root=settings.artifact_root_uri,
+    )
     relay = OutboxRelay(registry, runtime.bus, settings.registry_outbox_interval)
     register_handlers(runtime.bus, registry, settings)
     runtime.add_grpc(

@@ -1,7 +1,8 @@
 """Bus adapters: checkpoint.ready → register; evaluation.completed → policy; deployment.* → record.
 
-These events are facts, not jobs: there is no job on the board to mark. A core refusal (unknown
-model or version, invalid input) escapes as a ``Refusal`` and the bus rejects the event without
+These events are facts, not jobs: there is no job on the board to mark. Each is taken only from the
+service that owns it (``shared.provenance``). A core refusal (unknown model or version, an artifact
+outside the artifact store, invalid input) escapes as a ``Refusal`` and the bus rejects the event without
 retries; the outbox relay is woken by the core itself after each commit that wrote events.
 """
 
@@ -13,6 +14,7 @@ from contracts.events import CheckpointReady, DeploymentFailed, DeploymentReady,
 from services.model_registry.config import RegistrySettings
 from services.model_registry.core.registry import Registry
 from shared.bus import Bus, HandlerContext
+from shared.provenance import require_owner
 
 
 def register_handlers(bus: Bus, core: Registry, settings: RegistrySettings) -> None:
@@ -21,6 +23,7 @@ def register_handlers(bus: Bus, core: Registry, settings: RegistrySettings) -> N
 
     @bus.handle(CheckpointReady, idempotent=True)
     async def on_checkpoint(ctx: HandlerContext[CheckpointReady]) -> None:
+        require_owner(ctx.envelope, CheckpointReady)
         p = ctx.payload
         if not p.final:
             return  # intermediate checkpoints are kept by the trainer, not registered
@@ -43,6 +46,7 @@ def register_handlers(bus: Bus, core: Registry, settings: RegistrySettings) -> N
 
     @bus.handle(EvaluationCompleted, idempotent=True)
     async def on_evaluation(ctx: HandlerContext[EvaluationCompleted]) -> None:
+        require_owner(ctx.envelope, EvaluationCompleted)
         p = ctx.payload
         await asyncio.to_thread(
             core.record_evaluation,
@@ -56,6 +60,7 @@ def register_handlers(bus: Bus, core: Registry, settings: RegistrySettings) -> N
 
     @bus.handle(DeploymentReady, idempotent=True)
     async def on_deployed(ctx: HandlerContext[DeploymentReady]) -> None:
+        require_owner(ctx.envelope, DeploymentReady)
         p = ctx.payload
         await asyncio.to_thread(
             core.record_deployment,
@@ -70,6 +75,7 @@ def register_handlers(bus: Bus, core: Registry, settings: RegistrySettings) -> N
 
     @bus.handle(DeploymentFailed, idempotent=True)
     async def on_deploy_failed(ctx: HandlerContext[DeploymentFailed]) -> None:
+        require_owner(ctx.envelope, DeploymentFailed)  # a failed champion is rolled back
         p = ctx.payload
         await asyncio.to_thread(
             core.record_deployment,

@@ -18,6 +18,7 @@ from contracts.events import (
     DeploymentFailed,
     EvaluationCompleted,
     EventEnvelope,
+    EventPayload,
     ModelRef,
     TaskResult,
 )
@@ -52,6 +53,7 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
         log_json=False,
         registry_outbox_interval=0.2,
         registry_policy=getattr(request, "param", None) or PromotionPolicy(),
+        artifact_root="file:///ckpt",  # where ckpt() puts its checkpoints
     )
     service = create_service(settings)
     task = asyncio.create_task(service.run())
@@ -62,7 +64,7 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
                 if (await client.get(base + "/health")).status_code == 200:
                     break
             await asyncio.sleep(0.1)
-    client_bus = Bus(server.url, "test-client")
+    client_bus = Publishers(server.url)
     await client_bus.start()
     nc = await nats.connect(server.url)
     sub = await nc.jetstream().pull_subscribe("puyu.events.model.>", stream="PUYU_EVENTS")
@@ -72,6 +74,8 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
             "sub": sub,
             "base": base,
             "grpc": f"127.0.0.1:{settings.registry_grpc_port}",
+            "nc": nc,
+            "url": server.url,
         }
     finally:
         await nc.close()
@@ -79,6 +83,27 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
         service.stop()
         await asyncio.wait_for(task, 30)
         server.stop()
+
+
+class Publishers:
+    """Publishes each fact as the service that owns it (the registry refuses any other source)."""
+
+    def __init__(self, url: str) -> None:
+        self.buses = {name: Bus(url, name) for name in ("trainer", "evaluator", "inference-gateway")}
+
+    async def start(self) -> None:
+        for bus in self.buses.values():
+            await bus.start()
+
+    async def stop(self) -> None:
+        for bus in self.buses.values():
+            await bus.stop()
+
+    async def publish(self, payload: EventPayload, **kw: Any) -> EventEnvelope:
+        owner = {CheckpointReady: "trainer", EvaluationCompleted: "evaluator"}.get(
+            type(payload), "inference-gateway"
+        )
+        return await self.buses[owner].publish(payload, **kw)
 
 
 async def next_event(sub: Any, timeout: float = 20) -> EventEnvelope:
@@ -279,3 +304,33 @@ async def test_unpublished_outbox_is_relayed_at_start_up(tmp_path: Path) -> None
             await nc.close()
             service.stop()
             await asyncio.wait_for(task, 30)
+
+
+async def test_forged_checkpoints_are_refused_with_the_reason(stack: dict[str, Any]) -> None:
+    """A checkpoint.ready naming a folder outside the artifact store, and one from a service that does
+    not own checkpoints, are dead-lettered with the reason; neither registers a version."""
+    bus, sub = stack["bus"], stack["sub"]
+    failures = await stack["nc"].jetstream().pull_subscribe("puyu.events.job.failed", stream="PUYU_EVENTS")
+    outside = ckpt("r9", 9).model_copy(
+        update={
+            "checkpoint": ArtifactRef(uri="file:///etc/../home/attacker/model", sha256="9" * 64, size_bytes=1)
+        }
+    )
+    await bus.publish(outside, event_id="ckpt:r9:100")
+    failed = await next_event(failures)
+    assert failed.payload["error"] == (
+        "rejected: artifact file:///etc/../home/attacker/model is outside the artifact store file:///ckpt: "
+        "only what the store holds is registered"
+    )
+    stranger = Bus(stack["url"], "agent-runtime")
+    await stranger.start()
+    try:
+        await stranger.publish(ckpt("r8", 8), event_id="ckpt:r8:100")
+    finally:
+        await stranger.stop()
+    failed = await next_event(failures)
+    assert "comes from 'agent-runtime'; only trainer, finetuner may publish it" in failed.payload["error"]
+    # neither forgery took a version number: the trainer's own checkpoint is version 1
+    await bus.publish(ckpt("r8", 8), event_id="ckpt:r8:100:trainer")
+    registered = await next_event(sub)
+    assert registered.id == "registered:demo:1" and registered.payload["artifact"]["uri"] == "file:///ckpt/r8"

@@ -16,3 +16,8 @@ class NotFound(RegistryRefusal):
 
 class InvalidInput(RegistryRefusal):
     """A request malformed or impossible in the registry's current state."""
+
+
+class OutsideArtifactStore(InvalidInput):
+    """An artifact that does not lie in the configured artifact store (any other folder of the host
+    or bucket would be evaluated and served as if the trainer had written it)."""

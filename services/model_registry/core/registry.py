@@ -38,13 +38,16 @@ class Registry:
         *,
         source: str = "model-registry",
         consumer: str = "model-registry",
+        artifact_root: str | None = None,
     ) -> None:
+        """``artifact_root``: the artifact store's root URI; versions are registered only from
+        inside it (None: from anywhere, for a registry used as a library on one's own files)."""
         self.engine = engine
         self.policy = policy or PromotionPolicy()
         store = Store(engine, consumer=consumer)
         self._store = store
         self._outbox = Outbox(store, source=source)
-        self._versions = Versions(store, self._outbox)
+        self._versions = Versions(store, self._outbox, artifact_root)
         self._promotion = Promotion(store, self._outbox)
         self._evaluations = Evaluations(store, self._outbox, self._promotion, self.policy)
 

@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from contracts.events import ArtifactRef, EventEnvelope, ModelRef, ModelRegistered
-from services.model_registry.core.errors import InvalidInput, NotFound
+from services.model_registry.core.errors import InvalidInput, NotFound, OutsideArtifactStore
 from services.model_registry.core.outbox import Outbox
 from services.model_registry.core.schema import (
     Alias,
@@ -31,6 +31,7 @@ from services.model_registry.core.views import (
     VersionStatus,
     VersionView,
 )
+from shared.artifacts import uri_within
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$")
 TAG_KEY_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,249}$")
@@ -109,6 +110,17 @@ def _check_registration(model_name: str, artifact: ArtifactRef, parent: ModelRef
         raise InvalidInput(f"artifact sha256 must be 64 hex digits, got {artifact.sha256!r}")
 
 
+def _check_inside_store(artifact_root: str | None, *artifacts: ArtifactRef | None) -> None:
+    if artifact_root is None:
+        return
+    for artifact in artifacts:
+        if artifact is not None and not uri_within(artifact.uri, artifact_root):
+            raise OutsideArtifactStore(
+                f"artifact {artifact.uri} is outside the artifact store {artifact_root}: only what the "
+                "store holds is registered"
+            )
+
+
 def _check_tag_change(
     version: int | None, set_: dict[str, str], delete: list[str], description: str | None
 ) -> None:
@@ -126,8 +138,9 @@ def _check_tag_change(
 
 
 class Versions:
-    def __init__(self, store: Store, outbox: Outbox) -> None:
+    def __init__(self, store: Store, outbox: Outbox, artifact_root: str | None = None) -> None:
         self.store, self.outbox = store, outbox
+        self.artifact_root = artifact_root  # None: any URI (a registry used as a library)
 
     # ----------------------------------------------------------------------------- register
     def register(
@@ -151,6 +164,7 @@ class Versions:
     ) -> VersionView | None:
         """Register the next version of ``model_name``; None when ``event_id`` was already processed."""
         _check_registration(model_name, artifact, parent)
+        _check_inside_store(self.artifact_root, artifact, adapter)
 
         def work(s: Session) -> VersionView | None:
             if self.store.already(s, event_id):
