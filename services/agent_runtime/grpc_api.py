@@ -1,4 +1,6 @@
-"""gRPC adapter: ``puyu.agent.v1.Agents`` (Run streams each step; the run stops when the client goes away)."""
+"""gRPC adapter: ``puyu.agent.v1.Agents`` (Run streams each step; the run stops when the client goes away).
+
+Run needs an operator and runs in a session of the caller's own (another's is NOT_FOUND)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import grpc
 
 from contracts.proto.puyu.agent.v1 import agent_pb2, agent_pb2_grpc
 from services.agent_runtime.core import AgentRefusal, AgentRun, AgentRuntime, NotFound
+from shared.auth import Role
+from shared.auth.grpc import current_principal, rpc_role
 
 SERVICE_NAME = "puyu.agent.v1.Agents"
 DEFAULT_AGENT = "react"  # what a request naming no agent gets
@@ -18,6 +22,7 @@ class AgentsServicer(agent_pb2_grpc.AgentsServicer):
     def __init__(self, core: AgentRuntime) -> None:
         self.core = core
 
+    @rpc_role(Role.OPERATOR)
     async def Run(
         self, request: agent_pb2.RunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.AgentStep]:
@@ -38,9 +43,10 @@ class AgentsServicer(agent_pb2_grpc.AgentsServicer):
 
     async def _start(self, request: agent_pb2.RunRequest, context: grpc.aio.ServicerContext) -> AgentRun:
         try:
-            return self.core.start_in_session(
+            return await self.core.start_owned(
                 request.agent or DEFAULT_AGENT,
                 request.question,
+                owner=current_principal().name,
                 session_id=request.session_id or None,
                 model=request.model or None,
                 max_steps=request.max_steps or None,
@@ -51,6 +57,7 @@ class AgentsServicer(agent_pb2_grpc.AgentsServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         raise AssertionError("unreachable: context.abort raises")
 
+    @rpc_role(Role.READER)
     async def ListAgents(
         self, request: agent_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.ListAgentsResponse:

@@ -1,4 +1,7 @@
-"""HTTP adapter: agent listing and runs (JSON or server-sent events), and an OpenAI-compatible chat API."""
+"""HTTP adapter: agent listing and runs (JSON or server-sent events), and an OpenAI-compatible chat API.
+
+Listings need a reader; runs, tools and sessions an operator. A session belongs to the principal
+that created it: for any other it does not exist (404)."""
 
 from __future__ import annotations
 
@@ -17,6 +20,11 @@ from services.agent_runtime.core import AgentFailed, AgentRefusal, AgentRun, Age
 from services.agent_runtime.core.catalog import MAX_STEPS_LIMIT
 from services.agent_runtime.core.sessions import StoredTurn
 from services.agent_runtime.core.tools.base import Tool, tool_schema
+from shared.auth import Principal, Role
+from shared.auth.http import requires
+
+READ = requires(Role.READER)
+OPERATE = requires(Role.OPERATOR)
 
 
 # ---------------------------------------------------------------------------------------------- requests
@@ -117,7 +125,7 @@ def make_router(core: AgentRuntime) -> APIRouter:
 
 
 def _listings(router: APIRouter, core: AgentRuntime) -> None:
-    @router.get("/v1/agents")
+    @router.get("/v1/agents", dependencies=[READ])
     async def list_agents() -> AgentList:
         return AgentList(
             agents=[
@@ -126,18 +134,18 @@ def _listings(router: APIRouter, core: AgentRuntime) -> None:
             ]
         )
 
-    @router.get("/v1/models")
+    @router.get("/v1/models", dependencies=[READ])
     async def list_models() -> ModelList:
         # OpenAI clients list models first: here the models are the agents
         return ModelList(data=[ModelOut(id=a.name) for a in core.agents()])
 
 
 def _tools(router: APIRouter, core: AgentRuntime) -> None:
-    @router.get("/v1/tools")
+    @router.get("/v1/tools", dependencies=[READ])
     async def list_tools() -> ToolList:
         return ToolList(tools=_declared(core.tools().values()))
 
-    @router.post("/v1/tools/{name}/run")
+    @router.post("/v1/tools/{name}/run", dependencies=[OPERATE])
     async def run_tool(name: str, body: ToolBody) -> ToolOutput:
         """Call one tool directly (what an agent's tool call does), e.g. to check the corpus index."""
         return ToolOutput(tool=name, output=await core.run_tool(name, body.arguments))
@@ -145,19 +153,28 @@ def _tools(router: APIRouter, core: AgentRuntime) -> None:
 
 def _sessions(router: APIRouter, core: AgentRuntime) -> None:
     @router.get("/v1/sessions/{session_id}")
-    async def get_session(session_id: str) -> SessionOut:
-        return SessionOut(session_id=session_id, turns=await core.session_turns(session_id))
+    async def get_session(session_id: str, principal: Principal = READ) -> SessionOut:
+        turns = await core.session_turns(session_id, owner=principal.name)
+        return SessionOut(session_id=session_id, turns=turns)
 
     @router.delete("/v1/sessions/{session_id}")
-    async def delete_session(session_id: str) -> SessionDeleted:
-        return SessionDeleted(session_id=session_id, deleted=await core.delete_session(session_id))
+    async def delete_session(session_id: str, principal: Principal = OPERATE) -> SessionDeleted:
+        deleted = await core.delete_session(session_id, owner=principal.name)
+        return SessionDeleted(session_id=session_id, deleted=deleted)
 
 
 def _runs(router: APIRouter, core: AgentRuntime) -> None:
     @router.post("/v1/agents/{name}/run", response_model=None)
-    async def run_agent(name: str, body: RunBody) -> RunOut | EventSourceResponse:
-        run = core.start_in_session(
-            name, body.question, session_id=body.session_id, model=body.model, max_steps=body.max_steps
+    async def run_agent(
+        name: str, body: RunBody, principal: Principal = OPERATE
+    ) -> RunOut | EventSourceResponse:
+        run = await core.start_owned(
+            name,
+            body.question,
+            owner=principal.name,
+            session_id=body.session_id,
+            model=body.model,
+            max_steps=body.max_steps,
         )
         if body.stream:
             return EventSourceResponse(_step_events(run))
@@ -167,7 +184,7 @@ def _runs(router: APIRouter, core: AgentRuntime) -> None:
             agent=name, session_id=run.session_id, model=run.model, steps=steps, answer=result.answer
         )
 
-    @router.post("/v1/chat/completions", response_model=None)
+    @router.post("/v1/chat/completions", response_model=None, dependencies=[OPERATE])
     async def chat_completions(body: ChatBody) -> ChatCompletion | EventSourceResponse:
         run = core.start_chat(body.model, [Message(m.role, m.content) for m in body.messages], body.max_steps)
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())

@@ -31,6 +31,7 @@ from contracts.events import (
 from services.evaluator.config import EvaluatorSettings
 from services.evaluator.core import EvalReport, Evaluator, ShardPlan, ShardWork, StoredEvaluation
 from services.evaluator.registry_client import find_champion
+from shared.auth import ClientAuth
 from shared.bus import Bus, HandlerContext, JobRun
 from shared.bus.jobs import TERMINAL_STATES
 from shared.ports import registry_grpc_target
@@ -142,7 +143,10 @@ def register_handlers(bus: Bus, core: Evaluator, settings: EvaluatorSettings) ->
                 return
             if champion is None and await asyncio.to_thread(core.needs_opponent, tasks):
                 champion = await find_champion(
-                    registry_grpc_target(settings), model.model_name, settings.evaluator_registry_timeout_s
+                    registry_grpc_target(settings),
+                    model.model_name,
+                    settings.evaluator_registry_timeout_s,
+                    ClientAuth.from_settings(settings),
                 )
             stored = await asyncio.to_thread(
                 core.evaluate_version, model, artifact, tasks, job.thread_progress(), champion

@@ -7,14 +7,15 @@ import grpc
 
 from contracts.events import ArtifactRef, ModelRef
 from contracts.proto.puyu.registry.v1 import registry_pb2, registry_pb2_grpc
+from shared.auth import ClientAuth
 
 
 async def find_champion(
-    target: str, model_name: str, timeout: float = 10.0
+    target: str, model_name: str, timeout: float = 10.0, auth: ClientAuth | None = None
 ) -> tuple[ModelRef, ArtifactRef] | None:
     """The version holding ``model_name``'s champion alias and its artifact; None when there is none
     yet (an unknown model or alias is NOT_FOUND); other gRPC errors propagate (retried by the bus)."""
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with (auth or ClientAuth()).channel(target) as channel:
         stub = registry_pb2_grpc.ModelRegistryStub(channel)
         request = registry_pb2.GetVersionRequest(model_name=model_name, alias="champion")
         try:

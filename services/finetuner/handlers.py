@@ -14,6 +14,7 @@ from contracts.events import ArtifactRef, CheckpointReady, FinetuneRequested, Mo
 from services.finetuner.config import FinetunerSettings
 from services.finetuner.core import Finetuner, FinetuneResult
 from services.finetuner.registry_client import resolve_base
+from shared.auth import ClientAuth
 from shared.bus import Bus, HandlerContext
 from shared.ports import registry_grpc_target
 
@@ -27,7 +28,9 @@ def register_handlers(bus: Bus, core: Finetuner, settings: FinetunerSettings) ->
             return request.base_artifact
         # UnknownModel is a Refusal: the job is rejected at once
         target = registry_grpc_target(settings)
-        return await resolve_base(target, request.base, settings.finetuner_registry_timeout_s)
+        return await resolve_base(
+            target, request.base, settings.finetuner_registry_timeout_s, ClientAuth.from_settings(settings)
+        )
 
     @bus.handle(
         FinetuneRequested, max_deliver=settings.finetuner_max_deliver, ack_wait=settings.finetuner_ack_wait_s

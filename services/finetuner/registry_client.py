@@ -6,6 +6,7 @@ import grpc
 
 from contracts.events import ArtifactRef, ModelRef
 from contracts.proto.puyu.registry.v1 import registry_pb2, registry_pb2_grpc
+from shared.auth import ClientAuth
 from shared.errors import Refusal
 
 
@@ -13,9 +14,12 @@ class UnknownModel(Refusal, LookupError):
     """The registry does not know the model or version (permanent: the job is refused)."""
 
 
-async def resolve_base(target: str, ref: ModelRef, timeout: float = 10.0) -> ArtifactRef:
-    """The artifact of ``ref``; UnknownModel on NOT_FOUND, grpc errors (retryable) otherwise."""
-    async with grpc.aio.insecure_channel(target) as channel:
+async def resolve_base(
+    target: str, ref: ModelRef, timeout: float = 10.0, auth: ClientAuth | None = None
+) -> ArtifactRef:
+    """The artifact of ``ref``; UnknownModel on NOT_FOUND, grpc errors (retryable) otherwise
+    (``auth``: this service's token and TLS, from its settings)."""
+    async with (auth or ClientAuth()).channel(target) as channel:
         stub = registry_pb2_grpc.ModelRegistryStub(channel)
         request = registry_pb2.GetVersionRequest(model_name=ref.model_name, version=ref.version)
         try:

@@ -30,9 +30,11 @@ from services.inference_gateway.grpc_api import SERVICE_NAME, InferenceServicer
 from services.inference_gateway.handlers import register_handlers
 from services.inference_gateway.metrics import watch_pool
 from services.inference_gateway.openai.routes import install_openai_api
+from services.inference_gateway.remote import WorkerClients
 from services.inference_gateway.router import Router
 from services.inference_gateway.workers import WorkerWatch
 from shared.artifacts import ArtifactStore
+from shared.auth import ClientAuth
 from shared.natsserver import free_port
 from shared.ports import registry_grpc_target
 from shared.service import Service, ServiceRuntime
@@ -75,7 +77,8 @@ def create_service(
         runtime.on_start(watch.start)
         runtime.on_stop(watch.stop)
     policy = RoutingPolicy(attempts=settings.gateway_worker_attempts, max_queue=settings.gateway_max_queue)
-    router = Router(pool, workers, instance=instance, policy=policy)
+    clients = WorkerClients(ClientAuth.from_settings(settings))
+    router = Router(pool, workers, instance=instance, policy=policy, clients=clients)
     runtime.on_stop(router.close)
     gateway = Gateway(instance=instance, router=router, limits=limits_from(settings), pool=pool)
 
@@ -124,7 +127,10 @@ def _serve_pool(runtime: ServiceRuntime, settings: GatewaySettings, pool: ModelP
     store = ArtifactStore(settings.artifact_root_uri)
 
     async def start_restore() -> None:  # in the background: the process answers while it loads
-        restore.append(asyncio.create_task(restore_champions(pool, store, registry_grpc_target(settings))))
+        restoring = restore_champions(
+            pool, store, registry_grpc_target(settings), auth=ClientAuth.from_settings(settings)
+        )
+        restore.append(asyncio.create_task(restoring))
 
     async def stop_restore() -> None:
         for task in restore:

@@ -15,12 +15,15 @@ import grpc
 from contracts.proto.puyu.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.inference_gateway.core.pool import ModelPool
 from shared.artifacts import ArtifactStore
+from shared.auth import ClientAuth
 
 log = logging.getLogger(__name__)
 
 
-async def champions(target: str, timeout: float = 10.0) -> list[registry_pb2.ModelVersion]:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def champions(
+    target: str, timeout: float = 10.0, auth: ClientAuth | None = None
+) -> list[registry_pb2.ModelVersion]:
+    async with (auth or ClientAuth()).channel(target) as channel:
         stub = registry_pb2_grpc.ModelRegistryStub(channel)
         models = await stub.ListModels(registry_pb2.ListModelsRequest(), timeout=timeout)
         out = []
@@ -32,7 +35,12 @@ async def champions(target: str, timeout: float = 10.0) -> list[registry_pb2.Mod
 
 
 async def restore_champions(
-    pool: ModelPool, store: ArtifactStore, target: str, attempts: int = 30, delay: float = 2.0
+    pool: ModelPool,
+    store: ArtifactStore,
+    target: str,
+    attempts: int = 30,
+    delay: float = 2.0,
+    auth: ClientAuth | None = None,
 ) -> int:
     """Load every champion unless a newer promotion got there first; retries while the registry is starting.
 
@@ -40,7 +48,7 @@ async def restore_champions(
     for attempt in range(1, attempts + 1):
         asked = datetime.now(UTC)  # promotions after this are newer than the registry's answer
         try:
-            versions = await champions(target)
+            versions = await champions(target, auth=auth)
             break
         except grpc.aio.AioRpcError as exc:
             if attempt == attempts:

@@ -20,6 +20,8 @@ from services.inference_gateway.core.routing import RoutingPolicy
 from services.inference_gateway.metrics import watch_pool
 from services.inference_gateway.openai.routes import install_openai_api
 from services.inference_gateway.router import Router
+from shared.auth import Authenticator
+from shared.auth.http import install_auth
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,8 @@ def build_serve_app(
         await pool.close()
 
     app = FastAPI(title="puyu serve", on_startup=[load], on_shutdown=[unload])
+    # As ``vllm serve``: open on its own machine until an API key (or a tokens file) is given.
+    install_auth(app, Authenticator(settings.auth_tokens_file, required=False))
     app.mount("/metrics", make_asgi_app())
 
     @app.get("/health")

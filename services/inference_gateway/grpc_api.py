@@ -17,6 +17,8 @@ from services.inference_gateway.core.routing import NoWorker, Overloaded
 from services.inference_gateway.core.sampling import InvalidRequest
 from services.inference_gateway.router import Router
 from services.inference_gateway.wire import delta_to_chunk, params_from_proto, prompt_from_request
+from shared.auth import Role
+from shared.auth.grpc import rpc_role
 
 SERVICE_NAME = "puyu.inference.v1.Inference"
 
@@ -26,6 +28,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self.router = router
         self.default_max_tokens = default_max_tokens
 
+    @rpc_role(Role.READER)
     async def Generate(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateChunk]:
@@ -53,6 +56,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             # client gone (CancelledError lands here) or done: closing the stream cancels the engine request
             await stream.aclose()  # type: ignore[attr-defined]
 
+    @rpc_role(Role.READER)
     async def ListModels(
         self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ListModelsResponse:

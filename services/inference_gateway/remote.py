@@ -20,6 +20,7 @@ from services.inference_gateway.core.engine import Delta
 from services.inference_gateway.core.prompts import Prompt
 from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams
 from services.inference_gateway.wire import chunk_to_delta, params_to_proto, prompt_into
+from shared.auth import ClientAuth
 
 # statuses after which another worker may well serve the request; any other means the worker is gone
 _BUSY = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
@@ -41,9 +42,11 @@ class WorkerBusy(RuntimeError):
 
 
 class WorkerClients:
-    """One gRPC channel per worker address, reused by every request to it."""
+    """One gRPC channel per worker address, reused by every request to it (``auth``: the gateway's
+    token and TLS, which the workers check as any service does)."""
 
-    def __init__(self) -> None:
+    def __init__(self, auth: ClientAuth | None = None) -> None:
+        self.auth = auth or ClientAuth()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._closing: set[asyncio.Future[None]] = set()
         self._retired: list[grpc.aio.Channel] = []  # dropped, closing once their calls end
@@ -51,7 +54,7 @@ class WorkerClients:
     def stub(self, target: str) -> inference_pb2_grpc.InferenceStub:
         channel = self._channels.get(target)
         if channel is None:
-            channel = self._channels[target] = grpc.aio.insecure_channel(target)
+            channel = self._channels[target] = self.auth.channel(target)
         return inference_pb2_grpc.InferenceStub(channel)
 
     def forget(self, target: str) -> None:

@@ -1,4 +1,6 @@
-"""gRPC adapter: puyu.registry.v1.ModelRegistry over the core (DB calls in worker threads)."""
+"""gRPC adapter: puyu.registry.v1.ModelRegistry over the core (DB calls in worker threads).
+
+The audit log's actor is the authenticated principal of the call."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from contracts.proto.puyu.registry.v1 import registry_pb2 as pb
 from contracts.proto.puyu.registry.v1 import registry_pb2_grpc
 from services.model_registry.core import AuditView, NotFound, RegistryRefusal, VersionView, model_card
 from services.model_registry.core.registry import Registry
+from shared.auth import Role
+from shared.auth.grpc import current_principal, rpc_role
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -83,6 +87,7 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         raise AssertionError("unreachable")  # abort raises
 
+    @rpc_role(Role.OPERATOR)
     async def RegisterVersion(self, request: pb.RegisterVersionRequest, context: Any) -> pb.ModelVersion:
         try:
             lineage = json.loads(request.lineage_json) if request.lineage_json else {}
@@ -112,11 +117,12 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
             datasets=list(lineage.get("datasets", [])),
             hyperparameters=dict(lineage.get("hyperparameters", {})),
             tags=dict(request.tags),
-            actor="grpc",
+            actor=current_principal().name,
         )
         assert v is not None  # no event id: never a duplicate
         return version_to_proto(v)
 
+    @rpc_role(Role.READER)
     async def GetVersion(self, request: pb.GetVersionRequest, context: Any) -> pb.ModelVersion:
         return version_to_proto(await self._get(request, context))
 
@@ -129,10 +135,12 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
             alias=request.alias or None,
         )
 
+    @rpc_role(Role.READER)
     async def ListVersions(self, request: pb.ListVersionsRequest, context: Any) -> pb.ListVersionsResponse:
         vs = await self._call(context, self.registry.list_versions, request.model_name)
         return pb.ListVersionsResponse(versions=[version_to_proto(v) for v in vs])
 
+    @rpc_role(Role.READER)
     async def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:
         ms = await self._call(context, self.registry.list_models)
         return pb.ListModelsResponse(
@@ -146,6 +154,7 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
             ]
         )
 
+    @rpc_role(Role.OPERATOR)
     async def SetAlias(self, request: pb.SetAliasRequest, context: Any) -> pb.ModelVersion:
         v = await self._call(
             context,
@@ -153,23 +162,25 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
             request.model_name,
             request.alias,
             request.version,
-            actor="grpc",
+            actor=current_principal().name,
             reason=request.reason,
         )
         return version_to_proto(v)
 
+    @rpc_role(Role.OPERATOR)
     async def Rollback(self, request: pb.RollbackRequest, context: Any) -> pb.RollbackResponse:
         out = await self._call(
             context,
             self.registry.rollback,
             request.model_name,
-            actor="grpc",
+            actor=current_principal().name,
             reason=request.reason or "manual rollback",
         )
         return pb.RollbackResponse(
             restored=out.restored, rolled_back=out.rolled_back, reason=out.reason, event_id=out.event_id
         )
 
+    @rpc_role(Role.OPERATOR)
     async def SetTags(self, request: pb.SetTagsRequest, context: Any) -> pb.SetTagsResponse:
         out = await self._call(
             context,
@@ -178,15 +189,17 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
             request.version or None,
             set_=dict(request.set),
             delete=list(request.delete),
-            actor="grpc",
+            actor=current_principal().name,
             reason=request.reason,
         )
         return pb.SetTagsResponse(tags={str(k): str(x) for k, x in out.tags.items()})
 
+    @rpc_role(Role.READER)
     async def ListAudit(self, request: pb.ListAuditRequest, context: Any) -> pb.ListAuditResponse:
         limit = max(1, min(request.limit or 200, 1000))
         rows = await self._call(context, self.registry.audit, request.model_name or None, limit)
         return pb.ListAuditResponse(entries=[audit_to_proto(e) for e in rows])
 
+    @rpc_role(Role.READER)
     async def GetModelCard(self, request: pb.GetVersionRequest, context: Any) -> pb.ModelCard:
         return pb.ModelCard(markdown=model_card(await self._get(request, context)))

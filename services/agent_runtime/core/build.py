@@ -34,7 +34,9 @@ def build_runtime(settings: AgentRuntimeSettings, gateway_url: str | None = None
     llm = LLMClient(
         gateway_url or gateway_base_url(settings),
         timeout=settings.agent_llm_timeout_s,
-        api_key=settings.agent_llm_api_key,
+        # another endpoint's key where one is set, else this service's own token for the gateway
+        api_key=settings.agent_llm_api_key or settings.client_token(),
+        verify=str(settings.tls_ca_file) if settings.tls_ca_file else True,
     )
     store = ArtifactStore(settings.artifact_root_uri)
     index = CorpusIndex(settings.agent_passage_sentences, settings.agent_max_datasets, _embedder(settings))

@@ -19,11 +19,12 @@ class LLMClient:
         timeout: float = 120.0,
         api_key: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: str | bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
-            base_url=self.base_url, timeout=timeout, headers=headers, transport=transport
+            base_url=self.base_url, timeout=timeout, headers=headers, transport=transport, verify=verify
         )
 
     async def aclose(self) -> None:

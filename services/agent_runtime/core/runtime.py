@@ -93,6 +93,27 @@ class AgentRuntime:
         session_id = session_id or uuid.uuid4().hex
         return self.start(agent, question, model=model, max_steps=max_steps, session_id=session_id)
 
+    async def start_owned(
+        self,
+        agent: str,
+        question: str,
+        *,
+        owner: str,
+        session_id: str | None = None,
+        model: str | None = None,
+        max_steps: int | None = None,
+    ) -> AgentRun:
+        """``start_in_session`` for a caller: a new session becomes ``owner``'s; a session of anyone
+        else is SessionNotFound, as if it did not exist."""
+        if session_id is not None:
+            await self._check_owner(session_id, owner)
+        run = self.start_in_session(agent, question, session_id=session_id, model=model, max_steps=max_steps)
+        assert run.session_id is not None
+        store = self.catalog.sessions
+        if store is not None and not await asyncio.to_thread(store.exists, run.session_id):
+            await asyncio.to_thread(store.claim, run.session_id, owner)
+        return run
+
     def start_chat(self, agent: str, messages: Sequence[Message], max_steps: int | None = None) -> AgentRun:
         """A stateless run on an OpenAI-style conversation: the last (user) message is the question,
         the earlier ones the memory."""
@@ -100,16 +121,33 @@ class AgentRuntime:
         return self.start(agent, question, max_steps=max_steps, history=history)
 
     # ------------------------------------------------------------------------------ sessions
-    async def session_turns(self, session_id: str) -> list[StoredTurn]:
+    async def session_turns(self, session_id: str, owner: str | None = None) -> list[StoredTurn]:
+        """``owner``: the caller; another's session is SessionNotFound (None: no check, as a library)."""
         store = self._session_store()
+        if owner is not None:
+            await self._check_owner(session_id, owner)
         turns = await asyncio.to_thread(store.turns, session_id)
         if not turns:
             raise SessionNotFound(f"no session {session_id!r}")
         return turns
 
-    async def delete_session(self, session_id: str) -> bool:
-        """False when there was no such session."""
+    async def delete_session(self, session_id: str, owner: str | None = None) -> bool:
+        """False when there was no such session (or it is another ``owner``'s)."""
+        if owner is not None:
+            try:
+                await self._check_owner(session_id, owner)
+            except SessionNotFound:
+                return False
         return await asyncio.to_thread(self._session_store().delete, session_id)
+
+    async def _check_owner(self, session_id: str, owner: str) -> None:
+        """SessionNotFound unless the session is ``owner``'s or not stored yet."""
+        store = self.catalog.sessions
+        if store is None:
+            return
+        if await asyncio.to_thread(store.exists, session_id):
+            if await asyncio.to_thread(store.owner, session_id) != owner:
+                raise SessionNotFound(f"no session {session_id!r}")
 
     def _session_store(self) -> SessionStore:
         if self.catalog.sessions is None:

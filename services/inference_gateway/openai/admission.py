@@ -1,19 +1,22 @@
-"""Admission of OpenAI API requests: API keys, per-key rate limits (429), queue limits (503 + Retry-After), timeouts."""
+"""Admission of OpenAI API requests: the caller (shared.auth: API keys are tokens), per-caller rate
+limits (429), queue limits (503 + Retry-After), timeouts."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import Request
-
 from services.inference_gateway.core.engine import Delta
 from services.inference_gateway.core.limits import Limits
 from services.inference_gateway.metrics import REJECTED, observe_request
+from shared.auth import Principal, Role
+from shared.auth.http import requires
+
+# Generation changes no state: a reader may do it (the gateway's API keys are readers).
+CALLER = requires(Role.READER)
 
 
 class APIError(Exception):
@@ -51,19 +54,11 @@ class Admission:
         self.limits = limits
         self._buckets: dict[str, _Bucket] = {}
 
-    def authorize(self, request: Request) -> str:
-        keys = self.limits.api_keys
-        if not keys:
-            return "anonymous"
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip().encode()
-        for key in keys:
-            if secrets.compare_digest(given, key.encode()):
-                return key
-        REJECTED.labels("auth").inc()
-        raise APIError(401, "invalid or missing API key", "invalid_request_error", "invalid_api_key")
+    def authorize(self, principal: Principal = CALLER) -> str:
+        return principal.name
 
-    def admit(self, request: Request) -> str:
-        key = self.authorize(request)
+    def admit(self, principal: Principal = CALLER) -> str:
+        key = principal.name
         rpm = self.limits.requests_per_minute
         if rpm > 0:
             bucket = self._buckets.get(key)

@@ -1,6 +1,7 @@
 """The OpenAI API's routes: parse the request, call its serving class, return the answer.
 
-Every route is behind admission (API keys; the generating ones also per-key rate limits); errors
+Every route is behind admission (shared.auth's tokens, the API keys among them; the generating ones
+also per-caller rate limits); errors
 are answered in OpenAI's shape (``{"error": {...}}``), request validation errors as 400 as OpenAI does.
 ``/tokenize`` and ``/detokenize`` are vLLM's (no ``/v1``), behind the same API keys.
 """
@@ -13,6 +14,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from services.inference_gateway.core.limits import Limits
+from services.inference_gateway.metrics import REJECTED
 from services.inference_gateway.openai.admission import Admission, APIError
 from services.inference_gateway.openai.protocol import (
     ChatRequest,
@@ -32,11 +34,15 @@ from services.inference_gateway.openai.serving_engine import Answer
 from services.inference_gateway.openai.serving_models import OpenAIServingModels
 from services.inference_gateway.openai.serving_tokenization import OpenAIServingTokenization
 from services.inference_gateway.router import Router
+from shared.auth.http import AuthFailure, authenticator_of
 
 
 def install_openai_api(app: FastAPI, router: Router, limits: Limits, *, default_max_tokens: int = 16) -> None:
     """Add the OpenAI routes, their admission checks and OpenAI-shaped error bodies to ``app``."""
     admission = Admission(limits)
+    # the API keys are tokens of the app's authenticator: on a service, the one its gRPC port uses too
+    authenticator_of(app).add_api_keys(limits.api_keys)
+    app.exception_handler(AuthFailure)(_auth_failure)
     app.exception_handler(APIError)(_api_error)
     app.exception_handler(RequestValidationError)(_validation_error)
     app.include_router(
@@ -96,6 +102,13 @@ async def _api_error(_: Request, exc: APIError) -> JSONResponse:
     return _error_response(
         ErrorInfo(message=exc.message, type=exc.type, code=exc.code), exc.status, exc.headers
     )
+
+
+async def _auth_failure(_: Request, exc: AuthFailure) -> JSONResponse:
+    REJECTED.labels("auth").inc()
+    code = "invalid_api_key" if exc.status_code == 401 else "permission_denied"
+    error = ErrorInfo(message=str(exc.detail), type="invalid_request_error", code=code)
+    return _error_response(error, exc.status_code, dict(exc.headers or {}))
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
