@@ -8,6 +8,7 @@ from services.corpus_ingest.core import Ingestor
 from services.corpus_ingest.handlers import register_handlers
 from shared.artifacts import ArtifactStore
 from shared.jobs_api import add_jobs_api
+from shared.read_roots import ReadRoots
 from shared.service import Service, ServiceRuntime
 
 
@@ -19,7 +20,9 @@ def create_service(settings: IngestSettings | None = None) -> Service[Ingestor]:
         settings.corpus_ingest_detector_languages,
         settings.read_limits(),
         settings.corpus_ingest_workers,
+        ReadRoots.from_settings(settings),
     )
     register_handlers(runtime.bus, core, settings)
-    add_jobs_api(runtime, {"ingest": IngestRequested})
+    # refused at submit already: the caller hears at once which roots it may read
+    add_jobs_api(runtime, {"ingest": IngestRequested}, {"ingest": lambda p: core.check_sources(p.sources)})
     return Service(runtime, core)

@@ -4,7 +4,7 @@ checks run at submit time (a config that cannot work is refused before any compu
 from __future__ import annotations
 
 from contracts.events import TrainRequested
-from services.trainer.core import validate
+from services.trainer.core import Trainer, validate
 from services.trainer.handlers import KIND
 from shared.jobs_api import JobsServicer, add_jobs_api
 from shared.service import ServiceRuntime
@@ -14,5 +14,9 @@ def check_request(request: TrainRequested) -> None:
     validate(request.spec)  # TrainConfigError (a Refusal and a ValueError) names the problem
 
 
-def add_train_jobs_api(runtime: ServiceRuntime) -> JobsServicer:
-    return add_jobs_api(runtime, {KIND: TrainRequested}, {KIND: check_request})
+def add_train_jobs_api(runtime: ServiceRuntime, core: Trainer) -> JobsServicer:
+    def check(request: TrainRequested) -> None:
+        core.check_inputs(request.spec, request.datasets)  # before validate reads any of them
+        check_request(request)
+
+    return add_jobs_api(runtime, {KIND: TrainRequested}, {KIND: check})

@@ -31,6 +31,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[IngestSettings, Bus, asyn
         idx = 1 + SERVICES.index("corpus_ingest")
         settings = IngestSettings(
             home=tmp_path / "home",
+            data_roots=[str(tmp_path / "src"), str(tmp_path / "docs.jsonl")],  # what the tests ingest
             nats_url=nats.url,
             log_json=False,
             grpc_port_base=free_port() - idx,
@@ -139,3 +140,33 @@ async def test_grpc_jobs_submit_and_watch(stack, tmp_path: Path) -> None:  # typ
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Get(jobs_pb2.GetJobRequest(job_id="nope"))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_sources_outside_the_read_roots_are_refused(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings, client, events, port = stack
+    roots = f"{settings.artifact_root_uri}, {tmp_path / 'src'}, {tmp_path / 'docs.jsonl'}"
+    refusal = f"source /etc/passwd is outside the folders this service may read ({roots}; PUYU_DATA_ROOTS adds folders)"
+    # on the bus: the job is rejected with the reason
+    job_id = "etc-" + uuid.uuid4().hex
+    await client.publish(IngestRequested(job_id=job_id, dataset_name="x", sources=["/etc/passwd"]))
+    failed = await asyncio.wait_for(events.get(), 30)
+    assert isinstance(failed, JobFailed) and failed.error == f"rejected: ingest job {job_id}: {refusal}"
+    # a link inside a root that leads out of it is outside too
+    (tmp_path / "src").mkdir(exist_ok=True)
+    (tmp_path / "src" / "passwd.txt").symlink_to("/etc/passwd")
+    await client.publish(
+        IngestRequested(job_id="link-" + job_id, dataset_name="x", sources=[str(tmp_path / "src")])
+    )
+    failed = await asyncio.wait_for(events.get(), 30)
+    assert (
+        isinstance(failed, JobFailed)
+        and f"ingest job link-{job_id}: file /etc/passwd is outside" in failed.error
+    )
+    # through gRPC Jobs/Submit: refused at once, no job queued
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = jobs_pb2_grpc.JobsStub(channel)
+        spec = {"dataset_name": "x", "sources": ["/etc/passwd"]}
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Submit(jobs_pb2.SubmitJobRequest(kind="ingest", spec_json=json.dumps(spec)))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == f"invalid ingest job spec: {refusal}"

@@ -9,8 +9,9 @@ from typing import Any
 from contracts.events import DatasetRef, IngestOptions
 from services.corpus_ingest.core.langid import DEFAULT_DETECTOR_LANGUAGES
 from services.corpus_ingest.core.pipeline import MANIFEST, Progress, run_ingest
-from services.corpus_ingest.core.readers import ReadLimits
+from services.corpus_ingest.core.readers import ReadLimits, expand_sources
 from shared.artifacts import ArtifactStore
+from shared.read_roots import ReadRoots
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,8 @@ class IngestedDataset:
 
 
 class Ingestor:
-    """``run_ingest`` with the service's configuration, writing into the artifact store."""
+    """``run_ingest`` with the service's configuration, writing into the artifact store and reading
+    only under ``read_roots`` (default: the artifact store alone)."""
 
     def __init__(
         self,
@@ -28,8 +30,10 @@ class Ingestor:
         detector_languages: tuple[str, ...] | list[str] = DEFAULT_DETECTOR_LANGUAGES,
         limits: ReadLimits = ReadLimits(),
         workers: int = 1,
+        read_roots: ReadRoots | None = None,
     ) -> None:
         self.store = store
+        self.read_roots = read_roots or ReadRoots([store.root_uri])
         self.detector_languages = tuple(detector_languages)
         self.limits = limits
         self.workers = workers
@@ -39,6 +43,12 @@ class Ingestor:
         # Derived from the job: a redelivered or rerun request overwrites the same dataset folder.
         return f"{dataset_name}-{job_id[:8]}"
 
+    def check_sources(self, sources: list[str]) -> None:
+        """Refuse a source outside the read roots, and a file a source reaches through a link out of them."""
+        self.read_roots.require_all(sources)
+        files, _ = expand_sources(sources)
+        self.read_roots.require_all(files, "file")
+
     def ingest(
         self,
         dataset_id: str,
@@ -47,6 +57,7 @@ class Ingestor:
         progress: Progress | None = None,
     ) -> IngestedDataset:
         """Ingest ``sources`` into ``datasets/<dataset_id>`` of the store (blocking)."""
+        self.check_sources(sources)
         key = f"datasets/{dataset_id}"
         staging = self.store.local_staging(key)
         manifest = run_ingest(

@@ -15,6 +15,7 @@ from services.finetuner.core.finetune import run_finetune
 from services.finetuner.core.refusals import InvalidInput
 from services.finetuner.core.training import Progress
 from shared.artifacts import ArtifactStore
+from shared.read_roots import ReadRoots
 
 
 def run_id_for(job_id: str) -> str:
@@ -32,8 +33,15 @@ class FinetuneResult:
 
 
 class Finetuner:
-    def __init__(self, store: ArtifactStore, device: str = "auto", num_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        store: ArtifactStore,
+        device: str = "auto",
+        num_threads: int | None = None,
+        read_roots: ReadRoots | None = None,
+    ) -> None:
         self.store, self.device, self.num_threads = store, device, num_threads
+        self.read_roots = read_roots or ReadRoots([store.root_uri])  # where its inputs may come from
 
     def finetune(
         self,
@@ -46,6 +54,8 @@ class Finetuner:
         progress: Progress | None = None,
     ) -> FinetuneResult:
         """Finetune the base model on the dataset; refusals (``FinetuneRefusal``) name the problem."""
+        self.read_roots.require(base_artifact.uri, "base model")
+        self.read_roots.require(dataset_uri, "dataset")
         run_id = run_id_for(job_id)
         outcome = run_finetune(
             self._fetch(base_artifact.uri),

@@ -21,6 +21,7 @@ from contracts.events import ArtifactRef, DatasetRef, TrainSpec
 from services.trainer.core.loop import ProgressFn
 from services.trainer.core.run import CheckpointInfo, TrainJob, run_training
 from shared.artifacts import ArtifactStore
+from shared.read_roots import ReadRoots
 
 
 def run_id_for(job_id: str) -> str:
@@ -57,8 +58,11 @@ class TrainOutcome:
 
 
 class Trainer:
-    def __init__(self, store: ArtifactStore, device: str = "auto") -> None:
+    def __init__(
+        self, store: ArtifactStore, device: str = "auto", read_roots: ReadRoots | None = None
+    ) -> None:
         self.store, self.device = store, device
+        self.read_roots = read_roots or ReadRoots([store.root_uri])  # where its inputs may come from
         # torch's threads are process-wide: one run per process; the others wait their turn.
         self.one_run_at_a_time = asyncio.Lock()
         self.stopping = False  # the process stops: a run keeps its state and is redelivered
@@ -88,6 +92,14 @@ class Trainer:
             flag.set()
 
     # ------------------------------------------------------------------------------- training
+    def check_inputs(self, spec: TrainSpec, datasets: list[DatasetRef]) -> None:
+        """Refuse a dataset, tokenizer or starting checkpoint outside the folders this service may read."""
+        self.read_roots.require_all([d.manifest_uri for d in datasets], "dataset")
+        if spec.tokenizer_uri is not None:
+            self.read_roots.require(spec.tokenizer_uri, "tokenizer_uri")
+        if spec.init_from is not None:
+            self.read_roots.require(spec.init_from, "init_from")
+
     def train(
         self,
         job_id: str,
@@ -102,6 +114,7 @@ class Trainer:
 
         Raises TrainConfigError or DatasetError (refusals), TrainingCancelled when ``cancel`` is set.
         """
+        self.check_inputs(spec, datasets)
         run_id = run_id_for(job_id)
         job = TrainJob(
             run_id=run_id,
