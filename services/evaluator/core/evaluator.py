@@ -222,8 +222,10 @@ class Evaluator:
         return StoredEvaluation(report, self.store.uri(key))
 
     def _fetch(self, model: ModelRef, artifact: ArtifactRef) -> Path:
+        """The version's folder, from the artifact store and with the digest it was registered with:
+        a folder outside the store, or swapped after registration, is refused, not evaluated."""
         try:
-            return self.store.fetch(artifact.uri)
+            return self.store.fetch_verified(artifact)
         except FileNotFoundError as exc:
             raise ModelUnavailable(f"model {model.model_name} v{model.version}: {exc}") from exc
 
