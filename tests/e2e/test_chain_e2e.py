@@ -60,7 +60,8 @@ def stack(service_stack: Callable[..., Stack]) -> Stack:
 
 async def _drive(stack: Stack, tmp_path: Path) -> ChainWatcher:
     settings = stack.settings
-    sources = [str(p) for p in write_sample_corpus(tmp_path / "corpus", n_articles=400)]
+    # under HOME/data: one of the folders the services may read by default
+    sources = [str(p) for p in write_sample_corpus(settings.home / "data" / "corpus", n_articles=400)]
     correlation = uuid.uuid4().hex
     bus = Bus(settings.nats_url, "e2e-test")
     await bus.start()
@@ -115,6 +116,7 @@ def test_ingest_request_ends_in_a_served_completion(stack: Stack, tmp_path: Path
         f"{gateway_base_url(stack.settings)}/v1/completions",
         json={"model": served, "prompt": "The capital of", "max_tokens": 8, "temperature": 0},
         timeout=120,
+        headers=stack.client_auth().headers(),
     )
     assert resp.status_code == 200, resp.text
     body = resp.json()
@@ -126,9 +128,17 @@ def test_ingest_request_ends_in_a_served_completion(stack: Stack, tmp_path: Path
         f"{gateway_base_url(stack.settings)}/v1/completions",
         json={"model": "no-such-model", "prompt": "x"},
         timeout=30,
+        headers=stack.client_auth().headers(),
     )
     assert bad.status_code == 404 and "no-such-model" in bad.text
     health = httpx.get(
         f"http://{stack.settings.host}:{http_port('inference_gateway', stack.settings)}/health"
     )
     assert health.status_code == 200
+    # Closed to anyone without a token of the stack; health stays open.
+    anonymous = httpx.post(
+        f"{gateway_base_url(stack.settings)}/v1/completions",
+        json={"model": served, "prompt": "x"},
+        timeout=30,
+    )
+    assert anonymous.status_code == 401
