@@ -32,9 +32,11 @@ from contracts.events import (
 )
 from services.cli.chain import ChainWatcher
 from services.cli.stack import Stack
+from shared.auth import ClientAuth
+from shared.auth.local import cli_token
 from shared.bus import Bus
 from shared.bus.identity import NatsIdentity
-from shared.ports import gateway_base_url, http_port
+from shared.ports import gateway_base_url, http_base_url
 from shared.samples import WORLD, write_sample_corpus
 from shared.settings import CommonSettings
 
@@ -192,7 +194,11 @@ def lineage_table(seen: dict[str, EventEnvelope]) -> Table:
     return table
 
 
-def ask_gateway(settings: CommonSettings, model: str, question: str) -> str:
+def _client_auth(settings: CommonSettings, auth: ClientAuth | None) -> ClientAuth:
+    return auth or ClientAuth.from_settings(settings, token=cli_token(settings))
+
+
+def ask_gateway(settings: CommonSettings, model: str, question: str, auth: ClientAuth | None = None) -> str:
     resp = httpx.post(
         f"{gateway_base_url(settings)}/v1/chat/completions",
         json={
@@ -204,17 +210,20 @@ def ask_gateway(settings: CommonSettings, model: str, question: str) -> str:
             "stop": ["\nUser:"],
         },
         timeout=120,
+        **_client_auth(settings, auth).httpx_options(),
     )
     resp.raise_for_status()
     return str(resp.json()["choices"][0]["message"]["content"]).strip()
 
 
-def ask_agent(settings: CommonSettings, model: str, question: str) -> dict[str, Any]:
-    base = f"http://{settings.host}:{http_port('agent_runtime', settings)}"
+def ask_agent(
+    settings: CommonSettings, model: str, question: str, auth: ClientAuth | None = None
+) -> dict[str, Any]:
     resp = httpx.post(
-        f"{base}/v1/agents/react/run",
+        f"{http_base_url('agent_runtime', settings)}/v1/agents/react/run",
         json={"question": question, "model": model, "max_steps": 4},
         timeout=300,
+        **_client_auth(settings, auth).httpx_options(),
     )
     resp.raise_for_status()
     return dict(resp.json())
@@ -255,10 +264,10 @@ def demo(settings: CommonSettings, keep: bool = False, timeout: float = 900.0) -
         model = served.payload["served_name"] if served else "puyu-demo"
         country = WORLD[0]
         question = f"What is the capital of {country.name}?"
-        answer = ask_gateway(settings, model, question)
+        answer = ask_gateway(settings, model, question, stack.client_auth())
         console.print(f"[bold]chat[/] ({model}) {question!r} → {answer!r}  [dim](expected {country.capital})")
         agent_q = "What is 12 plus 30?"
-        result = ask_agent(settings, model, agent_q)
+        result = ask_agent(settings, model, agent_q, stack.client_auth())
         for step in result.get("steps", []):
             console.print(f"  [dim]{step.get('kind')}[/] {json.dumps(step.get('content'))[:120]}")
         console.print(f"[bold]agent[/] {agent_q!r} → {result.get('answer')!r}")

@@ -10,6 +10,10 @@ the operator and the admin) in HOME/nats-auth on first start, writes the server'
 ``shared.bus.permissions`` at every start, gives each service its own seed and provisions the streams
 as the admin. On a NATS it finds running, the services use the identity their settings name (none:
 that server has no users, and each service warns).
+
+Callers of the services' HTTP and gRPC APIs need tokens (``shared.auth``): on first start the stack
+makes an admin token (the CLI's) and one per service in HOME/auth, and gives every service the
+tokens file and its own token.
 """
 
 from __future__ import annotations
@@ -26,18 +30,22 @@ from urllib.parse import urlparse
 
 import httpx
 
+from shared.auth import ClientAuth
+from shared.auth.local import ADMIN as ADMIN_PRINCIPAL
+from shared.auth.local import TokenDir, local_principals, service_principal
 from shared.bus.identity import NatsIdentity
 from shared.bus.natsauth import DEFAULT_GATEWAY_INSTANCE, AuthDir, local_users
 from shared.bus.permissions import ADMIN, GATEWAY, OPERATOR, role_for_service
 from shared.bus.streams import provision
 from shared.natsserver import NatsServer, answers, free_port
-from shared.ports import SERVICES, grpc_port, http_port
+from shared.ports import SERVICES, grpc_port, http_base_url, http_port
 from shared.settings import CommonSettings
 
 NATS_URL_FILE = "nats.url"  # in a stack's home while the stack's own nats-server runs
 NATS_AUTH_DIR = "nats-auth"  # the identities of a stack's own nats-server, in its home
 # The identity settings a stack sets per service: one inherited from the launcher must not win.
 _IDENTITY_ENV = ("PUYU_NATS_NKEY_SEED_FILE", "PUYU_NATS_CREDS_FILE")
+_TOKEN_ENV = ("PUYU_AUTH_TOKEN", "PUYU_AUTH_TOKEN_FILE")
 
 
 def local_auth(home: Path) -> AuthDir:
@@ -105,6 +113,7 @@ class Stack:
         self.restarts: dict[str, int] = dict.fromkeys(services, 0)
         self.nats: NatsServer | None = None
         self.auth: AuthDir | None = None  # the identities of this stack's own nats-server
+        self.tokens = TokenDir.of_home(self.home)  # who may call the services' APIs
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._supervisor: threading.Thread | None = None
@@ -151,6 +160,17 @@ class Stack:
             return self.auth.identity(OPERATOR)
         return NatsIdentity.from_settings(self.settings)
 
+    # ------------------------------------------------------------------------------ API tokens
+    def ensure_tokens(self) -> None:
+        self.tokens.ensure(local_principals(SERVICES))  # every service: one may join the stack later
+
+    def admin_token(self) -> str:
+        """The token of the stack's admin: what the CLI (and a test driving the stack) sends."""
+        return self.tokens.token(ADMIN_PRINCIPAL)
+
+    def client_auth(self) -> ClientAuth:
+        return ClientAuth.from_settings(self.settings, token=self.admin_token())
+
     # ------------------------------------------------------------------------------ services
     def env(self, service: str | None = None) -> dict[str, str]:
         env = dict(os.environ)
@@ -166,6 +186,12 @@ class Stack:
             env["PUYU_ARTIFACT_ROOT"] = self.settings.artifact_root
         if self.settings.database_url:
             env["PUYU_DATABASE_URL"] = self.settings.database_url
+        for key in _TOKEN_ENV:  # one inherited from the launcher must not stand in for the service's
+            env.pop(key, None)
+        env["PUYU_AUTH_TOKENS_FILE"] = str(self.tokens.tokens_file)
+        env["PUYU_AUTH_REQUIRED"] = "true"
+        if service:
+            env["PUYU_AUTH_TOKEN_FILE"] = str(self.tokens.token_file(service_principal(service)))
         env.update(self.extra_env)
         identity = self.identity(service) if service else None
         if identity is not None and identity.nkey_seed_file is not None:
@@ -190,6 +216,7 @@ class Stack:
 
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        self.ensure_tokens()
         self.ensure_nats()
         for name in self.services:
             self.spawn(name)
@@ -198,11 +225,12 @@ class Stack:
             self._supervisor.start()
 
     def health_url(self, name: str) -> str:
-        return f"http://{self.settings.host}:{http_port(name, self.settings)}/health"
+        return f"{http_base_url(name, self.settings)}/health"
 
     def healthy(self, name: str) -> bool:
         try:
-            return httpx.get(self.health_url(name), timeout=2).status_code == 200
+            verify = ClientAuth.from_settings(self.settings).verify
+            return httpx.get(self.health_url(name), timeout=2, verify=verify).status_code == 200
         except httpx.HTTPError:
             return False
 

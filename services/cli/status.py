@@ -13,15 +13,18 @@ from rich.table import Table
 from contracts.events.subjects import JOBS_BUCKET
 from services.cli.demo import demo_home
 from services.cli.stack import operator_identity, recorded_nats_url
+from shared.auth import ClientAuth
+from shared.auth.local import cli_token
 from shared.bus.identity import NatsIdentity
 from shared.bus.jobs import JobBoard, JobStatus
-from shared.ports import SERVICES, http_port
+from shared.ports import SERVICES, http_base_url, http_port
 from shared.settings import CommonSettings
 
 
 def _health(settings: CommonSettings, name: str) -> str:
     try:
-        resp = httpx.get(f"http://{settings.host}:{http_port(name, settings)}/health", timeout=2)
+        verify = ClientAuth.from_settings(settings).verify
+        resp = httpx.get(f"{http_base_url(name, settings)}/health", timeout=2, verify=verify)
         return "up" if resp.status_code == 200 else f"degraded ({resp.status_code})"
     except httpx.HTTPError:
         return "down"
@@ -65,7 +68,9 @@ def status(settings: CommonSettings) -> int:
 
     nats_url = jobs_nats_url(settings)
     demo = demo_home(settings.home)
-    identity = operator_identity(settings, demo if nats_url == recorded_nats_url(demo) else None)
+    demo_running = nats_url == recorded_nats_url(demo)
+    identity = operator_identity(settings, demo if demo_running else None)
+    auth = ClientAuth.from_settings(settings, token=cli_token(settings, demo if demo_running else None))
     try:
         jobs = asyncio.run(_jobs(nats_url, identity))
     except Exception as exc:
@@ -89,7 +94,7 @@ def status(settings: CommonSettings) -> int:
 
     try:
         resp = httpx.get(
-            f"http://{settings.host}:{http_port('model_registry', settings)}/v1/models", timeout=3
+            f"{http_base_url('model_registry', settings)}/v1/models", timeout=3, **auth.httpx_options()
         )
         resp.raise_for_status()
         models = resp.json()

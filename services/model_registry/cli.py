@@ -13,7 +13,9 @@ from typing import Any
 import httpx
 
 from services.model_registry.core.views import VersionView
-from shared.ports import http_port
+from shared.auth import ClientAuth
+from shared.auth.local import cli_token
+from shared.ports import http_base_url
 from shared.settings import CommonSettings
 
 
@@ -22,13 +24,14 @@ class RegistryError(RuntimeError):
 
 
 def base_url(settings: CommonSettings | None = None) -> str:
-    settings = settings or CommonSettings()
-    return f"http://{settings.host}:{http_port('model_registry', settings)}"
+    return http_base_url("model_registry", settings or CommonSettings())
 
 
 def _request(method: str, path: str, url: str | None, **kw: Any) -> Any:
     try:
-        r = httpx.request(method, (url or base_url()) + path, timeout=30, **kw)
+        settings = CommonSettings()
+        auth = ClientAuth.from_settings(settings, token=cli_token(settings))
+        r = httpx.request(method, (url or base_url()) + path, timeout=30, **auth.httpx_options(), **kw)
     except httpx.HTTPError as exc:
         raise RegistryError(f"registry not reachable at {url or base_url()}: {exc}") from exc
     if r.status_code >= 400:
@@ -63,7 +66,7 @@ def models_promote(name: str, version: int, reason: str = "", url: str | None = 
             "POST",
             f"/v1/models/{name}/promote",
             url,
-            json={"version": version, "reason": reason, "actor": "cli"},
+            json={"version": version, "reason": reason},
         )
     )
 
@@ -81,7 +84,7 @@ def models_promote_ref(ref: str, reason: str = "", url: str | None = None) -> di
 
 
 def models_rollback(name: str, reason: str = "manual rollback", url: str | None = None) -> dict[str, Any]:
-    return dict(_request("POST", f"/v1/models/{name}/rollback", url, json={"reason": reason, "actor": "cli"}))
+    return dict(_request("POST", f"/v1/models/{name}/rollback", url, json={"reason": reason}))
 
 
 def models_tag(
@@ -92,7 +95,7 @@ def models_tag(
     url: str | None = None,
 ) -> dict[str, Any]:
     """Tags of ``NAME`` (the model) or ``NAME:VERSION``: set ``key=value`` pairs, delete keys."""
-    body = {"set": set_ or {}, "delete": delete or [], "reason": reason, "actor": "cli"}
+    body = {"set": set_ or {}, "delete": delete or [], "reason": reason}
     if ":" in ref:
         name, num = ref.rsplit(":", 1)
         if not num.isdigit():

@@ -84,7 +84,7 @@ def test_finetune_request_ends_in_an_evaluated_registry_version(
     # recorded the results and the gate has decided.
     deadline = time.monotonic() + 30
     while True:
-        shown = httpx.get(url, timeout=30).json()
+        shown = httpx.get(url, timeout=30, headers=stack.client_auth().headers()).json()
         if (
             shown["evaluations"] and shown["status"] in ("champion", "rejected")
         ) or time.monotonic() > deadline:

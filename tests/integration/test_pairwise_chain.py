@@ -34,8 +34,10 @@ from services.evaluator.cli import compare_cmd
 from services.evaluator.config import EvaluatorSettings
 from shared import samples
 from shared.artifacts import ArtifactStore
+from shared.auth import ClientAuth
 from shared.bus import Bus
 from shared.ports import http_port
+from shared.settings import CommonSettings
 from tests.support.tiny_model import build_tiny_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -112,11 +114,16 @@ async def _publish(stack: Stack, event: CheckpointReady) -> None:
         await bus.stop()
 
 
+def _admin() -> dict[str, str]:
+    """The stack's admin token (service_stack names its file in PUYU_AUTH_TOKEN_FILE)."""
+    return ClientAuth.from_settings(CommonSettings()).headers()
+
+
 def _decided(registry: str, version: int, timeout: float = 600) -> dict[str, Any]:
     url = f"{registry}/v1/models/capitals/versions/{version}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        response = httpx.get(url, timeout=30)
+        response = httpx.get(url, timeout=30, headers=_admin())
         if response.status_code == 200:
             shown: dict[str, Any] = response.json()
             if shown["evaluations"] and shown["status"] in ("champion", "rejected"):
@@ -126,7 +133,9 @@ def _decided(registry: str, version: int, timeout: float = 600) -> dict[str, Any
 
 
 def _audit_reason(registry: str, version: int) -> str:
-    entries = httpx.get(f"{registry}/v1/audit", params={"model": "capitals"}, timeout=30).json()
+    entries = httpx.get(
+        f"{registry}/v1/audit", params={"model": "capitals"}, timeout=30, headers=_admin()
+    ).json()
     rows = entries if isinstance(entries, list) else entries.get("entries", [])
     return " | ".join(str(e.get("reason", "")) for e in rows if e.get("version") == version)
 
@@ -183,7 +192,7 @@ def test_a_pairwise_gate_promotes_the_better_version_and_rejects_the_worse(
         lost = pairwise(3)
         assert lost["win_rate"] <= 0.2 and lost["win_rate_upper"] < 0.5
         assert "win_rate" in _audit_reason(registry, 3)
-        current = httpx.get(f"{registry}/v1/models/capitals/versions/2", timeout=30).json()
+        current = httpx.get(f"{registry}/v1/models/capitals/versions/2", timeout=30, headers=_admin()).json()
         assert "champion" in current["aliases"]
         # the judge saw both orders of every prompt, for each of the two head-to-head runs
         pair_requests = [
