@@ -31,6 +31,11 @@ class CommonSettings(BaseSettings):
         default=None,
         description="Artifact store root URI (file:///..., s3://bucket/prefix). Default: HOME/artifacts.",
     )
+    data_roots: list[str] | None = Field(
+        default=None,
+        description="Folders (or URIs) jobs may read their inputs from, besides the artifact store "
+        "(JSON list in PUYU_DATA_ROOTS). Default: HOME/sample-corpus and HOME/data.",
+    )
     database_url: str | None = Field(default=None, description="Registry database. Default: SQLite in HOME.")
     log_level: str = "INFO"
     log_json: bool = True
@@ -78,6 +83,13 @@ class CommonSettings(BaseSettings):
     def tls_clients(self) -> bool:
         """Whether this process's clients speak TLS to the other services."""
         return self.tls_ca_file is not None or self.tls_cert_file is not None
+
+    @property
+    def read_roots(self) -> list[str]:
+        """Where jobs may read: the artifact store, then the data roots (the demo's by default)."""
+        demo = [str(self.home / "sample-corpus"), str(self.home / "data")]
+        data = self.data_roots if self.data_roots is not None else demo
+        return [self.artifact_root_uri, *data]
 
     @property
     def sqlite_url(self) -> str:

@@ -35,6 +35,7 @@ from shared.auth import ClientAuth
 from shared.bus import Bus, HandlerContext, JobRun
 from shared.bus.jobs import TERMINAL_STATES
 from shared.ports import registry_grpc_target
+from shared.provenance import require_owner
 
 JOB_KIND = "evaluate"
 # A tiny model on the CPU takes seconds; a real suite minutes: the keep-alive extends the deadline.
@@ -155,6 +156,7 @@ def register_handlers(bus: Bus, core: Evaluator, settings: EvaluatorSettings) ->
 
     @bus.handle(ModelRegistered, ack_wait=ACK_WAIT)
     async def on_model_registered(ctx: HandlerContext[ModelRegistered]) -> None:
+        require_owner(ctx.envelope, ModelRegistered)
         p = ctx.payload
         event_id = f"eval:{p.model.model_name}:{p.model.version}"
         tasks = settings.evaluator_registration_tasks or p.tasks

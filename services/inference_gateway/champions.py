@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import grpc
 
+from contracts.events import ArtifactRef
 from contracts.proto.puyu.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.inference_gateway.core.pool import ModelPool
 from shared.artifacts import ArtifactStore
@@ -62,7 +63,13 @@ async def restore_champions(
     restored = 0
     for version in versions:
         try:
-            path = await asyncio.to_thread(store.fetch, version.artifact.uri)
+            # what the registry attests, and only from the store with the registered digest
+            artifact = ArtifactRef(
+                uri=version.artifact.uri,
+                sha256=version.artifact.sha256,
+                size_bytes=version.artifact.size_bytes,
+            )
+            path = await asyncio.to_thread(store.fetch_verified, artifact)
             served = await pool.deploy(version.model_name, int(version.version), path, as_of=asked)
             restored += served is not None
         except Exception:

@@ -60,7 +60,8 @@ def stack(service_stack: Callable[..., Stack]) -> Stack:
 
 async def _drive(stack: Stack, tmp_path: Path) -> ChainWatcher:
     settings = stack.settings
-    sources = [str(p) for p in write_sample_corpus(tmp_path / "corpus", n_articles=400)]
+    # under HOME/data: one of the folders the services may read by default
+    sources = [str(p) for p in write_sample_corpus(settings.home / "data" / "corpus", n_articles=400)]
     correlation = uuid.uuid4().hex
     bus = Bus(settings.nats_url, "e2e-test")
     await bus.start()
