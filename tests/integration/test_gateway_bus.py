@@ -15,6 +15,7 @@ from services.inference_gateway.config import GatewaySettings
 from shared.artifacts import ArtifactStore
 from shared.bus import Bus, HandlerContext
 from shared.natsserver import NatsServer, free_port
+from tests.support.fake_registry import FakeRegistry
 from tests.support.tiny_model import build_serving_model
 
 pytestmark = pytest.mark.integration
@@ -26,8 +27,10 @@ async def test_promotion_deploys_and_switch_loses_no_request(tmp_path: Path) -> 
     refs = {
         v: store.put_dir(build_serving_model(tmp_path / f"v{v}", seed=v), f"models/demo/{v}") for v in (1, 2)
     }
+    registry = FakeRegistry().start()  # attests each promotion the test publishes
     with NatsServer(tmp_path / "nats") as nats:
         settings = GatewaySettings(
+            registry_grpc=registry.target,
             nats_url=nats.url,
             artifact_root=store.root_uri,
             home=tmp_path,
@@ -38,7 +41,7 @@ async def test_promotion_deploys_and_switch_loses_no_request(tmp_path: Path) -> 
         )
         service = create_service(settings)
         task = asyncio.create_task(service.run())
-        probe = Bus(nats.url, "probe")
+        probe = Bus(nats.url, "model-registry")
         ready: asyncio.Queue[DeploymentReady] = asyncio.Queue()
 
         @probe.handle(DeploymentReady)
@@ -50,6 +53,7 @@ async def test_promotion_deploys_and_switch_loses_no_request(tmp_path: Path) -> 
         try:
 
             async def promote(v: int) -> DeploymentReady:
+                registry.promote("demo", v, refs[v])
                 await probe.publish(
                     ModelPromoted(
                         model=ModelRef(model_name="demo", version=v), artifact=refs[v], reason="test"
@@ -110,3 +114,4 @@ async def test_promotion_deploys_and_switch_loses_no_request(tmp_path: Path) -> 
             await probe.stop()
             service.stop()
             await asyncio.wait_for(task, 30)
+            registry.stop()

@@ -33,6 +33,7 @@ from contracts.proto.puyu.inference.v1 import inference_pb2, inference_pb2_grpc
 from shared.artifacts import ArtifactStore
 from shared.bus import Bus, HandlerContext
 from shared.natsserver import NatsServer, free_port
+from tests.support.fake_registry import FakeRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -60,6 +61,7 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
         )
         for v in (1, 2)
     }
+    registry = FakeRegistry().start()  # attests each promotion the test publishes
     with NatsServer(tmp_path / "nats") as nats:
         base_env = {
             **os.environ,
@@ -67,7 +69,7 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
             "PUYU_NATS_URL": nats.url,
             "PUYU_ARTIFACT_ROOT": store.root_uri,
             "PUYU_LOG_JSON": "false",
-            "PUYU_REGISTRY_GRPC": f"127.0.0.1:{free_port()}",  # no registry: nothing to restore
+            "PUYU_REGISTRY_GRPC": registry.target,  # no champion yet: nothing to restore
             "PUYU_GATEWAY_NUM_THREADS": "1",
             "PUYU_GATEWAY_ANNOUNCE_INTERVAL": "0.2",
             "OMP_NUM_THREADS": "1",
@@ -102,6 +104,7 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
                     time.sleep(0.3)
             yield {
                 "nats": nats.url,
+                "registry": registry,
                 "refs": refs,
                 "procs": procs,
                 "grpc": {name: f"127.0.0.1:{p[0]}" for name, p in ports.items()},
@@ -118,6 +121,7 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait(10)
+            registry.stop()
 
 
 class Load:
@@ -208,7 +212,7 @@ async def _busy(target: str, stop: asyncio.Event, streams: int = 4) -> None:
 
 
 async def test_two_workers_spread_switch_and_survive_a_kill(cluster: dict[str, Any]) -> None:
-    bus = Bus(cluster["nats"], "probe")
+    bus = Bus(cluster["nats"], "model-registry")  # what the registry would publish
     ready: asyncio.Queue[DeploymentReady] = asyncio.Queue()
 
     @bus.handle(DeploymentReady)
@@ -220,6 +224,7 @@ async def test_two_workers_spread_switch_and_survive_a_kill(cluster: dict[str, A
         async with httpx.AsyncClient(base_url=cluster["gateway"], timeout=60) as http:
 
             async def promote(version: int) -> None:
+                cluster["registry"].promote("demo", version, cluster["refs"][version])
                 await bus.publish(
                     ModelPromoted(
                         model=ModelRef(model_name="demo", version=version),

@@ -28,6 +28,7 @@ from shared.bus import Bus
 from shared.bus.natsauth import AuthDir
 from shared.bus.permissions import GATEWAY, WORKER
 from shared.natsserver import NatsServer, free_port
+from tests.support.fake_registry import FakeRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -74,13 +75,14 @@ def test_requests_succeed_again_after_a_nats_restart(tmp_path: Path) -> None:
         build_serving_model(tmp_path / "v1", seed=1, max_positions=2048), "models/demo/1"
     )
     nats, auth = start_secured_nats(tmp_path / "home", free_port(), workers=("worker-a",))
+    registry = FakeRegistry().start()  # attests the promotion (nothing to restore at start)
     base = {
         **os.environ,
         "PUYU_HOME": str(tmp_path / "home"),
         "PUYU_NATS_URL": nats.url,
         "PUYU_ARTIFACT_ROOT": store.root_uri,
         "PUYU_LOG_JSON": "false",
-        "PUYU_REGISTRY_GRPC": f"127.0.0.1:{free_port()}",  # no registry: nothing to restore
+        "PUYU_REGISTRY_GRPC": registry.target,
         "PUYU_GATEWAY_NUM_THREADS": "1",
         "PUYU_GATEWAY_ANNOUNCE_INTERVAL": "0.2",
         "OMP_NUM_THREADS": "1",
@@ -113,6 +115,7 @@ def test_requests_succeed_again_after_a_nats_restart(tmp_path: Path) -> None:
     }
     try:
         _wait_healthy(procs, {name: p[1] for name, p in ports.items()}, tmp_path)
+        registry.promote("demo", 1, artifact)
         results, restarted_at = asyncio.run(_restart_under_load(nats, auth, artifact, ports["gateway"][1]))
     finally:
         for proc in procs.values():
@@ -124,6 +127,7 @@ def test_requests_succeed_again_after_a_nats_restart(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
         nats.stop()
+        registry.stop()
 
     after = [(t - restarted_at, status) for t, status in results if t > restarted_at]
     failed = [t for t, status in after if status != 200]
