@@ -55,6 +55,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
             "PUYU_ARTIFACT_ROOT": artifacts.as_uri(),
             "PUYU_LOG_JSON": "false",
             "PUYU_REGISTRY_GRPC_PORT": ports["rg"],
+            "PUYU_REGISTRY_GRPC": f"127.0.0.1:{ports['rg']}",  # where the gateway asks for attestations
             "PUYU_REGISTRY_HTTP_PORT": ports["rh"],
             "PUYU_REGISTRY_OUTBOX_INTERVAL": "0.2",
             "PUYU_GATEWAY_GRPC_PORT": ports["gg"],
@@ -67,7 +68,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
             spawn([sys.executable, "-m", module], env, tmp_path / f"{module}.log")
             for module in ("services.model_registry", "services.inference_gateway")
         ]
-        bus = Bus(server.url, "test-chain")
+        bus = Bus(server.url, "trainer")  # checkpoints are taken only from the trainer (or finetuner)
+        evaluator = Bus(server.url, "evaluator")  # and evaluations only from the evaluator
         try:
             registry = f"http://127.0.0.1:{ports['rh']}"
             gateway = f"http://127.0.0.1:{ports['gh']}"
@@ -80,8 +82,10 @@ async def stack(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
 
                     await wait_for(healthy, f"{base} health")
                 await bus.start()
+                await evaluator.start()
                 yield {
                     "bus": bus,
+                    "evaluator": evaluator,
                     "client": client,
                     "registry": registry,
                     "gateway": gateway,
@@ -89,6 +93,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
                 }
         finally:
             await bus.stop()
+            await evaluator.stop()
             for p in procs:
                 p.send_signal(signal.SIGTERM)
             for p in procs:
@@ -157,13 +162,13 @@ async def test_rollback_restores_the_previous_champion_and_the_gateway_follows(
         return any(d["state"] == "ready" and d["instance"] == "gw-test" for d in v["deployments"])
 
     # v1: first version, passes the floors -> champion -> the gateway loads it and says so.
-    await bus.publish(evaluation(1, 40.0), event_id="eval:tiny:1")
+    await stack["evaluator"].publish(evaluation(1, 40.0), event_id="eval:tiny:1")
     await wait_for(lambda: _is(served_version, 1), "the gateway serving v1")
     await wait_for(lambda: deployed(1), "deployment.ready of v1 recorded on the version")
     answer_v1 = await answer()
 
     # v2: better perplexity -> champion -> the gateway switches.
-    await bus.publish(evaluation(2, 30.0), event_id="eval:tiny:2")
+    await stack["evaluator"].publish(evaluation(2, 30.0), event_id="eval:tiny:2")
     await wait_for(lambda: _is(served_version, 2), "the gateway serving v2")
     await wait_for(lambda: deployed(2), "deployment.ready of v2 recorded on the version")
     answer_v2 = await answer()
