@@ -66,7 +66,7 @@ def test_finetune_request_ends_in_an_evaluated_registry_version(
         unk_token="<unk>",
         max_positions=512,
     )
-    data = write_chat_dataset(tmp_path / "chat.jsonl", n=40)
+    data = write_chat_dataset(stack.settings.home / "data" / "chat.jsonl", n=40)  # a read root
 
     watcher = asyncio.run(_finetune(stack, base, data, store))
 

@@ -100,7 +100,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
             "nc": nc,
             "grpc": f"127.0.0.1:{grpc_port}",
             "store": store,
-            "data": write_chat_dataset(tmp_path / "chat.jsonl", n=48),
+            "data": write_chat_dataset(tmp_path / "home" / "data" / "chat.jsonl", n=48),  # a read root
             "tmp": tmp_path,
         }
     finally:
