@@ -85,82 +85,112 @@ def shard_request(plan: ShardPlan, work: ShardWork) -> EvaluateShardRequested:
     )
 
 
-def register_handlers(bus: Bus, core: Evaluator, settings: EvaluatorSettings) -> None:
-    async def complete(
-        ctx: HandlerContext[Any], job: JobRun, model: ModelRef, stored: StoredEvaluation, event_id: str
-    ) -> None:
-        event = EvaluationCompleted(
-            model=model,
-            results=task_results(stored.report),
-            details_uri=stored.details_uri,
-            failed=stored.report.failed,
-        )
-        await ctx.publish(event, event_id=event_id)
-        job.succeed(f"{len(event.results)} task(s) evaluated", result=stored.job_result)
+async def _complete(
+    ctx: HandlerContext[Any], job: JobRun, model: ModelRef, stored: StoredEvaluation, event_id: str
+) -> None:
+    event = EvaluationCompleted(
+        model=model,
+        results=task_results(stored.report),
+        details_uri=stored.details_uri,
+        failed=stored.report.failed,
+    )
+    await ctx.publish(event, event_id=event_id)
+    job.succeed(f"{len(event.results)} task(s) evaluated", result=stored.job_result)
 
-    async def hand_out_shards(
-        ctx: HandlerContext[Any],
-        job: JobRun,
-        model: ModelRef,
-        artifact: ArtifactRef,
-        tasks: list[str],
-        event_id: str,
-    ) -> None:
-        plan = await asyncio.to_thread(
-            core.plan, job.job_id, model, artifact, tasks, {COMPLETION_EVENT: event_id}
+
+async def _hand_out_shards(
+    ctx: HandlerContext[Any],
+    job: JobRun,
+    core: Evaluator,
+    model: ModelRef,
+    artifact: ArtifactRef,
+    tasks: list[str],
+    event_id: str,
+) -> None:
+    plan = await asyncio.to_thread(
+        core.plan, job.job_id, model, artifact, tasks, {COMPLETION_EVENT: event_id}
+    )
+    items = core.work_items(plan)
+    pending = [w for w in items if not await asyncio.to_thread(core.is_stored, w)]
+    if not pending:  # all scored before (a repeated run): this replica ends the job
+        await _complete(ctx, job, model, await asyncio.to_thread(core.finish, plan), event_id)
+        return
+    done = len(items) - len(pending)
+    # before the items go out: a late "running" must not follow the last shard's success
+    await job.progress("shards", done / len(items) * 0.99, f"{done}/{len(items)} shards")
+    for work in pending:
+        await ctx.publish(
+            shard_request(plan, work),
+            event_id=f"shard:{plan.job_id}:{work.task_version[:12]}:{work.start}",
         )
-        items = core.work_items(plan)
-        pending = [w for w in items if not await asyncio.to_thread(core.is_stored, w)]
-        if not pending:  # all scored before (a repeated run): this replica ends the job
-            await complete(ctx, job, model, await asyncio.to_thread(core.finish, plan), event_id)
+    job.continues_elsewhere()
+
+
+async def _evaluate(
+    ctx: HandlerContext[Any],
+    core: Evaluator,
+    settings: EvaluatorSettings,
+    job_id: str,
+    model: ModelRef,
+    artifact: ArtifactRef,
+    tasks: list[str],
+    event_id: str,
+    champion: tuple[ModelRef, ArtifactRef] | None = None,
+) -> None:
+    # an unknown task is refused before the job starts (a registration's job has no request
+    # event that the bus could mark failed)
+    await asyncio.to_thread(core.check_tasks, tasks)
+    async with ctx.job(job_id, JOB_KIND, stage="evaluate") as job:
+        if job.cancelled:
             return
-        done = len(items) - len(pending)
-        # before the items go out: a late "running" must not follow the last shard's success
-        await job.progress("shards", done / len(items) * 0.99, f"{done}/{len(items)} shards")
-        for work in pending:
-            await ctx.publish(
-                shard_request(plan, work),
-                event_id=f"shard:{plan.job_id}:{work.task_version[:12]}:{work.start}",
+        if core.sharded:
+            await _hand_out_shards(ctx, job, core, model, artifact, tasks, event_id)
+            return
+        if champion is None and await asyncio.to_thread(core.needs_opponent, tasks):
+            champion = await find_champion(
+                registry_grpc_target(settings),
+                model.model_name,
+                settings.evaluator_registry_timeout_s,
+                ClientAuth.from_settings(settings),
             )
-        job.continues_elsewhere()
+        stored = await asyncio.to_thread(
+            core.evaluate_version, model, artifact, tasks, job.thread_progress(), champion
+        )
+        await _complete(ctx, job, model, stored, event_id)
 
-    async def evaluate(
-        ctx: HandlerContext[Any],
-        job_id: str,
-        model: ModelRef,
-        artifact: ArtifactRef,
-        tasks: list[str],
-        event_id: str,
-        champion: tuple[ModelRef, ArtifactRef] | None = None,
-    ) -> None:
-        # an unknown task is refused before the job starts (a registration's job has no request
-        # event that the bus could mark failed)
-        await asyncio.to_thread(core.check_tasks, tasks)
-        async with ctx.job(job_id, JOB_KIND, stage="evaluate") as job:
-            if job.cancelled:
-                return
-            if core.sharded:
-                await hand_out_shards(ctx, job, model, artifact, tasks, event_id)
-                return
-            if champion is None and await asyncio.to_thread(core.needs_opponent, tasks):
-                champion = await find_champion(
-                    registry_grpc_target(settings),
-                    model.model_name,
-                    settings.evaluator_registry_timeout_s,
-                    ClientAuth.from_settings(settings),
-                )
-            stored = await asyncio.to_thread(
-                core.evaluate_version, model, artifact, tasks, job.thread_progress(), champion
-            )
-            await complete(ctx, job, model, stored, event_id)
 
+async def _score_shard(ctx: HandlerContext[EvaluateShardRequested], core: Evaluator) -> None:
+    p = ctx.payload
+    work = ShardWork(p.task, p.task_version, p.start, p.stop, p.limit, p.result_uri)
+    status = await ctx.bus.jobs.get(p.job_id)
+    if status is not None and status.state in TERMINAL_STATES:
+        return  # a late copy (the job ended), or a shard of a failed or cancelled job
+    plan = await asyncio.to_thread(core.read_plan, p.model, p.job_id)
+    total = len(plan.shards)
+    if not await asyncio.to_thread(core.is_stored, work):  # else: an earlier delivery stored it
+        done = await asyncio.to_thread(core.stored_count, plan)
+        # before this shard is stored: no "running" can land after the job's success
+        await ctx.progress(p.job_id, JOB_KIND, "shards", done / total * 0.99, f"{done}/{total} shards")
+        await asyncio.to_thread(core.run_shard, p.model, p.artifact, work)
+    if await asyncio.to_thread(core.stored_count, plan) < total:
+        return
+    # The job's last shard is stored: this replica ends the job. Two that get here at once write
+    # the same report and publish one event (its id is fixed by the job).
+    async with ctx.job(p.job_id, JOB_KIND, stage="assemble", message=f"{total} shards") as job:
+        if job.cancelled:
+            return
+        stored = await asyncio.to_thread(core.finish, plan)
+        await _complete(ctx, job, plan.model, stored, plan.extra[COMPLETION_EVENT])
+
+
+def register_handlers(bus: Bus, core: Evaluator, settings: EvaluatorSettings) -> None:
     @bus.handle(ModelRegistered, ack_wait=ACK_WAIT)
     async def on_model_registered(ctx: HandlerContext[ModelRegistered]) -> None:
         require_owner(ctx.envelope, ModelRegistered)
         p = ctx.payload
         event_id = f"eval:{p.model.model_name}:{p.model.version}"
         tasks = settings.evaluator_registration_tasks or p.tasks
-        await evaluate(ctx, registered_job_id(p.model), p.model, p.artifact, tasks, event_id)
+        await _evaluate(ctx, core, settings, registered_job_id(p.model), p.model, p.artifact, tasks, event_id)
 
     @bus.handle(EvaluateRequested, ack_wait=ACK_WAIT)
     async def on_evaluate_requested(ctx: HandlerContext[EvaluateRequested]) -> None:
@@ -169,28 +199,8 @@ def register_handlers(bus: Bus, core: Evaluator, settings: EvaluatorSettings) ->
         # of the registration's evaluation by the stream's Msg-Id window.
         event_id = f"eval:{p.model.model_name}:{p.model.version}:{p.job_id}"
         champion = (p.champion, p.champion_artifact) if p.champion and p.champion_artifact else None
-        await evaluate(ctx, p.job_id, p.model, p.artifact, p.tasks, event_id, champion)
+        await _evaluate(ctx, core, settings, p.job_id, p.model, p.artifact, p.tasks, event_id, champion)
 
     @bus.handle(EvaluateShardRequested, ack_wait=ACK_WAIT)
     async def on_shard(ctx: HandlerContext[EvaluateShardRequested]) -> None:
-        p = ctx.payload
-        work = ShardWork(p.task, p.task_version, p.start, p.stop, p.limit, p.result_uri)
-        status = await bus.jobs.get(p.job_id)
-        if status is not None and status.state in TERMINAL_STATES:
-            return  # a late copy (the job ended), or a shard of a failed or cancelled job
-        plan = await asyncio.to_thread(core.read_plan, p.model, p.job_id)
-        total = len(plan.shards)
-        if not await asyncio.to_thread(core.is_stored, work):  # else: an earlier delivery stored it
-            done = await asyncio.to_thread(core.stored_count, plan)
-            # before this shard is stored: no "running" can land after the job's success
-            await ctx.progress(p.job_id, JOB_KIND, "shards", done / total * 0.99, f"{done}/{total} shards")
-            await asyncio.to_thread(core.run_shard, p.model, p.artifact, work)
-        if await asyncio.to_thread(core.stored_count, plan) < total:
-            return
-        # The job's last shard is stored: this replica ends the job. Two that get here at once write
-        # the same report and publish one event (its id is fixed by the job).
-        async with ctx.job(p.job_id, JOB_KIND, stage="assemble", message=f"{total} shards") as job:
-            if job.cancelled:
-                return
-            stored = await asyncio.to_thread(core.finish, plan)
-            await complete(ctx, job, plan.model, stored, plan.extra[COMPLETION_EVENT])
+        await _score_shard(ctx, core)
