@@ -72,6 +72,9 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
             "PUYU_REGISTRY_GRPC": registry.target,  # no champion yet: nothing to restore
             "PUYU_GATEWAY_NUM_THREADS": "1",
             "PUYU_GATEWAY_ANNOUNCE_INTERVAL": "0.2",
+            # fp32: a request moved to another worker must get the same 1500 greedy tokens as a fresh
+            # one, in another batch; bf16 rounding is not batch-invariant over that length
+            "PUYU_GATEWAY_DTYPE": "float32",
             "OMP_NUM_THREADS": "1",
         }
         ports = {name: (free_port(), free_port()) for name in (*WORKERS, "gateway")}
@@ -298,9 +301,15 @@ async def test_two_workers_spread_switch_and_survive_a_kill(cluster: dict[str, A
                 if await _announced_load(kv, "worker-a") >= 3:
                     break
                 await asyncio.sleep(0.1)
-            # (greedy v2 runs this prompt to 1500 tokens without an EOS: seconds of work, still
-            # running when worker-b dies; finish_reason "length" below checks it did)
-            long_body = {"model": "demo", "prompt": "Traders meet", "max_tokens": 1500, "temperature": 0}
+            # (1500 tokens, past any EOS: seconds of work, still running when worker-b dies;
+            # finish_reason "length" below checks it ran to the end)
+            long_body = {
+                "model": "demo",
+                "prompt": "Traders meet",
+                "max_tokens": 1500,
+                "temperature": 0,
+                "ignore_eos": True,
+            }
             held = [asyncio.create_task(http.post("/v1/completions", json=long_body)) for _ in range(3)]
             for _ in range(100):
                 if await _announced_load(kv, "worker-b") >= 3:
