@@ -14,7 +14,7 @@ import grpc
 from contracts.events import ArtifactRef, ModelRef
 from contracts.proto.puyu.registry.v1 import registry_pb2 as pb
 from contracts.proto.puyu.registry.v1 import registry_pb2_grpc
-from services.model_registry.core import AuditView, NotFound, RegistryRefusal, VersionView, model_card
+from services.model_registry.core import AuditView, NotFound, RegistryRefusal, VersionView
 from services.model_registry.core.registry import Registry
 from shared.auth import Role
 from shared.auth.grpc import current_principal, rpc_role
@@ -202,4 +202,11 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
 
     @rpc_role(Role.READER)
     async def GetModelCard(self, request: pb.GetVersionRequest, context: Any) -> pb.ModelCard:
-        return pb.ModelCard(markdown=model_card(await self._get(request, context)))
+        markdown = await self._call(
+            context,
+            self.registry.model_card,
+            request.model_name,
+            version=request.version or None,
+            alias=request.alias or None,
+        )
+        return pb.ModelCard(markdown=markdown)

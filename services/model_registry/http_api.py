@@ -21,7 +21,6 @@ from services.model_registry.core import (
     RollbackView,
     TagsView,
     VersionView,
-    model_card,
 )
 from services.model_registry.core.registry import Registry
 from shared.auth import Principal, Role
@@ -91,7 +90,7 @@ def make_router(registry: Registry) -> APIRouter:
         "/models/{name}/versions/{version}/card", response_class=PlainTextResponse, dependencies=[READ]
     )
     async def card(name: str, version: int) -> str:
-        return model_card(await call(registry.get_version, name, version=version))
+        return await call(registry.model_card, name, version=version)
 
     @router.post("/models/{name}/promote")
     async def promote(
