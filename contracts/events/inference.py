@@ -26,7 +26,6 @@ class DeploymentFailed(EventPayload):
     error: str
 
 
-
 # What an inference worker announces about itself in the JetStream KV bucket ``puyu_workers`` (key:
 # instance). Not an event: the latest value per worker, refreshed every few seconds and gone with the
 # bucket's TTL when the worker stops, so a router or ``puyu status`` reads live load without asking
