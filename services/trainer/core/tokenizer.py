@@ -18,9 +18,17 @@ SPECIAL_TOKENS = [BOS, EOS, PAD, UNK]
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> PreTrainedTokenizerFast:
-    """Byte-level BPE (no unknown bytes), ``<s>`` prepended to every encoded text, HF-wrapped."""
+    """Byte-level BPE (no unknown bytes), ``<s>`` prepended to every encoded text, HF-wrapped.
+
+    A run of digits is never merged with the space or word before it: a number gets the same tokens
+    wherever it stands (``"12"`` after a word and a space, after a quote, at a line's start), so a
+    small model can copy it, e.g. from a question into a tool call, instead of learning a second
+    token for each number.
+    """
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=False), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
