@@ -18,6 +18,12 @@ ReAct protocol (the agent runtime speaks exactly this)::
     Final Answer: 42
 
 Search observations are lines ``[<doc id>] <passage>``.
+
+Most agent transcripts are calculator calls on random operands with the four operations (a few
+question phrasings): a model can only drive the tool by copying the question's numbers into the
+``Action Input`` and the observation into the ``Final Answer``, the arithmetic is the tool's. The
+demo's own question (``AGENT_QUESTION``) and the held-out questions of
+``heldout_arithmetic()`` never occur in them, so answering those is copying, not recall.
 """
 
 from __future__ import annotations
@@ -42,6 +48,11 @@ REACT_THOUGHT_TOOL = {
     "search_corpus": "I should search the corpus.",
 }
 REACT_THOUGHT_FINAL = "I now know the final answer."
+
+# question word -> the calculator's operator
+ARITHMETIC_OPERATIONS = {"plus": "+", "minus": "-", "times": "*", "divided by": "/"}
+_ARITHMETIC_PHRASINGS = ["What is {}?", "What is {}?", "What is {}?", "Calculate {}.", "How much is {}?"]
+AGENT_QUESTION = "What is 12 plus 30?"  # what `puyu demo` asks its agent
 
 _ONSETS = [
     "al",
@@ -154,21 +165,86 @@ def _dialogue(rng: random.Random) -> str:
     return "\n".join(f"User: {q}\nAssistant: {a}" for q, a in turns)
 
 
-def _react(rng: random.Random) -> str:
-    if rng.random() < 0.7:
-        a, b = rng.randint(2, 60), rng.randint(2, 60)
-        word, op, value = rng.choice([("plus", "+", a + b), ("minus", "-", a - b), ("times", "*", a * b)])
-        return "\n".join(
-            [
-                f"Question: What is {a} {word} {b}?",
-                f"Thought: {REACT_THOUGHT_TOOL['calculator']}",
-                "Action: calculator",
-                f'Action Input: {{"expression": "{a} {op} {b}"}}',
-                f"Observation: {value}",
-                f"Thought: {REACT_THOUGHT_FINAL}",
-                f"Final Answer: {value}",
-            ]
-        )
+@dataclass(frozen=True)
+class ArithmeticProblem:
+    """``a <word> b`` with an integer answer (a division's ``a`` is a multiple of ``b``)."""
+
+    a: int
+    word: str
+    b: int
+    phrasing: str = "What is {}?"
+
+    @property
+    def question(self) -> str:
+        return self.phrasing.format(f"{self.a} {self.word} {self.b}")
+
+    @property
+    def expression(self) -> str:
+        return f"{self.a} {ARITHMETIC_OPERATIONS[self.word]} {self.b}"
+
+    @property
+    def answer(self) -> str:
+        a, b = self.a, self.b
+        value = {"plus": a + b, "minus": a - b, "times": a * b, "divided by": a // b}[self.word]
+        return str(value)
+
+    @property
+    def operands(self) -> frozenset[int]:
+        return frozenset((self.a, self.b))
+
+
+def _operand(rng: random.Random) -> int:
+    # mostly two digits, as the demo's question; one and three digits so that copying, not a
+    # fixed width, is what the model learns
+    return rng.choice([rng.randint(2, 9)] + [rng.randint(10, 99)] * 5 + [rng.randint(100, 999)])
+
+
+def _arithmetic_problem(rng: random.Random) -> ArithmeticProblem:
+    word = rng.choice(list(ARITHMETIC_OPERATIONS))
+    a, b = _operand(rng), _operand(rng)
+    if word == "times":
+        b = rng.randint(2, 12)
+    elif word == "divided by":
+        b = rng.randint(2, 12)
+        a = b * rng.randint(2, 30)
+    return ArithmeticProblem(a, word, b, rng.choice(_ARITHMETIC_PHRASINGS))
+
+
+def heldout_arithmetic(n: int = 20, seed: int = 20_011) -> list[ArithmeticProblem]:
+    """Arithmetic questions no agent transcript of the sample corpus asks (nor the demo's question):
+    the held-out check that a trained model calls the calculator with the question's numbers."""
+    rng = random.Random(seed)
+    out: list[ArithmeticProblem] = []
+    while len(out) < n:
+        problem = _arithmetic_problem(rng)
+        problem = ArithmeticProblem(problem.a, problem.word, problem.b)  # the demo's phrasing
+        if problem.operands != _DEMO_OPERANDS and problem not in out:
+            out.append(problem)
+    return out
+
+
+_DEMO_OPERANDS = frozenset((12, 30))
+_HELD_OUT_OPERANDS = {p.operands for p in heldout_arithmetic()} | {_DEMO_OPERANDS}
+
+
+def _calculator_trace(rng: random.Random) -> str:
+    problem = _arithmetic_problem(rng)
+    while problem.operands in _HELD_OUT_OPERANDS:  # neither the demo's nor a held-out pair of numbers
+        problem = _arithmetic_problem(rng)
+    return "\n".join(
+        [
+            f"Question: {problem.question}",
+            f"Thought: {REACT_THOUGHT_TOOL['calculator']}",
+            "Action: calculator",
+            f'Action Input: {{"expression": "{problem.expression}"}}',
+            f"Observation: {problem.answer}",
+            f"Thought: {REACT_THOUGHT_FINAL}",
+            f"Final Answer: {problem.answer}",
+        ]
+    )
+
+
+def _search_trace(rng: random.Random) -> str:
     c = rng.choice(WORLD)
     return "\n".join(
         [
@@ -217,7 +293,9 @@ _CHINESE = [
 ]
 
 
-def write_sample_corpus(dest: Path, seed: int = 0, n_articles: int = 1200) -> list[Path]:
+def write_sample_corpus(
+    dest: Path, seed: int = 0, n_articles: int = 1200, n_calculator_traces: int = 3000
+) -> list[Path]:
     """Write the sample corpus under ``dest``; returns the source paths (files and one folder)."""
     rng = random.Random(seed)
     dest.mkdir(parents=True, exist_ok=True)
@@ -242,7 +320,9 @@ def write_sample_corpus(dest: Path, seed: int = 0, n_articles: int = 1200) -> li
     )
     with gzip.open(dest / "articles-2.jsonl.gz", "wt", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records[half:])
-    dialogues = [_dialogue(rng) for _ in range(500)] + [_react(rng) for _ in range(1500)]
+    dialogues = [_dialogue(rng) for _ in range(500)] + [_search_trace(rng) for _ in range(450)]
+    calc_rng = random.Random(seed + 1)  # the arithmetic traces draw from a generator of their own
+    dialogues += [_calculator_trace(calc_rng) for _ in range(n_calculator_traces)]
     (dest / "dialogues.jsonl").write_text(
         "".join(json.dumps({"id": f"dialogue-{i}", "text": t}) + "\n" for i, t in enumerate(dialogues))
     )
