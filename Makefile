@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo up test test-fast sandbox-tools lint bench proto schemas clean
+.PHONY: install demo up test test-fast sandbox-tools lint bench bench-peers proto schemas clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,12 @@ $(BENCH_STAMP): $(STAMP)
 # Each benchmark runs its named baseline in the same run and prints one JSON line last.
 bench: $(BENCH_STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# The serving benchmark against vLLM's CPU build and llama.cpp's llama-server: install.sh puts them under
+# the checkout (.venv-vllm/, .peers/llama.cpp/; skipped when there), then the benchmark runs (long).
+bench-peers: $(BENCH_STAMP)
+	benchmarks/peers/install.sh
+	$(BIN)/python benchmarks/bench_serving_peers.py
 
 proto: $(STAMP)
 	$(BIN)/python -m contracts.codegen
