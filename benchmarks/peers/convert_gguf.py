@@ -5,7 +5,8 @@ Run with the peers' venv (``.venv-vllm``: torch, transformers, numpy) and the ll
 the converter recognizes a BPE pre-tokenizer only by the hash of published tokenizers, so it is told
 what ours is: GPT-2's (``pre_tokenizers.ByteLevel`` splits with GPT-2's regex).
 
-    .venv-vllm/bin/python benchmarks/peers/convert_gguf.py LLAMA_CPP_DIR MODEL_DIR --outtype f32 --outfile X.gguf
+    .venv-vllm/bin/python benchmarks/peers/convert_gguf.py LLAMA_CPP_DIR MODEL_DIR --outtype f32 \
+        --outfile X.gguf
 """
 
 from __future__ import annotations
