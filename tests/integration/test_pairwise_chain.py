@@ -106,7 +106,7 @@ def _teach_capitals(folder: Path, steps: int = 300) -> list[str]:
 
 async def _publish(stack: Stack, event: CheckpointReady) -> None:
     # a final checkpoint is the trainer's fact to publish: the test speaks as the trainer
-    bus = Bus(stack.settings.nats_url, "pairwise-chain-test", identity=stack.identity("trainer"))
+    bus = Bus(stack.settings.nats_url, "trainer", identity=stack.identity("trainer"))
     await bus.start()
     try:
         await bus.publish(event)
