@@ -135,7 +135,7 @@ async def test_kill_between_commit_and_publish_loses_no_event(
         doomed = spawn([sys.executable, "-c", DOOMED, when], env, tmp_path / "doomed.log")
         try:
             await wait_healthy(env, doomed)
-            bus = Bus(server.url, "test-trainer")
+            bus = Bus(server.url, "trainer")  # a checkpoint is the trainer's fact to announce
             await bus.start()
             await bus.publish(
                 CheckpointReady(
@@ -143,7 +143,11 @@ async def test_kill_between_commit_and_publish_loses_no_event(
                     run_id="run-1",
                     model_name="crashy",
                     step=10,
-                    checkpoint=ArtifactRef(uri="file:///ckpt/1", sha256="c" * 64, size_bytes=1),
+                    checkpoint=ArtifactRef(  # inside the registry's artifact store (HOME/artifacts)
+                        uri=(tmp_path / "home" / "artifacts" / "ckpt" / "1").resolve().as_uri(),
+                        sha256="c" * 64,
+                        size_bytes=1,
+                    ),
                 ),
                 event_id="ckpt:run-1:10",
             )
