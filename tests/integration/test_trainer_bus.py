@@ -52,6 +52,7 @@ SPEC = TrainSpec(
 
 
 def write_dataset(root: Path) -> DatasetRef:
+    """Under HOME/data: a folder the trainer may read."""
     root.mkdir(parents=True)
     docs = [f"The capital of Country{i % 7} is City{i % 7}. It is known for its salt." for i in range(80)]
     (root / "shard-0.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
@@ -92,7 +93,7 @@ async def test_train_job_to_checkpoint_ready(tmp_path: Path) -> None:
             await asyncio.sleep(0.05)
         await observer.start()
         try:
-            dataset = write_dataset(tmp_path / "ds-1")
+            dataset = write_dataset(tmp_path / "home" / "data" / "ds-1")
             await observer.publish(TrainRequested(job_id="job-1", datasets=[dataset], spec=SPEC))
             event = await asyncio.wait_for(ready.get(), 120)
             assert event.job_id == "job-1" and event.final and event.step == 15
@@ -108,7 +109,7 @@ async def test_train_job_to_checkpoint_ready(tmp_path: Path) -> None:
             assert status.result["checkpoint"]["uri"] == event.checkpoint.uri
 
             # Event-driven: a deduplicated corpus carrying a train spec starts a run by itself.
-            ds2 = write_dataset(tmp_path / "ds-2")
+            ds2 = write_dataset(tmp_path / "home" / "data" / "ds-2")
             await observer.publish(
                 CorpusDeduplicated(
                     job_id="dedup-2",
@@ -146,7 +147,9 @@ async def test_train_job_to_checkpoint_ready(tmp_path: Path) -> None:
 
                 # A dataset that does not exist is rejected at once (dead letter + job.failed).
                 missing = DatasetRef(
-                    dataset_id="gone", manifest_uri=(tmp_path / "gone.json").as_uri(), digest="x"
+                    dataset_id="gone",
+                    manifest_uri=(tmp_path / "home" / "data" / "gone.json").as_uri(),
+                    digest="x",
                 )
                 submitted = await stub.Submit(
                     jobs_pb2.SubmitJobRequest(
