@@ -24,8 +24,8 @@ torch.set_num_threads(2)
 
 @pytest.mark.slow
 async def test_cancel_stops_a_running_job(tmp_path: Path) -> None:
-    root = tmp_path / "ds"
-    root.mkdir()
+    root = tmp_path / "home" / "data" / "ds"  # under a data root the trainer may read
+    root.mkdir(parents=True)
     (root / "shard.jsonl").write_text(
         "".join(json.dumps({"text": f"Doc {i} about salt."}) + "\n" for i in range(50))
     )
