@@ -94,3 +94,33 @@ class CommonSettings(BaseSettings):
     @property
     def sqlite_url(self) -> str:
         return f"sqlite:///{(self.home / 'registry.db').resolve()}"
+
+
+class LaunchSettings(CommonSettings):
+    """How a controller service (trainer, finetuner) launches its runs (``shared.launch``).
+
+    A launcher may read its own ``PUYU_<NAME>_*`` settings besides these (e.g. the Slurm partition)."""
+
+    launcher: str = Field(
+        default="local",
+        description="local (in this process, the default) | torchrun (N processes on this node) | "
+        "slurm | kubernetes.",
+    )
+    launch_nprocs_per_node: int = Field(default=1, ge=1, description="Processes (ranks) per node.")
+    launch_nnodes: int = Field(default=1, ge=1, description="Nodes per run (slurm, kubernetes).")
+    launch_gpus_per_node: int = Field(default=0, ge=0, description="GPUs each node asks for (0: none).")
+    launch_runs_dir: Path | None = Field(
+        default=None,
+        description="Where run folders live; every node of a run must see it at the same path "
+        "(a shared filesystem for slurm and kubernetes). Default: HOME/runs.",
+    )
+    launch_grace_seconds: float = Field(
+        default=30.0, gt=0, description="After SIGTERM, seconds a cancelled run has before SIGKILL."
+    )
+    launch_poll_seconds: float = Field(
+        default=0.5, gt=0, description="Seconds between a controller's looks at its run."
+    )
+
+    @property
+    def runs_dir(self) -> Path:
+        return (self.launch_runs_dir or self.home / "runs").resolve()
