@@ -45,14 +45,7 @@ class LLMClient:
         max_tokens: int = 128,
         temperature: float = 0.0,
     ) -> str:
-        body: dict[str, Any] = {
-            "model": model,
-            "prompt": prompt,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-        }
-        if stop:
-            body["stop"] = stop
+        body = {**_body(model, max_tokens, temperature, stop=stop), "prompt": prompt}
         data = await self._post("/v1/completions", body)
         try:
             return str(data["choices"][0]["text"])
@@ -68,19 +61,11 @@ class LLMClient:
         max_tokens: int = 128,
         temperature: float = 0.0,
     ) -> str:
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": messages,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-        }
-        if stop:
-            body["stop"] = stop
-        data = await self._post("/v1/chat/completions", body)
-        try:
-            return str(data["choices"][0]["message"]["content"] or "")
-        except (KeyError, IndexError, TypeError) as exc:
-            raise LLMError(f"malformed chat response from {self.base_url}: {data!r:.300}") from exc
+        """The text of the assistant's answer."""
+        message = await self.chat_message(
+            list(messages), model=model, stop=stop, max_tokens=max_tokens, temperature=temperature
+        )
+        return str(message.get("content") or "")
 
     async def chat_message(
         self,
@@ -88,18 +73,12 @@ class LLMClient:
         *,
         model: str,
         tools: list[dict[str, Any]] | None = None,
+        stop: list[str] | None = None,
         max_tokens: int = 128,
         temperature: float = 0.0,
     ) -> dict[str, Any]:
         """The assistant message of a chat completion, with its ``tool_calls`` when the model made any."""
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": messages,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-        }
-        if tools:
-            body["tools"] = tools
+        body = {**_body(model, max_tokens, temperature, stop=stop, tools=tools), "messages": messages}
         data = await self._post("/v1/chat/completions", body)
         try:
             message = data["choices"][0]["message"]
@@ -120,6 +99,13 @@ class LLMClient:
             return resp.json()
         except ValueError as exc:
             raise LLMError(f"gateway {self.base_url}{path} returned non-JSON: {resp.text[:200]!r}") from exc
+
+
+def _body(model: str, max_tokens: int, temperature: float, **optional: Any) -> dict[str, Any]:
+    """The fields every request has; optional ones left empty (no stop words, no tools) are not sent."""
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": temperature}
+    body.update({key: value for key, value in optional.items() if value})
+    return body
 
 
 def _error_text(resp: httpx.Response) -> str:
