@@ -40,6 +40,17 @@ class ModelFormat:
     converted: bool = False
     remote_code: bool = False
 
+    @property
+    def quantization_config(self) -> Mapping[str, Any] | None:
+        """The folder's quantisation (``config.json``'s, or AutoGPTQ's old ``quantize_config.json``)."""
+        quant = self.source_config.get("quantization_config")
+        if quant is None and (self.source_dir / "quantize_config.json").is_file():
+            quant = {
+                "quant_method": "gptq",
+                **json.loads((self.source_dir / "quantize_config.json").read_text(encoding="utf-8")),
+            }
+        return quant if isinstance(quant, Mapping) else None
+
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """The folder's ``config.json``; a missing file or ``model_type`` is refused with the path."""

@@ -24,24 +24,29 @@ from shared.hf_models.rope import from_rope_parameters, to_rope_parameters
 MODEL_TYPE = "internlm2"
 _ROPE_TYPES = frozenset({"linear", "dynamic"})
 
-# InternLM2 name (after "model.layers.N.") -> Llama name, for every tensor but the fused wqkv.
-_LAYER_NAMES = {
-    "attention.wo.weight": "self_attn.o_proj.weight",
-    "attention.wo.bias": "self_attn.o_proj.bias",
-    "feed_forward.w1.weight": "mlp.gate_proj.weight",
-    "feed_forward.w3.weight": "mlp.up_proj.weight",
-    "feed_forward.w2.weight": "mlp.down_proj.weight",
-    "attention_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
+# InternLM2 module (after "model.layers.N.") -> Llama module, for every module but the fused wqkv.
+LAYER_MODULES = {
+    "attention.wo": "self_attn.o_proj",
+    "feed_forward.w1": "mlp.gate_proj",
+    "feed_forward.w3": "mlp.up_proj",
+    "feed_forward.w2": "mlp.down_proj",
+    "attention_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
 }
-_TOP_NAMES = {
+# InternLM2 tensor name (after "model.layers.N.") -> Llama name; only wo has a bias.
+_LAYER_NAMES = {
+    f"{module}.{kind}": f"{LAYER_MODULES[module]}.{kind}"
+    for module in LAYER_MODULES
+    for kind in (("weight", "bias") if module == "attention.wo" else ("weight",))
+}
+TOP_NAMES = {
     "model.tok_embeddings.weight": "model.embed_tokens.weight",
     "model.norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
-_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
+LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
 # Older checkpoints saved the rotary tables; they are recomputed from the config.
-_DERIVED = re.compile(r".*rotary_emb\.inv_freq$")
+DERIVED = re.compile(r".*rotary_emb\.inv_freq$")
 
 # Structural fields that mean the same in both configs.
 _SHARED_FIELDS = (
@@ -118,7 +123,7 @@ def _heads(config: LlamaConfig) -> tuple[int, int, int]:
     return kv_heads, int(config.num_attention_heads) // kv_heads, int(config.head_dim or 0)
 
 
-def _split_wqkv(fused: torch.Tensor, config: LlamaConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def split_wqkv(fused: torch.Tensor, config: LlamaConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     kv_heads, groups, head_dim = _heads(config)
     rest = fused.shape[1:]
     grouped = fused.reshape(kv_heads, groups + 2, head_dim, *rest)
@@ -128,7 +133,7 @@ def _split_wqkv(fused: torch.Tensor, config: LlamaConfig) -> tuple[torch.Tensor,
     return q, k, v
 
 
-def _fuse_wqkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: LlamaConfig) -> torch.Tensor:
+def fuse_wqkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: LlamaConfig) -> torch.Tensor:
     kv_heads, groups, head_dim = _heads(config)
     rest = q.shape[1:]
     grouped = torch.cat(
@@ -147,19 +152,19 @@ def to_llama_state(
 ) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for name, tensor in tensors:
-        if _DERIVED.match(name):
+        if DERIVED.match(name):
             continue
-        if name in _TOP_NAMES:
-            state[_TOP_NAMES[name]] = tensor
+        if name in TOP_NAMES:
+            state[TOP_NAMES[name]] = tensor
             continue
-        match = _LAYER.fullmatch(name)
+        match = LAYER.fullmatch(name)
         if match is None:
             raise UnsupportedModel(f"internlm2 checkpoint has an unexpected tensor {name!r}")
         layer, rest = match.groups()
         prefix = f"model.layers.{layer}."
         if rest in ("attention.wqkv.weight", "attention.wqkv.bias"):
             kind = rest.rsplit(".", 1)[1]
-            for proj, part in zip(("q_proj", "k_proj", "v_proj"), _split_wqkv(tensor, config), strict=True):
+            for proj, part in zip(("q_proj", "k_proj", "v_proj"), split_wqkv(tensor, config), strict=True):
                 state[f"{prefix}self_attn.{proj}.{kind}"] = part.contiguous()
         elif rest in _LAYER_NAMES:
             state[prefix + _LAYER_NAMES[rest]] = tensor
@@ -169,14 +174,14 @@ def to_llama_state(
 
 
 def from_llama_state(state: Mapping[str, torch.Tensor], config: LlamaConfig) -> dict[str, torch.Tensor]:
-    top = {llama: original for original, llama in _TOP_NAMES.items()}
+    top = {llama: original for original, llama in TOP_NAMES.items()}
     layer_names = {llama: original for original, llama in _LAYER_NAMES.items()}
     out: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
         if name in top:
             out[top[name]] = tensor
             continue
-        match = _LAYER.fullmatch(name)
+        match = LAYER.fullmatch(name)
         if match is None:
             raise UnsupportedModel(f"cannot write {name!r} in the internlm2 format")
         layer, rest = match.groups()
@@ -186,7 +191,7 @@ def from_llama_state(state: Mapping[str, torch.Tensor], config: LlamaConfig) -> 
         elif rest.startswith("self_attn.q_proj."):
             kind = rest.rsplit(".", 1)[1]
             q, k, v = (state[f"{prefix}self_attn.{proj}.{kind}"] for proj in ("q_proj", "k_proj", "v_proj"))
-            out[f"{prefix}attention.wqkv.{kind}"] = _fuse_wqkv(q, k, v, config)
+            out[f"{prefix}attention.wqkv.{kind}"] = fuse_wqkv(q, k, v, config)
         elif not rest.startswith(("self_attn.k_proj.", "self_attn.v_proj.")):
             raise UnsupportedModel(f"cannot write {name!r} in the internlm2 format")
     return out

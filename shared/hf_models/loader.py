@@ -39,7 +39,7 @@ _LOAD_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
-class _Conversion:
+class Conversion:
     """A family mapped onto transformers' Llama: its config and tensor names, both ways."""
 
     to_config: Callable[[Mapping[str, Any]], LlamaConfig]
@@ -48,21 +48,21 @@ class _Conversion:
     from_state: Callable[[Mapping[str, torch.Tensor], LlamaConfig], dict[str, torch.Tensor]]
 
 
-_CONVERSIONS = {
-    internlm2.MODEL_TYPE: _Conversion(
+CONVERSIONS = {
+    internlm2.MODEL_TYPE: Conversion(
         internlm2.to_llama_config,
         internlm2.from_llama_config,
         internlm2.to_llama_state,
         internlm2.from_llama_state,
     ),
-    internlm3.MODEL_TYPE: _Conversion(
+    internlm3.MODEL_TYPE: Conversion(
         internlm3.to_llama_config,
         internlm3.from_llama_config,
         internlm3.to_llama_state,
         internlm3.from_llama_state,
     ),
 }
-assert set(_CONVERSIONS) == CONVERTED_TYPES
+assert set(CONVERSIONS) == CONVERTED_TYPES
 
 
 def detect_format(path: str | Path) -> ModelFormat:
@@ -88,17 +88,24 @@ def load_causal_lm(
     """Load the folder's model in eval mode on ``device``, and say how it was laid out.
 
     InternLM2/InternLM3 folders become a ``LlamaForCausalLM`` without running the folder's code;
-    ``trust_remote_code=True`` runs that code instead (it was written for transformers 4).
+    ``trust_remote_code=True`` runs that code instead (it was written for transformers 4). A folder
+    with a ``quantization_config`` (puyu's, AutoAWQ's GEMM, GPTQ) loads through
+    ``shared.quantization.load_quantized``: its projections become ``QuantLinear``.
     """
     fmt = detect_format(path)
     torch_dtype = resolve_dtype(dtype, device, fmt.source_config)
     model: PreTrainedModel
     with _LOAD_LOCK:
-        if fmt.converted and trust_remote_code:
+        if fmt.quantization_config is not None:
+            # here, not at the top: shared.quantization builds on this package
+            from shared.quantization.checkpoint import load_quantized
+
+            model, _ = load_quantized(fmt.source_dir, dtype=torch_dtype, device=device)
+        elif fmt.converted and trust_remote_code:
             model = _load_remote_code(fmt, torch_dtype)
             fmt = ModelFormat(fmt.model_type, fmt.source_dir, fmt.source_config, remote_code=True)
         elif fmt.converted:
-            model = _load_converted(fmt, _CONVERSIONS[fmt.model_type], torch_dtype)
+            model = _load_converted(fmt, CONVERSIONS[fmt.model_type], torch_dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 fmt.source_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code
@@ -108,7 +115,7 @@ def load_causal_lm(
     return model, fmt
 
 
-def _load_converted(fmt: ModelFormat, conversion: _Conversion, dtype: torch.dtype) -> LlamaForCausalLM:
+def _load_converted(fmt: ModelFormat, conversion: Conversion, dtype: torch.dtype) -> LlamaForCausalLM:
     config = conversion.to_config(fmt.source_config)
     config.dtype = dtype
     state = conversion.to_state(iter_tensors(fmt.source_dir, dtype), config)
@@ -155,8 +162,12 @@ def save_in_format(model: PreTrainedModel, tokenizer: Any, out_dir: str | Path, 
     code (copied along) for InternLM folders."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if isinstance(getattr(model.config, "quantization_config", None), dict):
+        from shared.quantization.checkpoint import save_quantized
+
+        return save_quantized(model, out, tokenizer, fmt)
     if fmt.converted:
-        conversion = _CONVERSIONS[fmt.model_type]
+        conversion = CONVERSIONS[fmt.model_type]
         llama_config = model.config
         if not isinstance(llama_config, LlamaConfig):
             raise UnsupportedModel(

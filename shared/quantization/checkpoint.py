@@ -8,6 +8,7 @@ instead of ``weight``; everything else (embeddings, norms, head) stays in floati
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +16,22 @@ from typing import Any
 
 import torch
 from accelerate import init_empty_weights
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GenerationConfig,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
-from shared.hf_models import resolve_dtype
+from shared.hf_models import ModelFormat, resolve_dtype
+from shared.hf_models.formats import read_config
+from shared.hf_models.loader import CONVERSIONS
+from shared.hf_models.tokenizer import save_tokenizer
 from shared.hf_models.weights import iter_tensors, write_safetensors
-from shared.quantization.checks import SUPPORTED_MODEL_TYPES
+from shared.quantization import families
+from shared.quantization.checks import SUPPORTED_SOURCE_TYPES
 from shared.quantization.errors import UnsupportedArchitecture, UnsupportedCheckpoint
 from shared.quantization.linear import QuantLinear
 from shared.quantization.spec import Layout
@@ -46,9 +58,9 @@ def read_quantized_format(path: str | Path) -> QuantizedFormat:
     if not config_file.is_file():
         raise UnsupportedCheckpoint(f"{folder} has no config.json: not a Hugging Face model folder")
     config = json.loads(config_file.read_text(encoding="utf-8"))
-    if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
+    if config.get("model_type") not in SUPPORTED_SOURCE_TYPES:
         raise UnsupportedArchitecture(
-            f"model_type {config.get('model_type')!r} is not read quantised; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            f"model_type {config.get('model_type')!r} is not read quantised; supported: {', '.join(SUPPORTED_SOURCE_TYPES)}"
         )
     quant = config.get("quantization_config")
     if quant is None and (folder / "quantize_config.json").is_file():
@@ -95,21 +107,47 @@ def _parse_quantization_config(quant: dict[str, Any]) -> QuantizedFormat:
     raise UnsupportedCheckpoint(f"quant_method {method!r} is not read; puyu reads awq (GEMM) and gptq")
 
 
-def save_quantized(model: PreTrainedModel, out_dir: str | Path, tokenizer: Any = None) -> Path:
-    """Write a model quantised by ``quantize_model`` (or loaded by ``load_quantized``) as a folder."""
+def save_quantized(
+    model: PreTrainedModel, out_dir: str | Path, tokenizer: Any = None, fmt: ModelFormat | None = None
+) -> Path:
+    """Write a model quantised by ``quantize_model`` (or loaded by ``load_quantized``) as a folder.
+
+    ``fmt``: the layout the model was loaded from (``shared.hf_models``); an InternLM2/InternLM3 model
+    is written in its own family's layout with its modeling code, as ``save_in_format`` does.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = model.config.to_dict()
-    if not isinstance(config.get("quantization_config"), dict):
+    quant = getattr(model.config, "quantization_config", None)
+    if not isinstance(quant, dict):
         raise UnsupportedCheckpoint("the model holds no quantization_config: quantise it first")
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # the embedding is the head
+    if fmt is not None and fmt.converted:
+        llama_config = model.config
+        if not isinstance(llama_config, LlamaConfig):
+            raise UnsupportedCheckpoint(
+                f"a {type(llama_config).__name__} cannot be saved as {fmt.model_type}"
+            )
+        qfmt = _parse_quantization_config(quant)
+        state = families.from_llama_state(
+            state, fmt.model_type, llama_config, qfmt.layout, qfmt.bits, qfmt.group_size, qfmt.gptq_v1
+        )
+        config = CONVERSIONS[fmt.model_type].from_config(llama_config, fmt.source_config)
+        config["quantization_config"] = quant
+        config["torch_dtype"] = str(model.dtype).removeprefix("torch.")
+        config.pop("dtype", None)
+        for file in fmt.source_dir.glob("*.py"):  # the modeling code auto_map names
+            shutil.copy2(file, out / file.name)
+    else:
+        config = model.config.to_dict()
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     write_safetensors(state, out)
     if model.generation_config is not None:
         model.generation_config.save_pretrained(out)
-    if tokenizer is not None:
+    if tokenizer is not None and fmt is not None:
+        save_tokenizer(tokenizer, out, fmt)
+    elif tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out
 
@@ -118,20 +156,43 @@ def load_quantized(
     path: str | Path, *, dtype: torch.dtype | str = "auto", device: torch.device | str = "cpu"
 ) -> tuple[PreTrainedModel, QuantizedFormat]:
     """A quantised folder (puyu's, AutoAWQ's GEMM, AutoGPTQ's or gptqmodel's) as a causal LM whose
-    quantised projections are ``QuantLinear``; ``dtype`` applies to the floating-point tensors."""
+    quantised projections are ``QuantLinear``; ``dtype`` applies to the floating-point tensors.
+    InternLM2/InternLM3 folders load as ``LlamaForCausalLM`` (wqkv split) without their code."""
     folder = Path(path)
     fmt = read_quantized_format(folder)
-    config = AutoConfig.from_pretrained(folder)
-    torch_dtype = resolve_dtype(dtype, device, config.to_dict())
+    source = read_config(folder)
+    torch_dtype = resolve_dtype(dtype, device, source)
+    conversion = CONVERSIONS.get(source["model_type"])
+    config: PretrainedConfig
+    if conversion is not None:
+        config = conversion.to_config(source)
+        state = families.to_llama_state(
+            iter_tensors(folder),
+            source["model_type"],
+            config,
+            fmt.layout,
+            fmt.bits,
+            fmt.group_size,
+            fmt.gptq_v1,
+        )
+    else:
+        config = AutoConfig.from_pretrained(folder)
+        state = dict(iter_tensors(folder))
     config.dtype = torch_dtype
-    state = dict(iter_tensors(folder))
+    config.quantization_config = dict(fmt.quantization_config)
     quantized = sorted({name.rsplit(".", 1)[0] for name in state if name.endswith(".qweight")})
     if not quantized:
         raise UnsupportedCheckpoint(f"{folder} holds no qweight tensor")
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     for name in quantized:
-        linear = model.get_submodule(name)
+        _check_packed(folder, name, state, fmt)
+        try:
+            linear = model.get_submodule(name)
+        except AttributeError:
+            raise UnsupportedCheckpoint(
+                f"{folder}: {name} is not a module of {type(model).__name__}"
+            ) from None
         if not isinstance(linear, torch.nn.Linear):
             raise UnsupportedCheckpoint(f"{name} is a {type(linear).__name__}, not a linear layer")
         if f"{name}.g_idx" not in state and fmt.layout == "gptq":
@@ -158,6 +219,7 @@ def load_quantized(
     tied = bool(getattr(config, "tie_word_embeddings", False))
     if tied:
         state.pop("lm_head.weight", None)
+    _check_shapes(folder, model, state)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if tied:
         model.tie_weights()
@@ -171,3 +233,31 @@ def load_quantized(
     model.to(torch.device(device))
     model.eval()
     return model, fmt
+
+
+def _check_packed(folder: Path, name: str, state: Mapping[str, torch.Tensor], fmt: QuantizedFormat) -> None:
+    """Each quantised layer carries the packed tensors of its layout, as int32 (scales floating)."""
+    needed = ("qweight", "qzeros", "scales")
+    missing = [kind for kind in needed if f"{name}.{kind}" not in state]
+    if missing:
+        raise UnsupportedCheckpoint(f"{folder}: {name} lacks {', '.join(missing)}")
+    for kind in ("qweight", "qzeros", "g_idx"):
+        tensor = state.get(f"{name}.{kind}")
+        if tensor is not None and tensor.dtype != torch.int32:
+            raise UnsupportedCheckpoint(f"{folder}: {name}.{kind} is {tensor.dtype}, the layout stores int32")
+    if not state[f"{name}.scales"].is_floating_point():
+        raise UnsupportedCheckpoint(
+            f"{folder}: {name}.scales is {state[f'{name}.scales'].dtype}, not floating"
+        )
+
+
+def _check_shapes(folder: Path, model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Every tensor the shape of the module it fills (``assign=True`` would take a wrong one silently)."""
+    expected = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    for name, tensor in state.items():
+        target = expected.get(name)
+        if target is not None and tuple(target.shape) != tuple(tensor.shape):
+            raise UnsupportedCheckpoint(
+                f"{folder}: {name} has shape {tuple(tensor.shape)}; the config and quantization_config "
+                f"({type(model).__name__}) make it {tuple(target.shape)}"
+            )

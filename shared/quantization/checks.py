@@ -3,7 +3,8 @@ modules, the group size against every dimension, and the calibration set."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -17,7 +18,10 @@ from shared.quantization.errors import (
 from shared.quantization.spec import QuantSpec
 
 # Dense Llama-family decoders whose layers transformers builds with the same module names.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+# Folders quantised and read quantised: those, and the InternLM families ``shared.hf_models`` loads
+# as Llama (their output keeps the source's layout).
+SUPPORTED_SOURCE_TYPES = (*SUPPORTED_MODEL_TYPES, "internlm2", "internlm3")
 ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 PROJECTIONS = ATTENTION + MLP
@@ -42,7 +46,6 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 def check_model(model: nn.Module, spec: QuantSpec) -> nn.ModuleList:
     """Refuse any layer the method cannot handle, and any dimension the group size or layout cannot."""
     layers = decoder_layers(model)
-    per_word = 32 // spec.bits
     for index, layer in enumerate(layers):
         where = f"model.layers.{index}"
         for name in NORMS:
@@ -65,24 +68,48 @@ def check_model(model: nn.Module, spec: QuantSpec) -> nn.ModuleList:
                 raise UnsupportedLayer(
                     f"{where}.{name} is a {type(module).__name__}; only plain torch.nn.Linear layers are quantised"
                 )
-            _check_dimensions(f"{where}.{name}", module, spec, per_word)
+            check_shape(f"{where}.{name}", module.in_features, module.out_features, spec)
     return layers
 
 
-def _check_dimensions(where: str, linear: nn.Linear, spec: QuantSpec, per_word: int) -> None:
-    if spec.group_size != -1 and linear.in_features % spec.group_size:
+def check_shape(where: str, in_features: int, out_features: int, spec: QuantSpec) -> None:
+    """A projection of [out, in] the group size divides and the layout packs."""
+    per_word = 32 // spec.bits
+    if spec.group_size != -1 and in_features % spec.group_size:
         raise GroupSizeMismatch(
-            f"group size {spec.group_size} does not divide {where}'s input dimension {linear.in_features}"
+            f"group size {spec.group_size} does not divide {where}'s input dimension {in_features}"
         )
-    if linear.out_features % per_word:
+    if out_features % per_word:
         raise GroupSizeMismatch(
-            f"{where}'s output dimension {linear.out_features} is not a multiple of {per_word} "
+            f"{where}'s output dimension {out_features} is not a multiple of {per_word} "
             f"({spec.bits}-bit codes are packed {per_word} to an int32)"
         )
-    if spec.layout == "gptq" and linear.in_features % per_word:
+    if spec.layout == "gptq" and in_features % per_word:
         raise GroupSizeMismatch(
-            f"{where}'s input dimension {linear.in_features} is not a multiple of {per_word} (GPTQ packs inputs)"
+            f"{where}'s input dimension {in_features} is not a multiple of {per_word} (GPTQ packs inputs)"
         )
+
+
+def check_config(config: Mapping[str, Any], spec: QuantSpec) -> None:
+    """The group size and packing against the projections a folder's ``config.json`` describes, so
+    that a mismatch is refused before any weight is read (``check_model`` checks the loaded layers)."""
+    try:
+        hidden = int(config["hidden_size"])
+        heads = int(config["num_attention_heads"])
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        head_dim = int(config.get("head_dim") or hidden // heads)
+        intermediate = int(config["intermediate_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UnsupportedArchitecture(f"config.json lacks a dense decoder's dimensions: {exc}") from None
+    shapes = {
+        "self_attn.q_proj": (hidden, heads * head_dim),
+        "self_attn.k_proj": (hidden, kv_heads * head_dim),
+        "self_attn.o_proj": (heads * head_dim, hidden),
+        "mlp.gate_proj": (hidden, intermediate),
+        "mlp.down_proj": (intermediate, hidden),
+    }
+    for name, (in_features, out_features) in shapes.items():
+        check_shape(f"model.layers.*.{name}", in_features, out_features, spec)
 
 
 def check_calibration(sequences: Sequence[Sequence[int]], spec: QuantSpec, vocab_size: int) -> None:

@@ -89,15 +89,15 @@ def unpack_awq(packed: PackedWeight, bits: int, group_size: int) -> QuantizedWei
     )
 
 
-def pack_gptq(weight: QuantizedWeight) -> PackedWeight:
-    """The v1 layout; the quantiser keeps asymmetric zeros at 1 or above so ``zero - 1`` never borrows
-    into the neighbouring code (readers that add 1 per code and readers that add 0x11111111 per word
-    then agree)."""
-    if int(weight.zeros.min()) < 1:
+def pack_gptq(weight: QuantizedWeight, *, v1: bool = True) -> PackedWeight:
+    """The v1 layout (``v1=False``: gptq_v2, zeros as they are); the quantiser keeps asymmetric zeros
+    at 1 or above so ``zero - 1`` never borrows into the neighbouring code (readers that add 1 per
+    code and readers that add 0x11111111 per word then agree)."""
+    if v1 and int(weight.zeros.min()) < 1:
         raise ValueError("the GPTQ v1 layout stores zero - 1: zero points must be at least 1")
     return PackedWeight(
         qweight=_pack_rows(weight.codes.T.contiguous(), weight.bits),
-        qzeros=_pack_last(weight.zeros - 1, weight.bits),
+        qzeros=_pack_last(weight.zeros - 1 if v1 else weight.zeros, weight.bits),
         scales=weight.scales.half(),
         g_idx=weight.g_idx.to(torch.int32),
     )
