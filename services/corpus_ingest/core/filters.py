@@ -34,6 +34,32 @@ def _signals(doc: Document) -> dict[str, Any]:
     return doc.signals
 
 
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """One threshold rule: ``signal`` must stay at or above ``low`` / at or below ``high``."""
+
+    signal: str
+    rule: str
+    words: str  # how the reason names the signal
+    low: float | None = None
+    high: float | None = None
+
+    def breach(self, block: Block, signals: dict[str, Any]) -> Drop | None:
+        value = signals[self.signal]
+        if value is None:  # e.g. no mean word length for a text without words
+            return None
+        if self.low is not None and value < self.low:
+            return block.drop(f"{self.words} {value} < min {self.low}", self.rule)
+        if self.high is not None and value > self.high:
+            return block.drop(f"{self.words} {value} > max {self.high}", self.rule)
+        return None
+
+
+def _first_breach(block: Block, doc: Document, bounds: tuple[Bound, ...]) -> Drop | None:
+    signals = _signals(doc)
+    return next((drop for bound in bounds if (drop := bound.breach(block, signals))), None)
+
+
 class Normalize(Block):
     """Repaired, NFKC, clean whitespace (``normalize_text``); a document left empty is dropped."""
 
@@ -111,41 +137,43 @@ class GopherQuality(Block):
         )
 
     def check(self, doc: Document) -> Drop | None:
-        s = _signals(doc)
-        if s["words"] < self.min_words:
-            return self.drop(f"{s['words']} words < min {self.min_words}", "word_count")
-        if s["words"] > self.max_words:
-            return self.drop(f"{s['words']} words > max {self.max_words}", "word_count")
-        mwl = s["mean_word_length"]
-        if mwl is not None and not (self.min_mean_word_length <= mwl <= self.max_mean_word_length):
-            return self.drop(
-                f"mean word length {mwl} outside [{self.min_mean_word_length}, {self.max_mean_word_length}]",
+        return _first_breach(self, doc, self.bounds)
+
+    @property
+    def bounds(self) -> tuple[Bound, ...]:
+        return (
+            Bound("words", "word_count", "words", low=self.min_words, high=self.max_words),
+            Bound(
                 "mean_word_length",
-            )
-        if s["symbol_ratio"] > self.max_symbol_ratio:
-            return self.drop(f"symbol ratio {s['symbol_ratio']} > {self.max_symbol_ratio}", "symbol_ratio")
-        if s["bullet_line_fraction"] > self.max_bullet_line_fraction:
-            return self.drop(
-                f"bullet line fraction {s['bullet_line_fraction']} > {self.max_bullet_line_fraction}",
+                "mean_word_length",
+                "mean word length",
+                low=self.min_mean_word_length,
+                high=self.max_mean_word_length,
+            ),
+            Bound("symbol_ratio", "symbol_ratio", "symbol ratio", high=self.max_symbol_ratio),
+            Bound(
+                "bullet_line_fraction",
                 "bullet_lines",
-            )
-        if s["ellipsis_line_fraction"] > self.max_ellipsis_line_fraction:
-            return self.drop(
-                f"ellipsis line fraction {s['ellipsis_line_fraction']} > {self.max_ellipsis_line_fraction}",
+                "bullet line fraction",
+                high=self.max_bullet_line_fraction,
+            ),
+            Bound(
+                "ellipsis_line_fraction",
                 "ellipsis_lines",
-            )
-        if s["alpha_fraction"] < self.min_alpha_fraction:
-            return self.drop(
-                f"alphabetic word fraction {s['alpha_fraction']} < {self.min_alpha_fraction}",
-                "alpha_fraction",
-            )
-        # Kept here too (Gopher lists it with repetition) so the default stages catch line spam.
-        if s["duplicate_line_fraction"] > self.max_duplicate_line_fraction:
-            return self.drop(
-                f"duplicate line fraction {s['duplicate_line_fraction']} > {self.max_duplicate_line_fraction}",
+                "ellipsis line fraction",
+                high=self.max_ellipsis_line_fraction,
+            ),
+            Bound(
+                "alpha_fraction", "alpha_fraction", "alphabetic word fraction", low=self.min_alpha_fraction
+            ),
+            # Kept here too (Gopher lists it with repetition) so the default stages catch line spam.
+            Bound(
+                "duplicate_line_fraction",
                 "duplicate_lines",
-            )
-        return None
+                "duplicate line fraction",
+                high=self.max_duplicate_line_fraction,
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -172,16 +200,22 @@ class GopherRepetition(Block):
             o.max_duplicate_paragraph_char_fraction,
         )
 
+    @property
+    def bounds(self) -> tuple[Bound, ...]:
+        return tuple(
+            Bound(key, key, key.replace("_", " "), high=limit)
+            for key, limit in (
+                ("duplicate_line_fraction", self.max_duplicate_line_fraction),
+                ("duplicate_paragraph_fraction", self.max_duplicate_paragraph_fraction),
+                ("duplicate_line_char_fraction", self.max_duplicate_line_char_fraction),
+                ("duplicate_paragraph_char_fraction", self.max_duplicate_paragraph_char_fraction),
+            )
+        )
+
     def check(self, doc: Document) -> Drop | None:
+        if drop := _first_breach(self, doc, self.bounds):
+            return drop
         s = _signals(doc)
-        for key, limit in (
-            ("duplicate_line_fraction", self.max_duplicate_line_fraction),
-            ("duplicate_paragraph_fraction", self.max_duplicate_paragraph_fraction),
-            ("duplicate_line_char_fraction", self.max_duplicate_line_char_fraction),
-            ("duplicate_paragraph_char_fraction", self.max_duplicate_paragraph_char_fraction),
-        ):
-            if s[key] > limit:
-                return self.drop(f"{key.replace('_', ' ')} {s[key]} > {limit}", key)
         for n, limit in self.top_ngram_limits:
             v = s["top_ngram_char_fraction"][str(n)]
             if v > limit:
@@ -211,9 +245,7 @@ class C4Quality(Block):
             return self.drop(f"{s['javascript_lines']} lines mention javascript", "javascript")
         if s["policy_lines"]:
             return self.drop(f"{s['policy_lines']} lines of terms/privacy/cookie policy", "policy")
-        if s["sentences"] < self.min_sentences:
-            return self.drop(f"{s['sentences']} sentences < min {self.min_sentences}", "min_sentences")
-        return None
+        return Bound("sentences", "min_sentences", "sentences", low=self.min_sentences).breach(self, s)
 
 
 @dataclass(frozen=True)
@@ -235,26 +267,28 @@ class FineWebQuality(Block):
         )
 
     def check(self, doc: Document) -> Drop | None:
-        s = _signals(doc)
-        if s["line_punct_fraction"] < self.min_line_punct_fraction:
-            return self.drop(
-                f"lines ending in punctuation {s['line_punct_fraction']} < {self.min_line_punct_fraction}",
+        return _first_breach(self, doc, self.bounds)
+
+    @property
+    def bounds(self) -> tuple[Bound, ...]:
+        return (
+            Bound(
+                "line_punct_fraction",
                 "line_punct_ratio",
-            )
-        if s["short_line_fraction"] > self.max_short_line_fraction:
-            return self.drop(
-                f"short lines {s['short_line_fraction']} > {self.max_short_line_fraction}", "short_line_ratio"
-            )
-        if s["duplicate_line_char_fraction"] > self.max_char_dup_fraction:
-            return self.drop(
-                f"characters in duplicated lines {s['duplicate_line_char_fraction']} > {self.max_char_dup_fraction}",
+                "lines ending in punctuation",
+                low=self.min_line_punct_fraction,
+            ),
+            Bound(
+                "short_line_fraction", "short_line_ratio", "short lines", high=self.max_short_line_fraction
+            ),
+            Bound(
+                "duplicate_line_char_fraction",
                 "char_dup_ratio",
-            )
-        if s["newline_word_ratio"] > self.max_newline_word_ratio:
-            return self.drop(
-                f"newlines per word {s['newline_word_ratio']} > {self.max_newline_word_ratio}", "list_ratio"
-            )
-        return None
+                "characters in duplicated lines",
+                high=self.max_char_dup_fraction,
+            ),
+            Bound("newline_word_ratio", "list_ratio", "newlines per word", high=self.max_newline_word_ratio),
+        )
 
 
 @dataclass(frozen=True)
@@ -283,10 +317,8 @@ class SafetyFilter(Block):
     max_keyword_hits: int = 2
 
     def check(self, doc: Document) -> Drop | None:
-        hits = _signals(doc)["safety_keyword_hits"]
-        if hits > self.max_keyword_hits:
-            return self.drop(f"{hits} safety keyword hits > {self.max_keyword_hits}")
-        return None
+        bound = Bound("safety_keyword_hits", "safety", "safety keyword hits", high=self.max_keyword_hits)
+        return _first_breach(self, doc, (bound,))
 
 
 def ingest_blocks(options: IngestOptions, identifier: LanguageIdentifier) -> list[Block]:
