@@ -112,7 +112,8 @@ class LaunchSettings(CommonSettings):
     launch_runs_dir: Path | None = Field(
         default=None,
         description="Where run folders live; every node of a run must see it at the same path "
-        "(a shared filesystem for slurm and kubernetes). Default: HOME/runs.",
+        "(a shared filesystem for slurm and kubernetes). Default: the artifact store's runs/ folder "
+        "(its local staging folder when the store is remote).",
     )
     launch_grace_seconds: float = Field(
         default=30.0, gt=0, description="After SIGTERM, seconds a cancelled run has before SIGKILL."
@@ -120,7 +121,3 @@ class LaunchSettings(CommonSettings):
     launch_poll_seconds: float = Field(
         default=0.5, gt=0, description="Seconds between a controller's looks at its run."
     )
-
-    @property
-    def runs_dir(self) -> Path:
-        return (self.launch_runs_dir or self.home / "runs").resolve()

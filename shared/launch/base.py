@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -136,6 +137,17 @@ class Launcher(ABC):
     def cancel(self, handle: str) -> None:
         """Stop every rank of the run (idempotent; a finished run stays as it ended)."""
 
+    def wait(self, handle: str, timeout: float) -> RunStatus:
+        """The status once the run ends or ``timeout`` seconds pass, whichever is first. Launchers
+        that can be told of the end (a thread, a child process) override it; this one polls."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status(handle)
+            left = deadline - time.monotonic()
+            if status.state.terminal or left <= 0:
+                return status
+            time.sleep(min(left, 1.0))
+
 
 # ------------------------------------------------------------------------------------ choosing one
 LAUNCHERS: dict[str, str] = {
@@ -195,7 +207,7 @@ def read_spec(run_dir: Path) -> dict[str, Any]:
 def append_progress(run_dir: Path, record: Mapping[str, Any]) -> None:
     """One JSON line per report (rank 0 only); a line is written in one call, so readers see whole
     lines or nothing of it."""
-    line = json.dumps(dict(record), separators=(",", ":"), allow_nan=False) + "\n"
+    line = json.dumps(dict(record), separators=(",", ":")) + "\n"  # NaN allowed: a loss may be one
     with (run_dir / PROGRESS_FILE).open("a", encoding="utf-8") as f:
         f.write(line)
 
