@@ -27,9 +27,17 @@ from contracts.events.specs import (
     LoraSpec,
     ModelArchitecture,
     PipelineSpec,
+    QuantizeSpec,
     TrainSpec,
 )
-from contracts.events.training import CheckpointReady, FinetuneRequested, TrainCancelRequested, TrainRequested
+from contracts.events.training import (
+    CheckpointReady,
+    FinetuneRequested,
+    QuantizationLineage,
+    QuantizeRequested,
+    TrainCancelRequested,
+    TrainRequested,
+)
 
 __all__ = [
     "ArtifactRef",
@@ -64,6 +72,9 @@ __all__ = [
     "ModelRegistered",
     "ModelRejected",
     "PipelineSpec",
+    "QuantizationLineage",
+    "QuantizeRequested",
+    "QuantizeSpec",
     "ServedLoad",
     "StageStats",
     "StrictModel",

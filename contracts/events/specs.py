@@ -226,6 +226,29 @@ class FinetuneSpec(StrictModel):
     )
 
 
+class QuantizeSpec(StrictModel):
+    """Weight quantisation of a registered version (``quantize.requested``, ``puyu quantize``).
+
+    AWQ and GPTQ read calibration text (the request's ``calibration_uri``): it is tokenised, joined and
+    cut into ``calibration_samples`` sequences of ``calibration_seq_len`` tokens, as AutoAWQ does.
+    """
+
+    method: Literal["rtn", "awq", "gptq"] = Field(
+        default="awq",
+        description="rtn: round to nearest; awq: activation-aware scales; gptq: error-compensating.",
+    )
+    bits: Literal[4, 8] = 4
+    group_size: int = Field(
+        default=128,
+        ge=-1,
+        description="Input channels sharing one scale and zero; -1: one group per output row.",
+    )
+    sym: bool = Field(default=False, description="gptq only: a fixed zero point at the grid's middle.")
+    desc_act: bool = Field(default=False, description="gptq only: act-order (columns by decreasing Hessian).")
+    calibration_samples: int = Field(default=128, ge=1, le=1024)
+    calibration_seq_len: int = Field(default=512, ge=16, le=4096)
+
+
 __all__ = [
     "IngestOptions",
     "DedupOptions",
@@ -234,4 +257,5 @@ __all__ = [
     "PipelineSpec",
     "LoraSpec",
     "FinetuneSpec",
+    "QuantizeSpec",
 ]

@@ -6,9 +6,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from contracts.events.common import ArtifactRef, DatasetRef, ModelRef
+from contracts.events.common import ArtifactRef, DatasetRef, ModelRef, StrictModel
 from contracts.events.envelope import EventPayload, register
-from contracts.events.specs import FinetuneSpec, TrainSpec
+from contracts.events.specs import FinetuneSpec, QuantizeSpec, TrainSpec
 
 
 @register
@@ -35,6 +35,41 @@ class FinetuneRequested(EventPayload):
 
 
 @register
+class QuantizeRequested(EventPayload):
+    """Quantise a registered version's weights into a new version (run by the finetuner)."""
+
+    event_type = "quantize.requested"
+    kind = "job"
+    job_id: str
+    base: ModelRef = Field(description="The version to quantise: the new version's parent.")
+    base_artifact: ArtifactRef | None = Field(
+        default=None, description="Resolved through the registry when absent."
+    )
+    calibration_uri: str | None = Field(
+        default=None,
+        description="Calibration text for awq and gptq: a dataset manifest or folder (a corpus-ingest or "
+        "dedup output), or a .txt / .jsonl file, under the store or the data roots.",
+    )
+    output_model_name: str | None = Field(default=None, description="Defaults to the base model's name.")
+    spec: QuantizeSpec = Field(default_factory=QuantizeSpec)
+
+
+class QuantizationLineage(StrictModel):
+    """How a quantised checkpoint was made from its parent (``CheckpointReady.parent``)."""
+
+    method: Literal["rtn", "awq", "gptq"]
+    bits: int = Field(ge=1)
+    group_size: int = Field(ge=-1)
+    sym: bool = False
+    desc_act: bool = False
+    quant_method: str = Field(
+        description="The folder's layout: quantization_config.quant_method (awq | gptq)."
+    )
+    calibration_uri: str | None = None
+    calibration_tokens: int = Field(default=0, ge=0)
+
+
+@register
 class CheckpointReady(EventPayload):
     event_type = "checkpoint.ready"
     job_id: str
@@ -42,14 +77,17 @@ class CheckpointReady(EventPayload):
     model_name: str
     step: int = Field(ge=0)
     final: bool = True
-    kind_of_run: Literal["pretrain", "finetune"] = "pretrain"
-    method: str = Field(default="full", description="full | lora | ...")
+    kind_of_run: Literal["pretrain", "finetune", "quantize"] = "pretrain"
+    method: str = Field(default="full", description="full | lora | ... | rtn | awq | gptq")
     checkpoint: ArtifactRef
     adapter: ArtifactRef | None = None
     parent: ModelRef | None = None
     datasets: list[DatasetRef] = Field(default_factory=list)
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
+    quantization: QuantizationLineage | None = Field(
+        default=None, description="kind_of_run quantize: the method and grid, the parent is ``parent``."
+    )
 
 
 @register
@@ -62,4 +100,11 @@ class TrainCancelRequested(EventPayload):
     reason: str = Field(default="cancelled by request")
 
 
-__all__ = ["TrainRequested", "FinetuneRequested", "CheckpointReady", "TrainCancelRequested"]
+__all__ = [
+    "TrainRequested",
+    "FinetuneRequested",
+    "QuantizeRequested",
+    "QuantizationLineage",
+    "CheckpointReady",
+    "TrainCancelRequested",
+]

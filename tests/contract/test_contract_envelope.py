@@ -18,7 +18,8 @@ from contracts.events import (
 
 
 def test_samples_cover_every_registered_type(samples: list[EventPayload]) -> None:
-    assert sorted(s.event_type for s in samples) == sorted(EVENT_TYPES)
+    # every type at least once (a type may have variants, e.g. a pretrained and a quantised checkpoint)
+    assert {s.event_type for s in samples} == set(EVENT_TYPES)
 
 
 def test_every_type_round_trips(samples: list[EventPayload]) -> None:
