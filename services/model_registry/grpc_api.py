@@ -11,7 +11,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import grpc
 
-from contracts.events import ArtifactRef, ModelRef
+from contracts.events import ArtifactRef, ModelRef, QuantizationLineage
 from contracts.proto.puyu.registry.v1 import registry_pb2 as pb
 from contracts.proto.puyu.registry.v1 import registry_pb2_grpc
 from services.model_registry.core import AuditView, NotFound, RegistryRefusal, VersionView
@@ -54,6 +54,7 @@ def version_to_proto(v: VersionView) -> pb.ModelVersion:
                 "datasets": v.datasets,
                 "hyperparameters": v.hyperparameters,
                 "adapter": v.adapter,
+                "quantization": v.quantization,
             }
         ),
     )
@@ -103,6 +104,8 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
                 if request.parent_model
                 else None
             )
+            quant = lineage.get("quantization")
+            quantization = QuantizationLineage.model_validate(quant).model_dump() if quant else None
         except ValueError as exc:  # malformed JSON or references: the request itself is bad
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad request: {exc}")
         v = await self._call(
@@ -116,6 +119,7 @@ class RegistryServicer(registry_pb2_grpc.ModelRegistryServicer):
             method=str(lineage.get("method", "full")),
             datasets=list(lineage.get("datasets", [])),
             hyperparameters=dict(lineage.get("hyperparameters", {})),
+            quantization=quantization,
             tags=dict(request.tags),
             actor=current_principal().name,
         )

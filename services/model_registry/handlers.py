@@ -19,7 +19,9 @@ from shared.provenance import require_owner
 
 def register_handlers(bus: Bus, core: Registry, settings: RegistrySettings) -> None:
     # Idempotent twice over: the bus's KV marker skips cheap redeliveries; the processed_events row,
-    # committed with the effect, is the one that holds when the process dies between the two.
+    # committed with the effect, is the one that holds when the process dies between the two. Both
+    # key on ctx.event_key (type + sealed message id), not the envelope id: another service could
+    # send its own event under the id of a real fact first and have the fact skipped here.
 
     @bus.handle(CheckpointReady, idempotent=True)
     async def on_checkpoint(ctx: HandlerContext[CheckpointReady]) -> None:
@@ -39,8 +41,9 @@ def register_handlers(bus: Bus, core: Registry, settings: RegistrySettings) -> N
             datasets=[d.model_dump() for d in p.datasets],
             hyperparameters=p.hyperparameters,
             train_metrics=p.metrics,
+            quantization=p.quantization.model_dump() if p.quantization else None,
             actor=ctx.envelope.id,
-            event_id=ctx.envelope.id,
+            event_id=ctx.event_key,
             causation=ctx.envelope,
         )
 
@@ -54,7 +57,7 @@ def register_handlers(bus: Bus, core: Registry, settings: RegistrySettings) -> N
             p.results,
             p.details_uri,
             actor=ctx.envelope.id,
-            event_id=ctx.envelope.id,
+            event_id=ctx.event_key,
             causation=ctx.envelope,
         )
 
@@ -69,7 +72,7 @@ def register_handlers(bus: Bus, core: Registry, settings: RegistrySettings) -> N
             ok=True,
             served_name=p.served_name,
             actor=ctx.envelope.id,
-            event_id=ctx.envelope.id,
+            event_id=ctx.event_key,
             causation=ctx.envelope,
         )
 
@@ -84,6 +87,6 @@ def register_handlers(bus: Bus, core: Registry, settings: RegistrySettings) -> N
             ok=False,
             error=p.error,
             actor=ctx.envelope.id,
-            event_id=ctx.envelope.id,
+            event_id=ctx.event_key,
             causation=ctx.envelope,
         )

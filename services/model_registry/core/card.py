@@ -22,6 +22,9 @@ def _metadata(v: VersionView) -> dict[str, Any]:
     }
     if v.parent:
         meta["base_model"] = f"{v.parent.model_name}:{v.parent.version}"
+    if v.quantization:  # the Hub's way of saying what the version is of its base
+        meta["base_model_relation"] = "quantized"
+        meta["tags"] += [f"{v.quantization.get('bits')}-bit", str(v.quantization.get("quant_method"))]
     if v.datasets:  # lineage as given: DatasetRef dumps, anything else as text
         meta["datasets"] = [d.get("dataset_id", str(d)) for d in v.datasets]
     if v.evaluations:
@@ -85,6 +88,20 @@ def comparison_table(v: VersionView, others: Sequence[VersionView]) -> list[str]
     return lines
 
 
+def _quantization_line(q: dict[str, Any]) -> str:
+    group = "per output row" if q.get("group_size") == -1 else f"group size {q.get('group_size')}"
+    grid = "symmetric" if q.get("sym") else "asymmetric"
+    calibration = (
+        f"calibrated on `{q['calibration_uri']}` ({q.get('calibration_tokens', 0)} tokens)"
+        if q.get("calibration_uri")
+        else "no calibration"
+    )
+    return (
+        f"- quantised from the parent: {str(q.get('method', '?')).upper()} {q.get('bits')}-bit weights, "
+        f"{group}, {grid} (quant_method {q.get('quant_method')}), {calibration}"
+    )
+
+
 def model_card(v: VersionView, compare_with: Sequence[VersionView] = ()) -> str:
     """The card; ``compare_with`` (e.g. the champion, the parent) adds a side-by-side comparison."""
     meta = _metadata(v)
@@ -102,6 +119,8 @@ def model_card(v: VersionView, compare_with: Sequence[VersionView] = ()) -> str:
         f"- parent: {meta.get('base_model', 'none (trained from scratch)')}",
         f"- artifact: `{a.uri}` (sha256 `{a.sha256}`, {a.size_bytes} bytes, {v.format})",
     ]
+    if v.quantization:
+        lines.append(_quantization_line(v.quantization))
     lines += [
         f"- dataset: `{d.get('dataset_id')}` manifest `{d.get('manifest_uri')}` digest `{d.get('digest')}`"
         for d in v.datasets

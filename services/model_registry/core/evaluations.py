@@ -7,8 +7,9 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from contracts.events import EventEnvelope, ModelApprovalRequested, ModelRef, ModelRejected, TaskResult
-from services.model_registry.core.errors import InvalidInput
+from services.model_registry.core.errors import InvalidInput, NotFound
 from services.model_registry.core.outbox import Outbox
+from services.model_registry.core.parent_gate import combine, decide_against_parent
 from services.model_registry.core.policy import Decision, PromotionPolicy, Result, decide
 from services.model_registry.core.promotion import Promotion
 from services.model_registry.core.schema import Deployment, Evaluation, ModelVersion, RegisteredModel, utcnow
@@ -65,26 +66,21 @@ class Evaluations:
                 return EvaluationOutcome(outcome="recorded", reason=f"version is {v.status}")
             a = self.store.alias(s, m, CHAMPION)
             champion = a.version if a else None
-            decision = decide(
-                self.policy,
-                {
-                    r.task: Result(
-                        r.task,
-                        dict(r.metrics),
-                        r.primary_metric,
-                        r.higher_is_better,
-                        r.version_hash,
-                        # a head-to-head result counts only against the champion it was judged against
-                        opponent=r.opponent.version
-                        if r.opponent is not None and r.opponent.model_name == m.name
-                        else None,
-                    )
-                    for r in results
-                },
-                {e.task: _result(e) for e in champion.evaluations} if champion else None,
-                f"champion {m.name}:{champion.version}" if champion else None,
-                champion_version=champion.version if champion else None,
-            )
+            candidate = {
+                r.task: Result(
+                    r.task,
+                    dict(r.metrics),
+                    r.primary_metric,
+                    r.higher_is_better,
+                    r.version_hash,
+                    # a head-to-head result counts only against the champion it was judged against
+                    opponent=r.opponent.version
+                    if r.opponent is not None and r.opponent.model_name == m.name
+                    else None,
+                )
+                for r in results
+            }
+            decision = self._decide(s, m, v, candidate, champion)
             if not decision.promote:
                 return self._reject(s, m, v, decision, champion, actor=actor, causation=causation)
             if self.policy.mode == "auto":
@@ -103,6 +99,47 @@ class Evaluations:
             return self._await_approval(s, m, v, decision, champion, actor=actor, causation=causation)
 
         return self.store.retrying(work)
+
+    def _decide(
+        self,
+        s: Session,
+        m: RegisteredModel,
+        v: ModelVersion,
+        candidate: dict[str, Result],
+        champion: ModelVersion | None,
+    ) -> Decision:
+        """The policy's decision: against the champion, or for a quantised version against its parent
+        (and against the champion as well when that is another version)."""
+        champion_label = f"champion {m.name}:{champion.version}" if champion else None
+
+        def against_champion() -> Decision:
+            return decide(
+                self.policy,
+                candidate,
+                {e.task: _result(e) for e in champion.evaluations} if champion else None,
+                champion_label,
+                champion_version=champion.version if champion else None,
+            )
+
+        if v.quantization is None or v.parent_model is None or not self.policy.quantized.enabled:
+            return against_champion()
+        parent = self._parent(s, v)
+        against_parent = decide_against_parent(
+            self.policy,
+            candidate,
+            {e.task: _result(e) for e in parent.evaluations} if parent else None,
+            f"parent {v.parent_model}:{v.parent_version}",
+        )
+        if champion is None or (parent is not None and champion.id == parent.id):
+            return against_parent
+        return combine(against_parent, against_champion(), champion_label or "champion")
+
+    def _parent(self, s: Session, v: ModelVersion) -> ModelVersion | None:
+        assert v.parent_model is not None and v.parent_version is not None
+        try:
+            return self.store.version(s, self.store.model(s, v.parent_model), v.parent_version)
+        except NotFound:  # a base from elsewhere: nothing here to compare with
+            return None
 
     def _store_results(
         self, s: Session, v: ModelVersion, results: list[TaskResult], details_uri: str | None

@@ -10,6 +10,10 @@ A head-to-head gate (``min_win_rate`` / ``min_win_rate_lower_bound``) reads a pa
 against the champion directly, so there is no champion number to compare; a win rate above 1/2
 counts as an improvement. Without a champion it does not apply.
 Every check is recorded with its numbers, so the decision explains itself.
+
+A quantised version (its registration names the parent and the method) is gated against its parent
+instead (``QuantizedGates``, ``parent_gate.decide_against_parent``): it may lose at most the stated
+amount, and need not improve on anything.
 """
 
 from __future__ import annotations
@@ -46,6 +50,31 @@ class Gate(BaseModel):
         return self.min_win_rate is not None or self.min_win_rate_lower_bound is not None
 
 
+def _perplexity_within_3_percent() -> dict[str, Gate]:
+    return {"perplexity": Gate(tolerance=0.03, tolerance_kind="relative", required=True)}
+
+
+class QuantizedGates(BaseModel):
+    """How close a quantised version must stay to its parent (the version it was quantised from)
+    before it may replace it: each gate compares the version's metric with the parent's, as a
+    ``Gate`` compares with the champion's (``tolerance``, ``tolerance_kind``, bounds, ``required``).
+    ``gates`` names tasks; ``other_tasks`` applies to every other task the policy gates (its
+    ``gates``, head-to-head ones aside). Default: perplexity within 3%, each other gated task within
+    1 point (0.01 on a 0-1 metric). Without an improvement asked for: the gain is the cost.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        default=True, description="Gate versions with quantisation lineage against their parent."
+    )
+    gates: dict[str, Gate] = Field(default_factory=_perplexity_within_3_percent)
+    other_tasks: Gate | None = Field(
+        default_factory=lambda: Gate(tolerance=0.01, tolerance_kind="absolute"),
+        description="The gate of every other task the policy gates; None: only the tasks in ``gates``.",
+    )
+
+
 class PromotionPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -58,6 +87,11 @@ class PromotionPolicy(BaseModel):
     )
     require_improvement: bool = Field(
         default=True, description="With a champion: at least one gated metric must be strictly better."
+    )
+    quantized: QuantizedGates = Field(
+        default_factory=QuantizedGates,
+        description="A quantised version is gated against its parent (and against the champion too "
+        "when the champion is another version).",
     )
 
     @classmethod
@@ -265,14 +299,17 @@ def _bound_checks(task: str, metric: str, value: float, gate: Gate) -> list[Chec
     return out
 
 
-def _relative_check(task: str, metric: str, value: float, ref: float, gate: Gate, hib: bool) -> Check:
-    """The candidate may be worse than the champion's ``ref`` by at most the gate's tolerance."""
+def _relative_check(
+    task: str, metric: str, value: float, ref: float, gate: Gate, hib: bool, who: str = "champion"
+) -> Check:
+    """The candidate may be worse than ``who``'s ``ref`` (the champion's, or a parent's) by at most the
+    gate's tolerance."""
     if gate.tolerance_kind == "relative":
         limit = ref * (1 - gate.tolerance) if hib else ref * (1 + gate.tolerance)
-        how = f"champion {_fmt(ref)} × (1 {'−' if hib else '+'} {gate.tolerance:g})"
+        how = f"{who} {_fmt(ref)} × (1 {'−' if hib else '+'} {gate.tolerance:g})"
     else:
         limit = ref - gate.tolerance if hib else ref + gate.tolerance
-        how = f"champion {_fmt(ref)} {'−' if hib else '+'} {gate.tolerance:g}"
+        how = f"{who} {_fmt(ref)} {'−' if hib else '+'} {gate.tolerance:g}"
     ok = value >= limit if hib else value <= limit
     detail = f"{task}.{metric} {_fmt(value)} {'ok' if ok else 'worse than'} limit {_fmt(limit)} = {how}"
     return Check(task, metric, ok, detail)

@@ -75,8 +75,10 @@ class Registry:
         event_id: str | None = None,
         causation: EventEnvelope | None = None,
         tasks: list[str] | None = None,
+        quantization: dict[str, Any] | None = None,
     ) -> VersionView | None:
-        """Register the next version of ``model_name``; None when ``event_id`` was already processed."""
+        """Register the next version of ``model_name``; None when ``event_id`` was already processed.
+        ``quantization``: a quantised version's method and grid (its parent is ``parent``)."""
         return self._versions.register(
             model_name,
             artifact,
@@ -93,6 +95,7 @@ class Registry:
             event_id=event_id,
             causation=causation,
             tasks=tasks,
+            quantization=quantization,
         )
 
     def get_version(

@@ -86,6 +86,9 @@ class ModelVersion(Base):
     # The champion this version replaced when it last became champion: what a rollback from it
     # restores (revision 0003; before, it was read back from the audit log).
     previous_champion: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # How a quantised version was made from its parent: method, bits, group size, layout, calibration
+    # (revision 0004; null for every other kind of version).
+    quantization: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     source_event_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -57,6 +57,7 @@ def version_view(s: Session, v: ModelVersion) -> VersionView:
         datasets=v.datasets,
         hyperparameters=v.hyperparameters,
         train_metrics=v.train_metrics,
+        quantization=v.quantization,
         tags=v.tags,
         status=v.status,
         aliases=tuple(aliases),
@@ -161,9 +162,13 @@ class Versions:
         event_id: str | None = None,
         causation: EventEnvelope | None = None,
         tasks: list[str] | None = None,
+        quantization: dict[str, Any] | None = None,
     ) -> VersionView | None:
-        """Register the next version of ``model_name``; None when ``event_id`` was already processed."""
+        """Register the next version of ``model_name``; None when ``event_id`` was already processed.
+        ``quantization``: how it was quantised from ``parent`` (which it then needs)."""
         _check_registration(model_name, artifact, parent)
+        if quantization is not None and parent is None:
+            raise InvalidInput("a quantised version needs its parent: quantization lineage without a parent")
         _check_inside_store(self.artifact_root, artifact, adapter)
 
         def work(s: Session) -> VersionView | None:
@@ -188,6 +193,7 @@ class Versions:
                 datasets=list(datasets or []),
                 hyperparameters=dict(hyperparameters or {}),
                 train_metrics=dict(train_metrics or {}),
+                quantization=dict(quantization) if quantization is not None else None,
                 tags=dict(tags or {}),
                 status=VersionStatus.CANDIDATE,
                 source_event_id=event_id,
@@ -208,6 +214,7 @@ class Versions:
                 parent_registered=parent_known,
                 kind=kind,
                 method=method,
+                **({"quantization": quantization} if quantization is not None else {}),
             )
             ref = ModelRef(model_name=model_name, version=v.version)
             payload = ModelRegistered(

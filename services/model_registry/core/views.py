@@ -65,6 +65,9 @@ class VersionView(View):
     datasets: list[Any]  # lineage as given (DatasetRef dumps from the trainers)
     hyperparameters: dict[str, Any]
     train_metrics: dict[str, float]
+    quantization: (
+        dict[str, Any] | None
+    )  # a quantised version: method, bits, group size ... (parent: ``parent``)
     tags: dict[str, str]
     status: VersionStatus
     aliases: tuple[str, ...]

@@ -9,6 +9,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import JSON, Engine, Integer, String, column, inspect, table, text
 from test_registry_core import _pg_engine, art
 
+from contracts.events import ModelRef
 from services.model_registry.core import InvalidInput, VersionStatus
 from services.model_registry.core.database import downgrade, make_engine, migrate
 from services.model_registry.core.registry import Registry
@@ -38,7 +39,7 @@ def columns(engine: Engine, table: str) -> set[str]:
 
 def test_head_matches_the_orm(engine: Engine) -> None:
     migrate(engine)
-    assert current_revision(engine) == "0003"
+    assert current_revision(engine) == "0004"
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == [], f"the ORM and the migrations disagree (write a revision): {diff}"
@@ -149,8 +150,8 @@ def test_0003_fills_the_previous_champion_from_the_audit_log(engine: Engine) -> 
                 )
             )
 
-    migrate(engine)
-    assert current_revision(engine) == "0003"
+    migrate(engine)  # through 0003, to the head the ORM is at
+    assert current_revision(engine) == "0004"
     with engine.connect() as c:
         stored: dict[int, int | None] = dict(
             c.execute(text("SELECT version, previous_champion FROM model_versions ORDER BY version")).all()
@@ -173,3 +174,46 @@ def test_0003_fills_the_previous_champion_from_the_audit_log(engine: Engine) -> 
     assert current_revision(engine) == "0002" and "previous_champion" not in columns(engine, "model_versions")
     migrate(engine)
     assert "previous_champion" in columns(engine, "model_versions")
+
+
+def test_0004_adds_the_quantization_lineage_and_keeps_the_versions(engine: Engine) -> None:
+    """A registry at 0003 with a version upgrades in place (no lineage for it), registers a quantised
+    version with its lineage, and downgrades to 0003 keeping both rows."""
+    migrate(engine, "0003")
+    with engine.begin() as c:
+        c.execute(
+            text(
+                "INSERT INTO registered_models (name, latest_version, created_at, description, tags) "
+                "VALUES ('old', 1, CURRENT_TIMESTAMP, '', '{}')"
+            )
+        )
+        mid = c.execute(text("SELECT id FROM registered_models WHERE name = 'old'")).scalar_one()
+        c.execute(
+            text(
+                "INSERT INTO model_versions (model_id, version, artifact_uri, artifact_sha256, "
+                "artifact_size, format, run_id, kind, method, datasets, hyperparameters, "
+                "train_metrics, tags, status, created_at) VALUES (:m, 1, 'file:///a', :sha, 1, "
+                "'hf-safetensors', 'r0', 'pretrain', 'full', '[]', '{}', '{}', '{}', 'champion', "
+                "CURRENT_TIMESTAMP)"
+            ),
+            {"m": mid, "sha": "a" * 64},
+        )
+    assert "quantization" not in columns(engine, "model_versions")
+    migrate(engine)
+    assert current_revision(engine) == "0004"
+    reg = Registry(engine)
+    lineage = {"method": "awq", "bits": 4, "group_size": 128, "quant_method": "awq"}
+    quantised = reg.register_version(
+        "old",
+        art(2),
+        kind="quantize",
+        method="awq",
+        parent=ModelRef(model_name="old", version=1),
+        quantization=lineage,
+    )
+    assert quantised is not None and quantised.quantization == lineage
+    assert reg.get_version("old", 1).quantization is None
+    downgrade(engine, "0003")
+    assert "quantization" not in columns(engine, "model_versions")
+    with engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM model_versions")).scalar_one() == 2
