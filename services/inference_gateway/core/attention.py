@@ -3,6 +3,10 @@
 ``paged_decode`` runs the Triton kernel (``triton_attention``) on CUDA when Triton is installed and
 the exact torch path everywhere else; ``reference_attention`` is the plain-math definition both are
 tested against.
+
+Every function reads an 8-bit cache (int8, fp8) when given its per (token, head) scales
+``k_scale, v_scale`` (shaped as the cache less ``head_dim``): the torch paths dequantise what they
+read into the query's dtype, the Triton kernel folds the scales into its scores and probabilities.
 """
 
 from __future__ import annotations
@@ -13,7 +17,14 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from services.inference_gateway.core.kv_cache import dequantize
+
 log = logging.getLogger(__name__)
+
+
+def _read(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """Cached keys or values as attention computes with them: dequantised when ``scale`` is given."""
+    return x if scale is None else dequantize(x, scale, dtype)
 
 
 def block_slots(block_tables: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -30,12 +41,14 @@ def paged_decode_torch(
     context_lens: torch.Tensor,
     block_size: int,
     scale: float,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``q [B, Hq, D]`` attends to the first ``context_lens[b]`` cached tokens of its sequence: ``[B, Hq, D]``."""
     slots = block_slots(block_tables, block_size)  # [B, L]
     # the gather is the one copy the paged layout costs on this path (the Triton kernel reads in place)
-    k = k_cache[slots].transpose(1, 2)  # [B, Hkv, L, D]
-    v = v_cache[slots].transpose(1, 2)
+    k = _read(k_cache[slots], None if k_scale is None else k_scale[slots], q.dtype).transpose(1, 2)
+    v = _read(v_cache[slots], None if v_scale is None else v_scale[slots], q.dtype).transpose(1, 2)
     live = torch.arange(slots.shape[1], device=q.device)[None] < context_lens[:, None]
     out = F.scaled_dot_product_attention(
         q[:, :, None], k, v, attn_mask=live[:, None, None], scale=scale, enable_gqa=k.shape[1] != q.shape[1]
@@ -50,6 +63,8 @@ def prefill_attention(
     context_slots: torch.Tensor,
     start: int,
     scale: float,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A chunk of one sequence, ``q [C, Hq, D]`` at positions ``start..start+C``, over its cached context.
 
@@ -57,8 +72,10 @@ def prefill_attention(
     keys are already written): causal attention over the cached prefix and the chunk itself.
     """
     c = q.shape[0]
-    k = k_cache[context_slots].transpose(0, 1)[None]  # [1, Hkv, T, D]
-    v = v_cache[context_slots].transpose(0, 1)[None]
+    ks = None if k_scale is None else k_scale[context_slots]
+    vs = None if v_scale is None else v_scale[context_slots]
+    k = _read(k_cache[context_slots], ks, q.dtype).transpose(0, 1)[None]  # [1, Hkv, T, D]
+    v = _read(v_cache[context_slots], vs, q.dtype).transpose(0, 1)[None]
     pos_q = torch.arange(start, start + c, device=q.device)[:, None]
     mask = torch.arange(context_slots.shape[0], device=q.device)[None] <= pos_q  # [C, T]
     out = F.scaled_dot_product_attention(
@@ -68,7 +85,13 @@ def prefill_attention(
 
 
 def row_decode(
-    q: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tensor, bias: torch.Tensor, scale: float
+    q: torch.Tensor,
+    k_rows: torch.Tensor,
+    v_rows: torch.Tensor,
+    bias: torch.Tensor,
+    scale: float,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``q [R, Hq, D]``, one query per row, over views ``k_rows, v_rows [R, Hkv, L, D]`` of the row cache.
 
@@ -76,7 +99,10 @@ def row_decode(
     step keeps one live position, so its throw-away output stays finite). Two batched matmuls over
     (row, kv head) with the query heads of a group stacked: the views are read in place, and for one
     query per row this beats SDPA's CPU flash kernel (which tiles over query blocks) by about a third.
+    An 8-bit cache is dequantised first (one transient copy of the layer's views, the price of its
+    smaller rows: there is no int8 x float matmul to read them in place).
     """
+    k_rows, v_rows = _read(k_rows, k_scale, q.dtype), _read(v_rows, v_scale, q.dtype)
     r, hq, d = q.shape
     hkv, length = k_rows.shape[1], k_rows.shape[2]
     g = hq // hkv
@@ -89,12 +115,19 @@ def row_decode(
 
 
 def row_prefill(
-    q: torch.Tensor, k_row: torch.Tensor, v_row: torch.Tensor, mask: torch.Tensor | None, scale: float
+    q: torch.Tensor,
+    k_row: torch.Tensor,
+    v_row: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A chunk ``q [C, Hq, D]`` of one sequence over its row ``k_row, v_row [Hkv, T, D]`` (T: the chunk's end).
 
     ``mask [C, T]`` is the causal mask of a chunk after a cached prefix; None for a chunk from position 0.
     """
+    k_row, v_row = _read(k_row, k_scale, q.dtype), _read(v_row, v_scale, q.dtype)
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1)[None],
         k_row[None],
@@ -137,6 +170,13 @@ def _triton_decode():  # type: ignore[no-untyped-def]
     return paged_decode_triton
 
 
+def _triton_reads(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """Triton's e4m3 (``float8e4nv``) needs compute capability 8.9; older devices take the torch path."""
+    if k_cache.dtype != torch.uint8:  # uint8: fp8 e4m3 bits (kv_cache.FP8)
+        return True
+    return torch.cuda.get_device_capability(q.device) >= (8, 9)
+
+
 def paged_decode(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -145,8 +185,11 @@ def paged_decode(
     context_lens: torch.Tensor,
     block_size: int,
     scale: float,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    if q.is_cuda and (kernel := _triton_decode()) is not None:
-        out: torch.Tensor = kernel(q, k_cache, v_cache, block_tables, context_lens, block_size, scale)
+    args = (q, k_cache, v_cache, block_tables, context_lens, block_size, scale, k_scale, v_scale)
+    if q.is_cuda and (kernel := _triton_decode()) is not None and _triton_reads(q, k_cache):
+        out: torch.Tensor = kernel(*args)
         return out
-    return paged_decode_torch(q, k_cache, v_cache, block_tables, context_lens, block_size, scale)
+    return paged_decode_torch(*args)

@@ -14,7 +14,9 @@ here as Llama (``shared.hf_models`` converts them on load).
 Keys and values always go to the paged cache (blocks, prefix caching); where attention reads them
 depends on ``kv_layout``: ``paged`` reads the blocks (``paged_decode``, the Triton kernel in place on
 CUDA), ``rows`` (the CPU default) reads contiguous per-sequence rows (``row_cache``), which saves
-the per-step gather of every context. The caches take the model's dtype; the logits leave in fp32.
+the per-step gather of every context. The caches store keys and values in the model's dtype or, with
+``kv_cache_dtype`` int8 / fp8, in 8 bits with per (token, head) scales (``kv_cache``); attention
+computes in the model's dtype; the logits leave in fp32.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from services.inference_gateway.core.attention import (
     row_decode,
     row_prefill,
 )
-from services.inference_gateway.core.kv_cache import PagedKVCache
+from services.inference_gateway.core.kv_cache import PagedKVCache, resolve_kv_cache_dtype
 from services.inference_gateway.core.row_cache import RowCache
 from services.inference_gateway.core.sampling import InvalidRequest
 
@@ -78,6 +80,7 @@ class ModelRunner:
         device: torch.device | str = "cpu",
         kv_layout: str = "auto",
         max_rows: int = 16,
+        kv_cache_dtype: str = "auto",
     ) -> None:
         cfg = model.config
         if cfg.model_type not in SUPPORTED:
@@ -101,6 +104,7 @@ class ModelRunner:
             int(getattr(cfg, "max_position_embeddings", 0) or 1 << 30), window or 1 << 30
         )
         dtype = next(model.parameters()).dtype  # the KV cache holds what the projections produce
+        spec = resolve_kv_cache_dtype(kv_cache_dtype, dtype)
         self.cache = PagedKVCache(
             layers=len(self.core.layers),
             kv_heads=self.kv_heads,
@@ -109,6 +113,7 @@ class ModelRunner:
             block_size=block_size,
             dtype=dtype,
             device=self.device,
+            kv_dtype=spec,
         )
         # the Triton kernel reads the paged cache in place on CUDA; the CPU reads contiguous rows
         if kv_layout == "auto":
@@ -125,6 +130,7 @@ class ModelRunner:
                 max_len=max_len,
                 dtype=dtype,
                 device=self.device,
+                kv_dtype=spec,
             )
 
     def _slots(self, table: Sequence[int], start: int, end: int) -> list[int]:
@@ -171,11 +177,12 @@ class ModelRunner:
         def attend(li: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             self.cache.write(li, slot_t, k, v)
             kc, vc = self.cache.k[li], self.cache.v[li]
+            ks, vs = self.cache.scales(li)  # None, None unless the cache is 8-bit
             out = torch.empty_like(q)
             if dec_rows:
-                out[dr] = paged_decode(q[dr], kc, vc, bt, dl, self.block_size, self.scale)
+                out[dr] = paged_decode(q[dr], kc, vc, bt, dl, self.block_size, self.scale, ks, vs)
             for a, b, ctx, start in pre:
-                out[a:b] = prefill_attention(q[a:b], kc, vc, ctx, start, self.scale)
+                out[a:b] = prefill_attention(q[a:b], kc, vc, ctx, start, self.scale, ks, vs)
             return out
 
         x = self._layers(ids, pos, attend)
@@ -226,7 +233,7 @@ class ModelRunner:
             for r, n in zip(dec_row, dec_len, strict=True):
                 lens[r] = n
             live = torch.arange(width, device=dev)[None] < torch.tensor(lens, device=dev)[:, None]
-            dtype = self.cache.k[0].dtype
+            dtype = self.cache.dtype  # the model's (the cache may store 8 bits)
             bias = torch.zeros(live.shape, dtype=dtype, device=dev).masked_fill_(~live, float("-inf"))
             bias = bias[:, None, None]
             packed = dec_row == list(range(span))  # the decodes are rows 0..span in order: no scatter
@@ -234,12 +241,10 @@ class ModelRunner:
             dr = torch.tensor(dec_row, device=dev)
 
         def attend(li: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            self.cache.write(li, slot_t, k, v)
-            kr, vr = rows.k[li], rows.v[li]
+            stored = self.cache.write(li, slot_t, k, v)  # as stored: 8-bit values and scales, or k, v
             for row, have, src in fills:
-                kr[row, :, have : have + len(src)] = self.cache.k[li][src].transpose(0, 1)
-                vr[row, :, have : have + len(src)] = self.cache.v[li][src].transpose(0, 1)
-            rows.write(li, row_t, pos_t, k, v)
+                rows.fill(li, row, have, *self.cache.stored(li, src))
+            rows.write(li, row_t, pos_t, *stored)
             out = torch.empty_like(q)
             if dec_idx:
                 if packed:
@@ -247,10 +252,12 @@ class ModelRunner:
                 else:
                     qd = q.new_zeros(span, *q.shape[1:])
                     qd[dr] = q[di]
-                od = row_decode(qd, kr[:span, :, :width], vr[:span, :, :width], bias, self.scale)
+                kd, vd, ksd, vsd = rows.views(li, slice(0, span), width)
+                od = row_decode(qd, kd, vd, bias, self.scale, ksd, vsd)
                 out[di] = od if packed else od[dr]
             for a, b, row, end, mask in pre:
-                out[a:b] = row_prefill(q[a:b], kr[row, :, :end], vr[row, :, :end], mask, self.scale)
+                kr, vr, ks, vs = rows.views(li, row, end)
+                out[a:b] = row_prefill(q[a:b], kr, vr, mask, self.scale, ks, vs)
             return out
 
         x = self._layers(ids, pos, attend)

@@ -7,11 +7,19 @@ also owns a row of ``[rows, kv_heads, capacity, head_dim]`` tensors: every step'
 written to both, a prefix-cache hit is copied into the row once, and attention reads a view of the
 rows without copying (``attention.row_decode`` / ``row_prefill``). Capacity grows by doubling up to
 the model's context length, so memory follows the longest live sequence.
+
+A quantised KV cache (int8, fp8) keeps its rows quantised too, with the same per (token, head)
+scales (``k_scale``, ``v_scale``: ``[rows, kv_heads, capacity]``): a full-precision copy would take
+back the memory the 8-bit blocks save. Values arrive already quantised (``PagedKVCache.write``
+returns what it stored), so rows and blocks hold the same bytes and a prefix-cache hit is copied
+without requantising.
 """
 
 from __future__ import annotations
 
 import torch
+
+from services.inference_gateway.core.kv_cache import SCALE_DTYPE, KVCacheDtype
 
 
 class RowCache:
@@ -26,15 +34,27 @@ class RowCache:
         dtype: torch.dtype,
         device: torch.device | str = "cpu",
         initial: int = 256,
+        kv_dtype: KVCacheDtype | None = None,
     ) -> None:
         if rows < 1 or max_len < 1:
             raise ValueError(f"need at least one row of one position, got {rows}×{max_len}")
         self.rows, self.kv_heads, self.head_dim, self.max_len = rows, kv_heads, head_dim, max_len
         self.dtype, self.device = dtype, torch.device(device)
+        self.spec = kv_dtype or KVCacheDtype("auto", dtype)
         self.capacity = min(initial, max_len)
         shape = (rows, kv_heads, self.capacity, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(layers)]
+        store = self.spec.storage
+        self.k = [torch.zeros(shape, dtype=store, device=self.device) for _ in range(layers)]
+        self.v = [torch.zeros(shape, dtype=store, device=self.device) for _ in range(layers)]
+        self.k_scale: list[torch.Tensor] | None = None
+        self.v_scale: list[torch.Tensor] | None = None
+        if self.spec.quantized:
+            self.k_scale = [
+                torch.zeros(shape[:3], dtype=SCALE_DTYPE, device=self.device) for _ in range(layers)
+            ]
+            self.v_scale = [
+                torch.zeros(shape[:3], dtype=SCALE_DTYPE, device=self.device) for _ in range(layers)
+            ]
         self.filled = [0] * rows  # positions 0..filled[r] of row r hold its sequence's keys and values
         self._free = list(range(rows))
 
@@ -60,16 +80,64 @@ class RowCache:
         while cap < length:
             cap *= 2
         cap = min(cap, self.max_len)
-        for store in (self.k, self.v):
+        for store in (self.k, self.v, self.k_scale or [], self.v_scale or []):
             for i, old in enumerate(store):
-                new = old.new_zeros(self.rows, self.kv_heads, cap, self.head_dim)
+                new = old.new_zeros(self.rows, self.kv_heads, cap, *old.shape[3:])
                 new[:, :, : self.capacity] = old
                 store[i] = new
         self.capacity = cap
 
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.k, *self.v, *(self.k_scale or []), *(self.v_scale or [])]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def views(
+        self, layer: int, rows: int | slice, length: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Views (no copy) of ``rows``' first ``length`` positions: keys, values and their scales (or None)."""
+        span = (rows, slice(None), slice(0, length))
+        ks = None if self.k_scale is None else self.k_scale[layer][span]
+        vs = None if self.v_scale is None else self.v_scale[layer][span]
+        return self.k[layer][span], self.v[layer][span], ks, vs
+
     def write(
-        self, layer: int, rows: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        self,
+        layer: int,
+        rows: torch.Tensor,
+        positions: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_scale: torch.Tensor | None = None,
+        v_scale: torch.Tensor | None = None,
     ) -> None:
-        """Token ``i`` (``k[i], v[i]: [kv_heads, head_dim]``) goes to ``rows[i]`` at ``positions[i]``."""
+        """Token ``i`` (``k[i], v[i]: [kv_heads, head_dim]``, as stored) goes to ``rows[i]`` at ``positions[i]``;
+        a quantised cache takes its scales ``[T, kv_heads]`` too."""
         self.k[layer][rows, :, positions] = k
         self.v[layer][rows, :, positions] = v
+        if self.k_scale is not None and self.v_scale is not None:
+            if k_scale is None or v_scale is None:
+                raise ValueError("a quantised row cache needs the scales of what it stores")
+            self.k_scale[layer][rows, :, positions] = k_scale
+            self.v_scale[layer][rows, :, positions] = v_scale
+
+    def fill(
+        self,
+        layer: int,
+        row: int,
+        start: int,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_scale: torch.Tensor | None = None,
+        v_scale: torch.Tensor | None = None,
+    ) -> None:
+        """Copy ``k, v [n, kv_heads, head_dim]`` (as stored, e.g. a prefix-cache hit) to positions
+        ``start..start+n`` of ``row``."""
+        end = start + k.shape[0]
+        self.k[layer][row, :, start:end] = k.transpose(0, 1)
+        self.v[layer][row, :, start:end] = v.transpose(0, 1)
+        if self.k_scale is not None and self.v_scale is not None:
+            if k_scale is None or v_scale is None:
+                raise ValueError("a quantised row cache needs the scales of what it stores")
+            self.k_scale[layer][row, :, start:end] = k_scale.transpose(0, 1)
+            self.v_scale[layer][row, :, start:end] = v_scale.transpose(0, 1)

@@ -20,6 +20,7 @@ from services.inference_gateway.core.engine.loop import EngineLoop
 from services.inference_gateway.core.engine.output import Completion, Delta, OutputProcessor, completion_of
 from services.inference_gateway.core.engine.sequence import Request
 from services.inference_gateway.core.guided import GuideFactory
+from services.inference_gateway.core.kv_cache import kv_block_bytes, resolve_kv_cache_dtype
 from services.inference_gateway.core.model_runner import ModelRunner
 from services.inference_gateway.core.prompts import check_prompt_ids
 from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams, check_context
@@ -30,6 +31,44 @@ def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
     """The tokens that end a sequence: the generation config's (one or several), else the tokenizer's."""
     eos = getattr(model.generation_config, "eos_token_id", None) or tokenizer.eos_token_id
     return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+
+def cache_blocks(
+    model: Any,
+    *,
+    kv_cache_dtype: str,
+    block_size: int,
+    max_batch_size: int,
+    num_blocks: int | None,
+    kv_cache_memory: int | None,
+) -> int:
+    """How many KV blocks the engine gets: ``num_blocks`` as given; else as many as fit in
+    ``kv_cache_memory`` bytes at the chosen dtype's size (8-bit elements plus their scales: an int8
+    cache holds about twice the tokens of a 16-bit one); else room for a full batch of sequences at
+    the longest useful length. Validates the dtype name and the budget before anything is allocated.
+    """
+    if num_blocks is not None and kv_cache_memory is not None:
+        raise InvalidRequest("give the KV cache either a number of blocks or a memory budget, not both")
+    spec = resolve_kv_cache_dtype(kv_cache_dtype, next(model.parameters()).dtype)
+    if kv_cache_memory is not None:
+        attn = model.model.layers[0].self_attn
+        per_block = kv_block_bytes(
+            layers=len(model.model.layers),
+            kv_heads=model.config.num_key_value_heads,
+            head_dim=attn.head_dim,
+            block_size=block_size,
+            spec=spec,
+        )
+        if kv_cache_memory < per_block:
+            raise InvalidRequest(
+                f"a KV cache of {kv_cache_memory} bytes holds no block: one block of {block_size} "
+                f"tokens takes {per_block} bytes in {spec.label}"
+            )
+        return kv_cache_memory // per_block
+    if num_blocks is None:
+        longest = min(int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30), 2048)
+        num_blocks = -(-max_batch_size * longest // block_size) + max_batch_size
+    return num_blocks
 
 
 class Engine:
@@ -45,14 +84,23 @@ class Engine:
         max_step_tokens: int = 256,
         prefix_caching: bool = True,
         kv_layout: str = "auto",
+        kv_cache_dtype: str = "auto",
+        kv_cache_memory: int | None = None,
     ) -> None:
+        """``kv_cache_dtype``: auto (the model's dtype), int8 or fp8 (8 bits with per token-head
+        scales); ``kv_cache_memory``: bytes the paged KV cache may take (instead of ``num_blocks``)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch_size = max_batch_size
-        if num_blocks is None:  # room for a full batch of sequences at the longest useful length
-            longest = min(int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30), 2048)
-            num_blocks = -(-max_batch_size * longest // block_size) + max_batch_size
+        num_blocks = cache_blocks(
+            model,
+            kv_cache_dtype=kv_cache_dtype,
+            block_size=block_size,
+            max_batch_size=max_batch_size,
+            num_blocks=num_blocks,
+            kv_cache_memory=kv_cache_memory,
+        )
         self.runner = ModelRunner(
             model,
             num_blocks=num_blocks,
@@ -60,6 +108,7 @@ class Engine:
             device=next(model.parameters()).device,
             kv_layout=kv_layout,
             max_rows=max_batch_size,
+            kv_cache_dtype=kv_cache_dtype,
         )
         # the model's context, or its attention window where that is shorter (the runner attends to
         # the whole context, exact only up to the window)
@@ -95,9 +144,13 @@ class Engine:
         Opened by ``shared.hf_models`` (every family it supports; InternLM without running the
         folder's code). ``dtype``: ``auto`` (the checkpoint's on CUDA; on the CPU bf16 where the
         processor multiplies it natively, else fp32), ``bfloat16``, ``float16``, ``float32``; the KV
-        cache takes the model's dtype, sampling and logprobs run on fp32 logits whatever it is.
+        cache takes the model's dtype unless ``kv_cache_dtype`` (int8, fp8) says otherwise, sampling
+        and logprobs run on fp32 logits whatever it is. ``engine_kw``: ``Engine``'s keywords, e.g.
+        ``Engine.load(path, kv_cache_dtype="int8", kv_cache_memory=2**30)``.
         """
         path = Path(path)
+        # a KV dtype this process cannot store is refused before the weights are read
+        resolve_kv_cache_dtype(str(engine_kw.get("kv_cache_dtype", "auto")), torch.float32)
         target = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, _ = load_causal_lm(path, dtype=dtype, device=target)
         tokenizer = load_tokenizer(path)
@@ -179,6 +232,18 @@ class Engine:
             "free_blocks": self.allocator.free_blocks,
             "total_blocks": self.allocator.num_blocks,
             "prefix_hit_tokens": self.allocator.prefix_hits,
+        }
+
+    def kv_info(self) -> dict[str, int | str]:
+        """The KV cache's storage: dtype, tokens it holds, bytes per block and in all (the paged blocks;
+        ``row_cache_bytes``: the CPU layout's per-sequence rows, in the same dtype, now)."""
+        cache, rows = self.runner.cache, self.runner.rows
+        return {
+            "kv_dtype": cache.spec.label,
+            "capacity_tokens": self.allocator.num_blocks * self.allocator.block_size,
+            "block_bytes": cache.block_bytes,
+            "kv_cache_bytes": cache.nbytes,
+            "row_cache_bytes": rows.nbytes if rows is not None else 0,
         }
 
     # ------------------------------------------------------------------------------ requests
