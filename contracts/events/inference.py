@@ -41,6 +41,10 @@ class ServedLoad(BaseModel):
     waiting: int = Field(ge=0)
     free_blocks: int = Field(ge=0, description="Free KV-cache blocks.")
     total_blocks: int = Field(ge=0)
+    kv_dtype: str = Field(
+        default="", description="How its KV cache stores keys and values: int8, fp8_e4m3, bfloat16 ..."
+    )
+    kv_capacity_tokens: int = Field(default=0, ge=0, description="Tokens its KV cache holds in all.")
 
 
 class WorkerAnnouncement(BaseModel):

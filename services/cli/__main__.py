@@ -318,6 +318,19 @@ def eval_compare(runs: tuple[str, ...]) -> None:
     help="Sequences decoded together (default: PUYU_GATEWAY_MAX_BATCH_SIZE, else 32). The engine's "
     "other settings come from PUYU_GATEWAY_* as for the gateway.",
 )
+@click.option(
+    "--kv-cache-dtype",
+    type=click.Choice(["auto", "int8", "fp8"]),
+    default=None,
+    help="KV cache storage: auto (the model's dtype), int8 or fp8 (e4m3), 8 bits with a scale per token "
+    "and KV head (default: PUYU_GATEWAY_KV_CACHE_DTYPE, else auto).",
+)
+@click.option(
+    "--kv-cache-memory",
+    default=None,
+    help="Memory the KV cache may take, e.g. 2GiB: as many blocks as fit at the KV dtype's size "
+    "(default: PUYU_GATEWAY_KV_CACHE_MEMORY, else room for a full batch at 2048 tokens).",
+)
 def serve(
     model_path: str,
     host: str,
@@ -326,11 +339,23 @@ def serve(
     served_name: str | None,
     dtype: str | None,
     max_batch_size: int | None,
+    kv_cache_dtype: str | None,
+    kv_cache_memory: str | None,
 ) -> None:
     """Serve one Hugging Face model folder with an OpenAI-compatible API (no bus)."""
     from services.inference_gateway.cli import serve_cmd
 
-    serve_cmd(Path(model_path), host, port, api_key, served_name, dtype=dtype, max_batch_size=max_batch_size)
+    serve_cmd(
+        Path(model_path),
+        host,
+        port,
+        api_key,
+        served_name,
+        dtype=dtype,
+        max_batch_size=max_batch_size,
+        kv_cache_dtype=kv_cache_dtype,
+        kv_cache_memory=kv_cache_memory,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- registry

@@ -20,7 +20,7 @@ def snapshot(
 ) -> WorkerAnnouncement:
     served = []
     for s in pool.current():
-        info = s.engine.load_info()
+        info, kv = s.engine.load_info(), s.engine.kv_info()
         served.append(
             ServedLoad(
                 model_name=s.model_name,
@@ -31,6 +31,8 @@ def snapshot(
                 waiting=info["waiting"],
                 free_blocks=info["free_blocks"],
                 total_blocks=info["total_blocks"],
+                kv_dtype=str(kv["kv_dtype"]),
+                kv_capacity_tokens=int(kv["capacity_tokens"]),
             )
         )
     return WorkerAnnouncement(

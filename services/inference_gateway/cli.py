@@ -11,12 +11,15 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import make_asgi_app
+from pydantic import ValidationError
 
 from services.inference_gateway.app import engine_loader, limits_from
 from services.inference_gateway.config import GatewaySettings
+from services.inference_gateway.core.kv_cache import resolve_kv_cache_dtype
 from services.inference_gateway.core.limits import Limits
 from services.inference_gateway.core.pool import ModelPool
 from services.inference_gateway.core.routing import RoutingPolicy
+from services.inference_gateway.core.sampling import InvalidRequest
 from services.inference_gateway.metrics import watch_pool
 from services.inference_gateway.openai.routes import install_openai_api
 from services.inference_gateway.router import Router
@@ -32,7 +35,7 @@ SERVE_DEFAULTS: dict[str, object] = {"gateway_max_batch_size": 32, "gateway_defa
 
 def serve_settings(**flags: object) -> GatewaySettings:
     """``puyu serve``'s settings: ``PUYU_GATEWAY_*`` from the environment (the engine's batch size,
-    KV blocks, step tokens, prefix caching, KV layout, dtype, threads, limits), the flags given
+    KV blocks or memory, KV dtype, step tokens, prefix caching, KV layout, dtype, threads, limits), the flags given
     (not None) over them, ``SERVE_DEFAULTS`` where neither says."""
     from_env = GatewaySettings().model_fields_set
     defaults = {key: value for key, value in SERVE_DEFAULTS.items() if key not in from_env}
@@ -101,17 +104,25 @@ def serve_cmd(
     max_queue: int | None = None,
     request_timeout: float | None = None,
     default_max_tokens: int | None = None,
+    kv_cache_dtype: str | None = None,
+    kv_cache_memory: str | int | None = None,
 ) -> None:
     """Serve the folder until interrupted; a flag left None takes ``PUYU_GATEWAY_*`` or serve's default."""
     if not (Path(model_path) / "config.json").exists():
         raise SystemExit(f"{model_path}: not a Hugging Face model folder (no config.json)")
-    settings = serve_settings(
-        gateway_dtype=dtype,
-        gateway_max_batch_size=max_batch_size,
-        gateway_rate_limit_rpm=rate_limit_rpm,
-        gateway_max_queue=max_queue,
-        gateway_request_timeout=request_timeout,
-        gateway_default_max_tokens=default_max_tokens,
-    )
+    try:
+        settings = serve_settings(
+            gateway_dtype=dtype,
+            gateway_max_batch_size=max_batch_size,
+            gateway_rate_limit_rpm=rate_limit_rpm,
+            gateway_max_queue=max_queue,
+            gateway_request_timeout=request_timeout,
+            gateway_default_max_tokens=default_max_tokens,
+            gateway_kv_cache_dtype=kv_cache_dtype,
+            gateway_kv_cache_memory=kv_cache_memory,
+        )
+        resolve_kv_cache_dtype(settings.gateway_kv_cache_dtype, torch.float32)  # fp8 needs torch's float8
+    except (ValidationError, InvalidRequest) as exc:  # a bad flag or PUYU_GATEWAY_* value, before loading
+        raise SystemExit(f"puyu serve: {exc}") from None
     app, _ = build_serve_app(Path(model_path), settings=settings, served_name=served_name, api_key=api_key)
     asyncio.run(uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).serve())

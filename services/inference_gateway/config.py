@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ByteSize, Field, model_validator
 
 from shared.settings import CommonSettings
 
@@ -27,7 +27,21 @@ class GatewaySettings(CommonSettings):
     )
     gateway_block_size: int = Field(default=16, ge=1, description="Tokens per KV-cache block.")
     gateway_kv_blocks: int | None = Field(
-        default=None, ge=1, description="KV-cache blocks per engine (default: a full batch at 2048 tokens)."
+        default=None,
+        ge=1,
+        description="KV-cache blocks per engine (default: as many as PUYU_GATEWAY_KV_CACHE_MEMORY holds, "
+        "else a full batch at 2048 tokens).",
+    )
+    gateway_kv_cache_memory: ByteSize | None = Field(
+        default=None,
+        description="Memory the paged KV cache of each engine may take (e.g. 2GiB, 512MB, bytes): the "
+        "blocks that fit at the KV dtype's size, scales included (int8 and fp8 hold about twice the "
+        "tokens of bf16). On the CPU the per-sequence rows, in the same dtype, come on top of it.",
+    )
+    gateway_kv_cache_dtype: Literal["auto", "int8", "fp8"] = Field(
+        default="auto",
+        description="How the KV cache stores keys and values: auto (the model's dtype), int8 or fp8 "
+        "(e4m3), both symmetric with a scale per token and KV head, quantised on write.",
     )
     gateway_max_step_tokens: int = Field(
         default=256, ge=1, description="Tokens per engine step (decodes + prefill chunks)."
@@ -90,6 +104,14 @@ class GatewaySettings(CommonSettings):
         "unless a wildcard, else the IP of this machine's hostname: the container or pod IP).",
     )
 
+    @model_validator(mode="after")
+    def _one_kv_size(self) -> GatewaySettings:
+        if self.gateway_kv_blocks is not None and self.gateway_kv_cache_memory is not None:
+            raise ValueError("set PUYU_GATEWAY_KV_BLOCKS or PUYU_GATEWAY_KV_CACHE_MEMORY, not both")
+        if self.gateway_kv_cache_memory is not None and self.gateway_kv_cache_memory < 1:
+            raise ValueError("PUYU_GATEWAY_KV_CACHE_MEMORY must be positive")
+        return self
+
     def advertised_host(self) -> str:
         """The host a gateway on another machine (container, pod) dials to reach this process."""
         if self.gateway_advertise_host:
@@ -125,5 +147,7 @@ class GatewaySettings(CommonSettings):
             "max_step_tokens": self.gateway_max_step_tokens,
             "prefix_caching": self.gateway_prefix_caching,
             "kv_layout": self.gateway_kv_layout,
+            "kv_cache_dtype": self.gateway_kv_cache_dtype,
+            "kv_cache_memory": self.gateway_kv_cache_memory,
             "dtype": self.gateway_dtype,
         }
