@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from accelerate import init_empty_weights
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -164,20 +165,24 @@ def load_quantized(
     torch_dtype = resolve_dtype(dtype, device, source)
     conversion = CONVERSIONS.get(source["model_type"])
     config: PretrainedConfig
-    if conversion is not None:
-        config = conversion.to_config(source)
-        state = families.to_llama_state(
-            iter_tensors(folder),
-            source["model_type"],
-            config,
-            fmt.layout,
-            fmt.bits,
-            fmt.group_size,
-            fmt.gptq_v1,
-        )
-    else:
-        config = AutoConfig.from_pretrained(folder)
-        state = dict(iter_tensors(folder))
+    try:
+        if conversion is not None:
+            config = conversion.to_config(source)
+            state = families.to_llama_state(
+                iter_tensors(folder),
+                source["model_type"],
+                config,
+                fmt.layout,
+                fmt.bits,
+                fmt.group_size,
+                fmt.gptq_v1,
+            )
+        else:
+            config = AutoConfig.from_pretrained(folder)
+            state = dict(iter_tensors(folder))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        # a truncated or foreign weight file, or packed tensors that do not fit the config
+        raise UnsupportedCheckpoint(f"{folder}: cannot read its quantised weights: {exc}") from None
     config.dtype = torch_dtype
     config.quantization_config = dict(fmt.quantization_config)
     quantized = sorted({name.rsplit(".", 1)[0] for name in state if name.endswith(".qweight")})

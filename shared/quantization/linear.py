@@ -2,8 +2,10 @@
 
 Its buffers carry the checkpoint's own names and shapes (``qweight``, ``qzeros``, ``scales``,
 ``g_idx`` for GPTQ, ``bias``), so a model's ``state_dict`` is the checkpoint. ``forward``
-dequantises and multiplies (the reference) or, on the CPU, runs the int4/int8 kernel of ``kernels``
-where one applies to the layer's grid; ``backend = "reference"`` forces the former.
+dequantises and multiplies (the reference) or runs a weight-only int4/int8 kernel where one applies
+to the layer's grid: aten's on the CPU (``kernels``), puyu's Triton kernel on CUDA (``triton_matmul``).
+``backend``: ``auto`` (that choice), ``reference`` (always dequantise), ``triton`` (the Triton kernel
+on any device: under ``TRITON_INTERPRET=1`` on the CPU, as the tests run it).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from shared.quantization.grid import QuantizedWeight
 from shared.quantization.packing import PackedWeight, pack_awq, pack_gptq, unpack_awq, unpack_gptq
 from shared.quantization.spec import Layout
 
-Backend = Literal["auto", "reference"]
+Backend = Literal["auto", "reference", "triton"]
 
 
 class QuantLinear(nn.Module):
@@ -71,6 +73,7 @@ class QuantLinear(nn.Module):
         else:
             self.bias = None
         self._cpu_weights: dict[torch.dtype, kernels.CpuWeight | None] = {}
+        self._triton_weights: dict[tuple[torch.dtype, torch.device], Any] = {}
 
     @classmethod
     def from_quantized(
@@ -108,11 +111,27 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self.backend == "triton" or (self.backend == "auto" and x.device.type == "cuda"):
+            triton_weight = self._triton_weight(x)
+            if triton_weight is not None:
+                from shared.quantization import triton_matmul
+
+                out = triton_matmul.matmul(x, triton_weight)
+                return out if bias is None else out + bias
         prepared = self._cpu_weight(x) if self.backend == "auto" else None
         if prepared is None:
             return F.linear(x, self.dequantize(x.dtype), bias)
         out = kernels.matmul(x, prepared)
         return out if bias is None else out + bias
+
+    @property
+    def kernel(self) -> str:
+        """Which path the last forward of each activation dtype took (for logs and tests)."""
+        if any(w is not None for w in self._triton_weights.values()):
+            return "triton"
+        if any(w is not None for w in self._cpu_weights.values()):
+            return f"aten-int{self.bits}"
+        return "dequantize"
 
     def _cpu_weight(self, x: torch.Tensor) -> kernels.CpuWeight | None:
         if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -121,8 +140,20 @@ class QuantLinear(nn.Module):
             self._cpu_weights[x.dtype] = kernels.prepare(self.unpacked(), x.dtype)
         return self._cpu_weights[x.dtype]
 
+    def _triton_weight(self, x: torch.Tensor) -> Any:
+        key = (x.dtype, x.device)
+        if key not in self._triton_weights:
+            try:
+                from shared.quantization import triton_matmul
+            except ImportError:  # no Triton: the dequantising reference
+                self._triton_weights[key] = None
+            else:
+                self._triton_weights[key] = triton_matmul.prepare(self.unpacked(), x.dtype, x.device)
+        return self._triton_weights[key]
+
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._cpu_weights.clear()  # new tensors: the kernel forms are stale
+        self._triton_weights.clear()
         super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
