@@ -27,6 +27,8 @@ from pydantic import ValidationError
 from transformers import AutoModelForCausalLM
 
 from services.cli.__main__ import main as puyu
+from services.inference_gateway.announce import snapshot
+from services.inference_gateway.app import engine_loader
 from services.inference_gateway.config import GatewaySettings
 from services.inference_gateway.core.attention import (
     causal_mask,
@@ -44,6 +46,7 @@ from services.inference_gateway.core.kv_cache import (
     quantize,
     resolve_kv_cache_dtype,
 )
+from services.inference_gateway.core.pool import ModelPool
 from services.inference_gateway.core.row_cache import RowCache
 from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams
 from tests.support.tiny_model import sentences
@@ -201,7 +204,7 @@ def test_rows_over_an_8bit_cache(spec_name: str) -> None:
     assert torch.isfinite(out[1]).all()
 
 
-def triton_kernel_errors() -> dict[str, list[float]]:
+def triton_kernel_errors(device: str = "cpu") -> dict[str, list[float]]:
     """Run under ``TRITON_INTERPRET=1`` (set before triton is imported): the Triton decode kernel
     against the torch path over the same cache, per KV dtype: [max |kernel - torch path|, max |torch
     path - full precision|]."""
@@ -210,11 +213,11 @@ def triton_kernel_errors() -> dict[str, list[float]]:
 
     gen = torch.Generator().manual_seed(6)
     bs, b, hq, hkv, d = 16, 5, 8, 2, 64
-    k = torch.randn(40 * bs, hkv, d, generator=gen)
-    v = torch.randn(40 * bs, hkv, d, generator=gen)
-    bt = torch.randperm(40, generator=gen)[: b * 6].view(b, 6)
-    lens = torch.tensor([1, 17, 50, 96, 33])
-    q = torch.randn(b, hq, d, generator=gen)
+    k = torch.randn(40 * bs, hkv, d, generator=gen).to(device)
+    v = torch.randn(40 * bs, hkv, d, generator=gen).to(device)
+    bt = torch.randperm(40, generator=gen)[: b * 6].view(b, 6).to(device)
+    lens = torch.tensor([1, 17, 50, 96, 33]).to(device)
+    q = torch.randn(b, hq, d, generator=gen).to(device)
     full = paged_decode_torch(q, k, v, bt, lens, bs, d**-0.5)
     errors = {"auto": [float((paged_decode_triton(q, k, v, bt, lens, bs, d**-0.5) - full).abs().max()), 0.0]}
     for name in QUANT:
@@ -238,6 +241,18 @@ def test_triton_kernel_reads_8bit_caches_under_the_interpreter() -> None:
     assert errors["auto"][0] < 1e-5
     for name in QUANT:
         assert errors[name][0] < 1e-5, (name, errors)  # the kernel computes what the torch path does
+        assert 0 < errors[name][1] < FULL_PRECISION_BOUND[name], (name, errors)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled Triton kernel needs CUDA")
+def test_triton_kernel_reads_8bit_caches_on_cuda() -> None:
+    pytest.importorskip("triton", reason="triton is not installed")
+    errors = triton_kernel_errors("cuda")
+    assert errors["auto"][0] < 2e-4
+    for name in QUANT:
+        if name == "fp8" and torch.cuda.get_device_capability() < (8, 9):
+            continue  # Triton's e4m3 needs 8.9; attention.paged_decode takes the torch path there
+        assert errors[name][0] < 2e-4, (name, errors)
         assert 0 < errors[name][1] < FULL_PRECISION_BOUND[name], (name, errors)
 
 
@@ -288,6 +303,18 @@ def test_engine_sizes_its_cache_from_a_memory_budget(tiny_model: Path) -> None:
     finally:
         for e in engines.values():
             e.close()
+
+
+async def test_a_worker_announces_its_kv_dtype_and_capacity(tiny_model: Path) -> None:
+    settings = GatewaySettings(gateway_role="worker", gateway_kv_cache_dtype="int8", gateway_kv_blocks=30)
+    pool = ModelPool(engine_loader(settings))
+    await pool.deploy("tiny", 1, tiny_model)
+    try:
+        served = snapshot(pool, "worker-a", None, "127.0.0.1:1").served[0]
+        block = settings.gateway_block_size
+        assert (served.kv_dtype, served.kv_capacity_tokens, served.total_blocks) == ("int8", 30 * block, 30)
+    finally:
+        await pool.close()
 
 
 # ------------------------------------------------------------------------------------------ engine
