@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo up test test-fast sandbox-tools lint bench bench-peers proto schemas clean
+.PHONY: install demo up test test-fast sandbox-tools slurm-tools lint bench bench-peers proto schemas clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,7 +33,18 @@ sandbox-tools:
 	    (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) || exit 1; \
 	  else echo "warning: bubblewrap (bwrap) is missing: install it (apt-get install bubblewrap) for the sandbox" >&2; fi; }
 
-test: $(STAMP) sandbox-tools
+# The slurm launcher's tests start a single-node Slurm of their own (tests/support/slurm.py) from
+# Debian's slurmctld, slurmd, slurm-client and munge: installed here when missing (root, apt); elsewhere
+# a warning, and those tests skip saying what is missing.
+slurm-tools:
+	@command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
+	  && command -v munged >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+	      slurmctld slurmd slurm-client munge >/dev/null) || exit 1; \
+	  else echo "warning: Slurm is missing: install slurmctld slurmd slurm-client munge for the slurm launcher's tests" >&2; fi; }
+
+test: $(STAMP) sandbox-tools slurm-tools
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 test-fast: $(STAMP) sandbox-tools
