@@ -1,12 +1,14 @@
 """The bus: FastStream's NatsBroker with the delivery rules of DESIGN.md done once.
 
-- Publishers set ``Nats-Msg-Id`` to the event id, so a re-publish inside the duplicate window is
-  stored once.
+- Publishers set ``Nats-Msg-Id`` to the event id sealed with their identity's key
+  (``shared.bus.identity.seal_message_id``), so a re-publish inside the duplicate window is stored
+  once and no other service can claim the id first.
 - Subscribers are durable pull consumers with manual acks: success acks; a failure is nak'ed with
   back-off until ``max_deliver``; then (or at once for a malformed message, or a ``JobRejected``)
   the message goes to the dead-letter stream with its error and a ``job.failed`` event says why.
-- Handlers are idempotent: a processed marker (per service and event id) is checked before and
-  written after the handler; handlers derive output ids from their input so that a re-run after a
+- Handlers are idempotent: a processed marker (per service and ``HandlerContext.event_key``: the
+  event type and the sealed message id, so another publisher's event with the same id is another
+  event) is checked before and written after the handler; handlers derive output ids from their input so that a re-run after a
   crash between effect and marker produces nothing new.
 - Long handlers keep their message alive with in-progress acks.
 - Each process connects as its own NATS identity (``shared.bus.identity``); after a reconnect the
@@ -39,7 +41,7 @@ from prometheus_client import Counter, Histogram
 
 from contracts.events import EventEnvelope, EventPayload, InvalidEvent, JobFailed, JobProgress
 from contracts.events.subjects import JOBS_BUCKET, PROCESSED_BUCKET, dlq_subject, stream_for
-from shared.bus.identity import NatsIdentity, check_connection, describe_refusal
+from shared.bus.identity import NatsIdentity, check_connection, describe_refusal, seal_message_id
 from shared.bus.jobs import JobBoard
 from shared.bus.lifecycle import JobRun
 from shared.bus.permissions import durable_name
@@ -55,6 +57,11 @@ EVENTS_HANDLED = Counter(
 )
 HANDLER_SECONDS = Histogram("puyu_handler_seconds", "Handler wall time", ["service", "type"])
 EVENTS_PUBLISHED = Counter("puyu_events_published_total", "Events published", ["service", "type"])
+EVENTS_DUPLICATE = Counter(
+    "puyu_events_duplicate_total",
+    "Publishes JetStream had already stored (re-publishes)",
+    ["service", "type"],
+)
 
 
 class JobRejected(Refusal):
@@ -71,6 +78,10 @@ class HandlerContext(Generic[P]):
     payload: P
     attempt: int
     max_deliver: int = 1  # the attempt that dead-letters: the lifecycle marks its job failed
+    # What a consumer keys its idempotency on (the bus's marker, a database's processed-event row):
+    # the type and the sealed Nats-Msg-Id. The envelope id alone is the publisher's word: another
+    # service could send the same id first, on an event of its own, and have the real one skipped.
+    event_key: str = ""
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     _reporters: list[ThreadProgress] = field(default_factory=list)  # flushed by the handler wrapper
 
@@ -149,6 +160,7 @@ class Bus:
         self.nats_url = nats_url
         self.identity = identity if identity is not None else NatsIdentity.from_env()
         self._inbox = self.identity.inbox_prefix()  # replies come only where this identity may listen
+        self._msg_id_key = self.identity.message_id_key()
         self.broker = NatsBroker(
             nats_url,
             max_reconnect_attempts=-1,
@@ -256,15 +268,24 @@ class Bus:
         await self.publish_envelope(envelope, type(payload))
         return envelope
 
+    def message_id(self, subject: str, event_id: str) -> str:
+        """The ``Nats-Msg-Id`` this process sends for ``event_id`` on ``subject`` (sealed with its key)."""
+        return seal_message_id(self._msg_id_key, subject, event_id)
+
     async def publish_envelope(self, envelope: EventEnvelope, cls: type[EventPayload]) -> None:
-        await self.broker.publish(
+        subject = cls.subject()
+        ack = await self.broker.publish(
             envelope.to_bytes(),
-            cls.subject(),
-            headers={"Nats-Msg-Id": envelope.id, "Puyu-Type": envelope.type},
+            subject,
+            headers={"Nats-Msg-Id": self.message_id(subject, envelope.id), "Puyu-Type": envelope.type},
             stream=stream_for(cls),
             timeout=10,
         )
         EVENTS_PUBLISHED.labels(self.service, envelope.type).inc()
+        if ack is not None and ack.duplicate:
+            # Sealed: only this identity (or a replica) could have stored it, i.e. the same fact.
+            EVENTS_DUPLICATE.labels(self.service, envelope.type).inc()
+            log.debug("%s %s was already stored (seq %s)", envelope.type, envelope.id, ack.seq)
 
     # ------------------------------------------------------------------------------ subscribe
     def handle(
@@ -319,18 +340,19 @@ class Bus:
         return decorator
 
     # ------------------------------------------------------------------------------ idempotency
-    def _processed_key(self, event_id: str) -> str:
-        return hashlib.sha1(f"{self.service}|{event_id}".encode()).hexdigest()
+    def _processed_key(self, event_key: str) -> str:
+        return hashlib.sha1(f"{self.service}|{event_key}".encode()).hexdigest()
 
-    async def already_processed(self, event_id: str) -> bool:
+    async def already_processed(self, event_key: str) -> bool:
+        """``event_key``: ``HandlerContext.event_key`` (see ``event_key``), never a bare envelope id."""
         try:
-            await self._kv[PROCESSED_BUCKET].get(self._processed_key(event_id))
+            await self._kv[PROCESSED_BUCKET].get(self._processed_key(event_key))
         except KeyNotFoundError:
             return False
         return True
 
-    async def mark_processed(self, event_id: str) -> None:
-        await self._kv[PROCESSED_BUCKET].put(self._processed_key(event_id), b"1")
+    async def mark_processed(self, event_key: str) -> None:
+        await self._kv[PROCESSED_BUCKET].put(self._processed_key(event_key), b"1")
 
     async def dead_letter(
         self,
@@ -341,11 +363,12 @@ class Bus:
         payload: EventPayload | None,
     ) -> None:
         seq = raw.metadata.sequence.stream if raw.metadata and raw.metadata.sequence else 0
+        subject = dlq_subject(raw.subject)
         await self.broker.publish(
             raw.data,
-            dlq_subject(raw.subject),
+            subject,
             headers={
-                "Nats-Msg-Id": f"dlq:{self.service}:{raw.subject}:{seq}",
+                "Nats-Msg-Id": self.message_id(subject, f"dlq:{self.service}:{raw.subject}:{seq}"),
                 "Puyu-Error": error[:2000].replace("\n", " "),
                 "Puyu-Service": self.service,
                 "Puyu-Attempts": str(attempts),
@@ -374,6 +397,14 @@ class Bus:
                 job_id, str(getattr(payload, "event_type", "job")), state="failed", message=error[:500]
             )
         log.error("dead-lettered %s after %d attempt(s): %s", raw.subject, attempts, error)
+
+
+def event_key(cls: type[EventPayload], raw: Msg, envelope: EventEnvelope) -> str:
+    """What a consumer of ``cls`` keys idempotency on: the type and the message id as sealed by its
+    publisher. A forger can copy an envelope id but not its seal, so its event never shares a key
+    with the real one; a message without an id (no puyu publisher sends one) gets a key of its own."""
+    msg_id = (raw.headers or {}).get("Nats-Msg-Id")
+    return f"{cls.event_type}/{msg_id}" if msg_id else f"{cls.event_type}/no-msg-id/{envelope.id}"
 
 
 def _as_faststream_handler(consumer: _Consumer[Any]) -> Callable[[NatsMessage], Awaitable[None]]:
@@ -428,14 +459,15 @@ class _Consumer(Generic[P]):
 
     async def _handle(self, raw: Msg, envelope: EventEnvelope, payload: P, attempt: int) -> None:
         service, etype = self.bus.service, envelope.type
-        if self.idempotent and await self.bus.already_processed(envelope.id):
+        key = event_key(self.cls, raw, envelope)
+        if self.idempotent and await self.bus.already_processed(key):
             EVENTS_HANDLED.labels(service, etype, "duplicate").inc()
             log.info("skip %s %s: already processed", etype, envelope.id)
             await raw.ack()
             return
         keepalive = asyncio.create_task(self._keep_alive(raw))
         started = time.perf_counter()
-        ctx = HandlerContext(self.bus, envelope, payload, attempt, self.max_deliver)
+        ctx = HandlerContext(self.bus, envelope, payload, attempt, self.max_deliver, event_key=key)
         try:
             try:
                 await self.handler(ctx)
@@ -469,7 +501,7 @@ class _Consumer(Generic[P]):
         else:
             EVENTS_HANDLED.labels(service, etype, "ok").inc()
             if self.idempotent:
-                await self.bus.mark_processed(envelope.id)
+                await self.bus.mark_processed(key)
             await raw.ack()
         finally:
             keepalive.cancel()

@@ -8,6 +8,8 @@ users (someone's own server): it says so once, as anyone who reaches that server
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
 import ssl
@@ -27,6 +29,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _CREDS_SEED = re.compile(rb"-----BEGIN USER NKEY SEED-----\s*(\S+)\s*------END USER NKEY SEED------")
+
+
+_MSG_ID_KEY_CONTEXT = b"puyu nats-msg-id v1\0"  # domain separation: this key is used for nothing else
+SEAL = "~"  # between an event id and its tag in Nats-Msg-Id
+
+
+def seal_message_id(key: bytes | None, subject: str, event_id: str) -> str:
+    """The ``Nats-Msg-Id`` of event ``event_id`` on ``subject``: the id and an HMAC of both under the
+    publisher's key. JetStream's duplicate window is stream-wide and trusts whatever id a publisher
+    sends, so a plain event id could be claimed first by any service that may publish on the stream
+    (its fact then dropped as a duplicate); a sealed one only by whoever holds the key. Deterministic,
+    so a re-publish (a retry, a second finisher, another replica) is still stored once."""
+    if key is None:
+        return event_id
+    tag = hmac.new(key, f"{subject}\n{event_id}".encode(), hashlib.sha256).hexdigest()[:32]
+    return f"{event_id}{SEAL}{tag}"
 
 
 class NatsAuthError(RuntimeError):
@@ -80,6 +98,12 @@ class NatsIdentity:
                 raise NatsAuthError(f"{self.creds_file}: no user NKEY seed in this credentials file")
             return found.group(1)
         return None
+
+    def message_id_key(self) -> bytes | None:
+        """The key that seals this identity's message ids (``seal_message_id``), derived from its seed:
+        replicas sharing an identity seal alike; without a seed there is nothing to seal with."""
+        seed = self._seed()
+        return None if seed is None else hashlib.sha256(_MSG_ID_KEY_CONTEXT + seed).digest()
 
     def inbox_prefix(self) -> str:
         key = self.public_key()
