@@ -57,6 +57,12 @@ TLS_DIR = "/run/secrets/puyu-tls"  # the services' certificate, where the Secret
 
 # Compute-heavy services get more memory, a larger scratch volume and longer to drain.
 HEAVY = {"trainer", "finetuner", "evaluator", "inference_gateway"}
+# The services that run model-written code in the bubblewrap sandbox: RuntimeDefault refuses the user
+# namespace it makes, so their pods use deploy/seccomp/puyu-sandbox.json (Docker's default plus what
+# bwrap needs), which each node must hold under the kubelet's seccomp root, by default
+# /var/lib/kubelet/seccomp/puyu/sandbox.json (docs/security.md); a pod without it does not start.
+SANDBOXED = {"evaluator", "agent_runtime"}
+SANDBOX_SECCOMP = {"type": "Localhost", "localhostProfile": "puyu/sandbox.json"}
 ROLE = {
     "corpus_ingest": "data",
     "dedup": "data",
@@ -335,6 +341,7 @@ def _deployment(
                         "runAsUser": 10001,
                         "runAsGroup": 10001,
                         "fsGroup": 10001,
+                        "seccompProfile": SANDBOX_SECCOMP if pkg in SANDBOXED else {"type": "RuntimeDefault"},
                     },
                     "containers": [container],
                     "volumes": [

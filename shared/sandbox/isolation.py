@@ -16,9 +16,10 @@ Each run starts ``bwrap`` with:
   runs as root in a new user namespace without capabilities (a warning says so).
 
 The callers keep their own limits (rlimits, wall clock, output budget) and Python-level guards as a
-second wall. If bubblewrap is missing or the kernel refuses the namespaces, running code is refused
-with the reason; ``PUYU_SANDBOX_ALLOW_UNISOLATED=true`` runs it without kernel isolation instead, for a
-development machine only (off by default).
+second wall, never as the only one: if bubblewrap is missing or the kernel (or the container's seccomp
+profile: see deploy/seccomp) refuses the namespaces, running code is refused with the reason, never
+run behind the audit hook alone. ``PUYU_SANDBOX_ALLOW_UNISOLATED=true`` runs it without kernel isolation
+instead, for a development machine only (off by default, and a warning says so).
 """
 
 from __future__ import annotations
@@ -96,8 +97,10 @@ class Isolation:
             return False
         raise IsolationUnavailable(
             f"running code is refused: the sandbox cannot isolate it here ({reason}). Install bubblewrap "
-            "(Debian package bubblewrap) where user namespaces are allowed, or, on a development machine "
-            f"only, set {ALLOW_UNISOLATED_ENV}=true to run it without kernel isolation"
+            "(Debian package bubblewrap) where user namespaces are allowed: in a container, run it with "
+            "the seccomp profile deploy/seccomp/puyu-sandbox.json (Docker's default profile and "
+            "Kubernetes' RuntimeDefault refuse the user namespace bubblewrap makes; see docs/security.md). "
+            f"On a development machine only, {ALLOW_UNISOLATED_ENV}=true runs it without kernel isolation"
         )
 
     def _probe(self) -> tuple[InterpreterView | None, tuple[int, int] | None, str | None]:
