@@ -39,7 +39,11 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 MESSAGE_HEADERS: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "Nats-Msg-Id": {"type": "string", "description": "The event id: JetStream drops re-publishes of it."},
+        "Nats-Msg-Id": {
+            "type": "string",
+            "description": "The event id sealed by its publisher ({id}~{HMAC tag}, shared.bus.identity): "
+            "JetStream drops re-publishes of it, and no other publisher can claim it first.",
+        },
         "Puyu-Type": {
             "type": "string",
             "description": "The event type, for routing without parsing the body.",
@@ -160,7 +164,7 @@ def asyncapi_document() -> dict[str, Any]:
             "channel": channel_ref,
             "messages": message_ref,
             "summary": ("Request the job" if job else "Announce the fact")
-            + " (Nats-Msg-Id = event id, so a re-publish is dropped).",
+            + " (Nats-Msg-Id = the event id sealed by its publisher, so a re-publish is dropped).",
             "tags": [{"name": _kind_label(cls)}],
         }
         operations[f"consume{name}"] = {
