@@ -235,7 +235,10 @@ def test_triton_kernel_reads_8bit_caches_under_the_interpreter() -> None:
     pytest.importorskip("triton", reason="triton is not installed")
     code = "import json, tests.unit.inference_gateway.test_gateway_kv_quant as t; print(json.dumps(t.triton_kernel_errors()))"
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+    root = Path(__file__).resolve().parents[3]  # the checkout: the child imports this module from it
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=240
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     errors = json.loads(done.stdout.strip().splitlines()[-1])
     assert errors["auto"][0] < 1e-5
