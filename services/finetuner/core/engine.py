@@ -2,10 +2,12 @@
 
 Both give the loop the same calls: ``forward`` (the module to call), ``step(loss)`` (backward, clip
 to 1.0, AdamW, schedule), ``state``/``restore`` (resumable optimizer, schedule and trained weights)
-and ``gathered`` (full parameters for export). The finetuner runs as one process; DeepSpeed is
-started as a world of one when no launcher set one up (gloo on CPU, nccl on CUDA), as the trainer
-does. With ZeRO-3 the parameters live partitioned in DeepSpeed's hands: ``gathered`` brings them
-back for the export and for evaluation-free reads.
+and ``gathered`` (full parameters for export). Under a launcher (torchrun, srun: WORLD_SIZE > 1)
+the plain engine wraps the model in DistributedDataParallel and DeepSpeed runs data-parallel over
+the same process group; alone, DeepSpeed is started as a world of one (gloo on CPU, nccl on CUDA),
+as the trainer does. With ZeRO-3 the parameters live partitioned in DeepSpeed's hands: ``gathered``
+brings them back for the export and for evaluation-free reads. ``module`` is always the unwrapped
+model (its parameter names are the adapter's and the state file's).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 
 from contracts.events import FinetuneSpec
-from shared.distributed import init_deepspeed_world
+from shared.distributed import distributed, init_deepspeed_world, world
 
 GRAD_CLIP = 1.0
 # One ZeRO engine at a time per process: all of them share the one process group, and collectives
@@ -41,14 +43,28 @@ def build_scheduler(optimizer: torch.optim.Optimizer, spec: FinetuneSpec) -> Any
 
 
 class TorchEngine:
-    def __init__(self, model: Any, spec: FinetuneSpec) -> None:
+    """AdamW + warm-up schedule; DistributedDataParallel over the launcher's ranks (DDP averages the
+    gradients in backward; its construction broadcasts rank 0's weights, LoRA's included)."""
+
+    def __init__(self, model: Any, spec: FinetuneSpec, device: str = "cpu") -> None:
         self.module = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, spec)
         self.scheduler = build_scheduler(self.optimizer, spec)
+        self._forward: Any = model
+        if distributed():
+            index = torch.device(device).index
+            self._forward = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[index] if device.startswith("cuda") and index is not None else None
+            )
 
     @property
     def forward(self) -> Any:
+        return self._forward
+
+    @property
+    def reference(self) -> Any:
+        """What evaluation and DPO's reference pass call: the model without DDP's gradient hooks."""
         return self.module
 
     def step(self, loss: torch.Tensor) -> None:
@@ -59,6 +75,8 @@ class TorchEngine:
         self.optimizer.zero_grad(set_to_none=True)
 
     def state(self, state_dir: Path, step: int) -> dict[str, Any]:
+        if not world().main:  # every rank holds the same weights and optimizer: rank 0 saves them
+            return {}
         trained = {n: p.detach().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
         return {
             "trained": trained,
@@ -126,6 +144,10 @@ class DeepSpeedEngine(TorchEngine):
     def forward(self) -> Any:
         return self.ds
 
+    @property
+    def reference(self) -> Any:
+        return self.ds  # ZeRO-3's parameters are gathered by the engine's hooks
+
     def step(self, loss: torch.Tensor) -> None:
         self.ds.backward(loss)
         self.ds.step()  # clips, steps AdamW and the schedule, zeroes the gradients
@@ -138,6 +160,8 @@ class DeepSpeedEngine(TorchEngine):
         return {"deepspeed_tag": tag}
 
     def saved(self, state_dir: Path, step: int) -> None:
+        if not world().main:
+            return
         for old in (state_dir / DS_DIR).glob("step-*"):
             if old.name != f"step-{step}":
                 shutil.rmtree(old, ignore_errors=True)
@@ -168,4 +192,4 @@ class DeepSpeedEngine(TorchEngine):
 
 
 def build_engine(model: Any, spec: FinetuneSpec, device: str) -> TorchEngine:
-    return DeepSpeedEngine(model, spec, device) if spec.zero_stage else TorchEngine(model, spec)
+    return DeepSpeedEngine(model, spec, device) if spec.zero_stage else TorchEngine(model, spec, device)

@@ -2,9 +2,14 @@
 
 The service (through ``Finetuner``) and the ``puyu finetune`` command both call ``run_finetune``.
 The base folder may hold any family ``shared.hf_models`` opens; the merged model is saved in the
-layout it came in (``export``). The request is checked first (``validate``: device, method, ZeRO, base folder, data), so one that
-can never succeed is refused before the model is loaded. A run lives in ``out_dir``; calling again
-with the same folder and job resumes.
+layout it came in (``export``). The request is checked first (``validate``: device, method, ZeRO,
+base folder, data), so one that can never succeed is refused before the model is loaded. A run
+lives in ``out_dir``; calling again with the same folder and job resumes.
+
+Under a launcher (torchrun, srun: WORLD_SIZE > 1) every rank calls ``run_finetune`` with the same
+arguments: each joins the process group (gloo on CPU, NCCL on CUDA, one GPU per local rank), reads
+and packs the whole data file (the same items everywhere), trains on its slice of each global batch
+(``training``), and rank 0 alone writes the adapter, merged model and lineage while the others wait.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,13 +27,14 @@ from contracts.events import FinetuneSpec
 from services.finetuner.core.attention import restore_default_attention, use_packed_attention
 from services.finetuner.core.data import Dataset, dataset_digest
 from services.finetuner.core.engine import build_engine
-from services.finetuner.core.export import export
+from services.finetuner.core.export import Exported, export
 from services.finetuner.core.methods import load_base, wrap
 from services.finetuner.core.packing import build_examples, build_pairs, pack
 from services.finetuner.core.refusals import InvalidInput
 from services.finetuner.core.templates import ensure_chat_template
 from services.finetuner.core.training import Progress, TrainResult, train
 from services.finetuner.core.validation import validate
+from shared.distributed import barrier, process_group, world
 from shared.hf_models import UnsupportedModel, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -55,7 +62,9 @@ def run_finetune(
     device: str = "auto",
     num_threads: int | None = None,
     progress: Progress | None = None,
+    cancel: threading.Event | None = None,
 ) -> FinetuneOutcome:
+    """Finetune; ``cancel`` set stops the run before its next step (``FinetuneCancelled``)."""
     valid = validate(spec, device=device, base_dir=base_dir, dataset=dataset_path)
     assert valid.data is not None  # a data file was given
     device, data = valid.device, valid.data
@@ -65,6 +74,45 @@ def run_finetune(
 
     if num_threads:
         torch.set_num_threads(num_threads)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    with process_group(device.split(":")[0]) as me:
+        if me.size > 1:
+            # Losses are drained collectively when progress is reported: every rank reports or
+            # none; rank 0's reports are the run's.
+            progress = progress if me.main and progress else _quiet
+        return _finetune(
+            base_dir,
+            dataset_path,
+            spec,
+            out_dir,
+            data=data,
+            digest=digest,
+            device=device,
+            base_ref=base_ref,
+            dataset_uri=dataset_uri,
+            progress=progress,
+            cancel=cancel,
+        )
+
+
+def _finetune(
+    base_dir: Path,
+    dataset_path: Path,
+    spec: FinetuneSpec,
+    out_dir: Path,
+    *,
+    data: Dataset,
+    digest: str,
+    device: str,
+    base_ref: dict[str, Any] | None,
+    dataset_uri: str | None,
+    progress: Progress | None,
+    cancel: threading.Event | None,
+) -> FinetuneOutcome:
+    import torch
+
+    main, world_size = world().main, world().size
     if progress:
         progress("load", 0.0, f"loading base model from {base_dir}")
     try:
@@ -106,6 +154,7 @@ def run_finetune(
             fingerprint=fingerprint,
             progress=progress,
             engine=engine,
+            cancel=cancel,
         )
         if progress:
             progress("export", 0.95, "saving adapter and merged model")
@@ -127,13 +176,19 @@ def run_finetune(
             "metrics": metrics,
             "resumed_from_step": result.resumed_from,
             "device": device,
+            "world_size": world_size,
             "created_at": datetime.now(UTC).isoformat(),
         }
         restore_default_attention(model)  # exported folders load with stock transformers settings
-        with engine.gathered():  # ZeRO-3: the full parameters, for saving and merging
-            exported = export(
-                model, tokenizer, out_dir, lineage, method=spec.method, base_dir=base_dir, fmt=fmt
-            )
+        with engine.gathered():  # ZeRO-3: the full parameters (every rank gathers), for saving and merging
+            if main:
+                exported = export(
+                    model, tokenizer, out_dir, lineage, method=spec.method, base_dir=base_dir, fmt=fmt
+                )
+        barrier()  # the other ranks end once rank 0's outputs are written
+        if not main:  # where rank 0 wrote them
+            adapter = out_dir / "adapter" if spec.method != "full" else None
+            exported = Exported(adapter_dir=adapter, model_dir=out_dir / "model")
     finally:
         engine.close()
     log.info(
@@ -146,6 +201,10 @@ def run_finetune(
     return FinetuneOutcome(
         exported.adapter_dir, exported.model_dir, result.steps, metrics, lineage, result.losses
     )
+
+
+def _quiet(stage: str, fraction: float, message: str = "", **metrics: float) -> None:
+    """The progress of ranks other than 0: nothing to say."""
 
 
 def _metrics(result: TrainResult, data: Dataset, packed_attention: bool) -> dict[str, float]:

@@ -5,11 +5,20 @@ DPO steps minimise ``-log σ(β·((π_c − ref_c) − (π_r − ref_r)))`` over
 reference is the same network with the LoRA adapter switched off (peft's ``disable_adapter``), so no
 second copy of the model is held. Hand-written rather than TRL's DPOTrainer: the loss is five
 lines, and owning the loop keeps packing, resume and progress reporting the same for every method.
+
+Data parallel (WORLD_SIZE > 1, ``engine`` wraps DDP or DeepSpeed): ``micro_batch_size`` is per rank;
+the seeded schedule picks each step's global batch of ``micro_batch_size × world`` items, and each
+rank trains on its slice (``shared.distributed.rank_share``). DDP averages gradients over ranks, so
+each rank's supervised loss is its summed token loss over the *global* count of labelled tokens,
+times the world size: the average is then the global batch's mean token loss, the update one
+process would take on the whole batch. DPO averages over pairs, which every rank has equally many
+of. Reported losses are the global batch's (summed over ranks); evaluation runs on every rank.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,9 +40,14 @@ from services.finetuner.core.packing import (
     schedule,
 )
 from services.finetuner.core.templates import IGNORE_INDEX, Example
+from shared.distributed import all_reduce_sum, rank_share, world
 
 log = logging.getLogger(__name__)
 Progress = Callable[..., None]
+
+
+class FinetuneCancelled(Exception):
+    """The run was asked to stop (its cancel event): it saved its state where it could and ended."""
 
 
 @dataclass
@@ -94,6 +108,17 @@ def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(_logits_at(model, batch, keep).float(), targets)
 
 
+def sft_share(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss this rank backpropagates, its share of the global mean) for a data-parallel step:
+    summed token loss over the global labelled-token count (one all-reduce of a scalar), scaled by
+    the world size that the gradient average divides by again. In a world of one: the mean, twice."""
+    keep, targets = _next_token_targets(batch["labels"])
+    count = all_reduce_sum(torch.tensor(float(targets.numel()), device=targets.device))
+    summed = F.cross_entropy(_logits_at(model, batch, keep).float(), targets, reduction="sum")
+    share = summed / count.clamp(min=1.0)
+    return share * world().size, share.detach()
+
+
 def sequence_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum of log p(label token) over each row's labelled tokens."""
     keep, targets = _next_token_targets(batch["labels"])
@@ -104,14 +129,22 @@ def sequence_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tenso
 
 
 def dpo_loss(
-    model: Any, pairs: Sequence[PreferencePair], pad_id: int, beta: float, device: Any
+    model: Any,
+    pairs: Sequence[PreferencePair],
+    pad_id: int,
+    beta: float,
+    device: Any,
+    reference_model: Any = None,
 ) -> tuple[torch.Tensor, int, float]:
-    """The DPO loss of a batch of pairs, its token count and the share of pairs ranked right."""
+    """The DPO loss of a batch of pairs, its token count and the share of pairs ranked right.
+    ``reference_model``: the peft model whose adapter is switched off for the reference (``model``
+    itself unless that is a DDP wrapper, which has no ``disable_adapter``)."""
     batch = _to(collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id), device)
     n = len(pairs)
     policy = sequence_logprobs(model, batch)
-    with torch.no_grad(), model.disable_adapter():
-        reference = sequence_logprobs(model, batch)
+    ref = model if reference_model is None else reference_model
+    with torch.no_grad(), ref.disable_adapter():
+        reference = sequence_logprobs(ref, batch)
     margin = (policy[:n] - reference[:n]) - (policy[n:] - reference[n:])
     loss = -F.logsigmoid(beta * margin).mean()
     return loss, int(batch["attention_mask"].sum()), float((margin > 0).float().mean())
@@ -146,14 +179,16 @@ def evaluate(
 def train_step(
     engine: TorchEngine, chunk: Sequence[Any], spec: FinetuneSpec, pad_id: int, device: Any, *, flatten: bool
 ) -> tuple[torch.Tensor, int]:
-    """One optimizer step on one micro-batch: (the loss, detached and left on the device; tokens)."""
+    """One optimizer step on this rank's micro-batch: (its share of the global batch's loss, detached
+    and left on the device, summed over ranks when drained; its tokens)."""
     if spec.method == "dpo":
-        loss, ntok, _ = dpo_loss(engine.forward, chunk, pad_id, spec.dpo_beta, device)
+        loss, ntok, _ = dpo_loss(engine.forward, chunk, pad_id, spec.dpo_beta, device, engine.reference)
+        share = loss.detach() / world().size
     else:
         batch, ntok = sft_batch(chunk, pad_id, flatten=flatten)
-        loss = sft_loss(engine.forward, _to(batch, device))
+        loss, share = sft_share(engine.forward, _to(batch, device))
     engine.step(loss)
-    return loss.detach(), ntok
+    return share, ntok
 
 
 def train(
@@ -168,18 +203,23 @@ def train(
     fingerprint: str = "",
     progress: Progress | None = None,
     engine: TorchEngine,
+    cancel: threading.Event | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``spec.max_steps`` steps over ``items``; resumes from ``state_dir``.
 
     ``engine`` (plain torch or DeepSpeed ZeRO, ``engine.build_engine``) takes the steps; the caller
-    owns it (exports through it, then closes it).
+    owns it (exports through it, then closes it). With several ranks every rank calls this with the
+    same items, and with a ``progress`` on every rank or on none (losses are drained collectively).
+    ``cancel`` set: the loop stops before its next step with ``FinetuneCancelled`` (alone, it saves
+    first; with several ranks the last periodic save stands, as the others may be mid-collective).
     """
     started = time.perf_counter()
     torch.manual_seed(spec.seed)
     trainable, total = _count(model)
     forward = engine.forward
     flatten = packed_attention_active(model)
-    plan = schedule(len(items), spec.micro_batch_size, spec.max_steps, spec.seed)
+    me = world()
+    plan = schedule(len(items), spec.micro_batch_size * me.size, spec.max_steps, spec.seed)
 
     point = run_state.load(state_dir, fingerprint) if state_dir else None
     start, losses, tokens_seen, extra_before = 0, [], 0, {}
@@ -188,10 +228,11 @@ def train(
         start, losses, tokens_seen = point["step"], list(point["losses"]), int(point["tokens_seen"])
         extra_before = dict(point.get("eval_before", {}))
         log.info("resuming finetune from step %d", start)
+    tokens_before = tokens_seen
     if extra_before:
         before, acc_before = extra_before["loss"], extra_before["acc"]
     else:
-        before, acc_before = evaluate(forward, held, spec, pad_id, device)
+        before, acc_before = evaluate(engine.reference, held, spec, pad_id, device)
 
     saved = [start]
 
@@ -211,30 +252,41 @@ def train(
 
     forward.train()
     train_seconds, done = 0.0, start
-    step_losses: list[torch.Tensor] = []  # read back in one go: no host sync inside the step
+    # (loss share, tokens) per step, read back in one go: no host sync inside the step
+    step_losses: list[torch.Tensor] = []
+
+    def drain() -> None:
+        nonlocal losses, tokens_seen
+        step_loss, step_tokens = _drain(step_losses)
+        losses += step_loss
+        tokens_seen += step_tokens
+
     try:
         for step in range(start + 1, spec.max_steps + 1):
+            if cancel is not None and cancel.is_set():
+                raise FinetuneCancelled(f"cancelled before step {step}/{spec.max_steps}")
             t0 = time.perf_counter()
-            chunk = [items[i] for i in plan[step - 1]]
+            chunk = [items[i] for i in rank_share(plan[step - 1], me.rank, me.size)]
             loss, ntok = train_step(engine, chunk, spec, pad_id, device, flatten=flatten)
-            step_losses.append(loss)
-            tokens_seen += ntok
+            step_losses.append(torch.stack([loss.float(), loss.new_tensor(float(ntok))]))
             train_seconds += time.perf_counter() - t0
             done = step
             if progress or (spec.checkpoint_interval and step % spec.checkpoint_interval == 0):
-                losses += _drain(step_losses)
+                drain()
             if spec.checkpoint_interval and step % spec.checkpoint_interval == 0:
                 save(step)
             if progress:
                 progress("train", step / spec.max_steps, f"step {step}/{spec.max_steps}", loss=losses[-1])
     except BaseException:
-        losses += _drain(step_losses)
-        save(done)  # keep what was learned: a rerun or redelivery resumes here
+        if me.size == 1:  # other ranks may be inside a collective: the last periodic save stands
+            drain()
+            save(done)  # keep what was learned: a rerun or redelivery resumes here
         raise
-    losses += _drain(step_losses)
+    drain()
     save(spec.max_steps)
-    after, acc_after = evaluate(forward, held, spec, pad_id, device)
-    extra = {"tokens_per_s": tokens_seen / train_seconds if train_seconds else 0.0}
+    after, acc_after = evaluate(engine.reference, held, spec, pad_id, device)
+    # every rank's tokens of this session (a resumed run's earlier steps took other seconds)
+    extra = {"tokens_per_s": (tokens_seen - tokens_before) / train_seconds if train_seconds else 0.0}
     if spec.method == "dpo":
         extra |= {"eval_pair_accuracy_before": acc_before, "eval_pair_accuracy_after": acc_after}
     return TrainResult(
@@ -252,10 +304,11 @@ def train(
     )
 
 
-def _drain(pending: list[torch.Tensor]) -> list[float]:
-    values = torch.stack(pending).tolist() if pending else []
+def _drain(pending: list[torch.Tensor]) -> tuple[list[float], int]:
+    """The pending steps' losses and their tokens, summed over ranks (one collective for all)."""
+    rows = all_reduce_sum(torch.stack(pending)).tolist() if pending else []
     pending.clear()
-    return values
+    return [loss for loss, _ in rows], int(sum(tokens for _, tokens in rows))
 
 
 def _count(model: Any) -> tuple[int, int]:

@@ -9,13 +9,13 @@ gRPC submit check has only the spec; the run has everything.
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from contracts.events import FinetuneSpec
 from services.finetuner.core.data import Dataset, load_dataset
 from services.finetuner.core.refusals import InvalidInput, UnsupportedRequest
+from shared.distributed import world
 from shared.hf_models import UnsupportedModel, detect_format
 
 SUPPORTED_METHODS = ("lora", "qlora", "full", "dpo")
@@ -50,15 +50,24 @@ def validate(
 
 
 def resolve_device(requested: str) -> str:
-    """'auto' picks CUDA when present; an explicit 'cuda' on a machine without one is refused."""
+    """'auto' picks CUDA when present; an explicit 'cuda' on a machine without one is refused.
+    Under a launcher with several ranks on CUDA each rank takes the GPU of its local rank."""
     import torch
 
     if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise UnsupportedRequest(f"device {requested!r} requested but no CUDA GPU is available")
     if requested not in ("cpu",) and not requested.startswith("cuda"):
         raise UnsupportedRequest(f"unknown device {requested!r} (use cpu, cuda or auto)")
+    me = world()
+    if requested == "cuda" and me.size > 1:
+        if me.local_rank >= torch.cuda.device_count():
+            raise UnsupportedRequest(
+                f"local rank {me.local_rank} has no GPU: this node has {torch.cuda.device_count()} "
+                "(launch at most one process per GPU)"
+            )
+        return f"cuda:{me.local_rank}"
     return requested
 
 
@@ -95,11 +104,6 @@ def check_zero(spec: FinetuneSpec) -> None:
         raise UnsupportedRequest(
             "zero_stage > 0 with method 'qlora' is not supported: DeepSpeed cannot shard bitsandbytes "
             "4-bit weights; use zero_stage 0"
-        )
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UnsupportedRequest(
-            "the finetuner runs as one process (WORLD_SIZE=1); ZeRO here shards optimizer state and "
-            "gradients of that process, not data across launched ranks"
         )
 
 
