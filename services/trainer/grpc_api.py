@@ -1,5 +1,6 @@
-"""gRPC adapter: ``puyu.jobs.v1.Jobs`` for kind "train": the shared Jobs servicer, with the core's spec
-checks run at submit time (a config that cannot work is refused before any compute)."""
+"""gRPC adapter: ``puyu.jobs.v1.Jobs`` for kind "train": the shared Jobs servicer, with the core's
+checks run at submit time (a config that cannot work, or a launcher that cannot take runs, is
+refused before any compute)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ def check_request(request: TrainRequested) -> None:
 
 def add_train_jobs_api(runtime: ServiceRuntime, core: Trainer) -> JobsServicer:
     def check(request: TrainRequested) -> None:
-        core.check_inputs(request.spec, request.datasets)  # before validate reads any of them
-        check_request(request)
+        core.check_submit(request.spec, request.datasets)  # inputs, spec at the launch's world size, launcher
 
     return add_jobs_api(runtime, {KIND: TrainRequested}, {KIND: check})

@@ -1,5 +1,10 @@
 """Bus adapters: TrainRequested jobs, cancel requests, and CorpusDeduplicated events that carry a
-pipeline train spec."""
+pipeline train spec.
+
+The core controls the run (submitted to the configured launcher, watched, cancelled); these adapters
+publish what it reports: progress, each checkpoint (``ckpt:{run}:{step}``: a repeat after a
+redelivery is the same event, dropped in JetStream's duplicate window and registered once by the
+registry), and the job's outcome."""
 
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ def train_request_from(event: CorpusDeduplicated) -> TrainRequested | None:
 def register_handlers(bus: Bus, core: Trainer, settings: TrainerSettings) -> None:
     @bus.handle(TrainRequested, ack_wait=60.0, max_deliver=settings.trainer_max_deliver)
     async def on_train_requested(ctx: HandlerContext[TrainRequested]) -> None:
-        async with core.one_run_at_a_time:
+        async with core.run_slot():
             await _train(ctx, core, settings)
 
     @bus.handle(CorpusDeduplicated)

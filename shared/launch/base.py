@@ -301,3 +301,32 @@ def clear_outcome(run_dir: Path) -> None:
     """Before a (re)submission: the last attempt's result and error are no longer the run's."""
     for name in (RESULT_FILE, ERROR_FILE):
         (run_dir / name).unlink(missing_ok=True)
+
+
+class UnavailableLauncher(Launcher):
+    """Stands in for a launcher that could not be built (an unknown name, missing settings): the
+    service still starts, and every submit is refused with the reason."""
+
+    name: ClassVar[str] = "unavailable"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Launcher:
+        try:
+            return launcher_from(settings)
+        except LauncherUnavailable as exc:
+            return cls(str(exc))
+
+    def check(self) -> None:
+        raise LauncherUnavailable(self.reason)
+
+    def submit(self, spec: RunSpec) -> str:
+        raise LauncherUnavailable(self.reason)
+
+    def status(self, handle: str) -> RunStatus:
+        return RunStatus(RunState.FAILED, self.reason)
+
+    def cancel(self, handle: str) -> None:
+        return None

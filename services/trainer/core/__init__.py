@@ -14,11 +14,12 @@ from services.trainer.core.run import (
     run_training,
     validate,
 )
-from services.trainer.core.trainer import StoredCheckpoint, Trainer, TrainOutcome, run_id_for
+from services.trainer.core.trainer import RunFailed, StoredCheckpoint, Trainer, TrainOutcome, run_id_for
 
 __all__ = [
     "CheckpointInfo",
     "DatasetError",
+    "RunFailed",
     "StoredCheckpoint",
     "TrainConfigError",
     "TrainJob",

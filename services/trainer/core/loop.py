@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.distributed as dist
 
 from contracts.events import TrainSpec
 from services.trainer.core.data import SeededSampler
@@ -47,7 +48,7 @@ def train_steps(
     engine.model.train()
     accum = spec.gradient_accumulation_steps
     for step in range(start_step + 1, spec.max_steps + 1):
-        if cancel is not None and cancel.is_set():
+        if _stop_requested(cancel, device):
             raise TrainingCancelled(f"cancelled before step {step}")
         started = time.perf_counter()
         losses: list[torch.Tensor] = []
@@ -61,6 +62,17 @@ def train_steps(
         loss = float(torch.stack(losses).mean())  # one device sync per step, not per micro batch
         elapsed = max(time.perf_counter() - started, 1e-9)
         on_step(StepMetrics(step, loss, lr, grad_norm, tokens / elapsed, tokens))
+
+
+def _stop_requested(cancel: threading.Event | None, device: torch.device) -> bool:
+    """Whether any rank was asked to stop. Ranks agree on it (one tiny all-reduce a step): were one
+    rank to stop a step before another, the other would wait in its next collective for ever."""
+    flag = cancel is not None and cancel.is_set()
+    if cancel is None or not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    vote = torch.tensor([int(flag)], device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+    return bool(vote.item())
 
 
 @torch.no_grad()

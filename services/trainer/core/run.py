@@ -238,7 +238,9 @@ def run_training(
 ) -> TrainResult:
     rank, local_rank, world_size = world()
     spec, report = validate(job.spec, world_size), progress or _noop_progress
-    torch.set_num_threads(spec.num_threads or os.cpu_count() or 1)
+    # Ranks on one node share its cores (torchrun sets LOCAL_WORLD_SIZE).
+    per_rank = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    torch.set_num_threads(spec.num_threads or max(1, per_rank))
     dev = pick_device(device)
     _init_distributed(dev)
     run_dir.mkdir(parents=True, exist_ok=True)

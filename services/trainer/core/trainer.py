@@ -1,27 +1,54 @@
-"""The trainer as a service runs it: one run per process, the run's checkpoints stored as artifacts,
-and cancel flags a stop or a cancel request sets.
+"""The trainer as a service runs it: a *controller* that validates a job, writes the run's spec into
+its run folder, submits the run to a launcher (``shared.launch``), watches it, and hands the caller
+each checkpoint the run stored, the final one once the run succeeded.
 
-The run itself is ``run_training`` (``run.py``); this class adds what a long-lived process needs
-around it, as plain Python: the artifact store, the run id derived from the job id (so a redelivered
-job resumes the same run), the rule that one run trains at a time, and the flags that stop a run at
-its next step.
+The run itself is ``run_from_folder`` (``run_folder.py``, around ``run_training``), executed by each
+rank wherever the launcher puts it: on a thread of this process (``local``, the default), in N
+processes of this node (``torchrun``) or on a cluster. The run id derives from the job id, so a
+redelivered job finds the same run folder: it re-attaches to a run still going (or finished), or
+resubmits one that stopped, which resumes from its last saved state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from contracts.events import ArtifactRef, DatasetRef, TrainSpec
-from services.trainer.core.loop import ProgressFn
-from services.trainer.core.run import CheckpointInfo, TrainJob, run_training
+from services.trainer.core.loop import ProgressFn, TrainingCancelled
+from services.trainer.core.refusals import TrainConfigError
+from services.trainer.core.run import TrainJob, validate
+from services.trainer.core.run_folder import RUN_MODULE, run_spec
 from shared.artifacts import ArtifactStore
+from shared.launch import (
+    Launcher,
+    ProgressReader,
+    RunSpec,
+    RunState,
+    RunStatus,
+    clear_outcome,
+    load_handle,
+    read_error,
+    read_result,
+    save_handle,
+    write_spec,
+)
+from shared.launch.local import LocalLauncher
 from shared.read_roots import ReadRoots
+
+log = logging.getLogger(__name__)
+
+
+class RunFailed(RuntimeError):
+    """The run failed for a reason a retry may not meet again (a crash, a lost node): the bus retries."""
 
 
 def run_id_for(job_id: str) -> str:
@@ -59,19 +86,49 @@ class TrainOutcome:
 
 class Trainer:
     def __init__(
-        self, store: ArtifactStore, device: str = "auto", read_roots: ReadRoots | None = None
+        self,
+        store: ArtifactStore,
+        device: str = "auto",
+        read_roots: ReadRoots | None = None,
+        launcher: Launcher | None = None,
+        *,
+        nprocs_per_node: int = 1,
+        nnodes: int = 1,
+        gpus_per_node: int = 0,
+        runs_dir: Path | None = None,
+        poll_seconds: float = 0.5,
     ) -> None:
         self.store, self.device = store, device
         self.read_roots = read_roots or ReadRoots([store.root_uri])  # where its inputs may come from
-        # torch's threads are process-wide: one run per process; the others wait their turn.
+        self.launcher = launcher or LocalLauncher()
+        self.nprocs_per_node, self.nnodes, self.gpus_per_node = nprocs_per_node, nnodes, gpus_per_node
+        self.runs_dir, self.poll_seconds = runs_dir, poll_seconds
+        # Runs on this node share its cores (and torch's threads are process-wide under ``local``):
+        # one at a time; the others wait their turn. Cluster runs wait in the cluster's queue instead.
         self.one_run_at_a_time = asyncio.Lock()
         self.stopping = False  # the process stops: a run keeps its state and is redelivered
         self._cancel_flags: dict[str, threading.Event] = {}  # job id -> the flag of its run here
 
+    @property
+    def world_size(self) -> int:
+        return self.nprocs_per_node * self.nnodes
+
+    def run_slot(self) -> AbstractAsyncContextManager[Any]:
+        """What a job holds while its run goes on: this node's one slot, or nothing on a cluster."""
+        return contextlib.nullcontext() if self.launcher.outlives_controller else self.one_run_at_a_time
+
+    def run_dir(self, run_id: str) -> Path:
+        """The run folder: under PUYU_LAUNCH_RUNS_DIR, else the artifact store's runs/ (as before)."""
+        if self.runs_dir is not None:
+            path = self.runs_dir / run_id
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        return self.store.local_staging(f"runs/{run_id}")
+
     # ------------------------------------------------------------------------------- stopping runs
     @contextmanager
     def cancel_flag(self, job_id: str) -> Iterator[threading.Event]:
-        """The flag that stops ``job_id``'s run at its next step, for as long as the run lasts here."""
+        """The flag that stops ``job_id``'s run, for as long as this controller watches it."""
         flag = self._cancel_flags[job_id] = threading.Event()
         if self.stopping:
             flag.set()
@@ -81,17 +138,17 @@ class Trainer:
             self._cancel_flags.pop(job_id, None)
 
     def cancel(self, job_id: str) -> None:
-        """Stop the job's run at its next step, if it trains here."""
+        """Stop the job's run, if this controller watches it."""
         if (flag := self._cancel_flags.get(job_id)) is not None:
             flag.set()
 
     def stop_all(self) -> None:
-        """The process stops: every run stops at its next step and keeps its state."""
+        """The process stops: runs on this node stop and keep their state; cluster runs go on."""
         self.stopping = True
         for flag in self._cancel_flags.values():
             flag.set()
 
-    # ------------------------------------------------------------------------------- training
+    # ------------------------------------------------------------------------------- checks
     def check_inputs(self, spec: TrainSpec, datasets: list[DatasetRef]) -> None:
         """Refuse a dataset, tokenizer or starting checkpoint outside the folders this service may read."""
         self.read_roots.require_all([d.manifest_uri for d in datasets], "dataset")
@@ -100,6 +157,15 @@ class Trainer:
         if spec.init_from is not None:
             self.read_roots.require(spec.init_from, "init_from")
 
+    def check_submit(self, spec: TrainSpec, datasets: list[DatasetRef]) -> TrainSpec:
+        """Everything refusable before a run exists: inputs, the spec at this launch's world size,
+        and the launcher itself (configured, reachable). Returns the resolved spec."""
+        self.check_inputs(spec, datasets)  # before validate reads any of them
+        resolved = validate(spec, self.world_size)
+        self.launcher.check()
+        return resolved
+
+    # ------------------------------------------------------------------------------- training
     def train(
         self,
         job_id: str,
@@ -110,34 +176,126 @@ class Trainer:
         on_checkpoint: Callable[[StoredCheckpoint], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> TrainOutcome:
-        """Run (or resume) the job's run; each checkpoint is stored before ``on_checkpoint`` hears of it.
+        """Run (or re-attach to, or resume) the job's run until it ends; ``on_checkpoint`` hears of each
+        checkpoint the run stored, the final one after the run succeeded.
 
-        Raises TrainConfigError or DatasetError (refusals), TrainingCancelled when ``cancel`` is set.
+        Raises TrainConfigError, DatasetError or LauncherUnavailable (refusals), TrainingCancelled
+        when ``cancel`` is set, RunFailed when the run failed otherwise.
         """
-        self.check_inputs(spec, datasets)
+        self.check_submit(spec, datasets)
         run_id = run_id_for(job_id)
+        run_dir = self.run_dir(run_id)
         job = TrainJob(
             run_id=run_id,
             spec=spec,
             sources=[d.manifest_uri for d in datasets],
             datasets=[d.model_dump(mode="json") for d in datasets],
         )
-        announced: list[StoredCheckpoint] = []
+        reader = ProgressReader(run_dir, start_at_end=True)  # before the run can write any
+        handle = self._attach_or_submit(job, run_dir)
+        status = self._watch(run_id, handle, reader, progress, on_checkpoint, cancel)
+        return self._outcome(run_id, run_dir, status, on_checkpoint)
 
-        def store_checkpoint(info: CheckpointInfo) -> None:
-            ref = self.store.put_dir(info.path, f"runs/{run_id}/checkpoints/step-{info.step}")
-            stored = StoredCheckpoint(run_id, info.step, info.final, ref, info.metrics)
-            if on_checkpoint is not None:
-                on_checkpoint(stored)
-            announced.append(stored)
-
-        run_training(
-            job,
-            self.store.local_staging(f"runs/{run_id}"),
-            self.store,
-            progress=progress,
-            on_checkpoint=store_checkpoint,
-            cancel=cancel,
-            device=self.device,
+    def _attach_or_submit(self, job: TrainJob, run_dir: Path) -> str:
+        saved = load_handle(run_dir)
+        if saved is not None and saved[0] == self.launcher.name:
+            status = self.launcher.status(saved[1])
+            if not status.state.terminal or (
+                status.state == RunState.SUCCEEDED and read_result(run_dir) is not None
+            ):
+                log.info("run %s: re-attached to %s (%s)", job.run_id, saved[1], status.state)
+                return saved[1]
+        clear_outcome(run_dir)
+        write_spec(run_dir, run_spec(job, self.store.root_uri, self.device))
+        spec = RunSpec(
+            run_id=job.run_id,
+            module=RUN_MODULE,
+            args=("--run-dir", str(run_dir)),
+            run_dir=run_dir,
+            nprocs_per_node=self.nprocs_per_node,
+            nnodes=self.nnodes,
+            gpus_per_node=self.gpus_per_node,
         )
-        return TrainOutcome(run_id, announced[-1] if announced else None)
+        handle = self.launcher.submit(spec)
+        save_handle(run_dir, self.launcher.name, handle)
+        log.info("run %s: submitted to %s as %s", job.run_id, self.launcher.name, handle)
+        return handle
+
+    def _watch(
+        self,
+        run_id: str,
+        handle: str,
+        reader: ProgressReader,
+        progress: ProgressFn | None,
+        on_checkpoint: Callable[[StoredCheckpoint], None] | None,
+        cancel: threading.Event | None,
+    ) -> RunStatus:
+        """Forward the run's reports until it ends; a cancel reaches every rank through the launcher."""
+        cancelled = False
+        while True:
+            status = self.launcher.wait(handle, self.poll_seconds)
+            self._forward(run_id, reader, progress, on_checkpoint)
+            if status.state.terminal:
+                return status
+            if cancel is not None and cancel.is_set() and not cancelled:
+                if self.stopping and self.launcher.outlives_controller:
+                    raise TrainingCancelled("the controller stops; the run goes on and is re-attached")
+                self.launcher.cancel(handle)
+                cancelled = True
+
+    def _forward(
+        self,
+        run_id: str,
+        reader: ProgressReader,
+        progress: ProgressFn | None,
+        on_checkpoint: Callable[[StoredCheckpoint], None] | None,
+    ) -> None:
+        latest: dict[str, Any] | None = None  # of a burst of reports, the newest says it all
+        for record in reader.new():
+            if "checkpoint" in record:
+                if on_checkpoint is not None:
+                    on_checkpoint(_stored(run_id, record["checkpoint"]))
+            elif "stage" in record:
+                latest = record
+        if latest is not None and progress is not None:
+            progress(
+                latest["stage"], float(latest["fraction"]), latest.get("message", ""), **latest["metrics"]
+            )
+
+    def _outcome(
+        self,
+        run_id: str,
+        run_dir: Path,
+        status: RunStatus,
+        on_checkpoint: Callable[[StoredCheckpoint], None] | None,
+    ) -> TrainOutcome:
+        if status.state == RunState.SUCCEEDED:
+            result = read_result(run_dir)
+            if result is None or "artifact" not in result.extra:
+                raise RunFailed(f"run {run_id} ended well but left no result.json in {run_dir}")
+            stored = StoredCheckpoint(
+                run_id,
+                result.step,
+                True,
+                ArtifactRef.model_validate(result.extra["artifact"]),
+                result.metrics,
+            )
+            if on_checkpoint is not None:
+                on_checkpoint(stored)  # once per delivery; the event id makes it once on the bus
+            return TrainOutcome(run_id, stored)
+        if status.state == RunState.CANCELLED:
+            raise TrainingCancelled(f"run {run_id}: {status.message or 'cancelled'}")
+        error = read_error(run_dir)
+        if error is not None and error.refusal:
+            raise TrainConfigError(error.message)
+        raise RunFailed(f"run {run_id} failed ({self.launcher.name}): {status.message}")
+
+
+def _stored(run_id: str, record: dict[str, Any]) -> StoredCheckpoint:
+    return StoredCheckpoint(
+        run_id,
+        int(record["step"]),
+        bool(record["final"]),
+        ArtifactRef.model_validate(record["checkpoint"]),
+        dict(record["metrics"]),
+    )
