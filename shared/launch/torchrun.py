@@ -5,6 +5,7 @@ it by accident, and the run can outlive a controller that crashed); its workers 
 session of their own too (torchrun does that), so cancel collects the whole process tree first and
 signals every process in it: SIGTERM (the run saves its state at the next step), SIGKILL whoever is
 left after the grace period. Output of every rank goes to ``logs/torchrun.log`` in the run folder.
+The ranks inherit the service's environment without its bus and API credentials.
 
 The handle names the torchrun process (pid and start time, so a reused pid is never mistaken for
 it) and the run folder. A controller that started the run reads the exit code; a restarted one,
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,6 +40,7 @@ from shared.launch.base import (
     RunStatus,
     read_error,
 )
+from shared.launch.environment import looks_secret
 
 LOG_NAME = "torchrun.log"
 CANCEL_MARKER = "cancel-requested"  # in the run folder: the run ended because it was cancelled
@@ -45,6 +48,13 @@ _TAIL_BYTES = 2000
 
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # runs this process started, by pid (to reap them)
 _CHILDREN_LOCK = threading.Lock()
+
+
+def run_environment(base: Mapping[str, str]) -> dict[str, str]:
+    """The service's environment less its own identity on the bus and the APIs (PUYU_* credentials:
+    a run never talks to either). Other credentials stay: the run writes its checkpoints into the
+    artifact store with the store's keys, as the service would."""
+    return {k: v for k, v in base.items() if not (k.startswith("PUYU_") and looks_secret(k))}
 
 
 def _log_tail(run_dir: Path) -> str:
@@ -105,7 +115,7 @@ class TorchrunLauncher(Launcher):
             spec.module,
             *spec.args,
         ]
-        env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1"}
+        env = {**run_environment(os.environ), **spec.env, "PYTHONUNBUFFERED": "1"}
         with (spec.log_dir / LOG_NAME).open("ab") as log:
             log.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(cmd)}\n".encode())
             log.flush()

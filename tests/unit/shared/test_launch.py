@@ -197,3 +197,20 @@ def _alive(run_dir: Path) -> list[int]:
         and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
         and pid != os.getpid()
     ]
+
+
+def test_torchrun_ranks_inherit_no_bus_or_api_credentials() -> None:
+    from shared.launch.torchrun import run_environment
+
+    env = run_environment(
+        {
+            "PUYU_AUTH_TOKEN": "t",
+            "PUYU_AUTH_TOKEN_FILE": "/t",
+            "PUYU_NATS_NKEY_SEED_FILE": "/s",
+            "PUYU_NATS_CREDS_FILE": "/c",
+            "PUYU_HOME": "/h",
+            "AWS_SECRET_ACCESS_KEY": "k",  # the artifact store's: the run writes checkpoints with it
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
+    assert env == {"PUYU_HOME": "/h", "AWS_SECRET_ACCESS_KEY": "k", "TOKENIZERS_PARALLELISM": "false"}
