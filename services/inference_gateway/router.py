@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-from services.inference_gateway.core.engine import Delta, Engine, EngineClosed
+from services.inference_gateway.core.engine import Delta, EngineClosed
+from services.inference_gateway.core.engine_api import ServingEngine
 from services.inference_gateway.core.pool import ModelNotFound, ModelPool
 from services.inference_gateway.core.prompts import Prompt
 from services.inference_gateway.core.routing import Route, RoutingPolicy, WorkerLoad
@@ -139,7 +140,7 @@ class Router:
         ROUTED.labels(worker.instance).inc()
         return _chain(first, stream, functools.partial(self.workers.end, worker.instance, ticket))
 
-    def _local_engine(self, name: str, local_only: bool) -> Engine | None:
+    def _local_engine(self, name: str, local_only: bool) -> ServingEngine | None:
         routes_to_workers = self.workers is not None
         if self.pool is None or not self.policy.local_allowed(
             local_only=local_only, routes_to_workers=routes_to_workers
@@ -151,7 +152,7 @@ class Router:
             return None
 
     async def _open_locally(
-        self, engine: Engine, prompt: Prompt, params: SamplingParams, timeout: float | None
+        self, engine: ServingEngine, prompt: Prompt, params: SamplingParams, timeout: float | None
     ) -> AsyncIterator[Delta] | None:
         """The request's stream on this process's engine, None when a switch retired the engine."""
         local = engine.stream(prompt.token_ids(engine), params)

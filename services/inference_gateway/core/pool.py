@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from services.inference_gateway.core.engine import Engine
+from services.inference_gateway.core.engine_api import ServingEngine
 from services.inference_gateway.core.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -33,14 +34,14 @@ class ModelNotFound(KeyError):
 class Served:
     model_name: str
     version: int
-    engine: Engine
+    engine: ServingEngine
     state: str = "ready"  # loading | ready | draining
 
     def names(self, alias: str = "champion") -> list[str]:
         return [self.model_name, f"{self.model_name}:{self.version}", f"{self.model_name}@{alias}"]
 
 
-EngineLoader = Callable[[Path, str], Engine]
+EngineLoader = Callable[[Path, str], ServingEngine]  # puyu's Engine.load, VllmEngine.load
 
 
 class ModelPool:
@@ -54,7 +55,7 @@ class ModelPool:
         self.drain_timeout = drain_timeout
 
     # ------------------------------------------------------------------------------ lookups
-    def resolve(self, name: str) -> Engine:
+    def resolve(self, name: str) -> ServingEngine:
         served = self._names.get(name)
         if served is None:
             raise ModelNotFound(name, sorted(self._names))
@@ -133,7 +134,7 @@ class ModelPool:
                 asyncio.create_task(task)  # noqa: RUF006 - the pool keeps the entry until it is done
         return new
 
-    def _load_and_warm(self, path: Path, name: str) -> Engine:
+    def _load_and_warm(self, path: Path, name: str) -> ServingEngine:
         engine = self._loader(path, name).start()
         try:
             warm_ids = engine.encode("Hello") or [engine.tokenizer.bos_token_id or 0]

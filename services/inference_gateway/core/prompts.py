@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from services.inference_gateway.core.sampling import InvalidRequest
 
 if TYPE_CHECKING:
-    from services.inference_gateway.core.engine import Engine
+    from services.inference_gateway.core.engine_api import ServingEngine
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Prompt:
         if given != 1:
             raise ValueError("a prompt is exactly one of text, token ids or chat messages")
 
-    def token_ids(self, engine: Engine) -> list[int]:
+    def token_ids(self, engine: ServingEngine) -> list[int]:
         if self.ids is not None:
             return list(self.ids)
         if self.messages is not None:
@@ -64,3 +64,24 @@ def check_prompt_ids(ids: Sequence[int], *, vocab_size: int) -> None:
     bad = next((i for i in ids if not 0 <= i < vocab_size), None)
     if bad is not None:
         raise InvalidRequest(f"Token id {bad} is out of vocabulary (the model has {vocab_size} token ids)")
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """``text``'s token ids as the model's tokenizer makes them (its special tokens included)."""
+    return list(tokenizer(text)["input_ids"])
+
+
+def render_chat(
+    tokenizer: Any, name: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> list[int]:
+    """The token ids of ``messages`` rendered by the model's chat template, ready for the answer;
+    InvalidRequest when the model has no template or the template rejects the messages."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise InvalidRequest(f"model {name!r} has no chat template: use /v1/completions")
+    try:
+        text = tokenizer.apply_chat_template(
+            messages, tools=tools or None, add_generation_prompt=True, tokenize=False
+        )
+    except Exception as exc:  # a template that rejects these messages (roles, order) says why
+        raise InvalidRequest(f"the chat template of {name!r} rejected the messages: {exc}") from None
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from services.inference_gateway.core.engine import Engine
+from services.inference_gateway.core.engine_api import ServingEngine
 from services.inference_gateway.core.pool import ModelNotFound
 from services.inference_gateway.core.prompts import check_prompt_ids
 from services.inference_gateway.core.sampling import InvalidRequest
@@ -41,10 +41,10 @@ class OpenAIServingTokenization:
     async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
         engine = self._engine(request.model)
         if request.tokens:
-            validated(lambda: check_prompt_ids(request.tokens, vocab_size=engine.guides.vocab_size))
+            validated(lambda: check_prompt_ids(request.tokens, vocab_size=engine.vocab_size))
         return DetokenizeResponse(prompt=engine.tokenizer.decode(request.tokens))
 
-    def _engine(self, name: str | None) -> Engine:
+    def _engine(self, name: str | None) -> ServingEngine:
         """The engine of ``name`` in this process; without a name, the one model this process serves."""
         pool = self.router.pool
         local = pool.named() if pool is not None else []
@@ -69,7 +69,7 @@ class OpenAIServingTokenization:
             raise APIError(404, str(exc), "invalid_request_error", "model_not_found") from None
 
 
-def _token_ids(engine: Engine, request: TokenizeCompletionRequest | TokenizeChatRequest) -> list[int]:
+def _token_ids(engine: ServingEngine, request: TokenizeCompletionRequest | TokenizeChatRequest) -> list[int]:
     tokenizer = engine.tokenizer
     if isinstance(request, TokenizeCompletionRequest):
         return list(tokenizer(request.prompt, add_special_tokens=request.add_special_tokens)["input_ids"])

@@ -22,7 +22,7 @@ from services.inference_gateway.core.engine.sequence import Request
 from services.inference_gateway.core.guided import GuideFactory
 from services.inference_gateway.core.kv_cache import kv_block_bytes, resolve_kv_cache_dtype
 from services.inference_gateway.core.model_runner import ModelRunner
-from services.inference_gateway.core.prompts import check_prompt_ids
+from services.inference_gateway.core.prompts import check_prompt_ids, encode_text, render_chat
 from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams, check_context
 from shared.hf_models import load_causal_lm, load_tokenizer
 
@@ -158,20 +158,12 @@ class Engine:
 
     # ------------------------------------------------------------------------------ prompts
     def encode(self, prompt: str) -> list[int]:
-        return list(self.tokenizer(prompt)["input_ids"])
+        return encode_text(self.tokenizer, prompt)
 
     def render_chat(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
     ) -> list[int]:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise InvalidRequest(f"model {self.name!r} has no chat template: use /v1/completions")
-        try:
-            text = self.tokenizer.apply_chat_template(
-                messages, tools=tools or None, add_generation_prompt=True, tokenize=False
-            )
-        except Exception as exc:  # a template that rejects these messages (roles, order) says why
-            raise InvalidRequest(f"the chat template of {self.name!r} rejected the messages: {exc}") from None
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return render_chat(self.tokenizer, self.name, messages, tools)
 
     # ------------------------------------------------------------------------------ lifecycle
     def start(self) -> Engine:
@@ -204,6 +196,11 @@ class Engine:
     @property
     def in_flight(self) -> int:
         return self.bridge.in_flight
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids the model has an embedding for (a prompt's ids must be below)."""
+        return self.guides.vocab_size
 
     @property
     def accepting(self) -> bool:
