@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from services.inference_gateway.core.engine import Engine
 from services.inference_gateway.core.limits import Limits
 from services.inference_gateway.core.pool import EngineLoader, ModelPool
 from services.inference_gateway.core.routing import RoutingPolicy
+from services.inference_gateway.core.vllm_engine import vllm_installed
 from services.inference_gateway.core.worker_table import WorkerTable
 from services.inference_gateway.gateway import Gateway
 from services.inference_gateway.grpc_api import SERVICE_NAME, InferenceServicer
@@ -43,7 +45,18 @@ log = logging.getLogger(__name__)
 
 
 def engine_loader(settings: GatewaySettings) -> EngineLoader:
+    """How the pool opens a model folder: puyu's engine, or vLLM's (PUYU_WORKER_ENGINE=vllm)."""
     kw = settings.engine_kwargs()
+    if settings.worker_engine == "vllm":
+        if not vllm_installed():
+            raise SystemExit(
+                "PUYU_WORKER_ENGINE=vllm, but vLLM is not installed in this Python "
+                f"({sys.executable}): `make vllm-worker-env`, then run the worker with "
+                "`.venv-vllm/bin/python -m services.inference_gateway worker`"
+            )
+        from services.inference_gateway.core.vllm_engine.engine import VllmEngine  # imports vLLM
+
+        return lambda path, name: VllmEngine.load(Path(path), name=name, **kw)  # type: ignore[arg-type]
     return lambda path, name: Engine.load(Path(path), name=name, **kw)  # type: ignore[arg-type]
 
 

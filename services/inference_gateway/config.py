@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ByteSize, Field, model_validator
 
@@ -58,6 +58,17 @@ class GatewaySettings(CommonSettings):
         default="auto",
         description="Precision of the served models' weights and KV cache: auto is the checkpoint's on "
         "CUDA and, on the CPU, bfloat16 where the processor multiplies it natively, else float32.",
+    )
+    worker_engine: Literal["puyu", "vllm"] = Field(
+        default="puyu",
+        description="The engine that runs the served models (PUYU_WORKER_ENGINE): puyu's own, or vLLM's "
+        "engine in this process (vLLM must be installed in its Python: `make vllm-worker-env`, then "
+        "`.venv-vllm/bin/python -m services.inference_gateway worker`).",
+    )
+    worker_vllm_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="With vLLM: more of its engine arguments, as a JSON object (PUYU_WORKER_VLLM_ARGS, "
+        'e.g. {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.4, "enforce_eager": true}).',
     )
     gateway_default_max_tokens: int = Field(
         default=16, ge=1, description="max_tokens when a request omits it."
@@ -150,4 +161,5 @@ class GatewaySettings(CommonSettings):
             "kv_cache_dtype": self.gateway_kv_cache_dtype,
             "kv_cache_memory": self.gateway_kv_cache_memory,
             "dtype": self.gateway_dtype,
+            **({"vllm_args": self.worker_vllm_args} if self.worker_engine == "vllm" else {}),
         }
