@@ -204,6 +204,10 @@ class VllmEngine:
             config.scheduler_config.max_num_batched_tokens = max(
                 max_step_tokens, config.model_config.max_model_len
             )
+        if "structured_outputs_config" not in extra:
+            # JSON without free whitespace between tokens, as puyu's guide compiles a schema (else a
+            # small model fills max_tokens with blanks); vLLM's separators are "," and ":"
+            config.structured_outputs_config.disable_any_whitespace = True
         cache = config.cache_config
         sized = cache.kv_cache_memory_bytes is not None or os.environ.get("VLLM_CPU_KVCACHE_SPACE")
         if not sized and num_blocks is not None:
@@ -324,12 +328,7 @@ class VllmEngine:
             vllm_params = VllmSamplingParams(
                 **kwargs,
                 output_kind=RequestOutputKind.DELTA,
-                # no free whitespace between JSON tokens, as puyu's guide compiles the schema
-                structured_outputs=(
-                    StructuredOutputsParams(json=schema, disable_any_whitespace=True)
-                    if schema is not None
-                    else None
-                ),
+                structured_outputs=StructuredOutputsParams(json=schema) if schema is not None else None,
             )
         except (ValueError, VLLMClientError) as exc:  # vLLM's own bounds, where they are narrower than puyu's
             raise InvalidRequest(f"vLLM refuses the request: {exc}") from None
