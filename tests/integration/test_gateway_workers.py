@@ -1,10 +1,15 @@
-"""Two worker processes behind a gateway process, on a real nats-server.
+"""Two worker processes behind a gateway process, on a real nats-server, once per worker engine.
 
 The workers (``python -m services.inference_gateway worker``) deploy every promotion and announce
 their load in ``puyu_workers``; the gateway (no engines of its own) watches the bucket and routes.
-One run, in phases: both workers deploy a promotion; a busy worker gets fewer new requests; a
-second promotion switches both workers under load with no failed request; killing a worker under
-load fails no request (the ones it held are run again elsewhere), and it is dropped from the view.
+One run, in phases: both workers deploy a promotion; their greedy tokens are transformers' (and
+puyu's engine's) on the same model, and they refuse bad input; a busy worker gets fewer new
+requests; a second promotion switches both workers under load with no failed request; killing a
+worker under load fails no request (the ones it held are run again elsewhere), and it is dropped
+from the view.
+
+The run is the same for both engines: puyu's (the default) and vLLM's (``PUYU_WORKER_ENGINE=vllm``,
+the workers started from ``.venv-vllm``'s Python, which ``make vllm-worker-env`` makes).
 """
 
 from __future__ import annotations
@@ -38,12 +43,27 @@ from tests.support.fake_registry import FakeRegistry
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WORKERS = ("worker-a", "worker-b")
+VLLM_PYTHON = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
+# Greedy prompts (token ids are the tokenizer's; the same for both engines) and tokens per answer
+GREEDY_PROMPTS = ("Traders meet", "The capital of aldoria is", "Wool salt copper and bright glass")
+GREEDY_TOKENS = 24
 
 
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+@pytest.fixture(params=["puyu", "vllm"])
+def engine(request: pytest.FixtureRequest) -> str:
+    if request.param == "vllm" and not VLLM_PYTHON.exists():
+        if os.environ.get("CI"):  # `make test` makes the venv: missing in CI is a failure
+            pytest.fail(f"{VLLM_PYTHON} is missing: `make vllm-worker-env` makes it")
+        pytest.skip(f"vLLM's worker venv is missing ({VLLM_PYTHON}): `make vllm-worker-env`")
+    return str(request.param)
+
+
+def _spawn(
+    args: list[str], env: dict[str, str], log: Path, python: str = sys.executable
+) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "services.inference_gateway", *args],
+            [python, "-m", "services.inference_gateway", *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -51,16 +71,15 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
+def cluster(tmp_path: Path, engine: str) -> Iterator[dict[str, Any]]:
     from tests.support.tiny_model import build_serving_model  # torch: only when it runs
 
     store = ArtifactStore((tmp_path / "artifacts").as_uri())
-    refs = {
-        v: store.put_dir(
-            build_serving_model(tmp_path / f"v{v}", seed=v, max_positions=2048), f"models/demo/{v}"
-        )
-        for v in (1, 2)
+    # head size 32: a model both engines serve (vLLM's CPU attention has no kernel below 32)
+    folders = {
+        v: build_serving_model(tmp_path / f"v{v}", seed=v, max_positions=2048, head_dim=32) for v in (1, 2)
     }
+    refs = {v: store.put_dir(folders[v], f"models/demo/{v}") for v in (1, 2)}
     registry = FakeRegistry().start()  # attests each promotion the test publishes
     with NatsServer(tmp_path / "nats") as nats:
         base_env = {
@@ -76,7 +95,11 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
             # one, in another batch; bf16 rounding is not batch-invariant over that length
             "PUYU_GATEWAY_DTYPE": "float32",
             "OMP_NUM_THREADS": "1",
+            "PUYU_WORKER_ENGINE": engine,
+            # vLLM: no torch.compile of each version (half a minute per load on this CPU)
+            "PUYU_WORKER_VLLM_ARGS": '{"enforce_eager": true}',
         }
+        worker_python = str(VLLM_PYTHON) if engine == "vllm" else sys.executable
         ports = {name: (free_port(), free_port()) for name in (*WORKERS, "gateway")}
         procs: dict[str, subprocess.Popen[bytes]] = {}
         for name in WORKERS:
@@ -86,7 +109,7 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
                 "PUYU_GATEWAY_GRPC_PORT": str(ports[name][0]),
                 "PUYU_GATEWAY_HTTP_PORT": str(ports[name][1]),
             }
-            procs[name] = _spawn(["worker"], env, tmp_path / f"{name}.log")
+            procs[name] = _spawn(["worker"], env, tmp_path / f"{name}.log", worker_python)
         gw_env = {
             **base_env,
             "PUYU_GATEWAY_LOCAL_MODELS": "false",  # a pure router: every request goes to a worker process
@@ -106,9 +129,11 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
                     assert time.monotonic() < deadline, f"{name} not healthy"
                     time.sleep(0.3)
             yield {
+                "engine": engine,
                 "nats": nats.url,
                 "registry": registry,
                 "refs": refs,
+                "folders": folders,
                 "procs": procs,
                 "grpc": {name: f"127.0.0.1:{p[0]}" for name, p in ports.items()},
                 "gateway": f"http://127.0.0.1:{ports['gateway'][1]}",
@@ -214,6 +239,60 @@ async def _busy(target: str, stop: asyncio.Event, streams: int = 4) -> None:
         await asyncio.gather(*[one() for _ in range(streams)])
 
 
+def _reference_greedy(folder: Path) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
+    """The prompts' token ids, and the greedy continuations (past any EOS) of transformers' Llama, step
+    by step on the whole sequence, and of puyu's engine in this process; fp32 both."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from services.inference_gateway.core.engine import Engine
+    from services.inference_gateway.core.sampling import SamplingParams
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompts = [list(tokenizer(p)["input_ids"]) for p in GREEDY_PROMPTS]
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    hf: list[list[int]] = []
+    with torch.no_grad():
+        for ids in prompts:
+            seq = list(ids)
+            for _ in range(GREEDY_TOKENS):
+                seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+            hf.append(seq[len(ids) :])
+    engine = Engine.load(folder, dtype="float32", max_batch_size=4).start()
+    try:
+        params = SamplingParams(max_tokens=GREEDY_TOKENS, temperature=0, ignore_eos=True, logprobs=0)
+        puyu = [[lp.token_id for lp in engine.generate_sync(ids, params).logprobs] for ids in prompts]
+    finally:
+        engine.close()
+    return prompts, hf, puyu
+
+
+async def _greedy_on_worker(target: str, prompt_ids: list[int]) -> list[int]:
+    """A worker's greedy continuation of ``prompt_ids`` over gRPC Generate: its tokens' ids."""
+    params = inference_pb2.SamplingParams(
+        max_tokens=GREEDY_TOKENS, temperature=0, ignore_eos=True, logprobs=0, has_logprobs=True
+    )
+    request = inference_pb2.GenerateRequest(
+        model="demo", prompt_ids=prompt_ids, local_only=True, params=params
+    )
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        return [lp.token_id for chunk in [c async for c in stub.Generate(request)] for lp in chunk.logprobs]
+
+
+async def _refusal(target: str, request: inference_pb2.GenerateRequest) -> tuple[grpc.StatusCode, str]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            async for _ in inference_pb2_grpc.InferenceStub(channel).Generate(request):
+                pass
+        except grpc.aio.AioRpcError as exc:
+            return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+@pytest.mark.timeout(
+    1500
+)  # the vLLM run: each version loads in its engine-core process (about a minute here)
 async def test_two_workers_spread_switch_and_survive_a_kill(cluster: dict[str, Any]) -> None:
     bus = Bus(cluster["nats"], "model-registry")  # what the registry would publish
     ready: asyncio.Queue[DeploymentReady] = asyncio.Queue()
@@ -240,7 +319,7 @@ async def test_two_workers_spread_switch_and_survive_a_kill(cluster: dict[str, A
             async def deployed(version: int) -> set[str]:
                 got: set[str] = set()
                 while got != set(WORKERS):
-                    r = await asyncio.wait_for(ready.get(), 90)
+                    r = await asyncio.wait_for(ready.get(), 300 if cluster["engine"] == "vllm" else 90)
                     if r.model.version == version:
                         got.add(r.instance)
                 return got
@@ -256,6 +335,25 @@ async def test_two_workers_spread_switch_and_survive_a_kill(cluster: dict[str, A
                     break
                 await asyncio.sleep(0.1)
             assert {"demo", "demo:1", "demo@champion"} <= await served_by_gateway()
+
+            # 1b. each worker's greedy tokens are transformers' and puyu's engine's on the same model (fp32)
+            prompts, hf, puyu = await asyncio.to_thread(_reference_greedy, cluster["folders"][1])
+            assert puyu == hf
+            for name in WORKERS:
+                got = [await _greedy_on_worker(cluster["grpc"][name], ids) for ids in prompts]
+                assert got == hf, (cluster["engine"], name)
+            # ... and refuse bad input before any compute, naming it (out-of-vocabulary id, bad schema)
+            bad_id = inference_pb2.GenerateRequest(model="demo", prompt_ids=[5, 100000], local_only=True)
+            code, detail = await _refusal(cluster["grpc"]["worker-a"], bad_id)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "100000" in detail, (code, detail)
+            bad_schema = inference_pb2.GenerateRequest(
+                model="demo",
+                prompt="Wool",
+                local_only=True,
+                params=inference_pb2.SamplingParams(max_tokens=8, json_schema='{"type": 5}'),
+            )
+            code, detail = await _refusal(cluster["grpc"]["worker-a"], bad_schema)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and detail, (code, detail)
 
             # 2. a busy worker gets fewer new requests: worker-a runs four long generations of its own
             kv = await bus.key_value(WORKERS_BUCKET)

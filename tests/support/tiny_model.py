@@ -51,9 +51,12 @@ def build_tiny_model(
     unk_token: str | None = None,
     add_bos: bool = False,
     initializer_range: float = 0.02,
+    heads: int = 4,
+    kv_heads: int = 2,
 ) -> Path:
-    """Write a random-init LlamaForCausalLM (tied embeddings, 4 heads, 2 KV heads) and its tokenizer
-    to ``dest``, loadable by the Auto* classes and ``shared.hf_models``.
+    """Write a random-init LlamaForCausalLM (tied embeddings, ``heads`` attention heads and ``kv_heads``
+    KV heads, 4 and 2 by default) and its tokenizer to ``dest``, loadable by the Auto* classes and
+    ``shared.hf_models``.
 
     The tokenizer is a byte-level BPE trained on ``texts`` (default ``sentences()``) with the special
     tokens ``<s> </s> <pad>``; ``unk_token`` is put first and declared (as Llama 2 tokenizers do, a
@@ -93,8 +96,8 @@ def build_tiny_model(
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=max_positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -109,9 +112,13 @@ def build_tiny_model(
     return dest
 
 
-def build_serving_model(dest: Path, *, seed: int = 0, max_positions: int = 256) -> Path:
+def build_serving_model(dest: Path, *, seed: int = 0, max_positions: int = 256, head_dim: int = 16) -> Path:
     """The gateway tests' model: ``build_tiny_model`` on ``sentences()`` with 320 tokens, the
-    User/Assistant template and logits spread wide enough for greedy decoding to be stable."""
+    User/Assistant template and logits spread wide enough for greedy decoding to be stable.
+
+    ``head_dim`` 32 (2 heads, 1 KV head) is a model vLLM's CPU build serves too: its attention has
+    kernels for head sizes of 32 and up."""
+    heads = 64 // head_dim
     return build_tiny_model(
         dest,
         vocab_size=320,
@@ -119,6 +126,8 @@ def build_serving_model(dest: Path, *, seed: int = 0, max_positions: int = 256) 
         seed=seed,
         chat_template=USER_ASSISTANT_TEMPLATE,
         initializer_range=0.2,
+        heads=heads,
+        kv_heads=max(1, heads // 2),
     )
 
 
