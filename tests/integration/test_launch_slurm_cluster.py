@@ -1,6 +1,7 @@
 """The slurm launcher against a real single-node Slurm (tests/support/slurm.py): runs of the launch
-probe (tests/support/launch_probe.py, a real run program under real torchrun) succeed, fail, are
-requeued with their restarts counted, and are cancelled on every rank."""
+probe (tests/support/launch_probe.py, a real run program under real torchrun) succeed with their
+ranks and fail with their reason. A requeue mid-run, its restarts and a cancel that reaches every
+rank are tested end to end with the trainer (tests/integration/test_trainer_slurm.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import os
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from shared.launch import RunSpec, RunState, RunStatus, read_error, read_result
@@ -48,12 +48,6 @@ def wait_for(launcher: SlurmLauncher, handle: str, done: object, timeout: float 
     raise AssertionError(f"timed out; states seen: {seen[-5:]}")
 
 
-def rank_pids(run_dir: Path, ranks: int = 2) -> dict[int, int]:
-    folder = run_dir / "pids"
-    found = {int(p.name): int(p.read_text()) for p in folder.glob("*")} if folder.exists() else {}
-    return found if len(found) == ranks and all(psutil.pid_exists(p) for p in found.values()) else {}
-
-
 def job_id(handle: str) -> str:
     return str(json.loads(handle)["job_id"])
 
@@ -81,47 +75,6 @@ def test_failed_run_is_failed_with_its_reason(slurm_cluster: SlurmCluster, tmp_p
     assert status.state is RunState.FAILED and "FAILED" in status.message, status
     error = read_error(spec.run_dir)
     assert error is not None and "rank 0 broke" in error.message
-
-
-def test_requeued_run_runs_again_under_the_same_job_and_cancel_reaches_every_rank(
-    slurm_cluster: SlurmCluster,  # noqa: F811
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("PUYU_AUTH_TOKEN", "must-not-reach-the-job")
-    launcher = launcher_for(slurm_cluster)
-    spec = probe(tmp_path / "run", "hang")
-    handle = launcher.submit(spec)
-    wait_for(launcher, handle, lambda s: s.state is RunState.RUNNING and rank_pids(spec.run_dir))
-    first = rank_pids(spec.run_dir)
-    # Each rank has the service's environment (its interpreter's venv) but not the service's token.
-    environ = psutil.Process(first[0]).environ()
-    assert environ["PYTHONPATH"] == str(ROOT) and environ["RANK"] == "0" and environ["WORLD_SIZE"] == "2"
-    assert "PUYU_AUTH_TOKEN" not in environ and environ.get("PUYU_RUN_RESTARTS") == "0"
-
-    # Preemption as Slurm does it: the job's processes are killed and it waits to run again.
-    slurm_cluster.client("scontrol", "requeue", job_id(handle))
-    status = wait_for(launcher, handle, lambda s: s.state is RunState.PENDING)
-    assert status.restarts == 1
-    assert not any(psutil.pid_exists(p) for p in first.values())
-    for p in (spec.run_dir / "pids").iterdir():
-        p.unlink()
-    status = wait_for(launcher, handle, lambda s: s.state is RunState.RUNNING and rank_pids(spec.run_dir))
-    second = rank_pids(spec.run_dir)
-    assert status.restarts == 1 and set(second.values()).isdisjoint(first.values())
-    assert psutil.Process(second[1]).environ()["PUYU_RUN_RESTARTS"] == "1"
-    log = (spec.run_dir / "logs" / f"slurm-{job_id(handle)}.out").read_text()
-    assert "attempt 0" in log and "attempt 1" in log  # one log, appended by each attempt
-
-    launcher.cancel(handle)
-    status = wait_for(launcher, handle, lambda s: s.state.terminal, timeout=60)
-    assert status.state is RunState.CANCELLED and status.restarts == 1
-    deadline = time.monotonic() + 30
-    while any(psutil.pid_exists(p) for p in second.values()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(psutil.pid_exists(p) for p in second.values()), "a rank outlived the cancel"
-    launcher.cancel(handle)  # cancelling a finished run changes nothing
-    assert launcher.status(handle).state is RunState.CANCELLED
 
 
 def test_a_job_the_controller_forgot_is_read_from_the_run_folder(
