@@ -1,8 +1,10 @@
-"""What a run's processes inherit from the controller: its environment, less credentials.
+"""What a run's processes inherit from the controller: its environment, less its own credentials.
 
-A run never talks to the bus or the services' APIs, so the controller's tokens, keys and passwords
-have no business in a batch job's environment (kept by the cluster's controller) or in a Kubernetes
-object (kept in etcd, readable by whoever may read Jobs)."""
+A run never talks to the bus or the services' APIs, so the service's PUYU_* tokens, keys and seeds
+stay behind; the artifact store's keys (AWS_*, ...) go with it, since the run writes its checkpoints
+into the store as the service would. A Kubernetes object takes no credential at all (it is kept in
+etcd, readable by whoever may read Jobs): ``looks_secret`` tells the kubernetes launcher what to
+refuse there, the store's keys reaching its pods through a Secret by reference."""
 
 from __future__ import annotations
 
@@ -24,10 +26,12 @@ def looks_secret(name: str) -> bool:
 
 
 def job_environment(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
-    """The controller's environment less credentials and Slurm job variables, plus the run's own
-    variables (the controller chose those: they are exported as given)."""
+    """The controller's environment less its PUYU_* credentials and Slurm job variables, plus the
+    run's own variables (the controller chose those: they are exported as given)."""
     env = {
-        k: v for k, v in base.items() if not looks_secret(k) and (k in _KEEP or not _SLURM_JOB_VAR.match(k))
+        k: v
+        for k, v in base.items()
+        if not (k.startswith("PUYU_") and looks_secret(k)) and (k in _KEEP or not _SLURM_JOB_VAR.match(k))
     }
     env.update(extra)
     return env

@@ -11,7 +11,8 @@ then ``sacct`` where the cluster keeps accounting, then the run folder's own res
 Cancelled with ``scancel``, which signals every step of the job, so every rank on every node.
 
 The job runs with the submitting service's interpreter and environment (``sbatch`` exports it), less
-credentials: a run never talks to the bus or the APIs, so tokens, keys and passwords stay behind.
+the service's own PUYU_* credentials: a run never talks to the bus or the APIs (the artifact store's
+keys go with it: the run writes its checkpoints into the store).
 Every node must see the run folder and the interpreter at the same paths (a shared filesystem, or the
 same image), as with any Slurm job.
 """
