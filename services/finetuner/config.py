@@ -1,16 +1,19 @@
-"""Finetuner settings (``PUYU_*`` environment, e.g. ``PUYU_FINETUNER_DEVICE=cuda``)."""
+"""Finetuner settings (``PUYU_*`` environment, e.g. ``PUYU_FINETUNER_DEVICE=cuda``; the launcher:
+``PUYU_LAUNCHER=torchrun``, ``PUYU_LAUNCH_NPROCS_PER_NODE=2``, see docs/finetuner.md)."""
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import CommonSettings
+from shared.settings import LaunchSettings
 
 
-class FinetunerSettings(CommonSettings):
-    finetuner_device: str = Field(default="auto", description="cpu | cuda | auto (CUDA when present).")
+class FinetunerSettings(LaunchSettings):
+    finetuner_device: str = Field(
+        default="auto", description="cpu | cuda | auto (CUDA when present; under torchrun one GPU per rank)."
+    )
     finetuner_num_threads: int | None = Field(
-        default=None, ge=1, description="torch CPU threads; default torch's."
+        default=None, ge=1, description="torch CPU threads (per rank); default torch's (torchrun: 1)."
     )
     finetuner_registry_timeout_s: float = Field(
         default=10.0, gt=0, description="Registry GetVersion deadline."

@@ -1,18 +1,21 @@
 """Bus adapter: FinetuneRequested -> (base resolved through the registry) -> core -> CheckpointReady.
 
-The core derives the run folder and artifact keys from the job id, so a redelivered request
-overwrites the same run and re-publishes the same ``ckpt:{run_id}:{step}`` event (deduplicated by
-the stream).
+The core is the run's controller (submitted to the configured launcher, watched, cancelled when the
+job board says the job was cancelled). It derives the run folder and artifact keys from the job id,
+so a redelivered request re-attaches to the same run and re-publishes the same
+``ckpt:{run_id}:{step}`` event (deduplicated by the stream, registered once by the registry).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 from contracts.events import ArtifactRef, CheckpointReady, FinetuneRequested, ModelRef
 from services.finetuner.config import FinetunerSettings
 from services.finetuner.core import Finetuner, FinetuneResult
+from services.finetuner.core.training import FinetuneCancelled
 from services.finetuner.registry_client import resolve_base
 from shared.auth import ClientAuth
 from shared.bus import Bus, HandlerContext
@@ -38,16 +41,29 @@ def register_handlers(bus: Bus, core: Finetuner, settings: FinetunerSettings) ->
     async def on_finetune(ctx: HandlerContext[FinetuneRequested]) -> None:
         p = ctx.payload
         async with ctx.job(p.job_id, JOB_KIND, stage="prepare") as job:
+            if job.cancelled:
+                return  # cancelled while it waited in the queue
             base = await base_artifact(p)
-            result = await asyncio.to_thread(
-                core.finetune,
-                p.job_id,
-                p.spec,
-                base=p.base,
-                base_artifact=base,
-                dataset_uri=p.dataset_uri,
-                progress=job.thread_progress(),
-            )
+            with core.cancel_flag(p.job_id) as cancel:
+                watcher = asyncio.create_task(_watch_cancel(ctx.bus, p.job_id, cancel))
+                try:
+                    result = await asyncio.to_thread(
+                        core.finetune,
+                        p.job_id,
+                        p.spec,
+                        base=p.base,
+                        base_artifact=base,
+                        dataset_uri=p.dataset_uri,
+                        progress=job.thread_progress(),
+                        cancel=cancel,
+                    )
+                except FinetuneCancelled as exc:
+                    if core.stopping:
+                        raise  # not the user's wish: the redelivered job resumes the run
+                    job.cancel(str(exc))
+                    return
+                finally:
+                    watcher.cancel()
             model_name = p.output_model_name or p.base.model_name
             await ctx.publish(
                 checkpoint_ready(p, result, model_name), event_id=f"ckpt:{result.run_id}:{result.steps}"
@@ -64,6 +80,14 @@ def register_handlers(bus: Bus, core: Finetuner, settings: FinetunerSettings) ->
                 },
             )
             log.info("finetune %s done: %s", p.job_id, result.model.uri)
+
+
+async def _watch_cancel(bus: Bus, job_id: str, flag: threading.Event) -> None:
+    # The board's history, not its latest value: a progress write may overwrite "cancelled".
+    async for status in bus.jobs.watch(job_id):
+        if status.state == "cancelled":
+            flag.set()
+            return
 
 
 def checkpoint_ready(request: FinetuneRequested, result: FinetuneResult, model_name: str) -> CheckpointReady:

@@ -1,20 +1,28 @@
-"""The finetuner as the service runs it: inputs fetched from the artifact store, the run in a folder
-named after the job, and the outputs stored back as artifacts.
+"""The finetuner as the service runs it, a controller: inputs fetched from the artifact store, the
+run submitted to a launcher (``shared.launch``: in this process by default, torchrun, Slurm,
+Kubernetes) in a folder named after the job, watched, and its outputs stored back as artifacts.
 
-The run folder and the artifact keys derive from the job id, so a redelivered request resumes the
-same run and overwrites the same artifacts.
+The run folder and the artifact keys derive from the job id, so a redelivered request re-attaches
+to (or resumes) the same run and overwrites the same artifacts.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from contracts.events import ArtifactRef, FinetuneSpec, ModelRef
-from services.finetuner.core.finetune import run_finetune
+from services.finetuner.core.controller import RunController
 from services.finetuner.core.refusals import InvalidInput
+from services.finetuner.core.runs import RunInputs
 from services.finetuner.core.training import Progress
+from services.finetuner.core.validation import validate
 from shared.artifacts import ArtifactStore
+from shared.launch import Launcher
+from shared.launch.local import LocalLauncher
 from shared.read_roots import ReadRoots
 
 
@@ -39,9 +47,59 @@ class Finetuner:
         device: str = "auto",
         num_threads: int | None = None,
         read_roots: ReadRoots | None = None,
+        launcher: Launcher | None = None,
+        *,
+        nprocs_per_node: int = 1,
+        nnodes: int = 1,
+        gpus_per_node: int = 0,
+        runs_dir: Path | None = None,
+        poll_seconds: float = 0.5,
     ) -> None:
         self.store, self.device, self.num_threads = store, device, num_threads
         self.read_roots = read_roots or ReadRoots([store.root_uri])  # where its inputs may come from
+        self.launcher = launcher or LocalLauncher()
+        self.controller = RunController(
+            self.launcher,
+            nprocs_per_node=nprocs_per_node,
+            nnodes=nnodes,
+            gpus_per_node=gpus_per_node,
+            poll_seconds=poll_seconds,
+        )
+        self.runs_dir = runs_dir
+        self.stopping = False  # the process stops: a run on this node keeps its state and is redelivered
+        self._cancel_flags: dict[str, threading.Event] = {}  # job id -> the flag of its run here
+
+    # ------------------------------------------------------------------------------- stopping runs
+    @contextmanager
+    def cancel_flag(self, job_id: str) -> Iterator[threading.Event]:
+        """The flag that stops ``job_id``'s run, for as long as this controller watches it."""
+        flag = self._cancel_flags[job_id] = threading.Event()
+        if self.stopping:
+            flag.set()
+        try:
+            yield flag
+        finally:
+            self._cancel_flags.pop(job_id, None)
+
+    def cancel(self, job_id: str) -> None:
+        """Stop the job's run on every rank, if this controller watches it."""
+        if (flag := self._cancel_flags.get(job_id)) is not None:
+            flag.set()
+
+    def stop_all(self) -> None:
+        """The process stops: runs on this node stop and keep their state; cluster runs go on."""
+        self.stopping = True
+        for flag in self._cancel_flags.values():
+            flag.set()
+
+    # ------------------------------------------------------------------------------- finetuning
+    def run_dir(self, run_id: str) -> Path:
+        """The run folder: under PUYU_LAUNCH_RUNS_DIR, else the artifact store's runs/ (as before)."""
+        if self.runs_dir is not None:
+            path = self.runs_dir / run_id
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        return self.store.local_staging(f"runs/{run_id}")
 
     def finetune(
         self,
@@ -52,29 +110,42 @@ class Finetuner:
         base_artifact: ArtifactRef,
         dataset_uri: str,
         progress: Progress | None = None,
+        cancel: threading.Event | None = None,
     ) -> FinetuneResult:
-        """Finetune the base model on the dataset; refusals (``FinetuneRefusal``) name the problem."""
+        """Finetune the base model on the dataset through the launcher; refusals (``FinetuneRefusal``,
+        ``LauncherUnavailable``) name the problem; ``FinetuneCancelled`` once ``cancel`` stopped it."""
         self.read_roots.require(base_artifact.uri, "base model")
         self.read_roots.require(dataset_uri, "dataset")
+        if not self.launcher.outlives_controller:  # the run uses this node: refuse here what it would
+            validate(spec, device=self.device)
+        self.launcher.check()
         run_id = run_id_for(job_id)
-        outcome = run_finetune(
-            self._fetch(base_artifact.uri),
-            self._fetch(dataset_uri),
-            spec,
-            self.store.local_staging(f"runs/{run_id}"),
+        inputs = RunInputs(
+            job_id=job_id,
+            spec=spec,
+            base_dir=self._fetch(base_artifact.uri),
+            dataset=self._fetch(dataset_uri),
             base_ref={"model_name": base.model_name, "version": base.version, **base_artifact.model_dump()},
             dataset_uri=dataset_uri,
             device=self.device,
             num_threads=self.num_threads,
-            progress=progress,
         )
+        result = self.controller.run(
+            run_id,
+            self.run_dir(run_id),
+            inputs,
+            progress=progress,
+            cancel=cancel,
+            stopping=lambda: self.stopping,
+        )
+        adapter_dir = result.extra.get("adapter")
         adapter = (
-            self.store.put_dir(outcome.adapter_dir, f"runs/{run_id}/adapter")
-            if outcome.adapter_dir is not None
+            self.store.put_dir(Path(adapter_dir), f"runs/{run_id}/adapter")
+            if adapter_dir is not None
             else None
         )
-        model = self.store.put_dir(outcome.model_dir, f"runs/{run_id}/model")
-        return FinetuneResult(run_id, outcome.steps, model, adapter, outcome.metrics)
+        model = self.store.put_dir(Path(result.checkpoint), f"runs/{run_id}/model")
+        return FinetuneResult(run_id, result.step, model, adapter, result.metrics)
 
     def _fetch(self, uri: str) -> Path:
         try:

@@ -210,8 +210,9 @@ def train(
     ``engine`` (plain torch or DeepSpeed ZeRO, ``engine.build_engine``) takes the steps; the caller
     owns it (exports through it, then closes it). With several ranks every rank calls this with the
     same items, and with a ``progress`` on every rank or on none (losses are drained collectively).
-    ``cancel`` set: the loop stops before its next step with ``FinetuneCancelled`` (alone, it saves
-    first; with several ranks the last periodic save stands, as the others may be mid-collective).
+    ``cancel`` set on any rank: every rank stops before the same next step (they agree on it with
+    one all-reduce per step), saves the state and raises ``FinetuneCancelled``. Any other failure of
+    several ranks saves nothing (the others may be inside a collective): the last periodic save stands.
     """
     started = time.perf_counter()
     torch.manual_seed(spec.seed)
@@ -261,9 +262,11 @@ def train(
         losses += step_loss
         tokens_seen += step_tokens
 
+    stopped = False  # every rank agreed to stop here: saving is safe
     try:
         for step in range(start + 1, spec.max_steps + 1):
-            if cancel is not None and cancel.is_set():
+            if _stop_agreed(cancel, device, me.size):
+                stopped = True
                 raise FinetuneCancelled(f"cancelled before step {step}/{spec.max_steps}")
             t0 = time.perf_counter()
             chunk = [items[i] for i in rank_share(plan[step - 1], me.rank, me.size)]
@@ -278,7 +281,7 @@ def train(
             if progress:
                 progress("train", step / spec.max_steps, f"step {step}/{spec.max_steps}", loss=losses[-1])
     except BaseException:
-        if me.size == 1:  # other ranks may be inside a collective: the last periodic save stands
+        if me.size == 1 or stopped:  # else other ranks may be inside a collective
             drain()
             save(done)  # keep what was learned: a rerun or redelivery resumes here
         raise
@@ -302,6 +305,14 @@ def train(
         resumed_from=start if point is not None else None,
         extra=extra,
     )
+
+
+def _stop_agreed(cancel: threading.Event | None, device: Any, world_size: int) -> bool:
+    """Whether to stop now: this process's cancel flag, or any rank's when there are several."""
+    wanted = cancel is not None and cancel.is_set()
+    if world_size == 1:
+        return wanted
+    return bool(all_reduce_sum(torch.tensor([float(wanted)], device=device)).item() > 0)
 
 
 def _drain(pending: list[torch.Tensor]) -> tuple[list[float], int]:
