@@ -121,7 +121,7 @@ def _reference(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     if spec.method == "lora":
         from peft import get_peft_model_state_dict
 
