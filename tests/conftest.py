@@ -103,6 +103,23 @@ def service_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[C
         stack.stop()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.cuda`` tests need a CUDA device: skipped, saying so, on machines without one
+    (``make gpu-check`` runs them on a GPU). torch is imported only when such a test was collected."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    reason = "needs a CUDA device (marker cuda: `make gpu-check` runs these on a GPU)"
+    if torch.version.cuda is None:
+        reason += f"; this torch ({torch.__version__}) is a CPU build"
+    for item in marked:
+        item.add_marker(pytest.mark.skip(reason=reason))
+
+
 _EXIT_STATUS: list[int] = []
 
 

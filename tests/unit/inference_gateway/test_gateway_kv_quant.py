@@ -247,7 +247,7 @@ def test_triton_kernel_reads_8bit_caches_under_the_interpreter() -> None:
         assert 0 < errors[name][1] < FULL_PRECISION_BOUND[name], (name, errors)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled Triton kernel needs CUDA")
+@pytest.mark.cuda
 def test_triton_kernel_reads_8bit_caches_on_cuda() -> None:
     pytest.importorskip("triton", reason="triton is not installed")
     errors = triton_kernel_errors("cuda")

@@ -102,7 +102,7 @@ def test_prefill_chunk_over_cached_prefix_matches_causal_reference() -> None:
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel needs CUDA")
+@pytest.mark.cuda
 def test_triton_kernel_matches_torch_path() -> None:
     pytest.importorskip("triton", reason="triton is not installed")
     from services.inference_gateway.core.triton_attention import paged_decode_triton

@@ -7,9 +7,12 @@ import torch
 
 from services.trainer.core import kernels
 
-pytestmark = pytest.mark.skipif(
-    not kernels.triton_available(), reason="needs a CUDA device and Triton (the CPU runs the references)"
-)
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(
+        not kernels.triton_available(), reason="needs a CUDA device and Triton (the CPU runs the references)"
+    ),
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
