@@ -26,6 +26,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,12 @@ class SlurmSettings(BaseSettings):
         default_factory=list, description='More sbatch options (JSON list), e.g. ["--constraint=a100"].'
     )
     command_timeout: float = Field(default=30.0, gt=0, description="Seconds a Slurm client command may take.")
+    poll_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="Least seconds between two looks at one job (each is an RPC to slurmctld, which "
+        "sites ask to spare); the controller sees the job's state at most this late.",
+    )
 
     @field_validator("extra_args")
     @classmethod
@@ -150,6 +157,7 @@ class SlurmLauncher(Launcher):
 
     def __init__(self, settings: SlurmSettings | None = None) -> None:
         self.settings = settings or SlurmSettings()
+        self._seen: dict[str, tuple[float, RunStatus]] = {}  # job id -> (when, its last status)
 
     @classmethod
     def from_settings(cls, settings: Any) -> SlurmLauncher:
@@ -305,11 +313,29 @@ class SlurmLauncher(Launcher):
 
     def status(self, handle: str) -> RunStatus:
         job_id, run_dir = self._parse_handle(handle)
-        shown = self._run("scontrol", "show", "job", "-o", job_id)
+        seen = self._seen.get(job_id)
+        if seen is not None and time.monotonic() - seen[0] < self.settings.poll_seconds:
+            return seen[1]
+        try:
+            shown = self._run("scontrol", "show", "job", "-o", job_id)
+        except LauncherUnavailable as exc:  # slurmctld too slow: no news is not an ending
+            return self._no_answer(seen, str(exc))
         if shown.returncode == 0 and shown.stdout.strip():
-            fields = parse_scontrol(shown.stdout.strip().splitlines()[0])
-            return self._from_fields(job_id, fields)
-        return self._finished(job_id, run_dir)
+            status = self._from_fields(job_id, parse_scontrol(shown.stdout.strip().splitlines()[0]))
+        elif "Invalid job id" in shown.stderr:  # gone from slurmctld (MinJobAge passed)
+            status = self._finished(job_id, run_dir)
+        else:
+            return self._no_answer(seen, shown.stderr.strip() or f"scontrol exited {shown.returncode}")
+        self._seen[job_id] = (time.monotonic(), status)
+        return status
+
+    @staticmethod
+    def _no_answer(seen: tuple[float, RunStatus] | None, why: str) -> RunStatus:
+        """While the controller does not answer, the run is as it was last seen (or pending)."""
+        last = seen[1] if seen is not None else RunStatus(RunState.PENDING)
+        return RunStatus(
+            last.state, f"{last.message} (Slurm does not answer now: {why})".strip(), last.restarts
+        )
 
     def _from_fields(self, job_id: str, fields: Mapping[str, str]) -> RunStatus:
         raw = fields.get("JobState", "")
@@ -347,6 +373,7 @@ class SlurmLauncher(Launcher):
 
     def cancel(self, handle: str) -> None:
         job_id, _ = self._parse_handle(handle)
+        self._seen.pop(job_id, None)  # the next look asks Slurm again
         done = self._run("scancel", job_id)
         # A finished or purged job: nothing left to stop.
         if done.returncode != 0 and not re.search(

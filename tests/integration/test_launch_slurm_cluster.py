@@ -22,7 +22,7 @@ PROBE = "tests.support.launch_probe"
 
 
 def launcher_for(cluster: SlurmCluster) -> SlurmLauncher:
-    return SlurmLauncher(SlurmSettings(conf=cluster.conf))
+    return SlurmLauncher(SlurmSettings(conf=cluster.conf, poll_seconds=0))
 
 
 def probe(run_dir: Path, mode: str, nprocs: int = 2) -> RunSpec:

@@ -207,9 +207,13 @@ def test_refused_when_the_controller_does_not_answer(tmp_path: Path) -> None:
     conf.write_text(
         f"ClusterName=nowhere\nSlurmctldHost=localhost(127.0.0.1)\nSlurmctldPort={free_port()}\n"
         "AuthType=auth/none\nCredType=cred/none\nNodeName=n1 CPUs=1\nPartitionName=p Nodes=n1\n"
+        "MessageTimeout=1\n"  # the clients give up connecting in a second, not 18
     )
     launcher = SlurmLauncher(SlurmSettings(conf=conf, command_timeout=60))
     with pytest.raises(LauncherUnavailable, match="does not answer `scontrol ping`"):
         launcher.check()
+    # A job's status while its controller is away: not an ending (the run may well go on).
+    status = launcher.status('{"job_id": "12", "run_dir": "/nonexistent"}')
+    assert status.state is RunState.PENDING and "does not answer now" in status.message
     with pytest.raises(LauncherUnavailable, match="PUYU_SLURM_CONF"):
         SlurmLauncher(SlurmSettings(conf=tmp_path / "absent.conf")).check()
