@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -55,6 +56,9 @@ def engine_loader(settings: GatewaySettings) -> EngineLoader:
                 "`.venv-vllm/bin/python -m services.inference_gateway worker`"
             )
         from services.inference_gateway.core.vllm_engine.engine import VllmEngine  # imports vLLM
+
+        if settings.gateway_num_threads:  # vLLM's engine processes take their threads from the environment
+            os.environ.setdefault("OMP_NUM_THREADS", str(settings.gateway_num_threads))
 
         return lambda path, name: VllmEngine.load(Path(path), name=name, **kw)  # type: ignore[arg-type]
     return lambda path, name: Engine.load(Path(path), name=name, **kw)  # type: ignore[arg-type]
