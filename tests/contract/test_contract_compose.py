@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import dockerfile
 import jsonschema
 import pytest
 import yaml
@@ -26,6 +27,14 @@ INFRA = {"nats", "postgres", "minio", "minio-init"}
 ONE_SHOT = {"minio-init"}
 PUBLISHED = {"model_registry", "inference_gateway", "agent_runtime"}
 WORKERS = {"inference-worker": "inference_gateway"}  # more processes of a service, in another role
+# The GPU variants (profiles gpu, gpu-vllm): each is a CPU service of the stack on the CUDA image.
+GPU = {
+    "trainer-gpu": "trainer",
+    "finetuner-gpu": "finetuner",
+    "evaluator-gpu": "evaluator",
+    "inference-worker-gpu": "inference-worker",
+    "inference-worker-vllm": "inference-worker",
+}
 DEFAULTS = CommonSettings.model_construct()  # the port bases the images run with (no PUYU_*_PORT_BASE set)
 
 
@@ -60,7 +69,7 @@ def _package(name: str) -> str:
 
 def test_every_service_is_a_real_package(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    app = set(services) - INFRA - set(WORKERS)
+    app = set(services) - INFRA - set(WORKERS) - set(GPU)
     assert {_package(n) for n in app} == set(SERVICES), (
         "compose must run exactly the services of shared.ports"
     )
@@ -219,3 +228,47 @@ def test_nats_has_users_and_tls_from_secrets(compose: dict[str, Any], tmp_path: 
         )
     assert "deploy/nats/secrets" in (ROOT / ".dockerignore").read_text()
     assert "/deploy/nats/secrets/" in (ROOT / ".gitignore").read_text()
+
+
+def _image_targets() -> set[str]:
+    """The stage names of deploy/docker/Dockerfile (the targets ``build.target`` may name)."""
+    commands = dockerfile.parse_file(str(ROOT / "deploy" / "docker" / "Dockerfile"))
+    return {c.value[2] for c in commands if c.cmd == "FROM"}
+
+
+def test_gpu_profiles_run_the_cuda_image_on_reserved_gpus(
+    compose: dict[str, Any], compose_spec: dict[str, Any]
+) -> None:
+    services = compose["services"]
+    targets = _image_targets()
+    for name, base_name in GPU.items():
+        svc, base = services[name], services[base_name]
+        vllm = name.endswith("-vllm")
+        assert svc["profiles"] == (["gpu-vllm"] if vllm else ["gpu"]), name
+        target = svc["build"]["target"]
+        assert target == ("gpu-vllm" if vllm else "gpu") and target in targets, name
+        assert svc["image"] == f"puyu:{target}" != base["image"], "a CPU build must not overwrite the GPU tag"
+        assert {k: v for k, v in svc["build"].items() if k != "target"} == base["build"]
+        # Everything else is its CPU service's: identity on NATS, API token, settings, health, dependencies.
+        same = set(base) - {"image", "build", "environment", "deploy", "shm_size"}
+        assert {k: svc.get(k) for k in same} == {k: base[k] for k in same}, name
+        expected_env = {**base["environment"], **({"PUYU_WORKER_ENGINE": "vllm"} if vllm else {})}
+        assert svc["environment"] == expected_env, name
+        (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"], name
+        assert ("count" in device) != ("device_ids" in device), name
+        if "inference-worker" in name:
+            # a count gives every replica the same first GPUs: a worker names its device
+            (ids,) = device["device_ids"]
+            assert re.fullmatch(r"\$\{PUYU_\w+_GPU:-\d+\}", ids), ids
+    for name in set(services) - set(GPU):
+        assert "profiles" not in services[name], f"{name}: `docker compose up` must start it"
+        assert "devices" not in str(services[name].get("deploy", {})), name
+    # The documented command scales every CPU counterpart of the gpu profile to zero.
+    header = (ROOT / "compose.yaml").read_text().split("\nname:")[0]
+    scaled = set(re.findall(r"--scale ([\w-]+)=0", header))
+    assert scaled == {base for name, base in GPU.items() if services[name]["profiles"] == ["gpu"]}
+    # The schema knows device reservations: one without capabilities is refused.
+    broken = json.loads(json.dumps(compose))
+    del broken["services"]["trainer-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"]
+    assert not jsonschema.validators.validator_for(compose_spec)(compose_spec).is_valid(broken)
