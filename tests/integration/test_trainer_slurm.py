@@ -50,7 +50,7 @@ SPEC = TrainSpec(
     ),
     seq_len=64,
     micro_batch_size=8,
-    max_steps=400,  # long enough that the requeue lands mid-run
+    max_steps=600,  # long enough that the requeue lands mid-run, even on a fast machine
     checkpoint_interval=20,
     eval_interval=1000,
     warmup_steps=5,
