@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,6 +24,7 @@ from shared.settings import CommonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
+GPU_K8S = ROOT / "deploy" / "k8s-gpu"  # the GPU overlay (kustomize refuses one inside its base)
 K8S_VERSION = "1.33"
 DEFAULTS = CommonSettings.model_construct()
 REQUIRED_KINDS = {"Namespace", "ConfigMap", "Secret", "Service", "Deployment", "StatefulSet"}
@@ -33,6 +35,7 @@ def _render_module() -> ModuleType:
     spec = importlib.util.spec_from_file_location("puyu_k8s_render", K8S / "render.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # importlib's recipe: pydantic resolves its models' annotations there
     spec.loader.exec_module(module)
     return module
 
@@ -54,11 +57,15 @@ def _named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any
 
 
 def test_manifests_are_generated_from_render() -> None:
-    rendered = _render_module().render()
-    committed = {p.relative_to(K8S).as_posix() for p in K8S.rglob("*.yaml")}
-    assert committed == set(rendered), "stale or missing manifests: run `python deploy/k8s/render.py`"
-    for rel, text in rendered.items():
-        assert (K8S / rel).read_text() == text, f"{rel} drifted: run `python deploy/k8s/render.py`"
+    render = _render_module()
+    for folder, rendered, inputs in (
+        (K8S, render.render(), set()),
+        (GPU_K8S, render.render_gpu(), {"values.yaml"}),  # the overlay's values: what one edits
+    ):
+        committed = {p.relative_to(folder).as_posix() for p in folder.rglob("*.yaml")} - inputs
+        assert committed == set(rendered), "stale or missing manifests: run `python deploy/k8s/render.py`"
+        for rel, text in rendered.items():
+            assert (folder / rel).read_text() == text, f"{rel} drifted: run `python deploy/k8s/render.py`"
 
 
 def test_structure(objects: list[dict[str, Any]]) -> None:
@@ -220,3 +227,151 @@ def test_nats_identities_and_tls_are_mounted_secrets_never_manifests(objects: li
     assert {"name": "auth", "secret": {"secretName": "nats-server", "defaultMode": 0o400}} in sts["volumes"]
     conf = _named(objects, "ConfigMap", "nats-config")["data"]["nats.conf"]
     assert 'include "auth/auth.conf"' in conf and "/etc/nats/auth/tls.crt" in conf
+
+
+# ------------------------------------------------------------------------------------------ GPU overlay
+GPU_FIELDS = ("image", "resources", "nodeSelector", "tolerations", "runtimeClassName", "strategy")
+
+
+def _without_gpu_parts(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The Deployment less what the GPU overlay sets, to compare with the base's."""
+    out = yaml.safe_load(yaml.safe_dump(deployment))
+    out["spec"].pop("strategy")
+    pod = out["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    for key in GPU_FIELDS:
+        pod.pop(key, None)
+        container.pop(key, None)
+    container["env"] = [e for e in container["env"] if e["name"] != "PUYU_WORKER_ENGINE"]
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "dshm"]
+    pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "dshm"]
+    return out
+
+
+def _gpu_patches() -> dict[str, dict[str, Any]]:
+    kustomization = next(d for d in yaml.safe_load_all((GPU_K8S / "kustomization.yaml").read_text()) if d)
+    assert kustomization["resources"] == ["../k8s"], "the overlay builds on the base"
+    patches = {}
+    for patch in kustomization["patches"]:
+        (doc,) = [d for d in yaml.safe_load_all((GPU_K8S / patch["path"]).read_text()) if d]
+        patches[doc["metadata"]["name"]] = doc
+    return patches
+
+
+def _check_gpu_deployment(deployment: dict[str, Any], base: dict[str, Any], values: dict[str, Any]) -> None:
+    import kubernetes_validate as kv
+
+    name = deployment["metadata"]["name"]
+    kv.validate(deployment, K8S_VERSION, strict=True)
+    workload = values["workloads"][name]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    vllm = workload.get("engine") == "vllm"
+    assert container["image"] == values["vllm_image" if vllm else "image"], name
+    resources = container["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == workload["gpus"], name
+    assert resources["limits"]["memory"] == resources["requests"]["memory"] == workload["memory"]
+    assert resources["requests"]["cpu"] == workload["cpu"]
+    assert pod.get("nodeSelector", {}) == values.get("node_selector", {}), name
+    assert pod.get("tolerations", []) == values.get("tolerations", []), name
+    assert pod.get("runtimeClassName") == values.get("runtime_class_name"), name
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": workload["shm"]}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    engine = {e["name"]: e.get("value") for e in container["env"]}.get("PUYU_WORKER_ENGINE")
+    assert engine == workload.get("engine"), name
+    # A rollout never waits for GPUs its predecessor holds.
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+    # Everything else is the base's: identity, secrets, probes, ports, security context.
+    assert _without_gpu_parts(deployment) == _without_gpu_parts(base), name
+
+
+def test_gpu_overlay_asks_for_gpus_and_keeps_the_base(objects: list[dict[str, Any]]) -> None:
+    values = yaml.safe_load((GPU_K8S / "values.yaml").read_text())
+    patches = _gpu_patches()
+    assert set(patches) == {"trainer", "finetuner", "evaluator", "inference-worker"}
+    for name, patch in patches.items():
+        _check_gpu_deployment(patch, _named(objects, "Deployment", name), values)
+
+
+def test_gpu_overlay_takes_the_values_one_sets(objects: list[dict[str, Any]]) -> None:
+    render = _render_module()
+    values = {
+        "image": "registry.example/puyu:1.0-gpu",
+        "vllm_image": "registry.example/puyu:1.0-gpu-vllm",
+        "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
+        "tolerations": [
+            {
+                "key": "dedicated",
+                "operator": "Equal",
+                "value": "ml",
+                "effect": "NoExecute",
+                "tolerationSeconds": 60,
+            }
+        ],
+        "runtime_class_name": "nvidia",
+        "workloads": {
+            "trainer": {"gpus": 8, "cpu": "64", "memory": "512Gi", "shm": "64Gi"},
+            "inference-worker": {"gpus": 2, "cpu": "8", "memory": "96Gi", "shm": "8Gi", "engine": "vllm"},
+        },
+    }
+    files = render.gpu_overlay(render.GpuValues.model_validate(values))
+    assert set(files) == {"trainer.yaml", "inference-worker.yaml", "kustomization.yaml"}
+    for name in ("trainer", "inference-worker"):
+        (deployment,) = files[f"{name}.yaml"]
+        _check_gpu_deployment(deployment, _named(objects, "Deployment", name), values)
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"workloads": {"trainer": {"gpus": 0, "cpu": "8", "memory": "64Gi", "shm": "1Gi"}}}, "gpus"),
+        ({"workloads": {"trainer": {"gpus": 1, "cpu": "8", "memory": "64 GB", "shm": "1Gi"}}}, "memory"),
+        ({"workloads": {"dedup": {"gpus": 1, "cpu": "1", "memory": "1Gi", "shm": "1Gi"}}}, "dedup"),
+        (
+            {
+                "workloads": {
+                    "trainer": {"gpus": 1, "cpu": "1", "memory": "1Gi", "shm": "1Gi", "engine": "vllm"}
+                }
+            },
+            "engine",
+        ),
+        ({"tolerations": [{"key": "nvidia.com/gpu", "effect": "NoSchedul"}]}, "effect"),
+        ({"node_selectors": {"a": "b"}}, "node_selectors"),
+    ],
+)
+def test_bad_gpu_values_are_refused_naming_the_problem(
+    tmp_path: Path, change: dict[str, Any], problem: str
+) -> None:
+    render = _render_module()
+    values = yaml.safe_load((GPU_K8S / "values.yaml").read_text()) | change
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(SystemExit, match=problem):
+        render.load_gpu_values(path)
+    with pytest.raises(SystemExit):  # and nothing is written
+        render.write(tmp_path / "k8s", tmp_path / "k8s-gpu", render.load_gpu_values(path))
+    assert not (tmp_path / "k8s").exists()
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_gpu_overlay_builds_with_kustomize() -> None:
+    """kustomize's strategic merge of each patch onto the base is the patch itself; the rest is the base."""
+    import kubernetes_validate as kv
+
+    def build(folder: Path) -> dict[tuple[str, str], dict[str, Any]]:
+        out = subprocess.run(
+            ["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out.stdout) if d}
+
+    base, gpu = build(K8S), build(GPU_K8S)
+    assert set(base) == set(gpu)
+    patches = _gpu_patches()
+    for key, obj in gpu.items():
+        kv.validate(obj, K8S_VERSION, strict=True)
+        if key[0] == "Deployment" and key[1] in patches:
+            assert obj == patches[key[1]], f"{key}: the merge is not the patch"
+        else:
+            assert obj == base[key], key
