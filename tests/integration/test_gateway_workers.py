@@ -223,7 +223,9 @@ async def _busy(target: str, stop: asyncio.Event, streams: int = 4) -> None:
                     model="demo",
                     prompt="The river",
                     local_only=True,
-                    params=inference_pb2.SamplingParams(max_tokens=200, stop=["@@@@"]),
+                    # past any EOS: each stream stays for the whole phase (one ending early on a fast
+                    # engine dips the announced load, and routing with it)
+                    params=inference_pb2.SamplingParams(max_tokens=1500, ignore_eos=True, stop=["@@@@"]),
                 )
                 call = stub.Generate(req)
                 try:
