@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo up test test-fast sandbox-tools slurm-tools vllm-worker-env lint bench bench-peers proto schemas clean
+.PHONY: install demo up test test-fast sandbox-tools slurm-tools vllm-worker-env quant-backend lint bench bench-peers proto schemas clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -50,7 +50,15 @@ slurm-tools:
 vllm-worker-env:
 	PY="$(PY)" benchmarks/peers/install.sh vllm-worker
 
-test: $(STAMP) sandbox-tools slurm-tools vllm-worker-env
+# gptqmodel (+ optimum), transformers' backend for GPTQ and AWQ checkpoints, in .venv-quant for the
+# quantisation interop tests: it pins a newer torch, so it gets its own venv (see the script). A failed
+# install is a warning; the tests then skip naming the reason (.venv-quant/FAILED).
+QUANT_STAMP := .venv-quant/.installed
+quant-backend: $(QUANT_STAMP)
+$(QUANT_STAMP): tests/support/quant_backend/install.sh | $(STAMP)
+	tests/support/quant_backend/install.sh .venv-quant $(BIN)/python
+
+test: $(STAMP) sandbox-tools slurm-tools vllm-worker-env quant-backend
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 test-fast: $(STAMP) sandbox-tools

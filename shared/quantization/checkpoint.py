@@ -82,10 +82,11 @@ def _parse_quantization_config(quant: dict[str, Any]) -> QuantizedFormat:
     meta: dict[str, Any] = quant["meta"] if isinstance(quant.get("meta"), dict) else {}
     if method == "awq":
         version = str(quant.get("version", quant.get("format", "gemm"))).lower()
-        if version != "gemm" or bits != 4 or group_size <= 0 or not quant.get("zero_point", True):
+        # zero_point false (gptqmodel's symmetric AWQ) still stores qzeros, all 8: read as written
+        if version != "gemm" or bits != 4 or group_size <= 0:
             raise UnsupportedCheckpoint(
-                f"AWQ checkpoint with version {version!r}, {bits} bits, group size {group_size}, "
-                f"zero_point {quant.get('zero_point', True)}: puyu reads AutoAWQ's 4-bit GEMM layout with zero points"
+                f"AWQ checkpoint with version {version!r}, {bits} bits, group size {group_size}: "
+                "puyu reads AutoAWQ's 4-bit GEMM layout with a positive group size"
             )
         return QuantizedFormat(
             "awq-gemm", bits, group_size, method=str(meta.get("method", "awq")), quantization_config=quant

@@ -24,7 +24,7 @@ import torch
 from shared.hf_models import detect_format, load_causal_lm, load_tokenizer
 from shared.hf_models.weights import weight_files
 from shared.quantization.checkpoint import save_quantized
-from shared.quantization.checks import SUPPORTED_SOURCE_TYPES, check_config
+from shared.quantization.checks import SUPPORTED_SOURCE_TYPES, check_calibration, check_config
 from shared.quantization.errors import InvalidCalibration, QuantizationRefusal, UnsupportedArchitecture
 from shared.quantization.linear import QuantLinear
 from shared.quantization.quantize import Progress, check_request, quantize_model
@@ -99,6 +99,8 @@ def quantize_folder(
         raise QuantizationRefusal("the output folder must differ from the model folder")
     tokenizer = load_tokenizer(source)
     sequences = _calibration_ids(calibration, tokenizer, max_sequence_tokens, max_calibration_tokens)
+    vocab_size = int(fmt.source_config.get("vocab_size") or len(tokenizer))
+    check_calibration(sequences, spec, vocab_size)  # before the weights are read
 
     report("load", 0.0, f"loading {source.name}")
     # fp32: the methods search scales and solve least squares; bf16 would add its own rounding error
