@@ -160,6 +160,7 @@ class VllmEngine:
         """Validate (as puyu's engine does, before any compute) and hand the request to vLLM."""
         params.validate()
         check_prompt_ids(prompt_ids, vocab_size=self.vocab_size)
+        params.check_token_ids(self.vocab_size)
         check_context(len(prompt_ids), params, self.max_positions)
         kwargs = vllm_sampling_kwargs(params, len(prompt_ids), self.max_positions)
         schema = kwargs.pop("json_schema", None)
@@ -186,7 +187,8 @@ class VllmEngine:
         maker = DeltaMaker(request.params, request.prompt_ids, self.tokenizer)
         reason = "error"
         try:
-            prompt = {"prompt_token_ids": request.prompt_ids}
+            # the token ids rendered into an engine input, as vLLM asks (raw prompts are deprecated)
+            (prompt,) = await self.llm.renderer.render_cmpl_async([{"prompt_token_ids": request.prompt_ids}])
             async for out in self.llm.generate(prompt, request.vllm_params, request.request_id):
                 delta = maker.delta(out)
                 if delta is not None:
