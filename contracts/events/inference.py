@@ -41,6 +41,11 @@ class ServedLoad(BaseModel):
     waiting: int = Field(ge=0)
     free_blocks: int = Field(ge=0, description="Free KV-cache blocks.")
     total_blocks: int = Field(ge=0)
+    quantization: str | None = Field(
+        default=None,
+        description="Weight quantisation of the served version (method-int<bits>-g<group size>, e.g. "
+        "awq-int4-g128); None: full-precision weights.",
+    )
     kv_dtype: str = Field(
         default="", description="How its KV cache stores keys and values: int8, fp8_e4m3, bfloat16 ..."
     )

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from contracts.events.inference import ServedLoad, WorkerAnnouncement
 from contracts.events.subjects import WORKERS_BUCKET
+from services.inference_gateway.core.engine_api import served_quantization
 from services.inference_gateway.core.pool import ModelPool
 from shared.bus import Bus
 
@@ -33,6 +34,7 @@ def snapshot(
                 total_blocks=info["total_blocks"],
                 kv_dtype=str(kv["kv_dtype"]),
                 kv_capacity_tokens=int(kv["capacity_tokens"]),
+                quantization=served_quantization(s.engine),
             )
         )
     return WorkerAnnouncement(

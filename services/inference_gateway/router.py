@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from services.inference_gateway.core.engine import Delta, EngineClosed
-from services.inference_gateway.core.engine_api import ServingEngine
+from services.inference_gateway.core.engine_api import ServingEngine, served_quantization
 from services.inference_gateway.core.pool import ModelNotFound, ModelPool
 from services.inference_gateway.core.prompts import Prompt
 from services.inference_gateway.core.routing import Route, RoutingPolicy, WorkerLoad
@@ -41,6 +41,7 @@ class ModelEntry:
     version: int
     state: str
     worker: str
+    quantization: str | None = None  # awq-int4-g128 ...; None: full-precision weights
 
 
 class Router:
@@ -64,9 +65,12 @@ class Router:
         out: list[ModelEntry] = []
         if self.pool is not None:
             pairs = self.pool.entries() if with_draining else self.pool.named()
-            out += [ModelEntry(n, s.model_name, s.version, s.state, self.instance) for n, s in pairs]
+            out += [
+                ModelEntry(n, s.model_name, s.version, s.state, self.instance, served_quantization(s.engine))
+                for n, s in pairs
+            ]
         if self.workers is not None:
-            out += [ModelEntry(n, m, v, "ready", w) for n, m, v, w in self.workers.names()]
+            out += [ModelEntry(n, m, v, "ready", w, q) for n, m, v, w, q in self.workers.names()]
         return out
 
     def served_names(self) -> list[str]:

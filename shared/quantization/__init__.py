@@ -41,6 +41,7 @@ dequantises.
 
 from shared.quantization.checkpoint import (
     QuantizedFormat,
+    describe,
     load_quantized,
     read_quantized_format,
     save_quantized,
@@ -79,6 +80,7 @@ __all__ = [
     "UnsupportedCheckpoint",
     "UnsupportedLayer",
     "check_request",
+    "describe",
     "load_quantized",
     "quantize_folder",
     "quantize_model",

@@ -75,6 +75,19 @@ def read_quantized_format(path: str | Path) -> QuantizedFormat:
     return _parse_quantization_config(quant)
 
 
+def describe(quantization_config: Mapping[str, Any] | None) -> str | None:
+    """A short label of a model's weight quantisation for announcements and model lists, e.g.
+    ``awq-int4-g128`` (method, bits, group size; ``g-1``: one group per row); None when unquantised."""
+    if not quantization_config:
+        return None
+    quant = dict(quantization_config)
+    meta = quant.get("meta") if isinstance(quant.get("meta"), dict) else {}
+    method = str((meta or {}).get("method") or quant.get("quant_method") or "unknown").lower()
+    bits = quant.get("bits", quant.get("w_bit", "?"))
+    group = quant.get("group_size", quant.get("q_group_size", "?"))
+    return f"{method}-int{bits}-g{group}"
+
+
 def _parse_quantization_config(quant: dict[str, Any]) -> QuantizedFormat:
     method = str(quant.get("quant_method", "")).lower()
     bits = int(quant.get("bits", quant.get("w_bit", 0)))

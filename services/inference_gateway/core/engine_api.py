@@ -55,3 +55,12 @@ class ServingEngine(Protocol):
     def generate_sync(
         self, prompt_ids: list[int], params: SamplingParams, timeout: float = 120
     ) -> Completion: ...
+
+
+def served_quantization(engine: object) -> str | None:
+    """The served model's weight quantisation (``awq-int4-g128`` ...), read from its config; None for
+    full-precision weights or an engine that holds no model in this process (vLLM's)."""
+    from shared.quantization import describe  # the quantisation package loads transformers: when asked
+
+    config = getattr(getattr(engine, "model", None), "config", None)
+    return describe(getattr(config, "quantization_config", None))

@@ -110,14 +110,17 @@ class WorkerTable:
                 )
         return out
 
-    def names(self) -> list[tuple[str, str, int, str]]:
-        """(served name, model name, version, worker) of every live worker's ready versions."""
+    def names(self) -> list[tuple[str, str, int, str, str | None]]:
+        """(served name, model name, version, worker, quantisation) of every live worker's ready versions."""
         return sorted(
-            (n, s.model_name, s.version, w.instance)
-            for w in self.live()
-            for s in w.announcement.served
-            if s.state == "ready"
-            for n in s.names
+            (
+                (n, s.model_name, s.version, w.instance, s.quantization)
+                for w in self.live()
+                for s in w.announcement.served
+                if s.state == "ready"
+                for n in s.names
+            ),
+            key=lambda entry: entry[:4],
         )
 
     def begin(self, instance: str) -> int:

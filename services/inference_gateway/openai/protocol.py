@@ -294,13 +294,16 @@ class UsageInfo(BaseModel):
     prompt_tokens_details: PromptTokensDetails
 
 
-class ModelCard(BaseModel):
+class ModelCard(_OmitNone):
     id: str
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "puyu"
     root: str
     version: int
+    quantization: str | None = None  # awq-int4-g128 ...; left out for full-precision weights
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"quantization"})
 
 
 class ModelList(BaseModel):

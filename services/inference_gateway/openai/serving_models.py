@@ -14,7 +14,7 @@ class OpenAIServingModels:
         entries = {e.name: e for e in reversed(self.router.models())}  # a name once, this process's first
         return ModelList(
             data=[
-                ModelCard(id=e.name, root=e.model_name, version=e.version)
+                ModelCard(id=e.name, root=e.model_name, version=e.version, quantization=e.quantization)
                 for e in sorted(entries.values(), key=lambda e: e.name)
             ]
         )

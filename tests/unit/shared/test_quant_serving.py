@@ -23,8 +23,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from contracts.events.inference import WorkerAnnouncement
+from services.inference_gateway.announce import snapshot
 from services.inference_gateway.core.engine import Engine
+from services.inference_gateway.core.pool import ModelPool
 from services.inference_gateway.core.sampling import SamplingParams
+from services.inference_gateway.core.worker_table import WorkerTable
+from services.inference_gateway.openai.serving_models import OpenAIServingModels
+from services.inference_gateway.router import Router
 from shared.hf_models import load_causal_lm
 from shared.quantization import QuantLinear, QuantSpec, quantize_folder
 from shared.quantization.packing import PackedWeight, unpack_awq, unpack_gptq
@@ -147,3 +153,28 @@ def test_triton_kernel_under_the_interpreter() -> None:
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "skipped" not in run.stdout
+
+
+async def test_a_worker_announces_the_quantisation_it_serves(quantised: tuple[Path, Path]) -> None:
+    """The worker's announcement (the ``puyu_workers`` KV value), the gateway's table of workers and
+    ``/v1/models`` all name the served version's quantisation."""
+    folder, reference_folder = quantised
+    quant = json.loads((folder / "config.json").read_text(encoding="utf-8"))["quantization_config"]
+    expected = f"{quant.get('meta', {}).get('method', quant['quant_method'])}-int{quant['bits']}-g32"
+    pool = ModelPool(loader=lambda path, name: Engine.load(path, name=name, dtype="float32", device="cpu"))
+    await pool.deploy("tiny", 1, folder)
+    await pool.deploy("plain", 1, reference_folder)
+    try:
+        announcement = snapshot(pool, "worker-a", "http://127.0.0.1:1", "127.0.0.1:2")
+        by_model = {s.model_name: s.quantization for s in announcement.served}
+        assert by_model == {"tiny": expected, "plain": None}
+        table = WorkerTable(own_instance="gateway")
+        table.update(WorkerAnnouncement.model_validate_json(announcement.model_dump_json()))
+        listed = OpenAIServingModels(Router(pool=None, workers=table)).list_models().model_dump()
+        cards = {card["id"]: card for card in listed["data"]}
+        assert cards["tiny:1"]["quantization"] == expected and "quantization" not in cards["plain:1"]
+        local = {e.name: e.quantization for e in Router(pool=pool).models()}
+        assert local["tiny"] == expected and local["plain"] is None
+    finally:
+        for served in pool.current():
+            served.engine.close()
