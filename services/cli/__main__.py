@@ -223,6 +223,68 @@ def finetune_merge(base: str, adapter: str, out_dir: str) -> None:
     sys.exit(merge_cmd(base, adapter, out_dir))
 
 
+@main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--method", type=click.Choice(["awq", "gptq", "rtn"]), default="awq", show_default=True)
+@click.option("--bits", type=click.Choice(["4", "8"]), default="4", show_default=True)
+@click.option(
+    "--group-size",
+    type=int,
+    default=128,
+    show_default=True,
+    help="Input channels sharing a scale and zero; -1: one group per output row.",
+)
+@click.option(
+    "--calib",
+    default=None,
+    help="Calibration text (awq, gptq): a dataset (manifest.json or its folder, from `puyu corpus "
+    "ingest/dedup`), a .txt file (a passage per line) or a .jsonl/.parquet file of text records.",
+)
+@click.option("--samples", type=int, default=128, show_default=True, help="Calibration windows.")
+@click.option("--seq-len", type=int, default=512, show_default=True, help="Tokens per calibration window.")
+@click.option("--sym", is_flag=True, help="gptq: symmetric grid (fixed zero point).")
+@click.option("--desc-act", is_flag=True, help="gptq: act-order.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+def quantize(
+    model_path: str,
+    method: str,
+    bits: str,
+    group_size: int,
+    calib: str | None,
+    samples: int,
+    seq_len: int,
+    sym: bool,
+    desc_act: bool,
+    out_dir: str,
+    overwrite: bool,
+    threads: int | None,
+) -> None:
+    """Quantise a model folder's weights (AWQ, GPTQ or round-to-nearest; 4 or 8 bits) into OUT, a
+    Hugging Face folder with quantization_config that puyu serves and transformers' backends read."""
+    from pydantic import ValidationError
+
+    from contracts.events import QuantizeSpec
+    from services.finetuner.cli import quantize_cmd
+
+    try:
+        spec = QuantizeSpec.model_validate(
+            {
+                "method": method,
+                "bits": int(bits),
+                "group_size": group_size,
+                "sym": sym,
+                "desc_act": desc_act,
+                "calibration_samples": samples,
+                "calibration_seq_len": seq_len,
+            }
+        )
+    except ValidationError as exc:
+        raise click.UsageError(str(exc)) from None
+    sys.exit(quantize_cmd(model_path, out_dir, spec, calib, overwrite=overwrite, num_threads=threads))
+
+
 @main.group("eval", invoke_without_command=True)
 @click.option("--tasks", default=None, help="Comma-separated task names or YAML task files.")
 @click.option(

@@ -1,5 +1,5 @@
-"""Standalone commands: ``puyu finetune --config FILE``, ``puyu finetune check-data FILE`` and
-``puyu finetune merge``.
+"""Standalone commands: ``puyu finetune --config FILE``, ``puyu finetune check-data FILE``,
+``puyu finetune merge`` and ``puyu quantize``.
 
 CONFIG (YAML or JSON)::
 
@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from contracts.events import FinetuneSpec
+from contracts.events import FinetuneSpec, QuantizeSpec
 from services.finetuner.core import (
     DataError,
     check_base,
@@ -35,7 +35,9 @@ from services.finetuner.core import (
     load_dataset,
     merge_adapter,
     run_finetune,
+    run_quantize,
 )
+from shared.errors import Refusal
 from shared.hf_models import UnsupportedModel, load_tokenizer
 
 
@@ -140,4 +142,41 @@ def merge_cmd(base: str | Path, adapter: str | Path, out: str | Path) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(out)
+    return 0
+
+
+def quantize_cmd(
+    model: str | Path,
+    out: str | Path,
+    spec: QuantizeSpec,
+    calibration: str | None = None,
+    *,
+    overwrite: bool = False,
+    num_threads: int | None = None,
+) -> int:
+    """Quantise a model folder into OUT (Hugging Face layout with ``quantization_config``); prints the
+    report as JSON. Refusals (family, layer, group size, calibration) exit 2 naming the problem."""
+    try:
+        outcome = run_quantize(
+            Path(model),
+            Path(out),
+            spec,
+            calibration,
+            num_threads=num_threads,
+            progress=_progress,
+            overwrite=overwrite,
+        )
+    except (OSError, ValueError, Refusal) as exc:  # shared.quantization's refusals are Refusals
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        json.dumps(
+            {
+                "model": str(outcome.model_dir),
+                "quantization": outcome.lineage.model_dump(),
+                "metrics": outcome.metrics,
+            },
+            indent=2,
+        )
+    )
     return 0

@@ -16,6 +16,7 @@ from contracts.events import ArtifactRef, CheckpointReady, FinetuneRequested, Mo
 from services.finetuner.config import FinetunerSettings
 from services.finetuner.core import Finetuner, FinetuneResult
 from services.finetuner.core.training import FinetuneCancelled
+from services.finetuner.quantize_handlers import register_quantize_handler
 from services.finetuner.registry_client import resolve_base
 from shared.auth import ClientAuth
 from shared.bus import Bus, HandlerContext
@@ -80,6 +81,8 @@ def register_handlers(bus: Bus, core: Finetuner, settings: FinetunerSettings) ->
                 },
             )
             log.info("finetune %s done: %s", p.job_id, result.model.uri)
+
+    register_quantize_handler(bus, core, settings)  # quantize.requested: a version quantised into a new one
 
 
 async def _watch_cancel(bus: Bus, job_id: str, flag: threading.Event) -> None:

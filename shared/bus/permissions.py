@@ -46,6 +46,7 @@ from contracts.events import (
     ModelPromoted,
     ModelRegistered,
     ModelRejected,
+    QuantizeRequested,
     TrainCancelRequested,
     TrainRequested,
 )
@@ -123,8 +124,8 @@ ROLES: dict[str, Role] = {
         ),
         Role(
             "finetuner",
-            publishes=(FinetuneRequested, CheckpointReady, *_JOB_REPORTS),
-            consumes=(FinetuneRequested,),
+            publishes=(FinetuneRequested, QuantizeRequested, CheckpointReady, *_JOB_REPORTS),
+            consumes=(FinetuneRequested, QuantizeRequested),
         ),
         Role(
             "evaluator",

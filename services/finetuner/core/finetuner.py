@@ -16,6 +16,7 @@ from pathlib import Path
 
 from contracts.events import ArtifactRef, FinetuneSpec, ModelRef
 from services.finetuner.core.controller import RunController
+from services.finetuner.core.quantizer import Quantizer
 from services.finetuner.core.refusals import InvalidInput
 from services.finetuner.core.runs import RunInputs
 from services.finetuner.core.training import Progress
@@ -68,6 +69,7 @@ class Finetuner:
         self.runs_dir = runs_dir
         self.stopping = False  # the process stops: a run on this node keeps its state and is redelivered
         self._cancel_flags: dict[str, threading.Event] = {}  # job id -> the flag of its run here
+        self.quantizer = Quantizer(store, num_threads, self.read_roots)  # quantize.requested jobs
 
     # ------------------------------------------------------------------------------- stopping runs
     @contextmanager
