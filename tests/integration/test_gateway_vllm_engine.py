@@ -3,8 +3,9 @@
 One vLLM engine (vLLM's CPU build, in ``.venv-vllm``'s Python: ``tests.support.engine_requests``) and
 puyu's engine in this process run the same requests on the same fp32 model, a tiny Llama taught one
 reply. References: the taught reply (EOS after it, counted as puyu counts), transformers' forward for
-logprobs and prompt logprobs, and each engine's answers against the other's (stop strings, min_tokens,
-ignore_eos, special tokens kept, repetition penalty, JSON schema, echo, scoring only, refusals).
+logprobs and prompt logprobs, transformers' ``SequenceBiasLogitsProcessor`` for ``logit_bias``, and each
+engine's answers against the other's (stop strings, stop token ids, min_tokens, min_p, ignore_eos,
+special tokens kept, repetition penalty, JSON schema, echo, scoring only, refusals).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ PROMPT = "User: Where does the river run?\nAssistant:"
 REPLY = " The river runs north past the old mill."
 # bounded: a random model's digits could run to any length, an answer of this schema cannot
 SCHEMA = {"type": "object", "properties": {"a": {"type": "boolean"}}, "required": ["a"]}
+LOGIT_BIAS = [[17, 6.0], [40, -100.0], [41, 3.5]]
 
 
-def _requests(p: list[int], other: list[int], n_reply: int) -> dict[str, dict[str, Any]]:
+def _requests(p: list[int], other: list[int], n_reply: int, stop_id: int) -> dict[str, dict[str, Any]]:
     greedy = {"temperature": 0}
     return {
         "eos": {"prompt_ids": p, "params": {**greedy, "max_tokens": 40}},
@@ -59,6 +61,32 @@ def _requests(p: list[int], other: list[int], n_reply: int) -> dict[str, dict[st
             "params": {"max_tokens": 0, "prompt_logprobs": True, "echo": True, "logprobs": 2},
         },
         "json": {"prompt_ids": p, "params": {**greedy, "max_tokens": 30, "json_schema": json.dumps(SCHEMA)}},
+        "stop_token_ids": {
+            "prompt_ids": p,
+            "params": {**greedy, "max_tokens": 40, "stop_token_ids": [stop_id]},
+        },
+        "logit_bias": {
+            "prompt_ids": other,
+            "params": {
+                **greedy,
+                "max_tokens": 6,
+                "ignore_eos": True,
+                "logprobs": 0,
+                "logit_bias": LOGIT_BIAS,
+            },
+        },
+        "min_p": {  # min_p 1 keeps only the most likely token: a seeded hot sample is the greedy answer
+            "prompt_ids": other,
+            "params": {
+                "temperature": 1.5,
+                "seed": 3,
+                "min_p": 1.0,
+                "max_tokens": 6,
+                "ignore_eos": True,
+                "logprobs": 0,
+            },
+        },
+        "bad_stop_token_ids": {"prompt_ids": p, "params": {"max_tokens": 4, "stop_token_ids": [100000]}},
         "out_of_vocab": {"prompt_ids": [5, 100000], "params": {"max_tokens": 4}},
         "too_long": {"prompt_ids": p, "params": {"max_tokens": 250}},
         "bad_min_tokens": {"prompt_ids": p, "params": {"max_tokens": 4, "min_tokens": 5}},
@@ -75,7 +103,7 @@ def test_vllm_engine_answers_every_option_as_puyus_engine(tmp_path: Path) -> Non
             pytest.fail(f"{VLLM_PYTHON} is missing: `make vllm-worker-env` makes it")
         pytest.skip(f"vLLM's worker venv is missing ({VLLM_PYTHON}): `make vllm-worker-env`")
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, SequenceBiasLogitsProcessor
 
     from services.inference_gateway.core.engine import Engine
     from tests.support.engine_requests import run_requests
@@ -85,8 +113,10 @@ def test_vllm_engine_answers_every_option_as_puyus_engine(tmp_path: Path) -> Non
     tok = AutoTokenizer.from_pretrained(folder)
     p = list(tok(PROMPT, add_special_tokens=False)["input_ids"])
     other = list(tok("Wool salt copper and", add_special_tokens=False)["input_ids"])
-    n_reply = len(tok(REPLY, add_special_tokens=False)["input_ids"])
-    named = _requests(p, other, n_reply)
+    reply = tok(REPLY, add_special_tokens=False)["input_ids"]
+    n_reply = len(reply)
+    k = next(i for i in range(2, n_reply) if reply[i] not in reply[:i])  # a reply token seen first at k
+    named = _requests(p, other, n_reply, reply[k])
     requests = list(named.values())
 
     job = json.dumps({"model": str(folder), "requests": requests})
@@ -127,10 +157,26 @@ def test_vllm_engine_answers_every_option_as_puyus_engine(tmp_path: Path) -> Non
         assert got["text"] == json.dumps(obj, separators=(",", ":") if got is vllm["json"] else None)
     assert _ids(vllm["repetition"]) == _ids(puyu["repetition"]) and len(_ids(vllm["repetition"])) == 12
 
+    # a stop token id ends the output: counted, its text left out (vLLM's behaviour, puyu's too)
+    for got in (puyu["stop_token_ids"], vllm["stop_token_ids"]):
+        assert (got["text"], got["finish_reason"], got["completion_tokens"]) == (
+            tok.decode(reply[:k]),
+            "stop",
+            k + 1,
+        )
+
     # logprobs: the chosen tokens' and the best three's, against transformers' forward
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     chosen = _ids(puyu["logprobs"])
     assert _ids(vllm["logprobs"]) == chosen
+    # min_p 1 samples the greedy tokens; logit_bias as transformers' SequenceBiasLogitsProcessor
+    assert _ids(vllm["min_p"]) == _ids(puyu["min_p"]) == chosen
+    biased, bias = list(other), SequenceBiasLogitsProcessor([[[t], b] for t, b in LOGIT_BIAS])
+    with torch.no_grad():
+        for _ in range(6):
+            scores = bias(torch.tensor([biased]), model(torch.tensor([biased])).logits[:, -1].float())
+            biased.append(int(scores[0].argmax()))
+    assert _ids(vllm["logit_bias"]) == _ids(puyu["logit_bias"]) == biased[len(other) :] != chosen
     with torch.no_grad():
         logits = model(torch.tensor([other + chosen])).logits[0].float()
     ref = torch.log_softmax(logits, -1)[len(other) - 1 : -1]
@@ -151,5 +197,5 @@ def test_vllm_engine_answers_every_option_as_puyus_engine(tmp_path: Path) -> Non
         assert [t[2] for t in lps[1:]] == pytest.approx(expected, abs=1e-4)
 
     # refused before any compute, in the same words
-    for key in ("out_of_vocab", "too_long", "bad_min_tokens"):
+    for key in ("out_of_vocab", "too_long", "bad_min_tokens", "bad_stop_token_ids"):
         assert vllm[key] == puyu[key] and "refused" in puyu[key], key

@@ -22,8 +22,13 @@ def _lp(t: TokenLogprob | None) -> list[Any] | None:
     return None if t is None else [t.token_id, t.token, t.logprob, [list(a) for a in t.top]]
 
 
+def _tuples(value: Any) -> Any:
+    """JSON lists as the tuples ``SamplingParams`` holds (``stop``, ``stop_token_ids``, ``logit_bias``)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
 async def _one(engine: ServingEngine, request: dict[str, Any]) -> dict[str, Any]:
-    params = SamplingParams(**{k: tuple(v) if k == "stop" else v for k, v in request["params"].items()})
+    params = SamplingParams(**{k: _tuples(v) for k, v in request["params"].items()})
     try:
         deltas = [d async for d in engine.stream(list(request["prompt_ids"]), params)]
     except InvalidRequest as exc:

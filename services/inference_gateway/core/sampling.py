@@ -28,6 +28,7 @@ MAX_TEMPERATURE = 100.0
 MIN_REPETITION_PENALTY = 1e-2
 MAX_REPETITION_PENALTY = 100.0
 MAX_PENALTY = 2.0  # presence / frequency, as OpenAI
+MAX_LOGIT_BIAS = 100.0  # OpenAI's bound: -100 bans a token, 100 all but forces it
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,10 @@ class SamplingParams:
     temperature: float = 1.0  # 0 (or below MIN_TEMPERATURE): greedy
     top_p: float = 1.0  # 1 (or 0): off
     top_k: int = 0  # 0: off
+    min_p: float = 0.0  # drop tokens below min_p x the most likely one's probability (as vLLM); 0: off
     stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()  # these tokens end the output, counted but not in its text (as vLLM)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit), OpenAI's logit_bias
     seed: int | None = None
     repetition_penalty: float = 1.0  # HF style: divides positive logits of seen tokens (1: off)
     presence_penalty: float = 0.0  # OpenAI style, over generated tokens
@@ -66,6 +70,7 @@ class SamplingParams:
         _check_range("top_p", self.top_p, 0, 1)
         if self.top_k < 0:
             raise InvalidRequest(f"top_k must be >= 0, got {self.top_k}")
+        _check_range("min_p", self.min_p, 0, 1)
         if any(not s for s in self.stop):
             raise InvalidRequest("stop sequences must be non-empty strings")
         _check_range(
@@ -75,11 +80,35 @@ class SamplingParams:
         _check_range("frequency_penalty", self.frequency_penalty, -MAX_PENALTY, MAX_PENALTY)
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise InvalidRequest(f"logprobs must be in [0, 20], got {self.logprobs}")
+        for token, bias in self.logit_bias:
+            _check_range(f"logit_bias[{token}]", bias, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS)
+        self.check_token_ids(None)
         return self
+
+    def check_token_ids(self, vocab_size: int | None) -> None:
+        """InvalidRequest naming the field when ``stop_token_ids`` or ``logit_bias`` holds a negative id or
+        (given ``vocab_size``) one the model has no logit for: as vLLM, since it would index past the
+        logits of every request batched in the same step."""
+        for name, ids in (
+            ("stop_token_ids", self.stop_token_ids),
+            ("logit_bias", [t for t, _ in self.logit_bias]),
+        ):
+            bad = sorted({t for t in ids if t < 0 or (vocab_size is not None and t >= vocab_size)})
+            if bad and vocab_size is None:
+                raise InvalidRequest(f"{name} must hold token ids (>= 0), got {bad}")
+            if bad:
+                raise InvalidRequest(
+                    f"{name} holds token id(s) {bad} out of vocabulary (the model has {vocab_size} token ids)"
+                )
 
     @property
     def penalised(self) -> bool:
         return self.repetition_penalty != 1 or bool(self.presence_penalty) or bool(self.frequency_penalty)
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """The logits are changed before any choice (bias, penalties): a greedy pick is not the plain argmax."""
+        return self.penalised or bool(self.logit_bias)
 
     @property
     def greedy(self) -> bool:
@@ -123,6 +152,18 @@ def make_generator(seed: int | None) -> torch.Generator:
     return gen
 
 
+def adjust_logits(
+    logits: torch.Tensor, params: SamplingParams, prompt: list[int], generated: list[int]
+) -> torch.Tensor:
+    """``logit_bias`` added, then the penalties (vLLM's order), before temperature and any choice."""
+    if params.logit_bias:
+        logits = logits.clone()
+        ids = torch.tensor([t for t, _ in params.logit_bias], dtype=torch.long)
+        bias = torch.tensor([b for _, b in params.logit_bias], dtype=logits.dtype)
+        logits.index_add_(0, ids, bias)
+    return apply_penalties(logits, params, prompt, generated)
+
+
 def apply_penalties(
     logits: torch.Tensor, params: SamplingParams, prompt: list[int], generated: list[int]
 ) -> torch.Tensor:
@@ -157,8 +198,12 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generat
 
 
 def token_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """The distribution a non-greedy ``sample_next`` draws from: temperature, then top-k, then top-p."""
+    """The distribution a non-greedy ``sample_next`` draws from: temperature, min-p, top-k, then top-p
+    (vLLM's order; min-p and top-k keep the most likely token, so they commute)."""
     scores = logits.float() / params.temperature
+    if params.min_p > 0:
+        probs = torch.softmax(scores, dim=-1)
+        scores = scores.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
     if params.top_k and params.top_k < scores.numel():
         kth = torch.topk(scores, params.top_k).values[-1]
         scores = scores.masked_fill(scores < kth, float("-inf"))

@@ -250,6 +250,7 @@ class Engine:
         """Validate and queue a request; ``sink`` gets its deltas on the engine thread."""
         params.validate()
         check_prompt_ids(prompt_ids, vocab_size=self.guides.vocab_size)
+        params.check_token_ids(self.guides.vocab_size)
         check_context(len(prompt_ids), params, self.max_positions)
         guide = self.guides.guide(params.json_schema) if params.json_schema is not None else None
         capacity = self.allocator.num_blocks * self.allocator.block_size

@@ -16,17 +16,18 @@ from services.inference_gateway.core.engine.output import OutputProcessor
 from services.inference_gateway.core.engine.scheduler import Scheduler
 from services.inference_gateway.core.engine.sequence import Sequence
 from services.inference_gateway.core.model_runner import ModelRunner
-from services.inference_gateway.core.sampling import apply_penalties, sample_next, suppress
+from services.inference_gateway.core.sampling import adjust_logits, sample_next, suppress
 
 log = logging.getLogger(__name__)
 
 
 def sample_token(seq: Sequence, logits: torch.Tensor, eos_ids: set[int]) -> int:
-    """One token for ``seq`` after its penalties, ``min_tokens`` (no EOS before) and its grammar."""
+    """One token for ``seq`` after its logit bias and penalties, ``min_tokens`` (no EOS nor stop token
+    before) and its grammar."""
     params = seq.request.params
-    scores = apply_penalties(logits, params, seq.request.prompt_ids, seq.generated_ids)
-    if eos_ids and seq.num_generated < params.min_tokens:
-        scores = suppress(scores, eos_ids)
+    scores = adjust_logits(logits, params, seq.request.prompt_ids, seq.generated_ids)
+    if seq.num_generated < params.min_tokens and (ends := eos_ids | set(params.stop_token_ids)):
+        scores = suppress(scores, ends)
     if seq.guide is not None:
         scores = seq.guide.mask(scores)
     token = sample_next(scores, params, seq.generator)
@@ -112,7 +113,7 @@ class EngineLoop:
             i
             for i, (s, _) in enumerate(ready)
             if s.request.params.greedy
-            and not s.request.params.penalised
+            and not s.request.params.adjusts_logits
             and s.guide is None
             and s.num_generated >= s.request.params.min_tokens
         ]

@@ -6,6 +6,8 @@ stop string, a complete guided JSON or its token limit, and never streams text t
 out to be part of a stop string. As in vLLM, ``ignore_eos`` runs past end-of-sequence tokens,
 ``min_tokens`` holds off EOS (masked when sampling) and stop strings until that many tokens, and
 ``max_tokens`` 0 ends a sequence once its prompt is computed (scoring only: prompt logprobs, no token).
+A token of ``stop_token_ids`` ends it as vLLM does: counted among the generated tokens, left out of the
+text, even with ``ignore_eos``.
 """
 
 from __future__ import annotations
@@ -133,6 +135,10 @@ class OutputProcessor:
         # before min_tokens EOS is masked when sampling (engine loop); this check is what ends the rest
         if token in self.eos_ids and not params.ignore_eos and seq.num_generated >= params.min_tokens:
             return Finish("stop")
+        if token in params.stop_token_ids and seq.num_generated >= params.min_tokens:
+            text = self.detokenize(seq, flush=True) if seq.num_generated else ""
+            seq.token_ids.append(token)
+            return Finish("stop", text)
         seq.token_ids.append(token)
         text = self.detokenize(seq)
         if seq.guide is not None and seq.guide.done:  # the JSON is complete

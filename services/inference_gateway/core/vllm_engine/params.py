@@ -9,7 +9,8 @@ What differs and how it is bridged:
   so one is generated and dropped from the output (``DeltaMaker``);
 - ``prompt_logprobs`` is a flag in puyu with ``logprobs`` alternatives; vLLM takes their count;
 - ``echo`` is done by the adapter (the prompt decoded on the first delta), as puyu's engine does it;
-- ``json_schema`` goes to vLLM's structured outputs (xgrammar), ``skip_special_tokens`` as it is.
+- ``json_schema`` goes to vLLM's structured outputs (xgrammar), ``skip_special_tokens`` as it is;
+- ``min_p``, ``stop_token_ids`` and ``logit_bias`` mean what vLLM's mean (puyu follows vLLM there).
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ def vllm_sampling_kwargs(params: SamplingParams, prompt_tokens: int, max_positio
         "temperature": 0.0 if params.greedy else params.temperature,
         "top_p": params.top_p if 0 < params.top_p < 1 else 1.0,
         "top_k": params.top_k,
+        "min_p": params.min_p,
         "seed": params.seed,
         "stop": list(params.stop) or None,
+        "stop_token_ids": list(params.stop_token_ids) or None,
+        "logit_bias": dict(params.logit_bias) or None,
         "repetition_penalty": params.repetition_penalty,
         "presence_penalty": params.presence_penalty,
         "frequency_penalty": params.frequency_penalty,

@@ -24,29 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1contracts/proto/puyu/inference/v1/inference.proto\x12\x11puyu.inference.v1\"\x93\x03\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x10\n\x08has_seed\x18\x07 \x01(\x08\x12\x1a\n\x12repetition_penalty\x18\x08 \x01(\x01\x12\x18\n\x10presence_penalty\x18\t \x01(\x01\x12\x19\n\x11\x66requency_penalty\x18\n \x01(\x01\x12\x10\n\x08logprobs\x18\x0b \x01(\x05\x12\x14\n\x0chas_logprobs\x18\x0c \x01(\x08\x12\x17\n\x0fprompt_logprobs\x18\r \x01(\x08\x12\x13\n\x0bjson_schema\x18\x0e \x01(\t\x12\x12\n\nignore_eos\x18\x0f \x01(\x08\x12\x12\n\nmin_tokens\x18\x10 \x01(\x05\x12\x12\n\nscore_only\x18\x11 \x01(\x08\x12\x1b\n\x13keep_special_tokens\x18\x12 \x01(\x08\x12\x0c\n\x04\x65\x63ho\x18\x13 \x01(\x08\"\xb2\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x31\n\x06params\x18\x03 \x01(\x0b\x32!.puyu.inference.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x12\n\nprompt_ids\x18\x05 \x03(\x05\x12\x11\n\tchat_json\x18\x06 \x01(\t\x12\x12\n\nlocal_only\x18\x07 \x01(\x08\",\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\"l\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x01\x12*\n\x03top\x18\x04 \x03(\x0b\x32\x1d.puyu.inference.v1.TopLogprob\"\xf0\x02\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x31\n\x08logprobs\x18\x06 \x03(\x0b\x32\x1f.puyu.inference.v1.TokenLogprob\x12\x38\n\x0fprompt_logprobs\x18\x07 \x03(\x0b\x32\x1f.puyu.inference.v1.TokenLogprob\x12\x1b\n\x13has_prompt_logprobs\x18\x08 \x01(\x08\x12\x15\n\rcached_tokens\x18\t \x01(\x05\x12\x1a\n\x12prompt_first_token\x18\n \x01(\t\x12\x0e\n\x06worker\x18\x0b \x01(\t\x12\x13\n\x0bprompt_text\x18\x0c \x01(\t\x12\x17\n\x0fhas_prompt_text\x18\r \x01(\x08\"\x13\n\x11ListModelsRequest\"_\n\x0bServedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06worker\x18\x05 \x01(\t\"D\n\x12ListModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.puyu.inference.v1.ServedModel2\xba\x01\n\tInference\x12R\n\x08Generate\x12\".puyu.inference.v1.GenerateRequest\x1a .puyu.inference.v1.GenerateChunk0\x01\x12Y\n\nListModels\x12$.puyu.inference.v1.ListModelsRequest\x1a%.puyu.inference.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1contracts/proto/puyu/inference/v1/inference.proto\x12\x11puyu.inference.v1\"\xb2\x04\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x10\n\x08has_seed\x18\x07 \x01(\x08\x12\x1a\n\x12repetition_penalty\x18\x08 \x01(\x01\x12\x18\n\x10presence_penalty\x18\t \x01(\x01\x12\x19\n\x11\x66requency_penalty\x18\n \x01(\x01\x12\x10\n\x08logprobs\x18\x0b \x01(\x05\x12\x14\n\x0chas_logprobs\x18\x0c \x01(\x08\x12\x17\n\x0fprompt_logprobs\x18\r \x01(\x08\x12\x13\n\x0bjson_schema\x18\x0e \x01(\t\x12\x12\n\nignore_eos\x18\x0f \x01(\x08\x12\x12\n\nmin_tokens\x18\x10 \x01(\x05\x12\x12\n\nscore_only\x18\x11 \x01(\x08\x12\x1b\n\x13keep_special_tokens\x18\x12 \x01(\x08\x12\x0c\n\x04\x65\x63ho\x18\x13 \x01(\x08\x12\r\n\x05min_p\x18\x14 \x01(\x01\x12\x16\n\x0estop_token_ids\x18\x15 \x03(\x05\x12\x44\n\nlogit_bias\x18\x16 \x03(\x0b\x32\x30.puyu.inference.v1.SamplingParams.LogitBiasEntry\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb2\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x31\n\x06params\x18\x03 \x01(\x0b\x32!.puyu.inference.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x12\n\nprompt_ids\x18\x05 \x03(\x05\x12\x11\n\tchat_json\x18\x06 \x01(\t\x12\x12\n\nlocal_only\x18\x07 \x01(\x08\",\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\"l\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x01\x12*\n\x03top\x18\x04 \x03(\x0b\x32\x1d.puyu.inference.v1.TopLogprob\"\xf0\x02\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x31\n\x08logprobs\x18\x06 \x03(\x0b\x32\x1f.puyu.inference.v1.TokenLogprob\x12\x38\n\x0fprompt_logprobs\x18\x07 \x03(\x0b\x32\x1f.puyu.inference.v1.TokenLogprob\x12\x1b\n\x13has_prompt_logprobs\x18\x08 \x01(\x08\x12\x15\n\rcached_tokens\x18\t \x01(\x05\x12\x1a\n\x12prompt_first_token\x18\n \x01(\t\x12\x0e\n\x06worker\x18\x0b \x01(\t\x12\x13\n\x0bprompt_text\x18\x0c \x01(\t\x12\x17\n\x0fhas_prompt_text\x18\r \x01(\x08\"\x13\n\x11ListModelsRequest\"_\n\x0bServedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06worker\x18\x05 \x01(\t\"D\n\x12ListModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.puyu.inference.v1.ServedModel2\xba\x01\n\tInference\x12R\n\x08Generate\x12\".puyu.inference.v1.GenerateRequest\x1a .puyu.inference.v1.GenerateChunk0\x01\x12Y\n\nListModels\x12$.puyu.inference.v1.ListModelsRequest\x1a%.puyu.inference.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'contracts.proto.puyu.inference.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
   _globals['_SAMPLINGPARAMS']._serialized_start=73
-  _globals['_SAMPLINGPARAMS']._serialized_end=476
-  _globals['_GENERATEREQUEST']._serialized_start=479
-  _globals['_GENERATEREQUEST']._serialized_end=657
-  _globals['_TOPLOGPROB']._serialized_start=659
-  _globals['_TOPLOGPROB']._serialized_end=703
-  _globals['_TOKENLOGPROB']._serialized_start=705
-  _globals['_TOKENLOGPROB']._serialized_end=813
-  _globals['_GENERATECHUNK']._serialized_start=816
-  _globals['_GENERATECHUNK']._serialized_end=1184
-  _globals['_LISTMODELSREQUEST']._serialized_start=1186
-  _globals['_LISTMODELSREQUEST']._serialized_end=1205
-  _globals['_SERVEDMODEL']._serialized_start=1207
-  _globals['_SERVEDMODEL']._serialized_end=1302
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1304
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1372
-  _globals['_INFERENCE']._serialized_start=1375
-  _globals['_INFERENCE']._serialized_end=1561
+  _globals['_SAMPLINGPARAMS']._serialized_end=635
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=587
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=635
+  _globals['_GENERATEREQUEST']._serialized_start=638
+  _globals['_GENERATEREQUEST']._serialized_end=816
+  _globals['_TOPLOGPROB']._serialized_start=818
+  _globals['_TOPLOGPROB']._serialized_end=862
+  _globals['_TOKENLOGPROB']._serialized_start=864
+  _globals['_TOKENLOGPROB']._serialized_end=972
+  _globals['_GENERATECHUNK']._serialized_start=975
+  _globals['_GENERATECHUNK']._serialized_end=1343
+  _globals['_LISTMODELSREQUEST']._serialized_start=1345
+  _globals['_LISTMODELSREQUEST']._serialized_end=1364
+  _globals['_SERVEDMODEL']._serialized_start=1366
+  _globals['_SERVEDMODEL']._serialized_end=1461
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1463
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1531
+  _globals['_INFERENCE']._serialized_start=1534
+  _globals['_INFERENCE']._serialized_end=1720
 # @@protoc_insertion_point(module_scope)
