@@ -1,4 +1,5 @@
-"""Constrained decoding for ``response_format`` (JSON object / JSON schema) with xgrammar.
+"""Constrained decoding for ``response_format`` (JSON object / JSON schema) and for calls that
+``tool_choice`` forces (the schema ``core.tools.plan_tools`` writes) with xgrammar.
 
 xgrammar (the grammar engine vLLM and SGLang use) compiles a JSON schema against the tokenizer's
 vocabulary once; per step a matcher fills a bitmask of the tokens that keep the output a valid
@@ -68,11 +69,15 @@ class GuideFactory:
         try:
             return self._compiler.compile_json_schema(schema, any_whitespace=False)
         except Exception as exc:
-            raise InvalidRequest(f"invalid JSON schema in response_format: {exc}") from None
+            raise InvalidRequest(
+                f"invalid JSON schema in response_format or in the parameters of a forced tool: {exc}"
+            ) from None
 
     def guide(self, schema: str) -> Guide:
         if xgr is None:
-            raise InvalidRequest("response_format needs the xgrammar package (pip install xgrammar)")
+            raise InvalidRequest(
+                "response_format and forced tool calls need the xgrammar package (pip install xgrammar)"
+            )
         with self._lock:  # compile once, from the engine thread or a request
             compiled = self._compiled(schema)
         return Guide(xgr.GrammarMatcher(compiled), self.vocab_size)

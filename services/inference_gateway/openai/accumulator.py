@@ -11,7 +11,13 @@ from typing import Protocol
 
 from services.inference_gateway.core.engine import Delta, TokenLogprob
 from services.inference_gateway.core.reasoning import ReasoningStream, split_reasoning
-from services.inference_gateway.core.tools import ToolCall, ToolStream, parse_tool_calls
+from services.inference_gateway.core.tools import (
+    ToolCall,
+    ToolCallDelta,
+    ToolParser,
+    ToolPlan,
+    parse_tool_calls,
+)
 from services.inference_gateway.openai.protocol import (
     ChatLogprobs,
     ChatTokenLogprob,
@@ -118,43 +124,55 @@ def _joined(a: CompletionLogprobs, b: CompletionLogprobs) -> CompletionLogprobs:
 
 class ChatChoiceAccumulator:
     """A chat choice: its text and logprobs; its reasoning (``<think>``) apart from its content
-    (``core.reasoning``); with tools offered, content that may be a tool call is held back from the
-    stream until the answer ends (``core.tools.ToolStream``)."""
+    (``core.reasoning``); with tools, its calls (``core.tools``): in a stream, content up to a call and
+    the call's pieces as they are read; in a whole answer, parsed from all the text by the same parser."""
 
-    def __init__(self, tool_names: set[str]) -> None:
-        self.tool_names = tool_names
+    def __init__(self, plan: ToolPlan, *, stream: bool) -> None:
+        self.plan = plan
         self.text = ""
         self.logprobs: list[TokenLogprob] = []
         self.last: Delta | None = None  # the delta that finished the choice
+        self.called = False  # a call was streamed
         self._reasoning = ReasoningStream()
-        self._tool_stream = ToolStream(tool_names) if tool_names else None
+        self._tools = ToolParser(plan) if plan.reads_calls and stream else None
 
-    def add(self, delta: Delta) -> tuple[str, str]:
-        """The reasoning and the content ``delta`` adds that may be streamed now."""
+    def add(self, delta: Delta) -> tuple[str, str, list[ToolCallDelta]]:
+        """The reasoning, the content and the pieces of calls ``delta`` adds that may be streamed now."""
         self.text += delta.text
         self.logprobs += delta.logprobs
         if delta.finish_reason:
             self.last = delta
         reasoning, content = self._reasoning.feed(delta.text)
-        return reasoning, self._tool_stream.feed(content) if self._tool_stream else content
-
-    def streamed_tail(self) -> tuple[str, str, list[ToolCall]]:
-        """Once finished, in a stream: the reasoning and the content held back, and the tool calls."""
-        reasoning, content = self._reasoning.finish()
-        if self._tool_stream is None:
+        if self._tools is None:
             return reasoning, content, []
-        content = self._tool_stream.feed(content)
-        held_back, calls = self._tool_stream.finish()
-        return reasoning, content + held_back, calls
+        content, calls = self._tools.feed(content)
+        self.called = self.called or bool(calls)
+        return reasoning, content, calls
+
+    def streamed_tail(self) -> tuple[str, str, list[ToolCallDelta]]:
+        """Once finished, in a stream: the reasoning, the content held back, the last pieces of calls."""
+        reasoning, content = self._reasoning.finish()
+        if self._tools is None:
+            return reasoning, content, []
+        content, calls = self._tools.feed(content)
+        held_back, more = self._tools.finish()
+        self.called = self.called or bool(calls or more)
+        return reasoning, content + held_back, calls + more
 
     def whole(self) -> tuple[str | None, str, list[ToolCall]]:
         """Once finished, in a whole answer: the reasoning (None without), the content and the tool
         calls, parsed from all the text."""
         reasoning, content = split_reasoning(self.text)
-        if self.tool_names:
-            content, calls = parse_tool_calls(content, self.tool_names)
+        if self.plan.reads_calls:
+            content, calls = parse_tool_calls(content, self.plan)
             return reasoning, content, calls
         return reasoning, content, []
+
+    def finish_reason(self, calls: bool) -> str | None:
+        """As vLLM (after OpenAI): ``tool_calls`` when a call ended the answer, unless tool_choice named the
+        function (then ``stop``); a call cut short keeps ``length``."""
+        reason = finish_reason(self.last.finish_reason if self.last else None)
+        return "tool_calls" if calls and reason == "stop" and self.plan.named is None else reason
 
 
 def chat_logprobs(logprobs: Sequence[TokenLogprob]) -> ChatLogprobs:

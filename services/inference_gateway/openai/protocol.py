@@ -2,8 +2,8 @@
 clients of OpenAI's API read; ``None`` fields that OpenAI omits are left out, see ``_OmitNone``).
 
 Where the OpenAI spec leaves behaviour open, vLLM's server is the reference: its sampling extras that
-puyu implements are read under vLLM's names (``top_k``, ``repetition_penalty``, ``ignore_eos``,
-``min_tokens``), a completions prompt may be token ids, ``/tokenize`` and ``/detokenize`` have vLLM's
+puyu implements are read under vLLM's names (``top_k``, ``min_p``, ``repetition_penalty``, ``ignore_eos``,
+``min_tokens``, ``stop_token_ids``), ``tool_choice`` is checked as vLLM checks it, a completions prompt may be token ids, ``/tokenize`` and ``/detokenize`` have vLLM's
 shapes, and a field puyu does not know is accepted and named in a warning in the log, as vLLM does
 (``OpenAIRequest``), so that clients sending extras of other servers still work.
 """
@@ -26,6 +26,7 @@ from pydantic import (
 
 from services.inference_gateway.core.prompts import Prompt
 from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams
+from services.inference_gateway.core.tool_choice import ToolPlan, plan_tools
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+TokenId = Annotated[int, Field(ge=0)]
+
+
 class SamplingRequest(OpenAIRequest):
     """What completions and chat requests share: the model and how to sample."""
 
@@ -61,10 +65,16 @@ class SamplingRequest(OpenAIRequest):
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, ge=0, le=1)
     top_k: int = Field(default=0, ge=0, description="Extension (as vLLM): 0 is off.")
+    min_p: float = Field(default=0.0, ge=0, le=1, description="Extension (as vLLM): 0 is off.")
     repetition_penalty: float = Field(default=1.0, gt=0, description="Extension (as vLLM).")
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     stop: str | list[str] | None = None
+    stop_token_ids: list[TokenId] | None = Field(
+        default=None, description="Extension (as vLLM): these tokens end the output (not in its text)."
+    )
+    # OpenAI's: token id (as a JSON key) -> bias in [-100, 100] added to its logit
+    logit_bias: dict[str, float] | None = None
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=16)
     stream: bool = False
@@ -93,7 +103,10 @@ class SamplingRequest(OpenAIRequest):
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
+            min_p=self.min_p,
             stop=tuple(stop),
+            stop_token_ids=tuple(self.stop_token_ids or ()),
+            logit_bias=self._logit_bias(),
             seed=self.seed,
             repetition_penalty=self.repetition_penalty,
             presence_penalty=self.presence_penalty,
@@ -111,12 +124,19 @@ class SamplingRequest(OpenAIRequest):
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
+    def _logit_bias(self) -> tuple[tuple[int, float], ...]:
+        """``logit_bias`` keyed by token id; InvalidRequest naming a key that is no token id."""
+        bias: dict[int, float] = {}
+        for key, value in (self.logit_bias or {}).items():
+            try:
+                bias[int(key)] = value
+            except ValueError:
+                raise InvalidRequest(f"logit_bias keys must be token ids, got {key!r}") from None
+        return tuple(sorted(bias.items()))
+
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
-
-
-TokenId = Annotated[int, Field(ge=0)]
 
 
 class CompletionRequest(SamplingRequest):
@@ -173,7 +193,7 @@ class ChatRequest(SamplingRequest):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None  # accepted: every call the model writes is returned
+    parallel_tool_calls: bool | None = None  # false: one call at most
     response_format: ResponseFormat | None = None
 
     def requested_max_tokens(self) -> int | None:
@@ -193,17 +213,15 @@ class ChatRequest(SamplingRequest):
             out.append(msg)
         return out
 
-    def offers_tools(self) -> bool:
-        return bool(self.tools) and self.tool_choice != "none"
-
-    def tool_names(self) -> set[str]:
-        """The functions the model may call (none with ``tool_choice="none"``)."""
-        if not self.tools or self.tool_choice == "none":
-            return set()
-        names = {
-            t.get("function", {}).get("name") for t in self.tools if t.get("type", "function") == "function"
-        }
-        return {n for n in names if n}
+    def tool_plan(self) -> ToolPlan:
+        """How ``tools`` are used (``tool_choice``); InvalidRequest naming what does not hold together."""
+        plan = plan_tools(self.tools, self.tool_choice, self.parallel_tool_calls)
+        if plan.schema is not None and self.response_format and self.response_format.type != "text":
+            raise InvalidRequest(
+                "tool_choice that forces a call cannot be combined with response_format: "
+                "both constrain the output"
+            )
+        return plan
 
 
 def _arguments_as_object(call: Any) -> Any:
@@ -382,13 +400,10 @@ class FunctionCall(BaseModel):
     arguments: str  # a JSON object as text
 
 
-class ToolCall(_OmitNone):
-    omit_when_none = frozenset({"index"})
-
+class ToolCall(BaseModel):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
-    index: int | None = None  # in streamed deltas only
 
 
 class ChatResponseMessage(_OmitNone):
@@ -416,13 +431,32 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo
 
 
+class DeltaFunctionCall(_OmitNone):
+    omit_when_none = frozenset({"name", "arguments"})
+
+    name: str | None = None  # on a call's first delta only
+    arguments: str | None = None
+
+
+class DeltaToolCall(_OmitNone):
+    """A piece of a streamed call: its first piece carries ``id``, ``type`` and the function's name, every
+    later one only more text of the arguments (a client joins the strings of equal ``index``)."""
+
+    omit_when_none = frozenset({"id", "type"})
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall
+
+
 class DeltaMessage(_OmitNone):
     omit_when_none = frozenset({"role", "reasoning_content", "content", "tool_calls"})
 
     role: Literal["assistant"] | None = None
     reasoning_content: str | None = None
     content: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatStreamChoice(BaseModel):

@@ -1,6 +1,7 @@
 """``/v1/chat/completions``: messages in, an assistant message out (streamed or whole), with logprobs,
-reasoning apart (``core.reasoning``), tool calls (``core.tools``) and JSON output constrained by
-``response_format`` (``core.guided``)."""
+reasoning apart (``core.reasoning``), tool calls (``core.tools``: read from the model's own form, or
+forced by ``tool_choice`` through guided decoding; streamed piece by piece as OpenAI streams them) and
+JSON output constrained by ``response_format`` (``core.guided``)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ from collections.abc import AsyncIterator, Sequence
 
 from services.inference_gateway.core.engine import TokenLogprob
 from services.inference_gateway.core.prompts import Prompt
-from services.inference_gateway.core.tools import ToolCall as ParsedToolCall
+from services.inference_gateway.core.tools import ToolCallDelta
 from services.inference_gateway.openai.accumulator import (
     ChatChoiceAccumulator,
     chat_logprobs,
-    finish_reason,
     usage,
 )
 from services.inference_gateway.openai.admission import APIError
@@ -24,7 +24,9 @@ from services.inference_gateway.openai.protocol import (
     ChatRequest,
     ChatResponseMessage,
     ChatStreamChoice,
+    DeltaFunctionCall,
     DeltaMessage,
+    DeltaToolCall,
     FunctionCall,
     ToolCall,
     UsageInfo,
@@ -44,16 +46,17 @@ from services.inference_gateway.openai.streams import PeekableStream, merge_stre
 class OpenAIServingChat(OpenAIServing):
     async def create_chat_completion(self, request: ChatRequest) -> Answer[ChatCompletionResponse]:
         top_logprobs = (request.top_logprobs or 0) if request.logprobs else None
+        plan = validated(request.tool_plan)
         schema = validated(request.response_format.schema_text) if request.response_format else None
-        # tool-call markers may be special tokens (InternLM2's): keep them in the text while tools are
-        # offered, as LMDeploy's and vLLM's parsers do
+        # tool-call markers may be special tokens (InternLM2's): keep them in the text while calls are
+        # read in the model's own form, as LMDeploy's and vLLM's parsers do; a forced call is guided JSON
         params = validated(
             lambda: request.sampling_params(
                 self.default_max_tokens,
                 top_logprobs,
                 False,
-                schema,
-                skip_special_tokens=not request.offers_tools(),
+                plan.schema or schema,
+                skip_special_tokens=not plan.reads_calls or plan.schema is not None,
             )
         )
         started = time.monotonic()
@@ -62,8 +65,7 @@ class OpenAIServingChat(OpenAIServing):
             request.model, [prompt], params, request.n, started, not request.stream
         )
         head = ResponseHead.new("chatcmpl", request.model)
-        tool_names = request.tool_names()
-        choices = [ChatChoiceAccumulator(tool_names) for _ in streams]
+        choices = [ChatChoiceAccumulator(plan, stream=request.stream) for _ in streams]
         if request.stream:
             return Answer(self._stream(request, head, streams, choices, started), headers)
         return Answer(await self._whole(request, head, streams, choices, started), headers)
@@ -82,24 +84,24 @@ class OpenAIServingChat(OpenAIServing):
             if delta.finish_reason == "error":
                 yield stream_error(delta)
                 return
-            reasoning, content = choices[i].add(delta)
+            reasoning, content, calls = choices[i].add(delta)
             if reasoning:
                 yield sse(_chunk(head, i, DeltaMessage(reasoning_content=reasoning)))
             if content or delta.logprobs:
                 logprobs = delta.logprobs if request.logprobs else ()
                 yield sse(_chunk(head, i, DeltaMessage(content=content), logprobs=logprobs))
+            if calls:
+                yield sse(_chunk(head, i, DeltaMessage(tool_calls=_call_deltas(calls))))
             if delta.finish_reason is None:
                 continue
-            finish = finish_reason(delta.finish_reason)
             reasoning, held_back, calls = choices[i].streamed_tail()
             if reasoning:
                 yield sse(_chunk(head, i, DeltaMessage(reasoning_content=reasoning)))
             if held_back:
                 yield sse(_chunk(head, i, DeltaMessage(content=held_back)))
             if calls:
-                yield sse(_chunk(head, i, DeltaMessage(tool_calls=_tool_calls(calls, indexed=True))))
-                finish = "tool_calls"
-            yield sse(_chunk(head, i, DeltaMessage(), finish=finish))
+                yield sse(_chunk(head, i, DeltaMessage(tool_calls=_call_deltas(calls))))
+            yield sse(_chunk(head, i, DeltaMessage(), finish=choices[i].finish_reason(choices[i].called)))
         if request.include_usage:
             yield sse(_usage_chunk(head, usage(choices, request.n)))
         yield DONE
@@ -131,25 +133,29 @@ def _whole_choice(index: int, choice: ChatChoiceAccumulator, with_logprobs: bool
     message = ChatResponseMessage(
         reasoning_content=reasoning,
         content=content or (None if calls else ""),
-        tool_calls=_tool_calls(calls, indexed=False) or None,
+        tool_calls=[
+            ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in calls
+        ]
+        or None,
     )
     return ChatChoice(
         index=index,
         message=message,
         logprobs=chat_logprobs(choice.logprobs) if with_logprobs else None,
-        finish_reason="tool_calls"
-        if calls
-        else finish_reason(choice.last.finish_reason if choice.last else None),
+        finish_reason=choice.finish_reason(bool(calls)),
     )
 
 
-def _tool_calls(calls: list[ParsedToolCall], *, indexed: bool) -> list[ToolCall]:
-    """OpenAI's ``tool_calls``; a streamed delta numbers them (``index``), a whole message does not."""
+def _call_deltas(calls: list[ToolCallDelta]) -> list[DeltaToolCall]:
+    """OpenAI's streamed ``tool_calls``: a call's first piece with its id, type and name."""
     return [
-        ToolCall(
-            id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments), index=k if indexed else None
+        DeltaToolCall(
+            index=c.index,
+            id=c.id,
+            type="function" if c.id is not None else None,
+            function=DeltaFunctionCall(name=c.name, arguments=c.arguments),
         )
-        for k, c in enumerate(calls)
+        for c in calls
     ]
 
 

@@ -12,10 +12,11 @@ import torch
 from services.inference_gateway.core.engine import Engine
 from services.inference_gateway.core.reasoning import ReasoningStream, split_reasoning
 from services.inference_gateway.core.sampling import InvalidRequest, SamplingParams, check_context
-from services.inference_gateway.core.tools import ToolStream, parse_tool_calls
+from services.inference_gateway.core.tool_choice import ToolPlan
+from services.inference_gateway.core.tools import ToolParser, parse_tool_calls
 from services.inference_gateway.openai.protocol import ChatRequest, CompletionRequest
 
-NAMES = {"get_weather"}
+NAMES = ToolPlan(frozenset({"get_weather"}))
 INTERNLM2 = (
     '<|action_start|><|plugin|>\n{"name": "get_weather", "parameters": {"city": "Velm"}}<|action_end|>'
 )
@@ -128,8 +129,7 @@ def test_prompt_forms_and_unknown_fields(caplog: pytest.LogCaptureFixture) -> No
         }
     )
     assert chat.plain_messages()[1]["tool_calls"][0]["function"]["arguments"] == {"x": 1}
-    assert chat.offers_tools()
-    assert not chat.sampling_params(16, skip_special_tokens=not chat.offers_tools()).skip_special_tokens
+    assert chat.tool_plan().reads_calls
 
 
 def test_internlm2_tool_calls_whole_and_streamed() -> None:
@@ -146,10 +146,10 @@ def test_internlm2_tool_calls_whole_and_streamed() -> None:
     assert parse_tool_calls(code, NAMES) == (code, [])
     text = "Sure. " + INTERNLM2
     for step in (1, 4, 9):
-        stream = ToolStream(NAMES)
-        streamed = "".join(stream.feed(text[i : i + step]) for i in range(0, len(text), step))
-        rest, calls = stream.finish()
-        assert streamed == "Sure. " and rest == "" and calls[0].name == "get_weather"
+        stream = ToolParser(NAMES)
+        streamed = "".join(stream.feed(text[i : i + step])[0] for i in range(0, len(text), step))
+        rest, _ = stream.finish()
+        assert streamed == "Sure. " and rest == "" and stream.whole()[1][0].name == "get_weather"
 
 
 @pytest.mark.parametrize(
