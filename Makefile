@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo up test test-fast sandbox-tools slurm-tools vllm-worker-env quant-backend lint bench bench-peers proto schemas clean
+.PHONY: install demo up test test-fast sandbox-tools slurm-tools vllm-worker-env quant-backend lint bench bench-peers gpu-check proto schemas clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -83,6 +83,20 @@ bench: $(BENCH_STAMP)
 bench-peers: $(BENCH_STAMP)
 	benchmarks/peers/install.sh
 	$(BIN)/python benchmarks/bench_serving_peers.py
+
+# The CUDA-only tests and short GPU benchmarks (trainer MFU, puyu's engine beside vLLM), one JSON line last
+# (docs/gpu.md); without CUDA, the parts the CPU can run, saying so. Where nvidia-smi answers: torch's
+# CUDA build in .venv when it holds the CPU one, and vLLM's CUDA build in .venv-vllm-cuda (once each).
+TORCH_CUDA_INDEX_URL ?= https://download.pytorch.org/whl/cu128
+VLLM_CUDA_VERSION ?= 0.32.0
+gpu-check: $(STAMP)
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+	  v=$$($(BIN)/python -c 'import torch; print("" if torch.version.cuda else torch.__version__.split("+")[0])'); \
+	  [ -z "$$v" ] || $(BIN)/pip install -q --index-url "$(TORCH_CUDA_INDEX_URL)" "torch==$$v+$(notdir $(TORCH_CUDA_INDEX_URL))" || exit 1; \
+	  [ -n "$$PUYU_GPU_CHECK_VLLM_PYTHON" ] || [ -f .venv-vllm-cuda/.installed ] || { $(PY) -m venv .venv-vllm-cuda \
+	    && .venv-vllm-cuda/bin/pip install -q "vllm==$(VLLM_CUDA_VERSION)" && touch .venv-vllm-cuda/.installed; } || exit 1; \
+	fi
+	$(BIN)/python benchmarks/gpu_check.py
 
 proto: $(STAMP)
 	$(BIN)/python -m contracts.codegen
