@@ -158,8 +158,8 @@ def adjust_logits(
     """``logit_bias`` added, then the penalties (vLLM's order), before temperature and any choice."""
     if params.logit_bias:
         logits = logits.clone()
-        ids = torch.tensor([t for t, _ in params.logit_bias], dtype=torch.long)
-        bias = torch.tensor([b for _, b in params.logit_bias], dtype=logits.dtype)
+        ids = torch.tensor([t for t, _ in params.logit_bias], dtype=torch.long, device=logits.device)
+        bias = torch.tensor([b for _, b in params.logit_bias], dtype=logits.dtype, device=logits.device)
         logits.index_add_(0, ids, bias)
     return apply_penalties(logits, params, prompt, generated)
 
@@ -178,7 +178,7 @@ def apply_penalties(
         logits[seen] = torch.where(vals > 0, vals / rp, vals * rp)
     if generated and (params.presence_penalty or params.frequency_penalty):
         counts = torch.bincount(torch.tensor(generated, dtype=torch.long), minlength=logits.numel())
-        counts = counts[: logits.numel()].to(logits.dtype)
+        counts = counts[: logits.numel()].to(logits.device, logits.dtype)
         logits -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).to(logits.dtype)
     return logits
 
@@ -194,7 +194,9 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generat
     """One token id from a row of logits ``[vocab]`` following ``params``."""
     if params.greedy:
         return int(torch.argmax(logits).item())
-    return int(torch.multinomial(token_probs(logits, params), 1, generator=gen).item())
+    # drawn where the request's generator lives (the CPU): a seed gives the same draw on any device
+    probs = token_probs(logits, params).to(gen.device)
+    return int(torch.multinomial(probs, 1, generator=gen).item())
 
 
 def token_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
