@@ -34,7 +34,10 @@ BACKEND = ROOT / "tests" / "support" / "quant_backend" / "backend.py"
 MAX_DIFFERENCE, MEAN_DIFFERENCE = 1e-2, 1e-3
 PUYU_CASES = {
     # puyu writes -> transformers + gptqmodel reads
-    "llama-awq4": ("llama", QuantSpec(method="awq", bits=4, group_size=32, min_calibration_tokens=256)),
+    "llama-awq4": (
+        "llama",
+        QuantSpec(method="awq", bits=4, group_size=32, min_calibration_tokens=256, awq_grid=5),
+    ),
     "llama-rtn4": ("llama", QuantSpec(method="rtn", bits=4, group_size=32)),
     "qwen2-gptq8-actorder": (
         "qwen2",

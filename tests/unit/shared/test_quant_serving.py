@@ -36,6 +36,8 @@ from shared.quantization import QuantLinear, QuantSpec, quantize_folder
 from shared.quantization.packing import PackedWeight, unpack_awq, unpack_gptq
 from tests.support.model_references import build_folder, load_reference
 
+pytestmark = pytest.mark.slow  # quantises four folders (about a minute on a quiet machine)
+
 FP32_ATOL = 2e-4  # the kernels sum in another order than a dense fp32 matmul
 CASES = {
     # family, method, bits, desc_act: each CPU kernel (aten int4 and int8), both layouts, act-order
@@ -85,7 +87,10 @@ def quantised(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     root = tmp_path_factory.mktemp(str(request.param))
     source = build_folder(root / "source", architecture, request)
     vocab = int(json.loads((source / "config.json").read_text(encoding="utf-8"))["vocab_size"])
-    spec = QuantSpec(method=method, bits=bits, group_size=32, desc_act=desc_act, min_calibration_tokens=256)
+    # a short AWQ search (awq_grid 5): these tests check loading and serving, not AWQ's quality
+    spec = QuantSpec(
+        method=method, bits=bits, group_size=32, desc_act=desc_act, min_calibration_tokens=256, awq_grid=5
+    )
     report = quantize_folder(source, root / "quantised", spec, calibration(vocab))
     assert report.model_type == architecture and report.calibration_tokens == 6 * 64
     return report.out_dir, dequantised_copy(report.out_dir, root / "dequantised")
