@@ -60,7 +60,7 @@ from shared.quantization.errors import (
 from shared.quantization.folder import QuantizeReport, quantize_folder
 from shared.quantization.grid import QuantizedWeight
 from shared.quantization.linear import QuantLinear
-from shared.quantization.quantize import check_request, quantize_model
+from shared.quantization.quantize import check_request, prepare_for_serving, quantize_model
 from shared.quantization.spec import QuantSpec
 
 __all__ = [
@@ -82,6 +82,7 @@ __all__ = [
     "check_request",
     "describe",
     "load_quantized",
+    "prepare_for_serving",
     "quantize_folder",
     "quantize_model",
     "read_quantized_format",

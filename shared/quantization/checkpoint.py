@@ -135,6 +135,10 @@ def save_quantized(
     quant = getattr(model.config, "quantization_config", None)
     if not isinstance(quant, dict):
         raise UnsupportedCheckpoint("the model holds no quantization_config: quantise it first")
+    if any(getattr(module, "released", False) for module in model.modules()):
+        raise UnsupportedCheckpoint(
+            "the model's packed weights were freed for serving (prepare_for_serving): load the folder again to save it"
+        )
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # the embedding is the head

@@ -74,6 +74,7 @@ class QuantLinear(nn.Module):
             self.bias = None
         self._cpu_weights: dict[torch.dtype, kernels.CpuWeight | None] = {}
         self._triton_weights: dict[tuple[torch.dtype, torch.device], Any] = {}
+        self.released = False  # serve_only freed the packed tensors
 
     @classmethod
     def from_quantized(
@@ -98,6 +99,10 @@ class QuantLinear(nn.Module):
         return module
 
     def unpacked(self) -> QuantizedWeight:
+        if self.released:
+            raise RuntimeError(
+                "this layer's packed weights were freed for serving (serve_only): load the folder again"
+            )
         packed = PackedWeight(self.qweight.cpu(), self.qzeros.cpu(), self.scales.cpu(), None)
         if self.layout == "awq-gemm":
             return unpack_awq(packed, self.bits, self.group_size)
@@ -123,6 +128,24 @@ class QuantLinear(nn.Module):
             return F.linear(x, self.dequantize(x.dtype), bias)
         out = kernels.matmul(x, prepared)
         return out if bias is None else out + bias
+
+    def serve_only(self, dtype: torch.dtype) -> int:
+        """Prepare the kernel form for activations of ``dtype`` on this layer's device and free the
+        checkpoint's packed tensors, which the kernel's own copy replaces (keeping both would double
+        the weights' memory). Returns the bytes freed: 0 where no kernel applies (the layer keeps
+        dequantising from them). Afterwards the layer serves ``dtype`` only and cannot be saved."""
+        probe = torch.empty(0, dtype=dtype, device=self.qweight.device)
+        form = self._triton_weight(probe) if probe.device.type == "cuda" else self._cpu_weight(probe)
+        if form is None or self.released:
+            return 0
+        freed = 0
+        for name in ("qweight", "qzeros", "scales", "g_idx"):
+            tensor = getattr(self, name, None)
+            if tensor is not None:
+                freed += tensor.numel() * tensor.element_size()
+                setattr(self, name, tensor.new_empty(0))
+        self.released = True
+        return freed
 
     @property
     def kernel(self) -> str:
@@ -154,6 +177,7 @@ class QuantLinear(nn.Module):
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._cpu_weights.clear()  # new tensors: the kernel forms are stale
         self._triton_weights.clear()
+        self.released = False
         super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:

@@ -78,3 +78,9 @@ def _vocab_size(model: nn.Module) -> int:
 
 def _bias(linear: nn.Linear) -> torch.Tensor | None:
     return None if linear.bias is None else linear.bias.detach()
+
+
+def prepare_for_serving(model: nn.Module, dtype: torch.dtype) -> int:
+    """``QuantLinear.serve_only`` on every quantised layer of ``model`` (an engine's model, which runs
+    in ``dtype`` and is never saved); returns the bytes freed."""
+    return sum(m.serve_only(dtype) for m in model.modules() if isinstance(m, QuantLinear))

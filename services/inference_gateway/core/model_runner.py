@@ -38,6 +38,7 @@ from services.inference_gateway.core.attention import (
 from services.inference_gateway.core.kv_cache import PagedKVCache, resolve_kv_cache_dtype
 from services.inference_gateway.core.row_cache import RowCache
 from services.inference_gateway.core.sampling import InvalidRequest
+from shared.quantization import prepare_for_serving
 
 # architectures whose decoder layer is Llama's (pre-norm, q/k/v/o projections, rotary, gated MLP or
 # a sparse MoE block); ``shared.hf_models`` loads InternLM2/InternLM3 as llama
@@ -104,6 +105,9 @@ class ModelRunner:
             int(getattr(cfg, "max_position_embeddings", 0) or 1 << 30), window or 1 << 30
         )
         dtype = next(model.parameters()).dtype  # the KV cache holds what the projections produce
+        # quantised projections (shared.quantization.QuantLinear): their int4/int8 kernel's form for
+        # this dtype, the checkpoint's packed copy freed (the engine never saves the model)
+        prepare_for_serving(model, dtype)
         spec = resolve_kv_cache_dtype(kv_cache_dtype, dtype)
         self.cache = PagedKVCache(
             layers=len(self.core.layers),

@@ -18,10 +18,13 @@ from shared.quantization import (
     GroupSizeMismatch,
     InvalidCalibration,
     QuantizationRefusal,
+    QuantLinear,
     QuantSpec,
     UnsupportedArchitecture,
     UnsupportedCheckpoint,
+    prepare_for_serving,
     quantize_folder,
+    save_quantized,
 )
 from shared.quantization import folder as folder_module
 from tests.support.model_references import build_native
@@ -186,3 +189,18 @@ def test_a_loaded_quantised_model_saves_back_the_same_folder(quantised: Path, tm
     )
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before if not before[k].is_floating_point())
+
+
+def test_serving_frees_the_packed_copy_and_computes_the_same(quantised: Path, tmp_path: Path) -> None:
+    model, _ = load_causal_lm(quantised, dtype="float32")
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    packed = sum(t.numel() * t.element_size() for m in layers for t in m.buffers() if t.dtype == torch.int32)
+    ids = torch.tensor([[5, 9, 13, 21, 8, 40]])
+    with torch.no_grad():
+        before = model(ids).logits
+        freed = prepare_for_serving(model, torch.float32)
+        after = model(ids).logits
+    assert freed >= packed and all(m.released for m in layers)
+    assert torch.equal(before, after)
+    with pytest.raises(UnsupportedCheckpoint, match="freed for serving"):
+        save_quantized(model, tmp_path / "again")

@@ -127,6 +127,9 @@ async def test_the_engine_serves_it_as_the_reference_decodes(quantised: tuple[Pa
     folder, reference_folder = quantised
     engine = Engine.load(folder, dtype="float32", device="cpu", block_size=4, max_batch_size=2).start()
     engine.eos_ids = set()  # both requests run their 8 tokens, as the reference does
+    layers = [m for m in engine.model.modules() if isinstance(m, QuantLinear)]
+    # the kernel's copy serves; the checkpoint's packed one was freed (no second copy of the weights)
+    assert layers and all(layer.released and layer.qweight.numel() == 0 for layer in layers)
     prompts = [[5, 9, 13, 21, 8], [7, 30, 4, 11, 19, 23, 6, 12, 40]]
     params = SamplingParams(max_tokens=8, temperature=0, logprobs=0)
     try:
