@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+
+# Set before torch loads OpenMP: the tests run services, workers and ranks as processes on the same
+# few cores, and OpenMP threads that spin while waiting (its default) starve the others — a torch
+# loop on a loaded 2-core machine measured 20x slower spinning than with passive waits.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path

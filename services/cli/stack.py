@@ -174,6 +174,9 @@ class Stack:
     # ------------------------------------------------------------------------------ services
     def env(self, service: str | None = None) -> dict[str, str]:
         env = dict(os.environ)
+        # Every service of the stack shares this machine's cores: OpenMP threads that spin while
+        # waiting (the default) starve the other services' torch work; passive waits do not.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         env.update(
             PUYU_HOME=str(self.home),
             PUYU_NATS_URL=self.settings.nats_url,
