@@ -1,7 +1,7 @@
 """A run program for the launcher tests: what a training run does, without the training.
 
 Each rank records its pid (so a test can check every process is gone after a cancel), then, by
-``--mode``: succeed (rank 0 reports progress and writes result.json), fail (the last rank fails with
+``--mode`` (or spec.json's ``mode``): succeed (rank 0 reports progress and writes result.json), fail (the last rank fails with
 an error.json), refuse (a refusal), hang (until cancelled), or hang-ignoring-sigterm (only SIGKILL
 ends it).
 """
@@ -16,14 +16,19 @@ import threading
 import time
 from pathlib import Path
 
-from shared.launch import append_progress, write_error, write_result
+from shared.launch import LaunchSpecError, append_progress, read_spec, write_error, write_result
 
 
 def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run-dir", type=Path, required=True)
-    parser.add_argument("--mode", default="succeed")
+    parser.add_argument("--mode", default=None)  # else spec.json's "mode" (a controller's run), else succeed
     args = parser.parse_args(argv)
+    if args.mode is None:
+        try:
+            args.mode = read_spec(args.run_dir).get("mode", "succeed")
+        except LaunchSpecError:
+            args.mode = "succeed"
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     pids = args.run_dir / "pids"
     pids.mkdir(parents=True, exist_ok=True)

@@ -18,16 +18,7 @@ import torch
 from contracts.events import TrainSpec
 from services.trainer.core.model import TrainableModel
 from services.trainer.core.optim import build_optimizer, build_scheduler, lr_at, param_groups
-from shared.distributed import init_deepspeed_world
-
-
-def world() -> tuple[int, int, int]:
-    """(rank, local rank, world size) from the launcher's environment (torchrun / deepspeed)."""
-    return (
-        int(os.environ.get("RANK", 0)),
-        int(os.environ.get("LOCAL_RANK", 0)),
-        int(os.environ.get("WORLD_SIZE", 1)),
-    )
+from shared.distributed import init_deepspeed_world, world
 
 
 def cpu_has_native_bf16() -> bool:
@@ -80,7 +71,7 @@ class TorchEngine:
         self.optimizer = build_optimizer(self._module, spec)
         self.scheduler = build_scheduler(self.optimizer, spec)
         self.model: torch.nn.Module = self._module
-        if world()[2] > 1:
+        if world().size > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self._module, device_ids=[device.index] if device.type == "cuda" else None
             )

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from contracts.events import TrainSpec
 from services.trainer.core import checkpoint as ckpt
@@ -36,7 +35,7 @@ from services.trainer.core.data import (
     split_documents,
     tokenize_to_memmap,
 )
-from services.trainer.core.engine import build_engine, has_cxx_compiler, world
+from services.trainer.core.engine import build_engine, has_cxx_compiler
 from services.trainer.core.loop import ProgressFn, StepMetrics, evaluate, train_steps
 from services.trainer.core.mfu import device_peak, mfu
 from services.trainer.core.model import (
@@ -50,6 +49,7 @@ from services.trainer.core.pretrained import check_checkpoint, load_pretrained
 from services.trainer.core.refusals import TrainConfigError
 from services.trainer.core.tokenizer import load_tokenizer, train_bpe
 from shared.artifacts import ArtifactStore
+from shared.distributed import barrier, init_process_group, world
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def pick_device(name: str = "auto") -> torch.device:
         raise TrainConfigError(f"device {name!r} asked for, but this machine has no CUDA device")
     dev = torch.device(name)
     if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", world()[1])  # one GPU per local rank
+        dev = torch.device("cuda", world().local_rank)  # one GPU per local rank
     return dev
 
 
@@ -215,16 +215,6 @@ def _model_for(
     return build_model(spec.architecture, tokenizer, spec.seed, spec.activation_checkpointing)
 
 
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _init_distributed(dev: torch.device) -> None:
-    if world()[2] > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-
-
 def run_training(
     job: TrainJob,
     run_dir: Path,
@@ -236,13 +226,14 @@ def run_training(
     device: str = "auto",
     resume: bool = True,
 ) -> TrainResult:
-    rank, local_rank, world_size = world()
+    here = world()
+    rank, local_rank, world_size = here.rank, here.local_rank, here.size
     spec, report = validate(job.spec, world_size), progress or _noop_progress
     # Ranks on one node share its cores (torchrun sets LOCAL_WORLD_SIZE).
     per_rank = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     torch.set_num_threads(spec.num_threads or max(1, per_rank))
     dev = pick_device(device)
-    _init_distributed(dev)
+    init_process_group(dev.type)
     run_dir.mkdir(parents=True, exist_ok=True)
     point = ckpt.latest_resume_point(run_dir) if resume else None
 
@@ -252,7 +243,7 @@ def run_training(
     train_bin, eval_bin = run_dir / "data" / "train.bin", run_dir / "data" / "eval.bin"
     tokenizer_dir = run_dir / "data" / "tokenizer"
     prepare = point is None or not train_bin.exists()
-    _barrier()  # every rank has decided before the node's first rank rewrites the data
+    barrier()  # every rank has decided before the node's first rank rewrites the data
     if local_rank == 0 and prepare:
         report("data", 0.0, "reading datasets")
         texts, held_out = split_documents(
@@ -269,7 +260,7 @@ def run_training(
         tokenize_to_memmap(tokenizer, held_out, eval_bin)
         tokenizer.save_pretrained(tokenizer_dir)  # the other ranks load the one trained here
         del texts, held_out
-    _barrier()  # the other ranks read what the node's first rank wrote
+    barrier()  # the other ranks read what the node's first rank wrote
     if tokenizer is None:
         tokenizer = load_tokenizer(tokenizer_dir)
     eos = tokenizer.eos_token_id if spec.document_attention else None
@@ -358,8 +349,7 @@ def run_training(
             ckpt.save_training_state(run_dir, step, engine_state, sampler.state_dict(), extra)
             if announce and on_checkpoint is not None:
                 on_checkpoint(CheckpointInfo(step, path, final, metrics))
-        if dist.is_initialized():
-            dist.barrier()
+        barrier()
         return path
 
     last_t = [time.perf_counter()]

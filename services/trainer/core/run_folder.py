@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from contracts.events import TrainSpec
-from services.trainer.core.engine import world
 from services.trainer.core.refusals import TrainConfigError
 from services.trainer.core.run import CheckpointInfo, TrainJob, TrainResult, run_training
 from shared.artifacts import ArtifactStore
+from shared.distributed import world
 from shared.launch import append_progress, read_spec, write_result
 
 SPEC_KIND = "puyu.trainer.run/v1"
@@ -62,7 +62,7 @@ def run_from_folder(run_dir: Path, cancel: threading.Event | None = None) -> Tra
     """Train (or resume) the run ``run_dir/spec.json`` describes. Raises what ``run_training`` raises."""
     job, artifact_root, device = read_run_spec(run_dir)
     store = ArtifactStore(artifact_root)
-    lead = world()[0] == 0
+    lead = world().main
     final: list[dict[str, Any]] = []
 
     def progress(stage: str, fraction: float, message: str = "", **metrics: float) -> None:

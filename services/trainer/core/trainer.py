@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -28,27 +27,11 @@ from services.trainer.core.refusals import TrainConfigError
 from services.trainer.core.run import TrainJob, validate
 from services.trainer.core.run_folder import RUN_MODULE, run_spec
 from shared.artifacts import ArtifactStore
-from shared.launch import (
-    Launcher,
-    ProgressReader,
-    RunSpec,
-    RunState,
-    RunStatus,
-    clear_outcome,
-    load_handle,
-    read_error,
-    read_result,
-    save_handle,
-    write_spec,
-)
+from shared.launch import Launcher
+from shared.launch import controller as launch
+from shared.launch.controller import RunFailed
 from shared.launch.local import LocalLauncher
 from shared.read_roots import ReadRoots
-
-log = logging.getLogger(__name__)
-
-
-class RunFailed(RuntimeError):
-    """The run failed for a reason a retry may not meet again (a crash, a lost node): the bus retries."""
 
 
 def run_id_for(job_id: str) -> str:
@@ -102,7 +85,15 @@ class Trainer:
         self.read_roots = read_roots or ReadRoots([store.root_uri])  # where its inputs may come from
         self.launcher = launcher or LocalLauncher()
         self.nprocs_per_node, self.nnodes, self.gpus_per_node = nprocs_per_node, nnodes, gpus_per_node
-        self.runs_dir, self.poll_seconds = runs_dir, poll_seconds
+        self.runs_dir = runs_dir
+        self.controller = launch.RunController(
+            self.launcher,
+            RUN_MODULE,
+            nprocs_per_node=nprocs_per_node,
+            nnodes=nnodes,
+            gpus_per_node=gpus_per_node,
+            poll_seconds=poll_seconds,
+        )
         # Runs on this node share its cores (and torch's threads are process-wide under ``local``):
         # one at a time; the others wait their turn. Cluster runs wait in the cluster's queue instead.
         self.one_run_at_a_time = asyncio.Lock()
@@ -191,104 +182,36 @@ class Trainer:
             sources=[d.manifest_uri for d in datasets],
             datasets=[d.model_dump(mode="json") for d in datasets],
         )
-        reader = ProgressReader(run_dir, start_at_end=True)  # before the run can write any
-        handle = self._attach_or_submit(job, run_dir)
-        status = self._watch(run_id, handle, reader, progress, on_checkpoint, cancel)
-        return self._outcome(run_id, run_dir, status, on_checkpoint)
-
-    def _attach_or_submit(self, job: TrainJob, run_dir: Path) -> str:
-        saved = load_handle(run_dir)
-        if saved is not None and saved[0] == self.launcher.name:
-            status = self.launcher.status(saved[1])
-            if not status.state.terminal or (
-                status.state == RunState.SUCCEEDED and read_result(run_dir) is not None
-            ):
-                log.info("run %s: re-attached to %s (%s)", job.run_id, saved[1], status.state)
-                return saved[1]
-        clear_outcome(run_dir)
-        write_spec(run_dir, run_spec(job, self.store.root_uri, self.device))
-        spec = RunSpec(
-            run_id=job.run_id,
-            module=RUN_MODULE,
-            args=("--run-dir", str(run_dir)),
-            run_dir=run_dir,
-            nprocs_per_node=self.nprocs_per_node,
-            nnodes=self.nnodes,
-            gpus_per_node=self.gpus_per_node,
-        )
-        handle = self.launcher.submit(spec)
-        save_handle(run_dir, self.launcher.name, handle)
-        log.info("run %s: submitted to %s as %s", job.run_id, self.launcher.name, handle)
-        return handle
-
-    def _watch(
-        self,
-        run_id: str,
-        handle: str,
-        reader: ProgressReader,
-        progress: ProgressFn | None,
-        on_checkpoint: Callable[[StoredCheckpoint], None] | None,
-        cancel: threading.Event | None,
-    ) -> RunStatus:
-        """Forward the run's reports until it ends; a cancel reaches every rank through the launcher."""
-        cancelled = False
-        while True:
-            status = self.launcher.wait(handle, self.poll_seconds)
-            self._forward(run_id, reader, progress, on_checkpoint)
-            if status.state.terminal:
-                return status
-            if cancel is not None and cancel.is_set() and not cancelled:
-                if self.stopping and self.launcher.outlives_controller:
-                    raise TrainingCancelled("the controller stops; the run goes on and is re-attached")
-                self.launcher.cancel(handle)
-                cancelled = True
-
-    def _forward(
-        self,
-        run_id: str,
-        reader: ProgressReader,
-        progress: ProgressFn | None,
-        on_checkpoint: Callable[[StoredCheckpoint], None] | None,
-    ) -> None:
-        latest: dict[str, Any] | None = None  # of a burst of reports, the newest says it all
-        for record in reader.new():
-            if "checkpoint" in record:
-                if on_checkpoint is not None:
-                    on_checkpoint(_stored(run_id, record["checkpoint"]))
-            elif "stage" in record:
-                latest = record
-        if latest is not None and progress is not None:
-            progress(
-                latest["stage"], float(latest["fraction"]), latest.get("message", ""), **latest["metrics"]
-            )
-
-    def _outcome(
-        self,
-        run_id: str,
-        run_dir: Path,
-        status: RunStatus,
-        on_checkpoint: Callable[[StoredCheckpoint], None] | None,
-    ) -> TrainOutcome:
-        if status.state == RunState.SUCCEEDED:
-            result = read_result(run_dir)
-            if result is None or "artifact" not in result.extra:
-                raise RunFailed(f"run {run_id} ended well but left no result.json in {run_dir}")
-            stored = StoredCheckpoint(
+        try:
+            result = self.controller.run(
                 run_id,
-                result.step,
-                True,
-                ArtifactRef.model_validate(result.extra["artifact"]),
-                result.metrics,
+                run_dir,
+                run_spec(job, self.store.root_uri, self.device),
+                progress=progress,
+                cancel=cancel,
+                stopping=lambda: self.stopping,
+                on_record=lambda record: _announce(run_id, record, on_checkpoint),
             )
-            if on_checkpoint is not None:
-                on_checkpoint(stored)  # once per delivery; the event id makes it once on the bus
-            return TrainOutcome(run_id, stored)
-        if status.state == RunState.CANCELLED:
-            raise TrainingCancelled(f"run {run_id}: {status.message or 'cancelled'}")
-        error = read_error(run_dir)
-        if error is not None and error.refusal:
-            raise TrainConfigError(error.message)
-        raise RunFailed(f"run {run_id} failed ({self.launcher.name}): {status.message}")
+        except launch.RunRefused as exc:
+            raise TrainConfigError(str(exc)) from exc
+        except (launch.RunCancelled, launch.ControllerStopping) as exc:
+            raise TrainingCancelled(str(exc)) from exc
+        if "artifact" not in result.extra:
+            raise RunFailed(f"run {run_id} ended well but left no result.json in {run_dir}")
+        stored = StoredCheckpoint(
+            run_id, result.step, True, ArtifactRef.model_validate(result.extra["artifact"]), result.metrics
+        )
+        if on_checkpoint is not None:
+            on_checkpoint(stored)  # once per delivery; the event id makes it once on the bus
+        return TrainOutcome(run_id, stored)
+
+
+def _announce(
+    run_id: str, record: dict[str, Any], on_checkpoint: Callable[[StoredCheckpoint], None] | None
+) -> None:
+    """An intermediate checkpoint the run stored (a progress record of its own) is announced."""
+    if "checkpoint" in record and on_checkpoint is not None:
+        on_checkpoint(_stored(run_id, record["checkpoint"]))
 
 
 def _stored(run_id: str, record: dict[str, Any]) -> StoredCheckpoint:

@@ -1,15 +1,18 @@
-"""Launchers: the run folder's helpers, launcher_from, and the local and torchrun launchers running
-a real run program (tests/support/launch_probe.py) in a thread or in real processes."""
+"""Launchers: the run folder's helpers, launcher_from, the local and torchrun launchers running a
+real run program (tests/support/launch_probe.py) in a thread or in real processes, and the
+controller loop the trainer and finetuner share over that program."""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from shared.errors import Refusal
 from shared.launch import (
     LauncherUnavailable,
     LaunchSpecError,
@@ -18,10 +21,13 @@ from shared.launch import (
     RunState,
     append_progress,
     launcher_from,
+    load_handle,
     read_error,
     read_result,
+    read_spec,
     write_result,
 )
+from shared.launch.controller import ControllerStopping, RunCancelled, RunController, RunRefused
 from shared.launch.local import LocalLauncher
 from shared.launch.torchrun import CANCEL_MARKER, TorchrunLauncher
 from shared.settings import LaunchSettings
@@ -214,3 +220,47 @@ def test_torchrun_ranks_inherit_no_bus_or_api_credentials() -> None:
         }
     )
     assert env == {"PUYU_HOME": "/h", "AWS_SECRET_ACCESS_KEY": "k", "TOKENIZERS_PARALLELISM": "false"}
+
+
+# ------------------------------------------------------------------------------ the controller loop
+class OutlivingLocal(LocalLauncher):
+    """The local launcher, its runs taken as cluster jobs that go on when their controller stops."""
+
+    outlives_controller = True
+
+
+def test_controller_forwards_reports_and_raises_the_run_outcome(tmp_path: Path) -> None:
+    controller = RunController(LocalLauncher(), PROBE, poll_seconds=0.05)
+    reports: list[tuple[str, float, dict[str, float]]] = []
+    records: list[dict[str, object]] = []
+    result = controller.run(
+        "run-ok",
+        tmp_path / "ok",
+        {"mode": "succeed"},
+        progress=lambda stage, fraction, message="", **m: reports.append((stage, fraction, m)),
+        on_record=records.append,
+    )
+    assert (result.checkpoint, result.step, result.metrics) == ("file:///ckpt", 7, {"loss": 1.5})
+    assert reports == [("train", 0.5, {"world": 1.0})]  # flat metrics beside the stage
+    assert records == [{"stage": "train", "fraction": 0.5, "world": 1}]
+    assert read_spec(tmp_path / "ok") == {"mode": "succeed"}
+
+    with pytest.raises(RunRefused, match="the impossible") as refused:
+        controller.run("run-bad", tmp_path / "bad", {"mode": "refuse"})
+    assert isinstance(refused.value, Refusal)
+
+
+def test_a_stopping_controller_leaves_a_cluster_run_and_the_next_one_reattaches(tmp_path: Path) -> None:
+    launcher = OutlivingLocal()
+    controller = RunController(launcher, PROBE, poll_seconds=0.05)
+    run_dir, cancel = tmp_path / "hang", threading.Event()
+    cancel.set()
+    with pytest.raises(ControllerStopping):
+        controller.run("run-hang", run_dir, {"mode": "hang"}, cancel=cancel, stopping=lambda: True)
+    handle = load_handle(run_dir)
+    assert handle is not None and launcher.status(handle[1]).state == RunState.RUNNING  # not cancelled
+
+    # The redelivered job re-attaches to the same run (no second submission); a cancel now stops it.
+    with pytest.raises(RunCancelled, match="run-hang"):
+        controller.run("run-hang", run_dir, {"mode": "hang"}, cancel=cancel)
+    assert load_handle(run_dir) == handle and launcher.status(handle[1]).state == RunState.CANCELLED
