@@ -35,6 +35,7 @@ from services.inference_gateway.core.attention import (
     row_decode,
     row_prefill,
 )
+from services.inference_gateway.core.cpu_linear import fused_mlp
 from services.inference_gateway.core.kv_cache import PagedKVCache, resolve_kv_cache_dtype
 from services.inference_gateway.core.row_cache import RowCache
 from services.inference_gateway.core.sampling import InvalidRequest
@@ -100,6 +101,8 @@ class ModelRunner:
         self.q_heads = cfg.num_attention_heads
         self.kv_heads = cfg.num_key_value_heads
         self.block_size = block_size
+        # per layer: the gated MLP fused over packed weights (``cpu_linear``), or None for the module's own
+        self.mlps = [fused_mlp(layer.mlp) for layer in self.core.layers]
         window = sliding_window(model)
         self.max_positions = min(
             int(getattr(cfg, "max_position_embeddings", 0) or 1 << 30), window or 1 << 30
@@ -233,6 +236,12 @@ class ModelRunner:
         if dec_idx:
             span = max(dec_row) + 1  # the view covers rows 0..span; rows without a decode are masked
             width = max(dec_len)
+            # the batched matmul copies a view that cuts the rows' length; reading their whole capacity
+            # (masked) copies nothing, cheaper once the longest context passes ~4/7 of it (bf16, 32
+            # rows: 250 of 256 positions in 0.6x the time, 130 of 256 in 1.1x). 8-bit rows are
+            # dequantised into a fresh tensor anyway, so they read only what is live.
+            if rows.k_scale is None and rows.capacity <= 1.75 * width:
+                width = rows.capacity
             lens = [1] * span
             for r, n in zip(dec_row, dec_len, strict=True):
                 lens[r] = n
@@ -290,8 +299,10 @@ class ModelRunner:
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
             out = attend(li, q, k, v)
             x = x + attn.o_proj(out.reshape(t, -1))
+            h = layer.post_attention_layernorm(x)
+            fused = self.mlps[li]
             # [1, T, H]: the MoE blocks read (batch, length, hidden) and route each token alone
-            x = x + layer.mlp(layer.post_attention_layernorm(x)[None])[0]
+            x = x + (fused(h) if fused is not None else layer.mlp(h[None])[0])
         return x
 
     def _logits(

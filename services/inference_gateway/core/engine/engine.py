@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from services.inference_gateway.core.cpu_linear import pack_linears
 from services.inference_gateway.core.engine.bridge import RequestBridge, Sink
 from services.inference_gateway.core.engine.loop import EngineLoop
 from services.inference_gateway.core.engine.output import Completion, Delta, OutputProcessor, completion_of
@@ -153,6 +154,8 @@ class Engine:
         resolve_kv_cache_dtype(str(engine_kw.get("kv_cache_dtype", "auto")), torch.float32)
         target = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, _ = load_causal_lm(path, dtype=dtype, device=target)
+        if target == "cpu":  # the engine's own copy: its projections take oneDNN's prepacked weights
+            pack_linears(model, batch_hint=max_batch_size)
         tokenizer = load_tokenizer(path)
         return cls(model, tokenizer, max_batch_size=max_batch_size, name=name or path.name, **engine_kw)
 
