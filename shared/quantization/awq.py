@@ -157,19 +157,21 @@ def _clip(linear: nn.Linear, x: torch.Tensor, spec: QuantSpec) -> None:
     out_features, in_features = weight.shape
     size = in_features if spec.group_size == -1 else spec.group_size
     x = x.float()[:: max(1, x.shape[0] // _CLIP_TOKENS)]
-    x = x.reshape(1, x.shape[0], -1, size)  # [1, tokens, groups, size]
+    x = x.reshape(x.shape[0], -1, size)  # [tokens, groups, size]
     limits = []
     for rows in torch.split(weight, 64):
         w = rows.reshape(rows.shape[0], 1, -1, size)  # [out, 1, groups, size]
         original_max = w.abs().amax(dim=-1, keepdim=True)
         best_max = original_max.clone()
         least = torch.full_like(original_max, float("inf"))
-        reference = (x * w).sum(dim=-1)  # [out, tokens, groups]
+        # per-group products as one batched matmul (a broadcast multiply-and-sum materialises
+        # [out, tokens, groups, size] and made the search take minutes per layer on a CPU)
+        reference = torch.einsum("tgs,ogs->otg", x, w[:, 0])  # [out, tokens, groups]
         for step in range(int(_CLIP_MAX_SHRINK * spec.awq_grid)):
             max_val = original_max * (1 - step / spec.awq_grid)
             clipped = torch.clamp(w, -max_val, max_val).reshape(rows.shape[0], in_features)
             rounded = fake_quantize(clipped, spec.bits, spec.group_size, min_zero=spec.min_zero())
-            out = (x * rounded.reshape(w.shape)).sum(dim=-1)
+            out = torch.einsum("tgs,ogs->otg", x, rounded.reshape(w.shape)[:, 0])
             error = (out - reference).pow(2).mean(dim=1).view(least.shape)
             better = error < least
             least[better] = error[better]
