@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import hashlib
 import json
 import multiprocessing as mp
@@ -216,6 +217,13 @@ def _linear_bytes(model: Any) -> int:
     return total
 
 
+def _rss_live() -> float:
+    """RSS after glibc returns freed heap pages (the kernels' preparation frees large temporaries,
+    which malloc would otherwise keep and RSS would count as weights)."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return rss_mib()
+
+
 async def _score(engine: Any, windows: list[list[int]]) -> tuple[float, int]:
     from services.inference_gateway.core.sampling import SamplingParams
 
@@ -250,7 +258,7 @@ def worker(conn: Connection, folder: str, kv_dtype: str, kv_budget: int, threads
     torch.set_num_threads(threads)
     before = rss_mib()
     model, _ = load_causal_lm(folder, dtype=torch.bfloat16, device="cpu")
-    loaded = rss_mib()
+    loaded = _rss_live()
     tensors = [*model.parameters(), *model.buffers()]
     checkpoint_bytes = sum(t.numel() * t.element_size() for t in tensors)
     linear_bytes = _linear_bytes(model)
@@ -264,7 +272,7 @@ def worker(conn: Connection, folder: str, kv_dtype: str, kv_budget: int, threads
         for t in (w.packed, w.scales, w.offsets, w.perm)
         if t is not None
     )
-    served = rss_mib()
+    served = _rss_live()
     tokenizer = load_tokenizer(folder)
     kernels = sorted({m.kernel for m in model.modules() if isinstance(m, QuantLinear)})
     engine = Engine(
