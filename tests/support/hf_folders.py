@@ -273,6 +273,9 @@ def train_sentencepiece(sentencepiece: ModuleType, add_dummy_prefix: bool = True
         eos_id=2,
         pad_id=-1,
         minloglevel=2,
+        # One trainer thread: its default starts 16 native threads inside the pytest process, which
+        # by then holds torch's, gRPC's and gloo's pools; the full suite once aborted in here.
+        num_threads=1,
     )
     return model.getvalue()
 
