@@ -9,8 +9,6 @@ to (or resumes) the same run and overwrites the same artifacts.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from services.finetuner.core.validation import validate
 from shared.artifacts import ArtifactStore
 from shared.launch import Launcher
 from shared.launch.local import LocalLauncher
+from shared.launch.stops import RunStops
 from shared.read_roots import ReadRoots
 
 
@@ -41,7 +40,7 @@ class FinetuneResult:
     metrics: dict[str, float]
 
 
-class Finetuner:
+class Finetuner(RunStops):
     def __init__(
         self,
         store: ArtifactStore,
@@ -67,32 +66,8 @@ class Finetuner:
             poll_seconds=poll_seconds,
         )
         self.runs_dir = runs_dir
-        self.stopping = False  # the process stops: a run on this node keeps its state and is redelivered
-        self._cancel_flags: dict[str, threading.Event] = {}  # job id -> the flag of its run here
+        RunStops.__init__(self)
         self.quantizer = Quantizer(store, num_threads, self.read_roots)  # quantize.requested jobs
-
-    # ------------------------------------------------------------------------------- stopping runs
-    @contextmanager
-    def cancel_flag(self, job_id: str) -> Iterator[threading.Event]:
-        """The flag that stops ``job_id``'s run, for as long as this controller watches it."""
-        flag = self._cancel_flags[job_id] = threading.Event()
-        if self.stopping:
-            flag.set()
-        try:
-            yield flag
-        finally:
-            self._cancel_flags.pop(job_id, None)
-
-    def cancel(self, job_id: str) -> None:
-        """Stop the job's run on every rank, if this controller watches it."""
-        if (flag := self._cancel_flags.get(job_id)) is not None:
-            flag.set()
-
-    def stop_all(self) -> None:
-        """The process stops: runs on this node stop and keep their state; cluster runs go on."""
-        self.stopping = True
-        for flag in self._cancel_flags.values():
-            flag.set()
 
     # ------------------------------------------------------------------------------- finetuning
     def run_dir(self, run_id: str) -> Path:

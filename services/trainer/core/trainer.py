@@ -15,8 +15,8 @@ import asyncio
 import contextlib
 import re
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import AbstractAsyncContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from shared.launch import Launcher
 from shared.launch import controller as launch
 from shared.launch.controller import RunFailed
 from shared.launch.local import LocalLauncher
+from shared.launch.stops import RunStops
 from shared.read_roots import ReadRoots
 
 
@@ -67,7 +68,7 @@ class TrainOutcome:
         }
 
 
-class Trainer:
+class Trainer(RunStops):
     def __init__(
         self,
         store: ArtifactStore,
@@ -97,8 +98,7 @@ class Trainer:
         # Runs on this node share its cores (and torch's threads are process-wide under ``local``):
         # one at a time; the others wait their turn. Cluster runs wait in the cluster's queue instead.
         self.one_run_at_a_time = asyncio.Lock()
-        self.stopping = False  # the process stops: a run keeps its state and is redelivered
-        self._cancel_flags: dict[str, threading.Event] = {}  # job id -> the flag of its run here
+        RunStops.__init__(self)
 
     @property
     def world_size(self) -> int:
@@ -115,29 +115,6 @@ class Trainer:
             path.mkdir(parents=True, exist_ok=True)
             return path
         return self.store.local_staging(f"runs/{run_id}")
-
-    # ------------------------------------------------------------------------------- stopping runs
-    @contextmanager
-    def cancel_flag(self, job_id: str) -> Iterator[threading.Event]:
-        """The flag that stops ``job_id``'s run, for as long as this controller watches it."""
-        flag = self._cancel_flags[job_id] = threading.Event()
-        if self.stopping:
-            flag.set()
-        try:
-            yield flag
-        finally:
-            self._cancel_flags.pop(job_id, None)
-
-    def cancel(self, job_id: str) -> None:
-        """Stop the job's run, if this controller watches it."""
-        if (flag := self._cancel_flags.get(job_id)) is not None:
-            flag.set()
-
-    def stop_all(self) -> None:
-        """The process stops: runs on this node stop and keep their state; cluster runs go on."""
-        self.stopping = True
-        for flag in self._cancel_flags.values():
-            flag.set()
 
     # ------------------------------------------------------------------------------- checks
     def check_inputs(self, spec: TrainSpec, datasets: list[DatasetRef]) -> None:
