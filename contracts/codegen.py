@@ -2,6 +2,8 @@
 
 Protos live under ``contracts/proto/puyu/...`` and are compiled with the repository root as the
 include path, so the generated imports (``from contracts.proto.puyu...``) resolve from the import root.
+Run it as a process of its own (``python -m contracts.codegen``): protoc's C++ protobuf, once loaded, corrupts
+the heap of a process that also loads sentencepiece's.
 """
 
 from __future__ import annotations

@@ -251,31 +251,9 @@ def corpus(seed: int = 0) -> Iterator[str]:
         yield ("    " + line if i % 7 == 0 else line).replace(" ", "  " if i % 11 == 0 else " ")
 
 
-def train_sentencepiece(add_dummy_prefix: bool = True) -> bytes:
+def train_sentencepiece(sentencepiece: ModuleType, add_dummy_prefix: bool = True) -> bytes:
     """A SentencePiece model trained like InternLM's: BPE, byte fallback, digits split, whitespace kept,
-    the special tokens as user-defined pieces right after <unk> <s> </s>.
-
-    Trained in a child process: SentencePiece's native trainer aborted the whole pytest process (at the
-    same test, twice, on one thread too) once hundreds of tests had started torch's, gRPC's and gloo's
-    pools in it, and never alone. The model is the same bytes either way (a fixed corpus and seed)."""
-    program = (
-        "import sys; from tests.support.hf_folders import train_sentencepiece_here; "
-        f"sys.stdout.buffer.write(train_sentencepiece_here({add_dummy_prefix!r}))"
-    )
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, "-c", program], cwd=root, capture_output=True, timeout=300, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"training the SentencePiece model failed ({done.returncode}): {done.stderr.decode()[-2000:]}"
-        )
-    return done.stdout
-
-
-def train_sentencepiece_here(add_dummy_prefix: bool) -> bytes:
-    """``train_sentencepiece``'s work, in the calling process."""
-    sentencepiece = import_sentencepiece()
+    the special tokens as user-defined pieces right after <unk> <s> </s>."""
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=corpus(),
@@ -295,7 +273,7 @@ def train_sentencepiece_here(add_dummy_prefix: bool) -> bytes:
         eos_id=2,
         pad_id=-1,
         minloglevel=2,
-        num_threads=1,
+        num_threads=1,  # its default starts 16 threads, for a corpus this small
     )
     return model.getvalue()
 
@@ -346,5 +324,5 @@ def xtuner_modelings(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def internlm_sentencepiece_model() -> bytes:
-    return train_sentencepiece()
+def internlm_sentencepiece_model(sentencepiece: ModuleType) -> bytes:
+    return train_sentencepiece(sentencepiece)

@@ -62,9 +62,9 @@ def write_folder(folder: Path, model: bytes, tokenizer_config: dict, model_type:
 
 
 @pytest.fixture(params=[True, False], ids=["dummy-prefix", "no-dummy-prefix"])
-def internlm_sentencepiece_model(request: pytest.FixtureRequest) -> bytes:
+def internlm_sentencepiece_model(request: pytest.FixtureRequest, sentencepiece: ModuleType) -> bytes:
     """Both settings of SentencePiece's dummy prefix (a space before each text), which the conversion follows."""
-    return train_sentencepiece(add_dummy_prefix=request.param)
+    return train_sentencepiece(sentencepiece, add_dummy_prefix=request.param)
 
 
 @pytest.fixture
