@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 import httpx
+import psutil
 import pytest
 from nats.js.errors import KeyNotFoundError
 
@@ -102,6 +103,7 @@ def cluster(tmp_path: Path, engine: str) -> Iterator[dict[str, Any]]:
         worker_python = str(VLLM_PYTHON) if engine == "vllm" else sys.executable
         ports = {name: (free_port(), free_port()) for name in (*WORKERS, "gateway")}
         procs: dict[str, subprocess.Popen[bytes]] = {}
+        orphans: list[psutil.Process] = []
         for name in WORKERS:
             env = {
                 **base_env,
@@ -138,6 +140,7 @@ def cluster(tmp_path: Path, engine: str) -> Iterator[dict[str, Any]]:
                 "grpc": {name: f"127.0.0.1:{p[0]}" for name, p in ports.items()},
                 "gateway": f"http://127.0.0.1:{ports['gateway'][1]}",
                 "logs": tmp_path,
+                "orphans": orphans,
             }
         finally:
             for p in procs.values():
@@ -149,6 +152,9 @@ def cluster(tmp_path: Path, engine: str) -> Iterator[dict[str, Any]]:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait(10)
+            for orphan in orphans:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    orphan.kill()
             registry.stop()
 
 
@@ -419,6 +425,10 @@ async def test_two_workers_spread_switch_and_survive_a_kill(cluster: dict[str, A
             load = Load(http, clients=3)
             with load:
                 await asyncio.sleep(0.3)
+                # its children (vLLM's engine-core and worker processes) outlive it: the fixture stops them
+                cluster["orphans"].extend(
+                    psutil.Process(cluster["procs"]["worker-b"].pid).children(recursive=True)
+                )
                 cluster["procs"]["worker-b"].send_signal(signal.SIGKILL)
                 killed_at = time.monotonic()
                 moved = await asyncio.gather(*held)
