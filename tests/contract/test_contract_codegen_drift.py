@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +14,25 @@ ROOT = Path(__file__).resolve().parents[2]
 STUB_PATTERNS = ("*_pb2.py", "*_pb2.pyi", "*_pb2_grpc.py")
 
 
+# Lines that name the generator's version, not the contract: grpcio-tools' patch releases change them.
+GENERATOR_VERSIONS = (
+    (re.compile(r"GRPC_GENERATED_VERSION = '[^']*'"), "GRPC_GENERATED_VERSION = ..."),
+    (re.compile(r"# Protobuf Python Version: .*"), "# Protobuf Python Version: ..."),
+    (re.compile(r"ValidateProtobufRuntimeVersion\([^)]*\)"), "ValidateProtobufRuntimeVersion(...)"),
+)
+
+
+def _without_versions(text: str) -> str:
+    for pattern, replacement in GENERATOR_VERSIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def _generated(base: Path, sub: str) -> dict[str, str]:
     files: dict[str, str] = {}
     for pattern in STUB_PATTERNS:
         for path in (base / sub).rglob(pattern):
-            files[path.relative_to(base).as_posix()] = path.read_text()
+            files[path.relative_to(base).as_posix()] = _without_versions(path.read_text())
     return files
 
 

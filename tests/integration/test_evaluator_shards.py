@@ -17,6 +17,7 @@ from shared import samples
 from shared.artifacts import ArtifactStore
 from shared.bus import Bus, HandlerContext
 from shared.natsserver import NatsServer, free_port
+from tests.support.jobs import wait_for_job_state
 from tests.support.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.integration
@@ -83,8 +84,7 @@ async def test_two_replicas_share_the_shards_of_a_run(tmp_path: Path) -> None:
                 assert result.num_samples == 6
                 for metric, value in expected.items():
                     assert result.metrics[metric] == pytest.approx(value, rel=1e-4), (result.task, metric)
-            job = await tester.jobs.get("j1")
-            assert job is not None and job.state == "succeeded"
+            await wait_for_job_state(tester, "j1", "succeeded")  # written just after the event
 
             # the same run again: every shard is found done, nothing is re-published
             mtimes = [f.stat().st_mtime_ns for f in shard_files]

@@ -28,6 +28,7 @@ from shared.artifacts import local_path
 from shared.bus import Bus, HandlerContext
 from shared.natsserver import NatsServer, free_port
 from shared.ports import SERVICES
+from tests.support.jobs import wait_for_job_state
 
 pytestmark = pytest.mark.integration
 torch.set_num_threads(2)
@@ -105,7 +106,7 @@ async def test_train_job_to_checkpoint_ready(tmp_path: Path) -> None:
             model, tok = AutoModelForCausalLM.from_pretrained(ckpt), AutoTokenizer.from_pretrained(ckpt)
             ids = tok("The capital of Country3 is", return_tensors="pt")
             assert model.generate(**ids, max_new_tokens=3, do_sample=False).shape[1] > ids.input_ids.shape[1]
-            status = await _wait_state(observer, "job-1", "succeeded")
+            status = await wait_for_job_state(observer, "job-1", "succeeded")
             assert status.result["checkpoint"]["uri"] == event.checkpoint.uri
 
             # Event-driven: a deduplicated corpus carrying a train spec starts a run by itself.
@@ -172,13 +173,3 @@ async def test_train_job_to_checkpoint_ready(tmp_path: Path) -> None:
             await observer.stop()
             service.stop()
             await asyncio.wait_for(running, 30)
-
-
-async def _wait_state(bus: Bus, job_id: str, state: str, timeout: float = 30):  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        status = await bus.jobs.get(job_id)
-        if status is not None and status.state == state:
-            return status
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{job_id} did not reach {state}: {await bus.jobs.get(job_id)}")

@@ -27,6 +27,7 @@ from services.cli.stack import Stack
 from shared.bus import Bus
 from shared.bus.identity import NatsIdentity
 from shared.ports import http_port
+from tests.support.jobs import wait_for_job_state
 from tests.support.trainer_specs import micro_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -104,7 +105,7 @@ async def _finished_run(stack: Stack, dataset: DatasetRef) -> str:
                 TrainRequested(job_id="ddp-1", datasets=[dataset], spec=spec), correlation=correlation
             )
             registered = await watcher.wait_for(ModelRegistered.event_type, timeout=600)
-            status = await _wait_state(bus, "ddp-1", "succeeded")
+            status = await wait_for_job_state(bus, "ddp-1", "succeeded", timeout=120)
             await asyncio.sleep(2.0)  # a late duplicate would arrive by now
             assert len(wire.seen) == 1, [e.id for e in wire.seen]
             ready = wire.seen[0].payload_as(CheckpointReady)
@@ -141,7 +142,7 @@ async def _cancelled_run(stack: Stack, data: Path) -> None:
         workers = [p for p in ranks if "torch.distributed.run" not in p.cmdline()]
         assert len(workers) == 2 and len(ranks) == 3, ranks  # torchrun and its two ranks
         await bus.publish(TrainCancelRequested(job_id="ddp-long", reason="changed my mind"))
-        await _wait_state(bus, "ddp-long", "cancelled", timeout=60)
+        await wait_for_job_state(bus, "ddp-long", "cancelled", timeout=60)
         deadline = time.monotonic() + 60
         while _ranks(run_dir) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling processes
             await asyncio.sleep(0.2)
@@ -166,13 +167,3 @@ def _ranks(run_dir: Path) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
-
-
-async def _wait_state(bus: Bus, job_id: str, state: str, timeout: float = 120):  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        status = await bus.jobs.get(job_id)
-        if status is not None and status.state == state:
-            return status
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{job_id} did not reach {state}: {await bus.jobs.get(job_id)}")
