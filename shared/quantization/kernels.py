@@ -1,8 +1,10 @@
-"""Weight-only int4 and int8 matmuls on the CPU, exact up to floating-point rounding.
+"""Int4 and int8 matmuls on the CPU: weight-only ones, exact up to floating-point rounding, and
+puyu's W4A8 / W8A8 kernel (``cpu_kernel``: activations quantised to int8 per row, AVX512-VNNI), which
+serving takes (``prepare(..., exact=False)``) where it applies and the weight-only ones back up.
 
-The kernels are aten's ``_weight_int4pack_mm_for_cpu`` and ``_weight_int8pack_mm``: the ones torchao's
-int4/int8 weight-only CPU layouts dispatch to, shipped inside torch itself, so they cost no extra
-dependency and stay maintained with torch.
+The weight-only kernels are aten's ``_weight_int4pack_mm_for_cpu`` and ``_weight_int8pack_mm``: the
+ones torchao's int4/int8 weight-only CPU layouts dispatch to, shipped inside torch itself, so they
+cost no extra dependency and stay maintained with torch.
 
 Both take a grid without zero points in the shape the layouts store, so the weight is re-expressed:
 int4: ``(q - z) * s = (q - 8) * s + (8 - z) * s``, the kernel's ``(q - 8) * scale + zero`` form;
@@ -17,9 +19,12 @@ from dataclasses import dataclass
 
 import torch
 
+from shared.quantization import cpu_kernel
 from shared.quantization.grid import QuantizedWeight
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
+# activation dtypes puyu's W4A8 / W8A8 kernel takes (fp16 keeps the weight-only path)
+WXA8_DTYPES = (torch.float32, torch.bfloat16)
 
 
 @dataclass
@@ -48,30 +53,50 @@ def group_order(weight: QuantizedWeight) -> tuple[int, torch.Tensor | None] | No
     return size, perm
 
 
-def prepare(weight: QuantizedWeight, dtype: torch.dtype) -> CpuWeight | None:
-    """The kernel form of ``weight`` for activations of ``dtype``; None where no kernel applies."""
+def prepare(
+    weight: QuantizedWeight, dtype: torch.dtype, *, exact: bool = True
+) -> CpuWeight | cpu_kernel.WxA8Weight | None:
+    """The kernel form of ``weight`` for activations of ``dtype``; None where no kernel applies.
+
+    ``exact``: the weight-only kernels only; else puyu's W4A8 / W8A8 kernel where it applies and runs
+    here (AVX512-VNNI, built), the weight-only ones otherwise."""
     order = group_order(weight)
     if order is None:
         return None
     size, perm = order
+    if not exact and dtype in WXA8_DTYPES:
+        fast = cpu_kernel.prepare(weight, size, perm)
+        if fast is not None:
+            return fast
     codes = weight.codes if perm is None else weight.codes[:, perm]
     n_groups = weight.in_features // size
     scales = weight.scales[:n_groups].float()
     zeros = weight.zeros[:n_groups].float()
     if weight.bits == 4:
-        if size not in INT4_GROUP_SIZES:
+        if size not in INT4_GROUP_SIZES or weight.out_features % 16:  # aten's packing needs both
             return None
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 1)
         scale_zero = torch.stack([scales, (8 - zeros) * scales], dim=-1).to(dtype).contiguous()
         return CpuWeight(4, size, perm, packed, scale_zero, None)
     if weight.bits == 8:
+        if dtype == torch.bfloat16 and size % 16:  # aten's bf16 kernel reads past groups of 16k + 8
+            return None
         packed = (codes - 128).to(torch.int8).contiguous()
         return CpuWeight(8, size, perm, packed, scales.to(dtype), ((128 - zeros) * scales).to(dtype))
     return None
 
 
-def matmul(x: torch.Tensor, weight: CpuWeight) -> torch.Tensor:
-    """``x @ W.T`` for ``x`` [..., in] with the prepared weight."""
+def matmul(
+    x: torch.Tensor, weight: CpuWeight | cpu_kernel.WxA8Weight, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x @ W.T (+ bias)`` for ``x`` [..., in] with the prepared weight."""
+    if isinstance(weight, cpu_kernel.WxA8Weight):
+        return cpu_kernel.matmul(x, weight, bias)  # the bias added in fp32, before the one rounding
+    out = _weight_only(x, weight)
+    return out if bias is None else out + bias.to(out.dtype)
+
+
+def _weight_only(x: torch.Tensor, weight: CpuWeight) -> torch.Tensor:
     rows = x.reshape(-1, x.shape[-1])
     if weight.perm is not None:
         rows = rows[:, weight.perm]

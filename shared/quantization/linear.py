@@ -2,8 +2,10 @@
 
 Its buffers carry the checkpoint's own names and shapes (``qweight``, ``qzeros``, ``scales``,
 ``g_idx`` for GPTQ, ``bias``), so a model's ``state_dict`` is the checkpoint. ``forward``
-dequantises and multiplies (the reference) or runs a weight-only int4/int8 kernel where one applies
-to the layer's grid: aten's on the CPU (``kernels``), puyu's Triton kernel on CUDA (``triton_matmul``).
+dequantises and multiplies (the reference) or runs an int4/int8 kernel where one applies to the
+layer's grid: on the CPU aten's weight-only ones (``kernels``, exact up to floating-point rounding),
+or, once ``serve_only`` (``prepare_for_serving``) opted in, puyu's W4A8 / W8A8 kernel (``cpu_kernel``:
+activations quantised to int8 per row, AVX512-VNNI); puyu's Triton kernel on CUDA (``triton_matmul``).
 ``backend``: ``auto`` (that choice), ``reference`` (always dequantise), ``triton`` (the Triton kernel
 on any device: under ``TRITON_INTERPRET=1`` on the CPU, as the tests run it).
 """
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.quantization import kernels
+from shared.quantization import cpu_kernel, kernels
 from shared.quantization.grid import QuantizedWeight
 from shared.quantization.packing import PackedWeight, pack_awq, pack_gptq, unpack_awq, unpack_gptq
 from shared.quantization.spec import Layout
@@ -72,7 +74,9 @@ class QuantLinear(nn.Module):
             self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float16, device=device))
         else:
             self.bias = None
-        self._cpu_weights: dict[torch.dtype, kernels.CpuWeight | None] = {}
+        # the CPU's weight-only kernels (exact) or, where serving opted in, the W4A8 / W8A8 one
+        self.cpu_exact = True
+        self._cpu_weights: dict[torch.dtype, kernels.CpuWeight | cpu_kernel.WxA8Weight | None] = {}
         self._triton_weights: dict[tuple[torch.dtype, torch.device], Any] = {}
         self.released = False  # serve_only freed the packed tensors
 
@@ -115,6 +119,10 @@ class QuantLinear(nn.Module):
         return self.unpacked().dequantize(dtype).to(self.qweight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend == "auto" and x.device.type == "cpu":  # a served step: the least Python
+            ready = self._cpu_weights.get(x.dtype)
+            if ready is not None:
+                return kernels.matmul(x, ready, self.bias)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         if self.backend == "triton" or (self.backend == "auto" and x.device.type == "cuda"):
             triton_weight = self._triton_weight(x)
@@ -126,14 +134,23 @@ class QuantLinear(nn.Module):
         prepared = self._cpu_weight(x) if self.backend == "auto" else None
         if prepared is None:
             return F.linear(x, self.dequantize(x.dtype), bias)
-        out = kernels.matmul(x, prepared)
-        return out if bias is None else out + bias
+        return kernels.matmul(x, prepared, self.bias)
 
-    def serve_only(self, dtype: torch.dtype) -> int:
+    def serve_only(self, dtype: torch.dtype, *, exact: bool | None = None) -> int:
         """Prepare the kernel form for activations of ``dtype`` on this layer's device and free the
         checkpoint's packed tensors, which the kernel's own copy replaces (keeping both would double
         the weights' memory). Returns the bytes freed: 0 where no kernel applies (the layer keeps
-        dequantising from them). Afterwards the layer serves ``dtype`` only and cannot be saved."""
+        dequantising from them). Afterwards the layer serves ``dtype`` only and cannot be saved.
+
+        On the CPU, ``exact=False`` takes the W4A8 / W8A8 kernel where it applies (its activations
+        rounded to int8 per row: errors up to ~0.5% of the output's range), ``exact=True`` the weight-only
+        kernels; ``None``: the W4A8 / W8A8 kernel for bf16 activations (rounded to 8 bits already),
+        the exact ones for fp32 (a model served in fp32 computes as its reference does)."""
+        if exact is None:
+            exact = dtype != torch.bfloat16
+        if exact != self.cpu_exact and not self.released:
+            self.cpu_exact = exact
+            self._cpu_weights.clear()
         probe = torch.empty(0, dtype=dtype, device=self.qweight.device)
         form = self._triton_weight(probe) if probe.device.type == "cuda" else self._cpu_weight(probe)
         if form is None or self.released:
@@ -152,15 +169,17 @@ class QuantLinear(nn.Module):
         """Which path the last forward of each activation dtype took (for logs and tests)."""
         if any(w is not None for w in self._triton_weights.values()):
             return "triton"
+        if any(isinstance(w, cpu_kernel.WxA8Weight) for w in self._cpu_weights.values()):
+            return f"wxa8-int{self.bits}"
         if any(w is not None for w in self._cpu_weights.values()):
             return f"aten-int{self.bits}"
         return "dequantize"
 
-    def _cpu_weight(self, x: torch.Tensor) -> kernels.CpuWeight | None:
+    def _cpu_weight(self, x: torch.Tensor) -> kernels.CpuWeight | cpu_kernel.WxA8Weight | None:
         if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             return None
         if x.dtype not in self._cpu_weights:
-            self._cpu_weights[x.dtype] = kernels.prepare(self.unpacked(), x.dtype)
+            self._cpu_weights[x.dtype] = kernels.prepare(self.unpacked(), x.dtype, exact=self.cpu_exact)
         return self._cpu_weights[x.dtype]
 
     def _triton_weight(self, x: torch.Tensor) -> Any:

@@ -80,7 +80,10 @@ def _bias(linear: nn.Linear) -> torch.Tensor | None:
     return None if linear.bias is None else linear.bias.detach()
 
 
-def prepare_for_serving(model: nn.Module, dtype: torch.dtype) -> int:
+def prepare_for_serving(model: nn.Module, dtype: torch.dtype, *, exact: bool | None = None) -> int:
     """``QuantLinear.serve_only`` on every quantised layer of ``model`` (an engine's model, which runs
-    in ``dtype`` and is never saved); returns the bytes freed."""
-    return sum(m.serve_only(dtype) for m in model.modules() if isinstance(m, QuantLinear))
+    in ``dtype`` and is never saved); returns the bytes freed. On the CPU, ``exact=False`` takes
+    puyu's W4A8 / W8A8 kernel where it applies (AVX512-VNNI; activations rounded to int8 per row),
+    ``exact=True`` aten's weight-only kernels (exact up to floating-point rounding); ``None``, the
+    default: the W4A8 / W8A8 kernel for bf16 models, the exact kernels for fp32 ones."""
+    return sum(m.serve_only(dtype, exact=exact) for m in model.modules() if isinstance(m, QuantLinear))
