@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from services.inference_gateway.core import cpu_attention
 from services.inference_gateway.core.attention import (
     causal_mask,
     paged_decode,
@@ -127,6 +128,8 @@ class ModelRunner:
             kv_layout = "paged" if self.device.type == "cuda" else "rows"
         self.kv_layout = kv_layout
         self.rows: RowCache | None = None
+        # decodes over 16-bit rows on the CPU take puyu's kernel where it builds (``cpu_attention``)
+        self.native_decode = False
         if kv_layout == "rows":
             max_len = min(self.max_positions, num_blocks * block_size)
             self.rows = RowCache(
@@ -138,6 +141,11 @@ class ModelRunner:
                 dtype=dtype,
                 device=self.device,
                 kv_dtype=spec,
+            )
+            self.native_decode = (
+                self.device.type == "cpu"
+                and not spec.quantized
+                and cpu_attention.usable(dtype, self.q_heads, self.kv_heads)
             )
 
     def _slots(self, table: Sequence[int], start: int, end: int) -> list[int]:
@@ -233,8 +241,18 @@ class ModelRunner:
         slot_t = torch.tensor(slots, device=dev)
         row_t = torch.tensor(tok_rows, device=dev)
         pos_t = torch.tensor(pos, device=dev)
+        native = self.native_decode and bool(dec_idx)
         if dec_idx:
             span = max(dec_row) + 1  # the view covers rows 0..span; rows without a decode are masked
+            packed = dec_row == list(range(span))  # the decodes are rows 0..span in order: no scatter
+            di = torch.tensor(dec_idx, device=dev)
+            dr = torch.tensor(dec_row, device=dev)
+        if native:  # the kernel reads each row's live positions (0: a row without a decode)
+            live_lens = [0] * span
+            for r, n in zip(dec_row, dec_len, strict=True):
+                live_lens[r] = n
+            lens_t = torch.tensor(live_lens, device=dev)
+        elif dec_idx:
             width = max(dec_len)
             # the batched matmul copies a view that cuts the rows' length; reading their whole capacity
             # (masked) copies nothing, cheaper once the longest context passes ~4/7 of it (bf16, 32
@@ -249,9 +267,6 @@ class ModelRunner:
             dtype = self.cache.dtype  # the model's (the cache may store 8 bits)
             bias = torch.zeros(live.shape, dtype=dtype, device=dev).masked_fill_(~live, float("-inf"))
             bias = bias[:, None, None]
-            packed = dec_row == list(range(span))  # the decodes are rows 0..span in order: no scatter
-            di = torch.tensor(dec_idx, device=dev)
-            dr = torch.tensor(dec_row, device=dev)
 
         def attend(li: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             stored = self.cache.write(li, slot_t, k, v)  # as stored: 8-bit values and scales, or k, v
@@ -265,8 +280,11 @@ class ModelRunner:
                 else:
                     qd = q.new_zeros(span, *q.shape[1:])
                     qd[dr] = q[di]
-                kd, vd, ksd, vsd = rows.views(li, slice(0, span), width)
-                od = row_decode(qd, kd, vd, bias, self.scale, ksd, vsd)
+                if native:
+                    od = cpu_attention.decode_rows(qd, rows.key_storage(li), rows.v[li], lens_t, self.scale)
+                else:
+                    kd, vd, ksd, vsd = rows.views(li, slice(0, span), width)
+                    od = row_decode(qd, kd, vd, bias, self.scale, ksd, vsd)
                 out[di] = od if packed else od[dr]
             for a, b, row, end, mask in pre:
                 kr, vr, ks, vs = rows.views(li, row, end)

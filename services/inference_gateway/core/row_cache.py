@@ -114,6 +114,10 @@ class RowCache:
         vs = None if self.v_scale is None else self.v_scale[layer][span]
         return self.k[layer][span], self.v[layer][span], ks, vs
 
+    def key_storage(self, layer: int) -> torch.Tensor:
+        """Keys of ``layer`` as stored, ``[rows, kv_heads, head_dim, capacity]`` (contiguous)."""
+        return self.k[layer].transpose(2, 3)
+
     def write(
         self,
         layer: int,
