@@ -21,6 +21,7 @@ from shared.bus import Bus, HandlerContext
 from shared.natsserver import NatsServer, free_port
 from shared.ports import SERVICES
 from shared.samples import write_sample_corpus
+from tests.support.jobs import wait_for_job_state
 
 pytestmark = pytest.mark.integration
 
@@ -90,8 +91,7 @@ async def test_ingest_request_produces_dataset_and_event(stack, tmp_path: Path) 
     ]
     assert len(rows) == event.documents and {r["lang"] for r in rows} <= {"en", "zh"}
     assert manifest["exclusions_by_filter"]["language"] > 0
-    status = await client.jobs.get(job_id)
-    assert status is not None and status.state == "succeeded"
+    status = await wait_for_job_state(client, job_id, "succeeded")
     assert status.result["dataset"]["dataset_id"] == event.dataset.dataset_id
 
     # A request that can never succeed is rejected, naming the path, and the service lives on.
@@ -99,12 +99,7 @@ async def test_ingest_request_produces_dataset_and_event(stack, tmp_path: Path) 
     await client.publish(bad)
     failed = await asyncio.wait_for(events.get(), 30)
     assert isinstance(failed, JobFailed) and "/no/such/corpus.jsonl" in failed.error
-    for _ in range(50):  # the board is updated just after job.failed is published
-        status = await client.jobs.get(bad.job_id)
-        if status is not None and status.state == "failed":
-            break
-        await asyncio.sleep(0.1)
-    assert status is not None and status.state == "failed"
+    await wait_for_job_state(client, bad.job_id, "failed")
 
 
 async def test_grpc_jobs_submit_and_watch(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -20,6 +20,7 @@ from shared.bus import Bus, HandlerContext
 from shared.natsserver import NatsServer, free_port
 from shared.ports import SERVICES
 from shared.shards import ShardWriter, iter_records
+from tests.support.jobs import wait_for_job_state
 
 pytestmark = pytest.mark.integration
 WORDS = "river mountain harbour market library festival valley winter summer railway copper silk".split()
@@ -99,8 +100,7 @@ async def test_parquet_dataset_through_work_items(stack) -> None:  # type: ignor
     assert manifest["format"] == "parquet"
     kept = [r for s in manifest["shards"] for r in iter_records(out / s["path"])]
     assert [r["id"] for r in kept] == [f"d{i:02d}" for i in range(16)] and kept[5]["meta"] == {"i": 5}
-    status = await client.jobs.get("pq-job")
-    assert status is not None and status.state == "succeeded"
+    status = await wait_for_job_state(client, "pq-job", "succeeded")
     items = status.result["items"]
     assert {k: (v["started"], v["done"]) for k, v in items.items()} == {
         "signatures": (3, 3),
@@ -127,6 +127,7 @@ async def test_a_damaged_shard_fails_the_job_and_names_it(stack) -> None:  # typ
     failed = await asyncio.wait_for(events.get(), 60)
     assert isinstance(failed, JobFailed), failed
     assert "part-00001.jsonl.gz: unreadable shard" in failed.error
+    await wait_for_job_state(client, "bad-job", "failed")
     await asyncio.sleep(1.0)  # the other items finish: their progress must not revive the job
     status = await client.jobs.get("bad-job")
     assert status is not None and status.state == "failed" and "part-00001" in status.message
