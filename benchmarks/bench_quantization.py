@@ -45,6 +45,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import dataclasses
+import functools
 import hashlib
 import json
 import multiprocessing as mp
@@ -252,55 +254,62 @@ def worker(conn: Connection, folder: str, kv_dtype: str, kv_budget: int, threads
     import torch
 
     from services.inference_gateway.core.engine import Engine
+    from services.inference_gateway.core.engine.engine import in_passing_thread
     from shared.hf_models import load_causal_lm, load_tokenizer
     from shared.quantization import QuantLinear, prepare_for_serving
 
     torch.set_num_threads(threads)
-    before = rss_mib()
-    model, _ = load_causal_lm(folder, dtype=torch.bfloat16, device="cpu")
-    loaded = _rss_live()
-    tensors = [*model.parameters(), *model.buffers()]
-    checkpoint_bytes = sum(t.numel() * t.element_size() for t in tensors)
-    linear_bytes = _linear_bytes(model)
-    # what the engine's runner does first: each QuantLinear's kernel form, the packed copy freed
-    freed = prepare_for_serving(model, torch.bfloat16)
-    forms = [w for m in model.modules() if isinstance(m, QuantLinear) for w in m._cpu_weights.values()]
-    form_bytes = sum(
-        t.numel() * t.element_size()
-        for w in forms
-        if w is not None
-        for t in (w.packed, w.scales, w.offsets, w.perm)
-        if t is not None
-    )
-    served = _rss_live()
-    tokenizer = load_tokenizer(folder)
-    kernels = sorted({m.kernel for m in model.modules() if isinstance(m, QuantLinear)})
-    engine = Engine(
-        model,
-        tokenizer,
-        max_batch_size=CONCURRENCY,
-        name=Path(folder).name,
-        kv_cache_dtype=kv_dtype,
-        kv_cache_memory=kv_budget,
-    ).start()
-    engine.eos_ids = set()  # every request generates exactly max_tokens
-    kv = engine.kv_info()
-    block_tokens = engine.allocator.block_size
-    facts: dict[str, Any] = {
-        "weights_bytes": checkpoint_bytes,  # parameters + buffers as loaded (packed codes, scales, zeros)
-        "linear_weights_bytes": linear_bytes,
-        "serving_weights_bytes": checkpoint_bytes - freed + form_bytes,  # the kernels' forms instead
-        "rss_load_delta_mib": round(loaded - before, 1),
-        "rss_serving_weights_delta_mib": round(served - before, 1),
-        "kernels": kernels or ["bf16 dense"],
-        "kv_dtype": kv["kv_dtype"],
-        "kv_block_bytes": kv["block_bytes"],
-        "kv_bytes_32x1024": int(kv["block_bytes"]) * CONCURRENCY * CONTEXT // block_tokens,
-        "kv_budget_bytes": kv_budget,
-        "kv_capacity_tokens_in_budget": kv["capacity_tokens"],
-        "kv_sequences_of_1024_in_budget": int(kv["capacity_tokens"]) // CONTEXT,
-        "rss_engine_mib": round(rss_mib(), 1),
-    }
+
+    def load() -> tuple[Any, Any, dict[str, Any]]:
+        before = rss_mib()
+        model, _ = load_causal_lm(folder, dtype=torch.bfloat16, device="cpu")
+        loaded = _rss_live()
+        tensors = [*model.parameters(), *model.buffers()]
+        checkpoint_bytes = sum(t.numel() * t.element_size() for t in tensors)
+        linear_bytes = _linear_bytes(model)
+        # what the engine's runner does first: each QuantLinear's kernel form, the packed copy freed
+        freed = prepare_for_serving(model, torch.bfloat16)
+        forms = [w for m in model.modules() if isinstance(m, QuantLinear) for w in m._cpu_weights.values()]
+        form_bytes = sum(  # every tensor a kernel's form holds (the weight-only ones' or the W4A8 one's)
+            t.numel() * t.element_size()
+            for w in forms
+            if w is not None
+            for t in (getattr(w, f.name) for f in dataclasses.fields(w))
+            if isinstance(t, torch.Tensor)
+        )
+        served = _rss_live()
+        tokenizer = load_tokenizer(folder)
+        kernels = sorted({m.kernel for m in model.modules() if isinstance(m, QuantLinear)})
+        engine = Engine(
+            model,
+            tokenizer,
+            max_batch_size=CONCURRENCY,
+            name=Path(folder).name,
+            kv_cache_dtype=kv_dtype,
+            kv_cache_memory=kv_budget,
+        ).start()
+        engine.eos_ids = set()  # every request generates exactly max_tokens
+        kv = engine.kv_info()
+        block_tokens = engine.allocator.block_size
+        facts: dict[str, Any] = {
+            "weights_bytes": checkpoint_bytes,  # parameters + buffers as loaded (packed codes, scales, zeros)
+            "linear_weights_bytes": linear_bytes,
+            "serving_weights_bytes": checkpoint_bytes - freed + form_bytes,  # the kernels' forms instead
+            "rss_load_delta_mib": round(loaded - before, 1),
+            "rss_serving_weights_delta_mib": round(served - before, 1),
+            "kernels": kernels or ["bf16 dense"],
+            "kv_dtype": kv["kv_dtype"],
+            "kv_block_bytes": kv["block_bytes"],
+            "kv_bytes_32x1024": int(kv["block_bytes"]) * CONCURRENCY * CONTEXT // block_tokens,
+            "kv_budget_bytes": kv_budget,
+            "kv_capacity_tokens_in_budget": kv["capacity_tokens"],
+            "kv_sequences_of_1024_in_budget": int(kv["capacity_tokens"]) // CONTEXT,
+            "rss_engine_mib": round(rss_mib(), 1),
+        }
+        return model, engine, facts
+
+    # loaded in a thread that ends, so that only the engine thread keeps an OpenMP pool (Engine.load's reason)
+    model, engine, facts = in_passing_thread(load)
     conn.send(facts)
     try:
         while True:
@@ -311,7 +320,7 @@ def worker(conn: Connection, folder: str, kv_dtype: str, kv_budget: int, threads
             elif command == "score":
                 conn.send(asyncio.run(_score(engine, args[0])))
             elif command == "reference":
-                conn.send(_reference_nll(model, args[0]))
+                conn.send(in_passing_thread(functools.partial(_reference_nll, model, args[0])))
             else:
                 conn.send({"rss_peak_mib": round(rss_mib("VmHWM"), 1)})
                 return
