@@ -35,10 +35,11 @@ _loaded: dict[str, bool] = {}
 
 @dataclass(frozen=True)
 class NativeOp:
-    """One C++ source, the CPU flags it needs (as /proc/cpuinfo names them) and its compiler flags."""
+    """C++ sources built into one library, the CPU flags they need (as /proc/cpuinfo names them) and
+    their compiler flags."""
 
-    name: str  # the library's name; the op's own name is the source's business
-    source: Path
+    name: str  # the library's name; the ops' own names are the sources' business
+    sources: tuple[Path, ...]
     cpu_flags: tuple[str, ...]
     cflags: tuple[str, ...]
     what: str  # for log lines: what the callers do without it
@@ -93,7 +94,7 @@ def _load(op: NativeOp) -> bool:
         _clear_stale_lock(build)
         cpp_extension.load(
             name=op.name,
-            sources=[str(op.source)],
+            sources=[str(source) for source in op.sources],
             extra_cflags=list(op.cflags),
             extra_ldflags=["-fopenmp"] if "-fopenmp" in op.cflags else [],
             build_directory=str(build),
@@ -110,7 +111,8 @@ def _load(op: NativeOp) -> bool:
 
 def _build_directory(op: NativeOp) -> Path:
     version = torch.__version__.replace("+", "_")
-    digest = hashlib.sha256(op.source.read_bytes() + " ".join(op.cflags).encode()).hexdigest()[:12]
+    code = b"".join(source.read_bytes() for source in op.sources)
+    digest = hashlib.sha256(code + " ".join(op.cflags).encode()).hexdigest()[:12]
     root = os.environ.get("PUYU_KERNEL_CACHE")
     candidates = [Path(root)] if root else []
     candidates += [

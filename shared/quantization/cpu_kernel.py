@@ -94,7 +94,7 @@ def _load() -> bool:
         return True
     op = native_ops.NativeOp(
         name=NAME,
-        source=SOURCE,
+        sources=(SOURCE,),
         cpu_flags=CPU_FLAGS,
         cflags=COMPILE_FLAGS,
         what="quantised layers use aten's weight-only kernels",

@@ -16,9 +16,10 @@ import torch
 
 from shared.native_ops import NativeOp, load
 
+CSRC = Path(__file__).with_name("csrc")
 DECODE_ATTENTION = NativeOp(
     name="puyu_decode_attention",
-    source=Path(__file__).with_name("csrc") / "decode_attention.cpp",
+    sources=(CSRC / "decode_attention.cpp",),
     cpu_flags=("avx512f", "avx512bw", "avx512vl"),
     cflags=("-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl"),
     what="decode attention runs on torch's batched matmuls",

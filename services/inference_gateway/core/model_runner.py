@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from services.inference_gateway.core import cpu_attention
+from services.inference_gateway.core import cpu_attention, cpu_fused
 from services.inference_gateway.core.attention import (
     causal_mask,
     paged_decode,
@@ -104,6 +104,8 @@ class ModelRunner:
         self.block_size = block_size
         # per layer: the gated MLP fused over packed weights (``cpu_linear``), or None for the module's own
         self.mlps = [fused_mlp(layer.mlp) for layer in self.core.layers]
+        # norms, residual adds and rotary embeddings in one pass each (``cpu_fused``), where they build
+        self.fused = self.device.type == "cpu" and cpu_fused.usable(model)
         window = sliding_window(model)
         self.max_positions = min(
             int(getattr(cfg, "max_position_embeddings", 0) or 1 << 30), window or 1 << 30
@@ -306,21 +308,35 @@ class ModelRunner:
         cos, sin = self.core.rotary_emb(x[None], torch.tensor(pos, device=dev)[None])
         cos, sin = cos[0], sin[0]
         t = x.shape[0]
-        for li, layer in enumerate(self.core.layers):
+        layers = self.core.layers
+        fused = self.fused
+        h = cpu_fused.rms_norm(layers[0].input_layernorm, x) if fused else layers[0].input_layernorm(x)
+        for li, layer in enumerate(layers):
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
             q = attn.q_proj(h).view(t, self.q_heads, self.head_dim)
             k = attn.k_proj(h).view(t, self.kv_heads, self.head_dim)
             v = attn.v_proj(h).view(t, self.kv_heads, self.head_dim)
             if hasattr(attn, "q_norm"):  # qwen3 normalises q and k per head
                 q, k = attn.q_norm(q), attn.k_norm(k)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
-            out = attend(li, q, k, v)
-            x = x + attn.o_proj(out.reshape(t, -1))
-            h = layer.post_attention_layernorm(x)
-            fused = self.mlps[li]
+            if fused:
+                q, k = cpu_fused.rotary(q, k, cos, sin)
+            else:
+                q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+            out = attn.o_proj(attend(li, q, k, v).reshape(t, -1))
+            if fused:
+                x, h = cpu_fused.add_rms_norm(layer.post_attention_layernorm, x, out)
+            else:
+                x = x + out
+                h = layer.post_attention_layernorm(x)
+            mlp = self.mlps[li]
             # [1, T, H]: the MoE blocks read (batch, length, hidden) and route each token alone
-            x = x + (fused(h) if fused is not None else layer.mlp(h[None])[0])
+            out = mlp(h) if mlp is not None else layer.mlp(h[None])[0]
+            if fused and li + 1 < len(layers):  # this residual add and the next layer's first norm
+                x, h = cpu_fused.add_rms_norm(layers[li + 1].input_layernorm, x, out)
+            else:
+                x = x + out
+                if li + 1 < len(layers):
+                    h = layers[li + 1].input_layernorm(x)
         return x
 
     def _logits(

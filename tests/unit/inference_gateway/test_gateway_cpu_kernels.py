@@ -1,16 +1,21 @@
-"""puyu's CPU decode-attention kernel against plain attention in float64 (``reference_attention``)."""
+"""puyu's CPU kernels against independent references: decode attention against plain attention in
+float64 (``reference_attention``), the fused norms and rotary embedding against transformers' modules."""
 
 import pytest
 import torch
 
-from services.inference_gateway.core import cpu_attention
+from services.inference_gateway.core import cpu_attention, cpu_fused
 from services.inference_gateway.core.attention import reference_attention
 from services.inference_gateway.core.row_cache import RowCache
 from shared import native_ops
 
-pytestmark = pytest.mark.skipif(
+needs_attention_kernel = pytest.mark.skipif(
     not cpu_attention.usable(torch.float32, 4, 4),
     reason="puyu's decode-attention kernel needs AVX-512 and a C++ compiler (it did not load here)",
+)
+needs_layer_ops = pytest.mark.skipif(
+    not native_ops.load(cpu_fused.LAYER_OPS),
+    reason="puyu's fused layer ops need AVX2/FMA and a C++ compiler (they did not load here)",
 )
 
 
@@ -59,6 +64,7 @@ def test_decode_kernel_equals_plain_attention(
         torch.testing.assert_close(out[r].double(), ref[0].double(), atol=tol, rtol=tol)
 
 
+@needs_attention_kernel
 def test_unsupported_layouts_are_refused_by_name() -> None:
     assert not cpu_attention.usable(torch.float16, 4, 4)
     assert not cpu_attention.usable(torch.float32, 18, 2)  # 9 query heads per group
@@ -69,6 +75,7 @@ def test_unsupported_layouts_are_refused_by_name() -> None:
         )
 
 
+@needs_attention_kernel
 def test_runner_takes_the_kernel_only_where_it_applies(monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -105,3 +112,50 @@ def test_runner_takes_the_kernel_only_where_it_applies(monkeypatch: pytest.Monke
         model, num_blocks=16, block_size=4, kv_layout="rows", max_rows=3, kv_cache_dtype="int8"
     )
     assert not int8.native_decode  # an 8-bit row cache is read by the dequantising path
+
+
+@needs_layer_ops
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("norm_class", ["llama", "qwen3"])
+def test_fused_norms_equal_transformers_rmsnorm(dtype: torch.dtype, norm_class: str) -> None:
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
+
+    hidden = 200  # not a multiple of any vector width
+    norm = (LlamaRMSNorm if norm_class == "llama" else Qwen3RMSNorm)(hidden, eps=1e-5)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.3 * torch.randn(hidden, generator=g))
+    norm = norm.to(dtype)
+    assert cpu_fused.fusable_norm(norm, dtype)
+    x = (3 * torch.randn(7, hidden, generator=g)).to(dtype)
+    delta = torch.randn(7, hidden, generator=g).to(dtype)
+    exact = dtype == torch.bfloat16  # the kernel rounds where the module rounds: the same bf16 values
+    tol = {"atol": 0, "rtol": 0} if exact else {"atol": 1e-5, "rtol": 1e-5}
+    with torch.no_grad():
+        torch.testing.assert_close(cpu_fused.rms_norm(norm, x), norm(x), **tol)
+        total, normed = cpu_fused.add_rms_norm(norm, x, delta)
+        torch.testing.assert_close(total, x + delta, atol=0, rtol=0)
+        torch.testing.assert_close(normed, norm(x + delta), **tol)
+
+
+@needs_layer_ops
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_rotary_equals_transformers(dtype: torch.dtype) -> None:
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    cfg = LlamaConfig(
+        hidden_size=96, num_attention_heads=3, num_key_value_heads=1, max_position_embeddings=64
+    )
+    rope = LlamaRotaryEmbedding(cfg)
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(9, 3, 32, generator=g).to(dtype)
+    k = torch.randn(9, 1, 32, generator=g).to(dtype)
+    cos, sin = rope(q[None], torch.arange(20, 29)[None])
+    cos, sin = cos[0], sin[0]
+    q_ref, k_ref = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+    q_out, k_out = cpu_fused.rotary(q, k, cos, sin)
+    tol = {"atol": 0, "rtol": 0} if dtype == torch.bfloat16 else {"atol": 1e-6, "rtol": 1e-6}
+    torch.testing.assert_close(q_out, q_ref, **tol)
+    torch.testing.assert_close(k_out, k_ref, **tol)
