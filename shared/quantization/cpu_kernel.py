@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,6 @@ MAX_GROUP = (2**31 - 1) // (255 * 127)
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni")
 COMPILE_FLAGS = ("-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni")
 
-_lock = threading.Lock()
 _state: dict[str, bool] = {}
 _op: Any = None  # torch.ops.puyu.wxa8_linear.default once loaded (the overload resolved once)
 
@@ -66,15 +64,12 @@ def cpu_supported() -> bool:
 
 def available() -> bool:
     """Whether ``puyu::wxa8_linear`` can run here; builds (or loads the built) library at the first call."""
-    if "available" in _state:
-        return _state["available"]
     global _op
-    with _lock:
-        if "available" not in _state:
-            loaded = _load()
-            if loaded:
-                _op = torch.ops.puyu.wxa8_linear.default
-            _state["available"] = loaded
+    if "available" not in _state:  # native_ops.load serialises the build; this only caches the answer
+        loaded = _load()
+        if loaded:
+            _op = torch.ops.puyu.wxa8_linear.default
+        _state["available"] = loaded
     return _state["available"]
 
 

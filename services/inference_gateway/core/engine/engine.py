@@ -9,8 +9,8 @@ deltas out to event loops or threads). ``Engine`` wires them for one model.
 from __future__ import annotations
 
 import collections
-import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,21 +41,8 @@ def in_passing_thread(make: Callable[[], T]) -> T:
     ~100M model's decode step took 28 ms instead of 17.5 on 2 cores. A thread that ends frees its pool,
     so only the engine thread keeps one.
     """
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(make())
-        except BaseException as exc:  # handed to the caller below
-            error.append(exc)
-
-    thread = threading.Thread(target=run, name="engine-load")
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-load") as loader:
+        return loader.submit(make).result()  # leaving the block joins (ends) the thread
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
