@@ -1,4 +1,5 @@
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,26 @@ def test_stop_checker_holds_back_partial_stop() -> None:
     assert sc.safe_end("hello EN") == len("hello ")
     assert sc.find_stop("hello ENDx") == 6
     assert sc.safe_end("caf\ufffd") == 3
+
+
+def test_load_report_leaves_out_a_finished_request_before_its_step_ends(engine: Engine) -> None:
+    # The engine thread drops finished sequences after its step, while the caller already has the last
+    # delta: held there, a router reading the load must not see a request running (it once did, and the
+    # next two requests read as one running and one waiting: a 503 for a queue of one).
+    scheduler = engine.loop.scheduler
+    drop, holding, release = scheduler.drop_finished, threading.Event(), threading.Event()
+
+    def held_drop() -> None:
+        if any(seq.finished for seq in scheduler.running):
+            holding.set()
+            release.wait(10)
+        drop()
+
+    scheduler.drop_finished = held_drop  # type: ignore[method-assign]
+    try:
+        engine.generate_sync(engine.encode("The river"), SamplingParams(max_tokens=2, temperature=0))
+        assert holding.wait(10)
+        assert len(scheduler.running) == 1  # still listed ...
+        assert engine.load_info()["running"] == 0  # ... but not reported
+    finally:
+        release.set()

@@ -246,9 +246,12 @@ class Engine:
     def load_info(self) -> dict[str, int]:
         """What a router needs: requests in flight, running, waiting, and free KV blocks."""
         scheduler = self.loop.scheduler
+        # A finished sequence stays in the running list until the engine thread ends its step: its caller
+        # may already have its last delta (a warm-up just returned), so it no longer counts.
+        running = sum(not seq.finished for seq in list(scheduler.running))
         return {
             "in_flight": self.bridge.in_flight,
-            "running": len(scheduler.running),
+            "running": running,
             "waiting": len(scheduler.waiting) + self.bridge.queued,
             "free_blocks": self.allocator.free_blocks,
             "total_blocks": self.allocator.num_blocks,
