@@ -130,7 +130,7 @@ class ModelRunner:
             kv_layout = "paged" if self.device.type == "cuda" else "rows"
         self.kv_layout = kv_layout
         self.rows: RowCache | None = None
-        # decodes over 16-bit rows on the CPU take puyu's kernel where it builds (``cpu_attention``)
+        # decodes over the CPU rows take puyu's kernel where it builds (``cpu_attention``)
         self.native_decode = False
         if kv_layout == "rows":
             max_len = min(self.max_positions, num_blocks * block_size)
@@ -144,10 +144,8 @@ class ModelRunner:
                 device=self.device,
                 kv_dtype=spec,
             )
-            self.native_decode = (
-                self.device.type == "cpu"
-                and not spec.quantized
-                and cpu_attention.usable(dtype, self.q_heads, self.kv_heads)
+            self.native_decode = self.device.type == "cpu" and cpu_attention.usable(
+                dtype, self.q_heads, self.kv_heads, spec.storage
             )
 
     def _slots(self, table: Sequence[int], start: int, end: int) -> list[int]:
@@ -283,7 +281,9 @@ class ModelRunner:
                     qd = q.new_zeros(span, *q.shape[1:])
                     qd[dr] = q[di]
                 if native:
-                    od = cpu_attention.decode_rows(qd, rows.key_storage(li), rows.v[li], lens_t, self.scale)
+                    od = cpu_attention.decode_rows(
+                        qd, rows.key_storage(li), rows.v[li], lens_t, self.scale, *rows.scales(li)
+                    )
                 else:
                     kd, vd, ksd, vsd = rows.views(li, slice(0, span), width)
                     od = row_decode(qd, kd, vd, bias, self.scale, ksd, vsd)

@@ -118,6 +118,12 @@ class RowCache:
         """Keys of ``layer`` as stored, ``[rows, kv_heads, head_dim, capacity]`` (contiguous)."""
         return self.k[layer].transpose(2, 3)
 
+    def scales(self, layer: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The key and value scales of ``layer``, ``[rows, kv_heads, capacity]`` (None, None unquantised)."""
+        if self.k_scale is None or self.v_scale is None:
+            return None, None
+        return self.k_scale[layer], self.v_scale[layer]
+
     def write(
         self,
         layer: int,

@@ -6,12 +6,13 @@ import torch
 
 from services.inference_gateway.core import cpu_attention, cpu_fused
 from services.inference_gateway.core.attention import reference_attention
+from services.inference_gateway.core.kv_cache import quantize, resolve_kv_cache_dtype
 from services.inference_gateway.core.row_cache import RowCache
 from shared import native_ops
 
 needs_attention_kernel = pytest.mark.skipif(
     not cpu_attention.usable(torch.float32, 4, 4),
-    reason="puyu's decode-attention kernel needs AVX-512 and a C++ compiler (it did not load here)",
+    reason="puyu's decode-attention kernel needs AVX2 (or AVX-512) and a C++ compiler (it did not load here)",
 )
 needs_layer_ops = pytest.mark.skipif(
     not native_ops.load(cpu_fused.LAYER_OPS),
@@ -37,6 +38,7 @@ def _rows(rows: int, kv_heads: int, head_dim: int, capacity: int, dtype: torch.d
     return cache
 
 
+@needs_attention_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
     ("q_heads", "kv_heads", "head_dim"), [(4, 4, 16), (12, 4, 64), (8, 1, 128), (16, 2, 80)]
@@ -64,6 +66,88 @@ def test_decode_kernel_equals_plain_attention(
         torch.testing.assert_close(out[r].double(), ref[0].double(), atol=tol, rtol=tol)
 
 
+def _quantized_rows(
+    rows: int, kv_heads: int, head_dim: int, capacity: int, kv: str
+) -> tuple[RowCache, torch.Tensor, torch.Tensor]:
+    """A row cache of 8-bit keys and values (as the engine writes them) and their values in float64,
+    dequantised here from the stored elements and scales (torch's own float8 conversion for fp8)."""
+    spec = resolve_kv_cache_dtype(kv, torch.bfloat16)
+    cache = RowCache(
+        layers=1,
+        rows=rows,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        max_len=capacity,
+        dtype=torch.bfloat16,
+        initial=capacity,
+        kv_dtype=spec,
+    )
+    g = torch.Generator().manual_seed(0)
+    exact = []
+    for store, scales in ((cache.k, cache.k_scale), (cache.v, cache.v_scale)):
+        assert scales is not None
+        x = torch.randn(rows, kv_heads, capacity, head_dim, generator=g) * 3
+        stored, scale = quantize(x, spec)
+        store[0].copy_(stored)
+        scales[0].copy_(scale)
+        values = stored.view(torch.float8_e4m3fn) if kv == "fp8" else stored
+        exact.append(values.double() * scale.double().unsqueeze(-1))
+    return cache, exact[0], exact[1]
+
+
+@needs_attention_kernel
+@pytest.mark.parametrize("kv", ["int8", "fp8"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("q_heads", "kv_heads", "head_dim"), [(4, 4, 16), (12, 4, 64), (16, 2, 80)])
+def test_decode_kernel_reads_8bit_rows_with_their_scales(
+    kv: str, dtype: torch.dtype, q_heads: int, kv_heads: int, head_dim: int
+) -> None:
+    rows, capacity = 5, 70
+    cache, k, v = _quantized_rows(rows, kv_heads, head_dim, capacity, kv)
+    assert cpu_attention.usable(dtype, q_heads, kv_heads, cache.spec.storage)
+    q = torch.randn(rows, q_heads, head_dim, generator=torch.Generator().manual_seed(1)).to(dtype)
+    lens = torch.tensor([1, 17, 70, 0, 33])
+    scale = head_dim**-0.5
+    out = cpu_attention.decode_rows(q, cache.key_storage(0), cache.v[0], lens, scale, *cache.scales(0))
+    assert out.dtype == dtype and out.shape == q.shape
+    for r in range(rows):
+        n = int(lens[r])
+        if n == 0:
+            assert torch.count_nonzero(out[r]) == 0
+            continue
+        ref = reference_attention(
+            q[r][None].double(), k[r, :, :n].transpose(0, 1), v[r, :, :n].transpose(0, 1), scale
+        )
+        tol = 1e-5 if dtype == torch.float32 else 8e-3
+        torch.testing.assert_close(out[r].double(), ref[0], atol=tol * 3, rtol=tol)
+
+
+@needs_attention_kernel
+def test_decode_kernel_reads_every_fp8_value_exactly() -> None:
+    # one live position: the probability is 1, so the output is that position's value row, which
+    # holds every e4m3 bit pattern but NaN's (0x7f, 0xff), at scale 1: torch's float8 is the reference
+    bits = torch.tensor([b for b in range(256) if b & 0x7F != 0x7F], dtype=torch.uint8)
+    head_dim = len(bits)
+    cache = RowCache(
+        layers=1,
+        rows=1,
+        kv_heads=1,
+        head_dim=head_dim,
+        max_len=16,
+        dtype=torch.float32,
+        initial=16,
+        kv_dtype=resolve_kv_cache_dtype("fp8", torch.float32),
+    )
+    assert cache.k_scale is not None and cache.v_scale is not None
+    cache.v[0][0, 0, 0] = bits
+    cache.k_scale[0].fill_(1.0)
+    cache.v_scale[0].fill_(1.0)
+    out = cpu_attention.decode_rows(
+        torch.ones(1, 1, head_dim), cache.key_storage(0), cache.v[0], torch.tensor([1]), 1.0, *cache.scales(0)
+    )
+    torch.testing.assert_close(out[0, 0], bits.view(torch.float8_e4m3fn).float(), atol=0, rtol=0)
+
+
 @needs_attention_kernel
 def test_unsupported_layouts_are_refused_by_name() -> None:
     assert not cpu_attention.usable(torch.float16, 4, 4)
@@ -76,7 +160,8 @@ def test_unsupported_layouts_are_refused_by_name() -> None:
 
 
 @needs_attention_kernel
-def test_runner_takes_the_kernel_only_where_it_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kv", ["auto", "int8", "fp8"])
+def test_runner_takes_the_kernel_only_where_it_applies(kv: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from services.inference_gateway.core.model_runner import Chunk, ModelRunner
@@ -94,10 +179,11 @@ def test_runner_takes_the_kernel_only_where_it_applies(monkeypatch: pytest.Monke
     model = LlamaForCausalLM(cfg).eval()
     outs = {}
     for native in (True, False):
-        monkeypatch.setattr(
-            native_ops, "_loaded", {} if native else {cpu_attention.DECODE_ATTENTION.name: False}
+        builds = (cpu_attention.DECODE_ATTENTION, cpu_attention.DECODE_ATTENTION_AVX2)
+        monkeypatch.setattr(native_ops, "_loaded", {} if native else {op.name: False for op in builds})
+        runner = ModelRunner(
+            model, num_blocks=16, block_size=4, kv_layout="rows", max_rows=3, kv_cache_dtype=kv
         )
-        runner = ModelRunner(model, num_blocks=16, block_size=4, kv_layout="rows", max_rows=3)
         assert runner.native_decode is native
         prompts = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]]
         for row, ids in enumerate(prompts):
@@ -108,10 +194,8 @@ def test_runner_takes_the_kernel_only_where_it_applies(monkeypatch: pytest.Monke
         ]
         outs[native] = torch.stack(runner.forward(step))  # type: ignore[arg-type]
     torch.testing.assert_close(outs[True], outs[False], atol=1e-5, rtol=1e-5)
-    int8 = ModelRunner(
-        model, num_blocks=16, block_size=4, kv_layout="rows", max_rows=3, kv_cache_dtype="int8"
-    )
-    assert not int8.native_decode  # an 8-bit row cache is read by the dequantising path
+    half = ModelRunner(model.half(), num_blocks=16, block_size=4, kv_layout="rows", max_rows=3)
+    assert not half.native_decode  # fp16 models keep the matmul path
 
 
 @needs_layer_ops
