@@ -23,16 +23,6 @@ def register_handlers(bus: Bus, core: Ingestor, settings: IngestSettings) -> Non
             )
             m = out.manifest
             stages = [StageStats(**s) for s in m["stages"]]
-            await ctx.publish(
-                CorpusIngested(
-                    job_id=p.job_id,
-                    dataset=out.dataset,
-                    documents=m["documents"],
-                    stages=stages,
-                    pipeline=p.pipeline,
-                ),
-                event_id=f"ingested:{p.job_id}",
-            )
             job.succeed(
                 f"{m['documents']} documents kept of {stages[0].docs_in}",
                 result={
@@ -41,4 +31,12 @@ def register_handlers(bus: Bus, core: Ingestor, settings: IngestSettings) -> Non
                     "token_estimate": m["token_estimate"],
                     "file_errors": m["file_errors"],
                 },
+                event=CorpusIngested(
+                    job_id=p.job_id,
+                    dataset=out.dataset,
+                    documents=m["documents"],
+                    stages=stages,
+                    pipeline=p.pipeline,
+                ),
+                event_id=f"ingested:{p.job_id}",
             )

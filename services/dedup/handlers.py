@@ -28,7 +28,7 @@ from contracts.events import (
 )
 from services.dedup.config import DedupSettings
 from services.dedup.core import Deduplicator, FinishedJob, ItemDone, StageItems
-from shared.bus import Bus, HandlerContext, JobStatus
+from shared.bus import Bus, HandlerContext, JobRun, JobStatus
 from shared.bus.jobs import TERMINAL_STATES, job_key
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,7 @@ def register_handlers(bus: Bus, core: Deduplicator, settings: DedupSettings) -> 
                 finished = await asyncio.to_thread(
                     core.deduplicate, job_id, source, options, pipeline, progress
                 )
-            job.succeed(finished.message, finished.result)
-        await _announce(ctx, finished)
+            _succeed(job, finished)
 
     @bus.handle(DedupRequested, ack_wait=60.0)
     async def on_dedup_requested(ctx: HandlerContext[DedupRequested]) -> None:
@@ -87,8 +86,7 @@ def register_handlers(bus: Bus, core: Deduplicator, settings: DedupSettings) -> 
             async with ctx.job(item.job_id, KIND, stage="cluster", message="clustering") as job:
                 await job.progress("cluster", 0.8, "clustering")  # where the pairs left it, not back at 0
                 finished = await asyncio.to_thread(core.end_job, item, ctx.attempt)
-                job.succeed(finished.message, finished.result)
-            await _announce(ctx, finished)
+                _succeed(job, finished)
             return
         done = await asyncio.to_thread(core.run_item, item, ctx.attempt)
         await _progress_while_running(ctx, done)
@@ -96,9 +94,14 @@ def register_handlers(bus: Bus, core: Deduplicator, settings: DedupSettings) -> 
             await _publish_items(ctx, done.next)
 
 
-async def _announce(ctx: HandlerContext[Any], finished: FinishedJob) -> None:
-    """``corpus.deduplicated``, after the board says succeeded; its id makes the bus keep one copy."""
-    await ctx.publish(finished.event, event_id=f"dedup:{finished.event.source.dataset_id}")
+def _succeed(job: JobRun, finished: FinishedJob) -> None:
+    """The job ends with ``corpus.deduplicated``; its id makes the bus keep one copy."""
+    job.succeed(
+        finished.message,
+        finished.result,
+        event=finished.event,
+        event_id=f"dedup:{finished.event.source.dataset_id}",
+    )
 
 
 async def _publish_items(ctx: HandlerContext[Any], items: StageItems) -> None:

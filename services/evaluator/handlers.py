@@ -85,17 +85,16 @@ def shard_request(plan: ShardPlan, work: ShardWork) -> EvaluateShardRequested:
     )
 
 
-async def _complete(
-    ctx: HandlerContext[Any], job: JobRun, model: ModelRef, stored: StoredEvaluation, event_id: str
-) -> None:
+def _complete(job: JobRun, model: ModelRef, stored: StoredEvaluation, event_id: str) -> None:
     event = EvaluationCompleted(
         model=model,
         results=task_results(stored.report),
         details_uri=stored.details_uri,
         failed=stored.report.failed,
     )
-    await ctx.publish(event, event_id=event_id)
-    job.succeed(f"{len(event.results)} task(s) evaluated", result=stored.job_result)
+    job.succeed(
+        f"{len(event.results)} task(s) evaluated", result=stored.job_result, event=event, event_id=event_id
+    )
 
 
 async def _hand_out_shards(
@@ -113,7 +112,7 @@ async def _hand_out_shards(
     items = core.work_items(plan)
     pending = [w for w in items if not await asyncio.to_thread(core.is_stored, w)]
     if not pending:  # all scored before (a repeated run): this replica ends the job
-        await _complete(ctx, job, model, await asyncio.to_thread(core.finish, plan), event_id)
+        _complete(job, model, await asyncio.to_thread(core.finish, plan), event_id)
         return
     done = len(items) - len(pending)
     # before the items go out: a late "running" must not follow the last shard's success
@@ -156,7 +155,7 @@ async def _evaluate(
         stored = await asyncio.to_thread(
             core.evaluate_version, model, artifact, tasks, job.thread_progress(), champion
         )
-        await _complete(ctx, job, model, stored, event_id)
+        _complete(job, model, stored, event_id)
 
 
 async def _score_shard(ctx: HandlerContext[EvaluateShardRequested], core: Evaluator) -> None:
@@ -180,7 +179,7 @@ async def _score_shard(ctx: HandlerContext[EvaluateShardRequested], core: Evalua
         if job.cancelled:
             return
         stored = await asyncio.to_thread(core.finish, plan)
-        await _complete(ctx, job, plan.model, stored, plan.extra[COMPLETION_EVENT])
+        _complete(job, plan.model, stored, plan.extra[COMPLETION_EVENT])
 
 
 def register_handlers(bus: Bus, core: Evaluator, settings: EvaluatorSettings) -> None:

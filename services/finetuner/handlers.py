@@ -66,9 +66,6 @@ def register_handlers(bus: Bus, core: Finetuner, settings: FinetunerSettings) ->
                 finally:
                     watcher.cancel()
             model_name = p.output_model_name or p.base.model_name
-            await ctx.publish(
-                checkpoint_ready(p, result, model_name), event_id=f"ckpt:{result.run_id}:{result.steps}"
-            )
             metrics = result.metrics
             job.succeed(
                 f"{model_name}: loss {metrics['eval_loss_before']:.3f} -> {metrics['eval_loss_after']:.3f}",
@@ -79,6 +76,8 @@ def register_handlers(bus: Bus, core: Finetuner, settings: FinetunerSettings) ->
                     "adapter": result.adapter.uri if result.adapter else None,
                     "metrics": metrics,
                 },
+                event=checkpoint_ready(p, result, model_name),
+                event_id=f"ckpt:{result.run_id}:{result.steps}",
             )
             log.info("finetune %s done: %s", p.job_id, result.model.uri)
 

@@ -51,7 +51,6 @@ def register_quantize_handler(bus: Bus, core: Finetuner, settings: FinetunerSett
                 progress=job.thread_progress(),
             )
             model_name = p.output_model_name or p.base.model_name
-            await ctx.publish(quantized_checkpoint(p, result, model_name), event_id=f"ckpt:{result.run_id}:0")
             q = result.lineage
             job.succeed(
                 f"{model_name}: {q.method} {q.bits}-bit (group {q.group_size}) of "
@@ -63,6 +62,8 @@ def register_quantize_handler(bus: Bus, core: Finetuner, settings: FinetunerSett
                     "quantization": q.model_dump(),
                     "metrics": result.metrics,
                 },
+                event=quantized_checkpoint(p, result, model_name),
+                event_id=f"ckpt:{result.run_id}:0",
             )
             log.info("quantize %s done: %s", p.job_id, result.model.uri)
 

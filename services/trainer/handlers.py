@@ -64,8 +64,8 @@ def register_handlers(bus: Bus, core: Trainer, settings: TrainerSettings) -> Non
 async def _train(ctx: HandlerContext[TrainRequested], core: Trainer, settings: TrainerSettings) -> None:
     req, loop = ctx.payload, asyncio.get_running_loop()
 
-    def announce(stored: StoredCheckpoint) -> None:  # runs in the training thread
-        event = CheckpointReady(
+    def checkpoint_ready(stored: StoredCheckpoint) -> CheckpointReady:
+        return CheckpointReady(
             job_id=req.job_id,
             run_id=stored.run_id,
             model_name=req.spec.model_name,
@@ -76,8 +76,12 @@ async def _train(ctx: HandlerContext[TrainRequested], core: Trainer, settings: T
             hyperparameters=req.spec.model_dump(mode="json"),
             metrics=stored.metrics,
         )
-        event_id = f"ckpt:{stored.run_id}:{stored.step}"
-        asyncio.run_coroutine_threadsafe(ctx.publish(event, event_id=event_id), loop).result(timeout=60)
+
+    def announce(stored: StoredCheckpoint) -> None:  # runs in the training thread
+        if stored.final:
+            return  # the job's outcome: the lifecycle publishes it once the board says succeeded
+        publish = ctx.publish(checkpoint_ready(stored), event_id=f"ckpt:{stored.run_id}:{stored.step}")
+        asyncio.run_coroutine_threadsafe(publish, loop).result(timeout=60)
 
     async with ctx.job(req.job_id, KIND, stage="starting", message=f"run {run_id_for(req.job_id)}") as job:
         if job.cancelled:
@@ -102,8 +106,16 @@ async def _train(ctx: HandlerContext[TrainRequested], core: Trainer, settings: T
                 return
             finally:
                 watcher.cancel()
-        uri = outcome.last.checkpoint.uri if outcome.last else None
-        job.succeed(f"checkpoint {uri}", result=outcome.result())
+        last = outcome.last
+        if last is None:
+            job.succeed("no checkpoint", result=outcome.result())
+            return
+        job.succeed(
+            f"checkpoint {last.checkpoint.uri}",
+            result=outcome.result(),
+            event=checkpoint_ready(last),
+            event_id=f"ckpt:{last.run_id}:{last.step}",
+        )
 
 
 async def _watch_cancel(bus: Bus, job_id: str, flag: threading.Event) -> None:

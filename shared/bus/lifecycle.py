@@ -2,13 +2,16 @@
 
     async with ctx.job(p.job_id, KIND, stage="ingest") as job:
         result = await asyncio.to_thread(core.run, ..., progress=job.thread_progress())
-        job.succeed(f"{n} documents", result={...})
+        job.succeed(f"{n} documents", result={...}, event=Done(...), event_id=f"done:{p.job_id}")
 
 - entering marks the job running (with the request's correlation id);
 - ``job.progress`` / ``job.thread_progress()`` report progress (events and board);
 - leaving normally writes the outcome the handler recorded (``succeed``, ``cancel``, or
   ``continues_elsewhere`` when a later stage, possibly on another replica, ends the job); with none
   recorded the job succeeded;
+- the event that reports a success (``succeed(..., event=...)``) is published after the board says
+  succeeded, so whoever hears it reads the final state; if that publish fails the delivery fails
+  like any other (retried; the event id makes the re-publish one copy);
 - a ``Refusal`` raised inside (a core's own exception type) becomes ``JobRejected``: no retry, the
   job is failed with the reason; any other exception is a failure the bus retries with back-off, and
   the board says which attempt failed and why; the last attempt marks the job failed. The lifecycle
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from shared.errors import Refusal
 
 if TYPE_CHECKING:
+    from contracts.events import EventPayload
     from shared.bus.bus import HandlerContext, ThreadProgress
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,8 @@ class JobRun:
         self._outcome: Outcome | None = None
         self._final_message = ""
         self._result: dict[str, Any] = {}
+        self._event: EventPayload | None = None
+        self._event_id: str | None = None
         self._reporters: list[ThreadProgress] = []
         self.cancelled = False  # cancelled before this delivery started: the handler returns at once
 
@@ -52,8 +58,17 @@ class JobRun:
         return reporter
 
     # ---------------------------------------------------------------------------- outcomes
-    def succeed(self, message: str = "", result: dict[str, Any] | None = None) -> None:
+    def succeed(
+        self,
+        message: str = "",
+        result: dict[str, Any] | None = None,
+        *,
+        event: EventPayload | None = None,
+        event_id: str | None = None,
+    ) -> None:
+        """``event``, the job's outcome, is published on leaving, once the board says succeeded."""
         self._outcome, self._final_message, self._result = "succeeded", message, result or {}
+        self._event, self._event_id = event, event_id
 
     def cancel(self, message: str) -> None:
         self._outcome, self._final_message = "cancelled", message
@@ -86,6 +101,12 @@ class JobRun:
             await reporter.flush()
         if exc is None:
             await self._write_outcome()
+            if self._outcome == "succeeded" and self._event is not None:
+                try:
+                    await self.ctx.publish(self._event, event_id=self._event_id)
+                except Exception as publish_error:  # nobody heard of the success: retried as any failure
+                    await self._failed(publish_error)
+                    raise
             return False
         if isinstance(exc, Refusal):
             from shared.bus.bus import JobRejected  # the bus imports this module
@@ -97,11 +118,14 @@ class JobRun:
                 return False
             raise JobRejected(reason) from exc
         if isinstance(exc, Exception):
-            if self.ctx.attempt >= self.ctx.max_deliver:
-                await self._write_failed(f"{type(exc).__name__}: {exc}")
-            else:
-                await self._note_failed_attempt(exc)
+            await self._failed(exc)
         return False
+
+    async def _failed(self, exc: Exception) -> None:
+        if self.ctx.attempt >= self.ctx.max_deliver:
+            await self._write_failed(f"{type(exc).__name__}: {exc}")
+        else:
+            await self._note_failed_attempt(exc)
 
     async def _write_outcome(self) -> None:
         jobs = self.ctx.bus.jobs

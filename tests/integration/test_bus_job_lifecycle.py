@@ -1,14 +1,24 @@
 """The one job lifecycle (``ctx.job``) against a real nats-server: what the job board says for a job
 that succeeds, is refused by its core, fails once and is retried, fails for good, or was cancelled
-while it waited in the queue."""
+while it waited in the queue; and that the board says succeeded before the job's outcome event goes
+out."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
-from contracts.events import EventEnvelope, IngestRequested, JobFailed, JobProgress
+from contracts.events import (
+    CorpusIngested,
+    DatasetRef,
+    EventEnvelope,
+    EventPayload,
+    IngestRequested,
+    JobFailed,
+    JobProgress,
+)
 from shared.bus import Bus, HandlerContext, JobStatus
 from shared.errors import Refusal
 
@@ -154,5 +164,66 @@ async def test_a_job_started_by_a_fact_ends_failed_when_refused(nats_url: str) -
         assert refused.state == "failed" and "no config.json" in refused.message
         broken = await _final(bus, "job-for-broken")
         assert broken.state == "failed" and "RuntimeError: always broken" in broken.message
+    finally:
+        await bus.stop()
+
+
+def _ingested(job_id: str) -> CorpusIngested:
+    dataset = DatasetRef(dataset_id=f"ds-{job_id}", manifest_uri="file:///m.json", digest="0" * 64)
+    return CorpusIngested(job_id=job_id, dataset=dataset, documents=3, stages=[])
+
+
+async def test_the_board_says_succeeded_when_the_outcome_event_arrives(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever hears the outcome event reads the final state at once, with no polling; a publish
+    that fails fails the delivery, and the retry publishes the event once."""
+    bus = Bus(nats_url, "lifecycle-outcome-test")
+    attempts: dict[str, int] = {}
+
+    @bus.handle(IngestRequested, max_deliver=3, backoff=(0.1,))
+    async def handler(ctx: HandlerContext[IngestRequested]) -> None:
+        job_id = ctx.payload.job_id
+        attempts[job_id] = attempts.get(job_id, 0) + 1
+        async with ctx.job(job_id, KIND, stage="work") as job:
+            job.succeed(
+                "3 documents", result={"documents": 3}, event=_ingested(job_id), event_id=f"done:{job_id}"
+            )
+
+    publish = HandlerContext.publish
+    failed_once: set[str] = set()
+
+    async def flaky_publish(
+        ctx: HandlerContext[Any], payload: EventPayload, *, event_id: str | None = None
+    ) -> EventEnvelope:
+        if isinstance(payload, CorpusIngested) and payload.job_id == "lost-event" and not failed_once:
+            failed_once.add(payload.job_id)
+            raise ConnectionError("the bus went away")
+        return await publish(ctx, payload, event_id=event_id)
+
+    monkeypatch.setattr(HandlerContext, "publish", flaky_publish)
+    heard: asyncio.Queue[tuple[EventEnvelope, JobStatus | None]] = asyncio.Queue()
+
+    async def on_ingested(msg: object) -> None:
+        envelope = EventEnvelope.from_bytes(msg.data)  # type: ignore[attr-defined]
+        await heard.put((envelope, await bus.jobs.get(envelope.payload_as(CorpusIngested).job_id)))
+
+    await bus.start()
+    try:
+        await bus.broker.connection.subscribe(CorpusIngested.subject(), cb=on_ingested)
+        request = await bus.publish(_request("outcome"), event_id="req-outcome")
+        envelope, status = await asyncio.wait_for(heard.get(), 20)
+        assert status is not None
+        assert (status.state, status.stage, status.message) == ("succeeded", "done", "3 documents")
+        assert status.result == {"documents": 3}
+        assert envelope.correlation_id == request.correlation_id and envelope.causation_id == request.id
+
+        await bus.publish(_request("lost-event"), event_id="req-lost-event")
+        envelope, status = await asyncio.wait_for(heard.get(), 20)
+        assert envelope.payload_as(CorpusIngested).job_id == "lost-event"
+        assert status is not None and status.state == "succeeded"
+        assert attempts["lost-event"] == 2  # the failed publish failed the delivery: redelivered
+        await asyncio.sleep(0.5)
+        assert heard.empty()  # one copy of each outcome event
     finally:
         await bus.stop()

@@ -1,5 +1,7 @@
-"""Waiting on the job board: a job's final state is written after the event that reports its outcome
-(``shared.bus.lifecycle``), so a test that saw the event polls the board instead of reading it once."""
+"""Waiting on the job board, for a state no event announces (or one a test did not wait for).
+
+A job's final state is written before the event that reports its outcome (``shared.bus.lifecycle``):
+a test that heard that event reads the board once."""
 
 from __future__ import annotations
 
