@@ -4,7 +4,11 @@ serving takes (``prepare(..., exact=False)``) where it applies and the weight-on
 
 The weight-only kernels are aten's ``_weight_int4pack_mm_for_cpu`` and ``_weight_int8pack_mm``: the
 ones torchao's int4/int8 weight-only CPU layouts dispatch to, shipped inside torch itself, so they
-cost no extra dependency and stay maintained with torch.
+cost no extra dependency and stay maintained with torch. They serve bf16 and fp16 activations. For
+fp32 activations they are slow (measured on an AVX2 CPU at 32 rows: 25-45x the fp32 dense matmul's
+time), so fp32 layers rebuild their weight into a scratch buffer (``DequantWeight``: puyu's one-pass
+``csrc/dequantize.cpp``, or torch ops without it) and run one fp32 matmul: the reference's arithmetic,
+with the weight packed at rest.
 
 Both take a grid without zero points in the shape the layouts store, so the weight is re-expressed:
 int4: ``(q - z) * s = (q - 8) * s + (8 - z) * s``, the kernel's ``(q - 8) * scale + zero`` form;
@@ -15,12 +19,24 @@ group's channels are contiguous.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from shared import native_ops
 from shared.quantization import cpu_kernel
 from shared.quantization.grid import QuantizedWeight
+
+DEQUANTIZE = native_ops.NativeOp(
+    name="puyu_dequantize",
+    sources=(Path(__file__).with_name("csrc") / "dequantize.cpp",),
+    cpu_flags=("avx2", "fma"),
+    cflags=("-O3", "-fopenmp", "-mavx2", "-mfma"),
+    what="fp32 quantised layers dequantise with torch ops",
+)
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 # activation dtypes puyu's W4A8 / W8A8 kernel takes (fp16 keeps the weight-only path)
@@ -39,6 +55,23 @@ class CpuWeight:
     offsets: torch.Tensor | None  # int8: (128 - z) * s [groups, out]; int4: None
 
 
+@dataclass
+class DequantWeight:
+    """A layer's codes for fp32 activations, rebuilt into an fp32 weight at each call."""
+
+    bits: int
+    group_size: int
+    perm: torch.Tensor | None  # input channels in group order; None when already in order
+    codes: torch.Tensor  # uint8 [out, in] (int8) or [out, in / 2] (int4: input 2j low nibble, 2j+1 high)
+    scales: torch.Tensor  # fp32 [out, groups]
+    zeros: torch.Tensor  # fp32 [out, groups]
+    out_features: int
+    in_features: int
+
+
+_scratch = threading.local()  # one fp32 buffer per thread, as large as the largest layer it rebuilt
+
+
 def group_order(weight: QuantizedWeight) -> tuple[int, torch.Tensor | None] | None:
     """(group size, permutation) making every group contiguous and equally sized; None if impossible."""
     size = weight.in_features if weight.group_size == -1 else weight.group_size
@@ -55,11 +88,11 @@ def group_order(weight: QuantizedWeight) -> tuple[int, torch.Tensor | None] | No
 
 def prepare(
     weight: QuantizedWeight, dtype: torch.dtype, *, exact: bool = True
-) -> CpuWeight | cpu_kernel.WxA8Weight | None:
+) -> CpuWeight | DequantWeight | cpu_kernel.WxA8Weight | None:
     """The kernel form of ``weight`` for activations of ``dtype``; None where no kernel applies.
 
-    ``exact``: the weight-only kernels only; else puyu's W4A8 / W8A8 kernel where it applies and runs
-    here (AVX512-VNNI, built), the weight-only ones otherwise."""
+    ``exact``: the exact forms only (weight-only kernels, fp32's rebuilt weight); else puyu's W4A8 /
+    W8A8 kernel where it applies and runs here (AVX512-VNNI, built), the exact ones otherwise."""
     order = group_order(weight)
     if order is None:
         return None
@@ -72,6 +105,20 @@ def prepare(
     n_groups = weight.in_features // size
     scales = weight.scales[:n_groups].float()
     zeros = weight.zeros[:n_groups].float()
+    if dtype == torch.float32 and weight.bits in (4, 8) and size % 2 == 0:
+        stored = codes.to(torch.uint8)
+        if weight.bits == 4:
+            stored = stored[:, 0::2] | (stored[:, 1::2] << 4)
+        return DequantWeight(
+            weight.bits,
+            size,
+            perm,
+            stored.contiguous(),
+            scales.t().contiguous(),
+            zeros.t().contiguous(),
+            weight.out_features,
+            weight.in_features,
+        )
     if weight.bits == 4:
         if size not in INT4_GROUP_SIZES or weight.out_features % 16:  # aten's packing needs both
             return None
@@ -87,11 +134,17 @@ def prepare(
 
 
 def matmul(
-    x: torch.Tensor, weight: CpuWeight | cpu_kernel.WxA8Weight, bias: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: CpuWeight | DequantWeight | cpu_kernel.WxA8Weight,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``x @ W.T (+ bias)`` for ``x`` [..., in] with the prepared weight."""
     if isinstance(weight, cpu_kernel.WxA8Weight):
         return cpu_kernel.matmul(x, weight, bias)  # the bias added in fp32, before the one rounding
+    if isinstance(weight, DequantWeight):
+        if weight.perm is not None:
+            x = x[..., weight.perm]
+        return F.linear(x, dequantized(weight), None if bias is None else bias.to(x.dtype))
     out = _weight_only(x, weight)
     return out if bias is None else out + bias.to(out.dtype)
 
@@ -117,3 +170,26 @@ def _weight_only(x: torch.Tensor, weight: CpuWeight) -> torch.Tensor:
                 rows[:, columns].contiguous(), weight.packed[:, columns].contiguous(), weight.scales[g]
             )
     return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def dequantized(weight: DequantWeight) -> torch.Tensor:
+    """``weight`` as fp32 ``[out, in]`` (in group order) in this thread's scratch buffer: valid until
+    the thread rebuilds another layer."""
+    size = weight.out_features * weight.in_features
+    buffer: torch.Tensor | None = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.numel() < size:
+        buffer = _scratch.buffer = torch.empty(size, dtype=torch.float32)
+    out = buffer[:size].view(weight.out_features, weight.in_features)
+    if native_ops.load(DEQUANTIZE):
+        torch.ops.puyu.dequantize_codes(
+            weight.codes, weight.scales, weight.zeros, weight.bits, weight.group_size, out
+        )
+        return out
+    codes = weight.codes
+    if weight.bits == 4:
+        codes = torch.stack((codes & 15, codes >> 4), dim=-1)
+    grouped = codes.reshape(weight.out_features, -1, weight.group_size)
+    view = out.view_as(grouped)
+    torch.sub(grouped, weight.zeros.unsqueeze(-1), out=view)
+    view.mul_(weight.scales.unsqueeze(-1))
+    return out

@@ -76,7 +76,9 @@ class QuantLinear(nn.Module):
             self.bias = None
         # the CPU's weight-only kernels (exact) or, where serving opted in, the W4A8 / W8A8 one
         self.cpu_exact = True
-        self._cpu_weights: dict[torch.dtype, kernels.CpuWeight | cpu_kernel.WxA8Weight | None] = {}
+        self._cpu_weights: dict[
+            torch.dtype, kernels.CpuWeight | kernels.DequantWeight | cpu_kernel.WxA8Weight | None
+        ] = {}
         self._triton_weights: dict[tuple[torch.dtype, torch.device], Any] = {}
         self.released = False  # serve_only freed the packed tensors
 
@@ -171,11 +173,15 @@ class QuantLinear(nn.Module):
             return "triton"
         if any(isinstance(w, cpu_kernel.WxA8Weight) for w in self._cpu_weights.values()):
             return f"wxa8-int{self.bits}"
+        if any(isinstance(w, kernels.DequantWeight) for w in self._cpu_weights.values()):
+            return f"dequant-int{self.bits}"  # fp32: rebuilt into a scratch weight, one fp32 matmul
         if any(w is not None for w in self._cpu_weights.values()):
             return f"aten-int{self.bits}"
         return "dequantize"
 
-    def _cpu_weight(self, x: torch.Tensor) -> kernels.CpuWeight | cpu_kernel.WxA8Weight | None:
+    def _cpu_weight(
+        self, x: torch.Tensor
+    ) -> kernels.CpuWeight | kernels.DequantWeight | cpu_kernel.WxA8Weight | None:
         if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             return None
         if x.dtype not in self._cpu_weights:

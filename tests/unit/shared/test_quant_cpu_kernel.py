@@ -179,8 +179,8 @@ def test_serving_takes_the_kernel_for_bf16_and_the_exact_path_for_fp32() -> None
 
     fp32 = QuantLinear.from_quantized(weight, "gptq", bias)
     plain = QuantLinear.from_quantized(weight, "gptq", bias)
-    assert fp32.serve_only(torch.float32) > 0 and fp32.kernel == "aten-int4"
-    assert torch.equal(fp32(x), plain(x))  # the weight-only path, as before serving
+    assert fp32.serve_only(torch.float32) > 0 and fp32.kernel == "dequant-int4"
+    assert torch.equal(fp32(x), plain(x))  # the exact fp32 path, as before serving
 
     opted = QuantLinear.from_quantized(weight, "gptq", bias)
     assert opted.serve_only(torch.float32, exact=False) > 0 and opted.kernel == "wxa8-int4"
@@ -266,3 +266,29 @@ def test_a_failed_build_logs_the_compiler_error_and_falls_back(tmp_path: Path) -
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "FELL BACK" in run.stdout
     assert "did not build" in run.stdout and "error" in run.stdout.split("did not build")[1]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch-ops"])
+@pytest.mark.parametrize(("bits", "group_size", "act_order"), [(4, 64, True), (4, 256, False), (8, 32, True)])
+def test_fp32_layers_rebuild_the_reference_weight_exactly(
+    bits: int, group_size: int, act_order: bool, native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fp32 activations: the codes rebuilt into an fp32 weight (puyu's one-pass op, or torch ops where
+    it did not build) equal ``QuantizedWeight.dequantize`` bit for bit, and the layer equals F.linear
+    over that weight."""
+    from shared import native_ops
+
+    if not native:
+        monkeypatch.setattr(native_ops, "_loaded", {kernels.DEQUANTIZE.name: False})
+    elif not native_ops.load(kernels.DEQUANTIZE):
+        pytest.skip("puyu's dequantize op needs AVX2/FMA and a C++ compiler (it did not load here)")
+    weight = grid(bits, group_size, act_order, seed=bits)
+    prepared = kernels.prepare(weight, torch.float32)
+    assert isinstance(prepared, kernels.DequantWeight)
+    order = torch.argsort(weight.g_idx, stable=True) if act_order else torch.arange(256)
+    rebuilt = kernels.dequantized(prepared)
+    assert torch.equal(rebuilt, weight.dequantize(torch.float32)[:, order])
+    x = inputs(6, torch.float32)
+    bias = torch.randn(weight.out_features, generator=torch.Generator().manual_seed(9))
+    want = torch.nn.functional.linear(x, weight.dequantize(torch.float32), bias)
+    torch.testing.assert_close(kernels.matmul(x, prepared, bias), want, rtol=1e-5, atol=1e-5)

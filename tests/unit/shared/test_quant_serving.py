@@ -119,7 +119,7 @@ def test_logits_equal_the_dequantised_reference(quantised: tuple[Path, Path]) ->
     with torch.no_grad():
         got = model(ids).logits
         want = reference(ids, use_cache=False).logits
-    assert {layer.kernel for layer in layers} == {f"aten-int{layers[0].bits}"}  # the CPU kernels ran
+    assert {layer.kernel for layer in layers} == {f"dequant-int{layers[0].bits}"}  # the fp32 CPU path ran
     torch.testing.assert_close(got, want, atol=FP32_ATOL, rtol=1e-4)
 
 
