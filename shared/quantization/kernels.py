@@ -144,7 +144,9 @@ def matmul(
     if isinstance(weight, DequantWeight):
         if weight.perm is not None:
             x = x[..., weight.perm]
-        return F.linear(x, dequantized(weight), None if bias is None else bias.to(x.dtype))
+        # with autograd recording, the matmul keeps its weight for the backward: a buffer of its own
+        rebuilt = dequantized(weight, scratch=not torch.is_grad_enabled())
+        return F.linear(x, rebuilt, None if bias is None else bias.to(x.dtype))
     out = _weight_only(x, weight)
     return out if bias is None else out + bias.to(out.dtype)
 
@@ -172,14 +174,17 @@ def _weight_only(x: torch.Tensor, weight: CpuWeight) -> torch.Tensor:
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-def dequantized(weight: DequantWeight) -> torch.Tensor:
-    """``weight`` as fp32 ``[out, in]`` (in group order) in this thread's scratch buffer: valid until
-    the thread rebuilds another layer."""
+def dequantized(weight: DequantWeight, *, scratch: bool = True) -> torch.Tensor:
+    """``weight`` as fp32 ``[out, in]`` (in group order); ``scratch``: in this thread's scratch buffer,
+    valid until the thread rebuilds another layer, else in a tensor of its own."""
     size = weight.out_features * weight.in_features
-    buffer: torch.Tensor | None = getattr(_scratch, "buffer", None)
-    if buffer is None or buffer.numel() < size:
-        buffer = _scratch.buffer = torch.empty(size, dtype=torch.float32)
-    out = buffer[:size].view(weight.out_features, weight.in_features)
+    if scratch:
+        buffer: torch.Tensor | None = getattr(_scratch, "buffer", None)
+        if buffer is None or buffer.numel() < size:
+            buffer = _scratch.buffer = torch.empty(size, dtype=torch.float32)
+        out = buffer[:size].view(weight.out_features, weight.in_features)
+    else:
+        out = torch.empty(weight.out_features, weight.in_features, dtype=torch.float32)
     if native_ops.load(DEQUANTIZE):
         torch.ops.puyu.dequantize_codes(
             weight.codes, weight.scales, weight.zeros, weight.bits, weight.group_size, out

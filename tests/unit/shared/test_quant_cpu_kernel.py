@@ -292,3 +292,18 @@ def test_fp32_layers_rebuild_the_reference_weight_exactly(
     bias = torch.randn(weight.out_features, generator=torch.Generator().manual_seed(9))
     want = torch.nn.functional.linear(x, weight.dequantize(torch.float32), bias)
     torch.testing.assert_close(kernels.matmul(x, prepared, bias), want, rtol=1e-5, atol=1e-5)
+
+
+def test_fp32_layers_keep_their_own_weight_for_the_backward() -> None:
+    """With autograd recording (a LoRA over a quantised base), each layer's rebuilt weight is its own:
+    the scratch buffer, which the next layer overwrites, would corrupt the input gradients."""
+    first, second = grid(4, 64, False, seed=1), grid(4, 64, False, out_features=256, seed=2)
+    layers = [QuantLinear.from_quantized(w, "gptq") for w in (second, first)]  # 256 -> 256 -> 80
+    x = inputs(3, torch.float32).requires_grad_()
+    layers[1](layers[0](x)).sum().backward()
+    assert {layer.kernel for layer in layers} == {"dequant-int4"}
+    w1, w2 = (w.dequantize(torch.float32) for w in (second, first))
+    x_ref = x.detach().clone().requires_grad_()
+    ((x_ref @ w1.T) @ w2.T).sum().backward()
+    assert x.grad is not None and x_ref.grad is not None
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
