@@ -123,6 +123,9 @@ async def test_agents_in_the_running_service(tmp_path: Path, gateway_url: str) -
             agent_http_port=free_port(),
             agent_embeddings="off",
             agent_tools_file=tools_file,
+            # the calls' results are checked, not their speed: a slow, loaded machine (two test workers on
+            # two cores) once took over the default 10 s to start a sandboxed interpreter
+            agent_sandbox_timeout_s=60,
         )
         service, task = await start(settings)
         http = f"http://127.0.0.1:{settings.agent_http_port}"
