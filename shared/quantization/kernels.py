@@ -65,8 +65,14 @@ class DequantWeight:
     codes: torch.Tensor  # uint8 [out, in] (int8) or [out, in / 2] (int4: input 2j low nibble, 2j+1 high)
     scales: torch.Tensor  # fp32 [out, groups]
     zeros: torch.Tensor  # fp32 [out, groups]
-    out_features: int
-    in_features: int
+
+    @property
+    def out_features(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def in_features(self) -> int:
+        return int(self.codes.shape[1]) * 8 // self.bits
 
 
 _scratch = threading.local()  # one fp32 buffer per thread, as large as the largest layer it rebuilt
@@ -116,8 +122,6 @@ def prepare(
             stored.contiguous(),
             scales.t().contiguous(),
             zeros.t().contiguous(),
-            weight.out_features,
-            weight.in_features,
         )
     if weight.bits == 4:
         if size not in INT4_GROUP_SIZES or weight.out_features % 16:  # aten's packing needs both

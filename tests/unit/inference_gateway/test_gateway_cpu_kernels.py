@@ -38,6 +38,34 @@ def _rows(rows: int, kv_heads: int, head_dim: int, capacity: int, dtype: torch.d
     return cache
 
 
+def assert_rows_attend(
+    out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lens: torch.Tensor,
+    scale: float,
+    atol_factor: float,
+) -> None:
+    """Each row of ``out`` is plain attention (float64) of ``q[r]`` over the first ``lens[r]`` positions
+    of ``k[r], v[r]`` ``[Hkv, C, D]``; a row with no positions is zero."""
+    assert out.dtype == q.dtype and out.shape == q.shape
+    # fp32: float rounding only; bf16: the output's one rounding (the kernel computes in fp32)
+    tol = 1e-5 if q.dtype == torch.float32 else 8e-3
+    for r in range(len(lens)):
+        n = int(lens[r])
+        if n == 0:
+            assert torch.count_nonzero(out[r]) == 0
+            continue
+        ref = reference_attention(
+            q[r][None].double(),
+            k[r, :, :n].transpose(0, 1).double(),
+            v[r, :, :n].transpose(0, 1).double(),
+            scale,
+        )
+        torch.testing.assert_close(out[r].double(), ref[0], atol=tol * atol_factor, rtol=tol)
+
+
 @needs_attention_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
@@ -52,18 +80,7 @@ def test_decode_kernel_equals_plain_attention(
     lens = torch.tensor([1, 17, 70, 0, 33])  # a whole vector, tails, the full capacity, a row with no decode
     scale = head_dim**-0.5
     out = cpu_attention.decode_rows(q, cache.key_storage(0), cache.v[0], lens, scale)
-    assert out.dtype == dtype and out.shape == q.shape
-    for r in range(rows):
-        n = int(lens[r])
-        if n == 0:
-            assert torch.count_nonzero(out[r]) == 0
-            continue
-        ref = reference_attention(
-            q[r][None], cache.k[0][r, :, :n].transpose(0, 1), cache.v[0][r, :, :n].transpose(0, 1), scale
-        )
-        # fp32: float rounding only; bf16: the output's one rounding (the kernel computes in fp32)
-        tol = 1e-5 if dtype == torch.float32 else 8e-3
-        torch.testing.assert_close(out[r].double(), ref[0].double(), atol=tol, rtol=tol)
+    assert_rows_attend(out, q, cache.k[0], cache.v[0], lens, scale, atol_factor=1)
 
 
 def _quantized_rows(
@@ -109,17 +126,7 @@ def test_decode_kernel_reads_8bit_rows_with_their_scales(
     lens = torch.tensor([1, 17, 70, 0, 33])
     scale = head_dim**-0.5
     out = cpu_attention.decode_rows(q, cache.key_storage(0), cache.v[0], lens, scale, *cache.scales(0))
-    assert out.dtype == dtype and out.shape == q.shape
-    for r in range(rows):
-        n = int(lens[r])
-        if n == 0:
-            assert torch.count_nonzero(out[r]) == 0
-            continue
-        ref = reference_attention(
-            q[r][None].double(), k[r, :, :n].transpose(0, 1), v[r, :, :n].transpose(0, 1), scale
-        )
-        tol = 1e-5 if dtype == torch.float32 else 8e-3
-        torch.testing.assert_close(out[r].double(), ref[0], atol=tol * 3, rtol=tol)
+    assert_rows_attend(out, q, k, v, lens, scale, atol_factor=3)
 
 
 @needs_attention_kernel
